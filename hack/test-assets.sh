@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Obtains the real parts that sitecache's tests and `make dev` start as local processes:
+# etcd, kube-apiserver, kubectl (a local control plane, envtest-style) and MinIO (a real
+# S3-compatible server). Test and dev tooling only.
+#
+# Resolution order for each binary:
+#   1. TEST_ASSET_ETCD / TEST_ASSET_KUBE_APISERVER / TEST_ASSET_KUBECTL / TEST_ASSET_MINIO
+#   2. KUBEBUILDER_ASSETS/<name> (etcd, kube-apiserver, kubectl)
+#   3. ~/.cache/sitecache/assets/<name>-<version>/<name>, built here from the pinned Go modules
+#      (hack/versions.env) through the Go module proxy the first time, then reused.
+#
+# Usage: hack/test-assets.sh [ensure|env|path NAME]
+#   ensure (default)  build whatever is missing, printing progress on stderr
+#   env               ensure, then print KEY=VALUE lines (TEST_ASSET_*) on stdout
+#   path NAME         ensure, then print the path of one binary
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+. "$here/versions.env"
+cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/sitecache/assets"
+
+log() { printf '[test-assets %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Temporary build directories, removed on exit whatever happens.
+tmpdirs=()
+cleanup() { [ ${#tmpdirs[@]} -eq 0 ] || rm -rf "${tmpdirs[@]}"; }
+# (each build sets the trap itself: resolve runs in a command substitution, a subshell)
+new_tmp() { mkdir -p "$cache_root"; mktemp -d "$cache_root/.$1.XXXXXX"; }
+
+command -v go >/dev/null 2>&1 || die "Go is required to build the test assets (or set KUBEBUILDER_ASSETS / TEST_ASSET_*)"
+
+# Runs a long command with a heartbeat line every 30 s so that a first build shows progress.
+with_heartbeat() {
+  local what=$1; shift
+  local start=$SECONDS
+  ( while sleep 30; do log "… still building $what ($((SECONDS - start)) s)"; done ) &
+  local hb=$!
+  local rc=0
+  "$@" || rc=$?
+  kill "$hb" 2>/dev/null; wait "$hb" 2>/dev/null || true
+  return $rc
+}
+
+# publish TMP FINAL: builds into a private temporary directory, then renames it into place so
+# that an interrupted or concurrent build never leaves a half-written cache entry.
+publish() {
+  local tmp=$1 final=$2
+  mkdir -p "$(dirname "$final")"
+  if ! mv -T "$tmp" "$final" 2>/dev/null; then
+    # Another build won the race; keep its result.
+    rm -rf "$tmp"
+  fi
+}
+
+build_kubernetes() {
+  local final="$cache_root/kubernetes-$KUBERNETES_VERSION"
+  [ -x "$final/kube-apiserver" ] && [ -x "$final/kubectl" ] && return 0
+  local tmp; tmp=$(new_tmp kubernetes); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "building kube-apiserver and kubectl $KUBERNETES_VERSION from Go modules (first run only: about 10-15 minutes on 2 cores)"
+  local src="$tmp/src"; mkdir -p "$src"
+  local staging="v0.${KUBERNETES_VERSION#v1.}"
+  # k8s.io/kubernetes replaces its staging modules with local paths, which Go ignores in a
+  # dependency: this wrapper module replaces each of them with its published version instead.
+  local modfile
+  modfile=$(cd "$src" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  [ -f "$modfile" ] || die "could not download k8s.io/kubernetes@$KUBERNETES_VERSION's go.mod"
+  {
+    echo "module sitecache.dev/test-assets/kubernetes"
+    echo
+    echo "go $(sed -n 's/^go \(.*\)/\1/p' "$modfile")"
+    echo
+    echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+    echo
+    sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#replace \1 => \1 '"$staging"'#p' "$modfile"
+  } > "$src/go.mod"
+  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION"
+  ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
+  ldflags+=" -X k8s.io/component-base/version.gitMinor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2)"
+  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+  (
+    cd "$src"
+    log "resolving modules"
+    go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION" "k8s.io/kubernetes/cmd/kubectl@$KUBERNETES_VERSION" >&2
+    log "compiling kube-apiserver"
+    with_heartbeat kube-apiserver env CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/out/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+    log "compiling kubectl"
+    with_heartbeat kubectl env CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/out/kubectl" k8s.io/kubernetes/cmd/kubectl
+  )
+  publish "$tmp/out" "$final"
+  log "kube-apiserver and kubectl cached in $final"
+}
+
+# build_wrapped NAME MODULE VERSION: builds hack/assets/NAME (a main around MODULE) at VERSION.
+build_wrapped() {
+  local name=$1 module=$2 version=$3
+  local final="$cache_root/$name-$version"
+  [ -x "$final/$name" ] && return 0
+  local tmp; tmp=$(new_tmp "$name"); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "building $name $version from Go modules (first run only: a few minutes)"
+  mkdir -p "$tmp/src"
+  cp "$here/assets/$name/main.go" "$tmp/src/"
+  (
+    cd "$tmp/src"
+    go mod init "sitecache.dev/test-assets/$name" >/dev/null 2>&1
+    local gomod
+    gomod=$(go mod download -json "$module@$version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+    # Carry over the dependency's own replace directives (Go ignores them in a dependency).
+    grep -E '^replace .* => [^.]' "$gomod" >> go.mod || true
+    go get "$module@$version" >&2
+    go mod tidy >&2
+    log "compiling $name"
+    with_heartbeat "$name" env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/out/$name" .
+  )
+  publish "$tmp/out" "$final"
+  log "$name cached in $final"
+}
+
+# resolve NAME ENVVAR: prints the binary to use, building the cached one if needed.
+resolve() {
+  local name=$1 var=$2
+  if [ -n "${!var:-}" ]; then
+    [ -x "${!var}" ] || die "$var=${!var} is not an executable file"
+    echo "${!var}"; return
+  fi
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ "$name" != minio ]; then
+    [ -x "$KUBEBUILDER_ASSETS/$name" ] || die "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no executable $name"
+    echo "$KUBEBUILDER_ASSETS/$name"; return
+  fi
+  case $name in
+    kube-apiserver|kubectl) build_kubernetes; echo "$cache_root/kubernetes-$KUBERNETES_VERSION/$name" ;;
+    etcd) build_wrapped etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"; echo "$cache_root/etcd-$ETCD_VERSION/etcd" ;;
+    minio) build_wrapped minio github.com/minio/minio "$MINIO_VERSION"; echo "$cache_root/minio-$MINIO_VERSION/minio" ;;
+    *) die "unknown asset $name" ;;
+  esac
+}
+
+all_env() {
+  echo "TEST_ASSET_ETCD=$(resolve etcd TEST_ASSET_ETCD)"
+  echo "TEST_ASSET_KUBE_APISERVER=$(resolve kube-apiserver TEST_ASSET_KUBE_APISERVER)"
+  echo "TEST_ASSET_KUBECTL=$(resolve kubectl TEST_ASSET_KUBECTL)"
+  echo "TEST_ASSET_MINIO=$(resolve minio TEST_ASSET_MINIO)"
+}
+
+case "${1:-ensure}" in
+  ensure) all_env >/dev/null; log "all test assets ready" ;;
+  env) all_env ;;
+  path)
+    [ $# -eq 2 ] || die "usage: $0 path NAME"
+    var="TEST_ASSET_$(echo "$2" | tr 'a-z-' 'A-Z_')"
+    resolve "$2" "$var" ;;
+  *) die "usage: $0 [ensure|env|path NAME]" ;;
+esac

@@ -1,0 +1,364 @@
+//! `SiteCache.spec`: what a site's cache is, where it lives, how it is warmed and when it is due.
+//!
+//! The doc comments here are the CRD's field descriptions (`kubectl explain sitecache.spec`), and
+//! the `x_kube` rules are enforced by the API server: invalid objects never reach the controller.
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::duration::DURATION_PATTERN;
+use super::status::SiteCacheStatus;
+
+/// A site identifier: a DNS label.
+pub const SITE_PATTERN: &str = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$";
+/// An S3 bucket name (lower-case letters, digits, dots and hyphens; 3 to 63 characters).
+pub const BUCKET_PATTERN: &str = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
+/// A cron expression with five fields, or one of the `@hourly`-style macros.
+pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9A-Za-z*?/,-]+( +[0-9A-Za-z*?/,-]+){4})$";
+
+/// Desired state of a site's module cache.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sitecache.dev",
+    version = "v1alpha1",
+    kind = "SiteCache",
+    plural = "sitecaches",
+    shortname = "scache",
+    category = "sitecache",
+    namespaced,
+    status = "SiteCacheStatus",
+    derive = "PartialEq",
+    doc = "A site's Deno module cache, kept as immutable, verified generations in S3-compatible object storage and restored by the site's runners at cold start.",
+    printcolumn(name = "Site", type_ = "string", json_path = ".spec.site"),
+    printcolumn(
+        name = "Generation",
+        type_ = "integer",
+        json_path = ".status.current.generation",
+        description = "The promoted generation runners restore"
+    ),
+    printcolumn(name = "Freshness", type_ = "string", json_path = ".status.freshness"),
+    printcolumn(
+        name = "Size",
+        type_ = "string",
+        json_path = ".status.size",
+        description = "Compressed size of the promoted generation"
+    ),
+    printcolumn(
+        name = "Last snapshot",
+        type_ = "date",
+        json_path = ".status.lastSnapshot.completionTime"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteCacheSpec {
+    /// The site's identifier: lower-case letters, digits and '-', starting and ending with a letter
+    /// or digit, at most 63 characters. It names the default storage prefix (`<site>/`) and
+    /// cannot change once set.
+    #[schemars(regex(pattern = SITE_PATTERN), length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.site is immutable"))]
+    pub site: String,
+
+    /// Where the site's generations are stored. Every field is optional and defaults from the
+    /// controller's configuration. The location cannot change once set: create a new SiteCache to
+    /// move a cache.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.storage is immutable: create a new SiteCache to move a cache"))]
+    pub storage: StorageSpec,
+
+    /// The container that fills the cache directory in the snapshot Job (for example
+    /// `deno cache main.ts` in the site's image).
+    pub warm: WarmSpec,
+
+    /// What the cache is built from. A change of `source.revision` makes a new snapshot due.
+    #[serde(default, skip_serializing_if = "SourceSpec::is_empty")]
+    pub source: SourceSpec,
+
+    /// When snapshots are due besides a source change or an on-demand request.
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+
+    /// How many promoted generations are kept in storage.
+    #[serde(default)]
+    pub retention: RetentionSpec,
+
+    /// How snapshot Jobs run.
+    #[serde(default)]
+    pub snapshot: SnapshotSpec,
+
+    /// When true, no new snapshot is started (a running one finishes). Restores are unaffected.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// What happens to the site's objects in storage when the SiteCache is deleted: `Delete`
+    /// (the default) removes every object under the prefix; `Retain` leaves them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// Compatibility with runners that restore the older single-file format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy: Option<LegacySpec>,
+}
+
+/// Object storage location of a site's cache.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Bucket name. Defaults to the controller's default bucket; must be one of the controller's
+    /// allowed buckets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = BUCKET_PATTERN))]
+    pub bucket: Option<String>,
+
+    /// Region of the bucket. Defaults to the controller's region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+
+    /// S3 endpoint URL for S3-compatible stores (http or https). Defaults to the controller's
+    /// endpoint, or AWS's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https']").message("spec.storage.endpoint must be an http or https URL"))]
+    pub endpoint: Option<String>,
+
+    /// Key prefix under which every object of this site is stored. Defaults to `<site>/`. It is
+    /// never empty, never starts with '/', never contains '..' or '//', and ends with '/'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(
+        validation = Rule::new("self.endsWith('/')").message("spec.storage.prefix must end with '/'"),
+        validation = Rule::new("!self.startsWith('/')").message("spec.storage.prefix must not start with '/'"),
+        validation = Rule::new("!self.contains('..')").message("spec.storage.prefix must not contain '..'"),
+        validation = Rule::new("!self.contains('//')").message("spec.storage.prefix must not contain '//'")
+    )]
+    pub prefix: Option<String>,
+
+    /// Address the bucket in the URL path (`endpoint/bucket/key`) instead of the host name, as
+    /// MinIO and most self-hosted stores need. Defaults to the controller's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_path_style: Option<bool>,
+}
+
+/// The container that warms the cache.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmSpec {
+    /// Image of the warm container, normally the site's own image.
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: String,
+
+    /// Entrypoint of the warm container (the image's if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+
+    /// Arguments of the warm container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+
+    /// Extra environment of the warm container. `DENO_DIR` is always set to `cacheDir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+
+    /// Compute resources of the warm container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Absolute path of the cache directory in the snapshot pod; `DENO_DIR` is set to it.
+    #[serde(default = "default_cache_dir")]
+    #[schemars(length(min = 2, max = 1024))]
+    #[x_kube(
+        validation = Rule::new("self.startsWith('/')").message("spec.warm.cacheDir must be an absolute path"),
+        validation = Rule::new("!self.split('/').exists(p, p == '..')").message("spec.warm.cacheDir must not contain '..'")
+    )]
+    pub cache_dir: String,
+
+    /// Service account of the snapshot pod, for example one bound to a storage role. Defaults to
+    /// the controller's Job service account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
+    pub service_account_name: Option<String>,
+}
+
+fn default_cache_dir() -> String {
+    "/deno-dir".to_owned()
+}
+
+/// The source the cache is built from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSpec {
+    /// An opaque revision of what the cache depends on (a git commit, a lockfile hash, a runtime
+    /// version). When it changes, a new snapshot is due; each generation records the revision it
+    /// was built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub revision: Option<String>,
+}
+
+impl SourceSpec {
+    fn is_empty(&self) -> bool {
+        self.revision.is_none()
+    }
+}
+
+/// When a snapshot is due besides a source change or an on-demand request.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleSpec {
+    /// A snapshot is due when the current generation is older than this (a duration such as
+    /// `24h`, `90m`).
+    #[serde(default = "default_max_age")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("spec.schedule.maxAge must be at least 1s"))]
+    pub max_age: String,
+
+    /// Optional cron schedule (five fields, UTC, or `@daily`-style) on which a snapshot is also
+    /// due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = CRON_PATTERN), length(max = 256))]
+    pub cron: Option<String>,
+
+    /// Each SiteCache's scheduled snapshots fire up to this much earlier than due, by an amount
+    /// fixed per object, so that many sites do not snapshot at once (a duration; `0s` disables).
+    #[serde(default = "default_jitter")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub jitter: String,
+}
+
+impl Default for ScheduleSpec {
+    fn default() -> Self {
+        Self {
+            max_age: default_max_age(),
+            cron: None,
+            jitter: default_jitter(),
+        }
+    }
+}
+
+fn default_max_age() -> String {
+    "24h".to_owned()
+}
+
+fn default_jitter() -> String {
+    "10m".to_owned()
+}
+
+/// How many generations are kept.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Promoted generations kept in storage, the current one included (at least 1). Older ones
+    /// are deleted after each promotion.
+    #[serde(default = "default_keep")]
+    #[schemars(range(min = 1, max = 100))]
+    pub keep: u32,
+}
+
+impl Default for RetentionSpec {
+    fn default() -> Self {
+        Self {
+            keep: default_keep(),
+        }
+    }
+}
+
+fn default_keep() -> u32 {
+    3
+}
+
+/// How snapshot Jobs run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSpec {
+    /// Deadline of a snapshot Job, warming included (a duration; the Job's
+    /// `activeDeadlineSeconds`).
+    #[serde(default = "default_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("spec.snapshot.timeout must be at least 1s"))]
+    pub timeout: String,
+
+    /// Retries of a failed snapshot pod within one Job (the Job's `backoffLimit`).
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: i32,
+
+    /// A snapshot with fewer files than this is refused and never promoted (guards against an
+    /// empty or partial cache replacing a good one).
+    #[serde(default = "default_min_files")]
+    #[schemars(range(min = 1))]
+    pub min_files: u64,
+
+    /// zstd compression level of the archive, 1 (fastest) to 19 (smallest).
+    #[serde(default = "default_compression_level")]
+    #[schemars(range(min = 1, max = 19))]
+    pub compression_level: i32,
+}
+
+impl Default for SnapshotSpec {
+    fn default() -> Self {
+        Self {
+            timeout: default_timeout(),
+            backoff_limit: default_backoff_limit(),
+            min_files: default_min_files(),
+            compression_level: default_compression_level(),
+        }
+    }
+}
+
+fn default_timeout() -> String {
+    "30m".to_owned()
+}
+
+fn default_backoff_limit() -> i32 {
+    1
+}
+
+fn default_min_files() -> u64 {
+    1
+}
+
+fn default_compression_level() -> i32 {
+    3
+}
+
+/// What happens to stored objects when the SiteCache is deleted.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum DeletionPolicy {
+    /// Delete every object under the SiteCache's prefix, then release the SiteCache.
+    #[default]
+    Delete,
+    /// Leave the objects in storage.
+    Retain,
+}
+
+/// Publishing for runners that restore the older single-file format.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LegacySpec {
+    /// Key (in the same bucket) at which each promoted generation is also published as a gzip
+    /// tarball with entries under `deno-dir/`, as `tar -xzf - -C /` restores it. For example
+    /// `<site>/cache.tgz`. A key outside the prefix is not removed on deletion.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(
+        validation = Rule::new("!self.startsWith('/')").message("spec.legacy.publishKey must not start with '/'"),
+        validation = Rule::new("!self.endsWith('/')").message("spec.legacy.publishKey must name an object, not end with '/'"),
+        validation = Rule::new("!self.split('/').exists(p, p == '..')").message("spec.legacy.publishKey must not contain '..' segments")
+    )]
+    pub publish_key: String,
+}

@@ -1,0 +1,9 @@
+//! sitecache: a Kubernetes operator that keeps each site's Deno module cache in S3-compatible
+//! object storage, and the agent commands that snapshot and restore it.
+//!
+//! Layout:
+//! - [`api`]: the `SiteCache` custom resource (the CRD is generated from these types);
+//! - [`telemetry`]: logging (and, with the controller, metrics).
+
+pub mod api;
+pub mod telemetry;
