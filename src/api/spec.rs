@@ -3,6 +3,9 @@
 //! The doc comments here are the CRD's field descriptions (`kubectl explain sitecache.spec`), and
 //! the `x_kube` rules are enforced by the API server: invalid objects never reach the controller.
 
+// clippy reads the repeated `printcolumn(type_ = ...)` arguments of the derive as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};

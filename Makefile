@@ -1,0 +1,48 @@
+# sitecache — developer entry points. `make help` lists them.
+
+CARGO ?= cargo
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+.PHONY: help test test-assets fmt fmt-check lint unit integration crds crds-check build release dev dev-down bench clean-assets
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+test: test-assets fmt-check lint unit integration ## Everything CI runs: formatting, clippy, unit and real-part tests
+
+test-assets: ## Build (first run) or find etcd, kube-apiserver, kubectl and MinIO
+	hack/test-assets.sh ensure
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+fmt-check: ## Fail if the code is not formatted
+	$(CARGO) fmt --all -- --check
+
+lint: ## clippy on every target, warnings are errors
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit: ## Unit tests (no real parts)
+	$(CARGO) test --workspace --locked --lib --bins
+
+integration: test-assets ## Tests on a local control plane and a local S3 server
+	$(CARGO) test --locked --test integration
+
+crds: ## Regenerate crds/ from the Rust types
+	$(CARGO) run --quiet --locked -- crd > crds/sitecache.yaml
+
+build: ## Debug build of the sitecache binary
+	$(CARGO) build --locked
+
+release: ## Release build of the sitecache binary
+	$(CARGO) build --locked --release
+
+dev: ## Run sitecache locally on an embedded control plane and S3 server
+	@echo "make dev is not implemented yet (issue: ship it)" >&2; exit 2
+
+dev-down: ## Stop what `make dev` started
+	@echo "make dev-down is not implemented yet (issue: ship it)" >&2; exit 2
+
+clean-assets: ## Forget the cached test assets (the next run rebuilds them)
+	rm -rf "$${XDG_CACHE_HOME:-$$HOME/.cache}/sitecache/assets"

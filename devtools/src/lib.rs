@@ -1,0 +1,36 @@
+//! Test and development tooling for sitecache. **Not part of the operator.**
+//!
+//! It starts the real parts sitecache runs against as local processes, the way envtest does for Go
+//! operators: etcd and kube-apiserver (a control plane without kubelet or controllers), and MinIO
+//! (a real S3-compatible server). The binaries come from `hack/test-assets.sh`, which builds them
+//! from pinned Go modules and caches them under `~/.cache/sitecache/assets`.
+
+pub mod assets;
+pub mod control_plane;
+mod pki;
+pub mod process;
+pub mod s3;
+
+pub use control_plane::ControlPlane;
+pub use s3::S3Server;
+
+/// Picks a free TCP port on loopback (the OS's choice; another process could take it before it is
+/// used, which the launchers detect and retry).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A name unique within this process and across processes: `<prefix>-<pid>-<counter>`,
+/// lower-case, at most 63 characters for a short prefix.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{:x}{:x}-{n}", std::process::id(), nanos % 4096)
+}

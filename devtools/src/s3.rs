@@ -1,0 +1,187 @@
+//! A local S3-compatible server: MinIO on loopback, with its data in a directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+
+use crate::assets::Asset;
+use crate::process::ManagedProcess;
+
+const ACCESS_KEY: &str = "sitecache-test";
+const SECRET_KEY: &str = "sitecache-test-secret";
+const REGION: &str = "us-east-1";
+
+/// A running MinIO server. Dropping it stops the server.
+pub struct S3Server {
+    dir: PathBuf,
+    port: u16,
+    process: Option<ManagedProcess>,
+}
+
+impl S3Server {
+    /// Starts MinIO with its data and log in `dir` (emptied first) on a free port.
+    pub async fn start(dir: &Path) -> Result<Self> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir.join("data"))?;
+        let mut last_err = None;
+        for _attempt in 0..3 {
+            let mut server = Self {
+                dir: dir.to_owned(),
+                port: crate::free_port()?,
+                process: None,
+            };
+            match server.launch().await {
+                Ok(()) => return Ok(server),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("MinIO did not start")))
+    }
+
+    async fn launch(&mut self) -> Result<()> {
+        let mut cmd = Command::new(Asset::Minio.path()?);
+        cmd.args([
+            "server",
+            "--quiet",
+            "--address",
+            &format!("127.0.0.1:{}", self.port),
+            "--console-address",
+            &format!("127.0.0.1:{}", crate::free_port()?),
+        ])
+        .arg(self.dir.join("data"))
+        .env("MINIO_ROOT_USER", ACCESS_KEY)
+        .env("MINIO_ROOT_PASSWORD", SECRET_KEY)
+        .env("MINIO_BROWSER", "off")
+        .env("MINIO_UPDATE", "off")
+        .env("MINIO_CALLHOME_ENABLE", "off")
+        .env("MINIO_REGION", REGION);
+        let mut process = ManagedProcess::spawn("minio", cmd, &self.dir.join("minio.log"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if process.exited().is_some() {
+                return Err(process.failure("exited during start-up"));
+            }
+            if live(self.port).await {
+                self.process = Some(process);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(process.failure("not live within 60s"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the server (its data stays), as an outage would.
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+
+    /// Starts the server again on the same port with the same data.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.launch().await
+    }
+
+    /// The process, while it runs (to pause it with `SIGSTOP`, for example).
+    pub fn process(&self) -> Option<&ManagedProcess> {
+        self.process.as_ref()
+    }
+
+    /// The endpoint URL (`http://127.0.0.1:<port>`).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The log file.
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("minio.log")
+    }
+
+    /// The standard AWS environment that points a process at this server: credentials, region
+    /// and `AWS_ENDPOINT_URL_S3`.
+    pub fn aws_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_owned()),
+            ("AWS_REGION", REGION.to_owned()),
+            ("AWS_ENDPOINT_URL_S3", self.endpoint()),
+            // Keep the SDK away from instance metadata and shared config files.
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+            ("AWS_CONFIG_FILE", "/dev/null".to_owned()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_owned()),
+        ]
+    }
+
+    /// An S3 client for this server (path-style addressing, static credentials).
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(self.endpoint())
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(
+                ACCESS_KEY,
+                SECRET_KEY,
+                None,
+                None,
+                "sitecache-devtools",
+            ))
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// Creates a bucket with a unique name and returns the name.
+    pub async fn create_bucket(&self, prefix: &str) -> Result<String> {
+        let name = crate::unique_name(prefix);
+        self.client()
+            .create_bucket()
+            .bucket(&name)
+            .send()
+            .await
+            .with_context(|| format!("create bucket {name}"))?;
+        Ok(name)
+    }
+
+    /// Every key in `bucket` under `prefix`, sorted.
+    pub async fn list_keys(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
+        let client = self.client();
+        let mut keys = Vec::new();
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.with_context(|| format!("list s3://{bucket}/{prefix}"))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// MinIO's liveness probe.
+async fn live(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(b"GET /minio/health/live HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf).await;
+    buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200")
+}

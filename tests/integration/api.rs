@@ -1,0 +1,422 @@
+//! The SiteCache API on a real API server: the CRD from `crds/`, schema defaults, validation
+//! (OpenAPI + CEL) and printer columns.
+
+use std::process::Command;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use sitecache::api::{SiteCache, SiteCacheStatus};
+
+use crate::support;
+
+fn dynamic_api(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<SiteCache>(&()))
+}
+
+fn object(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "sitecache.dev/v1alpha1",
+        "kind": "SiteCache",
+        "metadata": { "name": name },
+        "spec": spec,
+    }))
+    .expect("a well-formed object")
+}
+
+fn minimal_spec() -> Value {
+    json!({ "site": "shop", "warm": { "image": "denoland/deno:2.5.0" } })
+}
+
+/// `minimal_spec()` with `path` (dotted) set to `value`; `Value::Null` removes the field.
+fn spec_with(path: &str, value: Value) -> Value {
+    let mut spec = minimal_spec();
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().unwrap();
+    let mut cursor = &mut spec;
+    for p in parts {
+        cursor = cursor
+            .as_object_mut()
+            .unwrap()
+            .entry(p)
+            .or_insert_with(|| json!({}));
+    }
+    if value.is_null() {
+        cursor.as_object_mut().unwrap().remove(last);
+    } else {
+        cursor[last] = value;
+    }
+    spec
+}
+
+#[tokio::test]
+async fn crd_from_crds_dir_is_established() {
+    let (client, _) = support::kube().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let crd = crds.get("sitecaches.sitecache.dev").await.unwrap();
+    let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+    for wanted in ["NamesAccepted", "Established"] {
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.type_ == wanted && c.status == "True"),
+            "{wanted} is not True: {conditions:?}"
+        );
+    }
+    assert_eq!(crd.spec.names.short_names, Some(vec!["scache".into()]));
+}
+
+#[tokio::test]
+async fn minimal_sitecache_gets_schema_defaults() {
+    let (client, ns) = support::kube().await;
+    let api = dynamic_api(&client, &ns);
+    api.create(&PostParams::default(), &object("minimal", minimal_spec()))
+        .await
+        .expect("a minimal SiteCache is accepted");
+
+    // Read the raw object: typed deserialization would fill the same defaults client-side and
+    // hide a server that applied none.
+    let stored = api.get("minimal").await.unwrap();
+    let spec = &stored.data["spec"];
+    assert_eq!(spec["site"], "shop");
+    assert_eq!(spec["warm"]["cacheDir"], "/deno-dir");
+    assert_eq!(spec["retention"]["keep"], 3);
+    assert_eq!(spec["schedule"]["maxAge"], "24h");
+    assert_eq!(spec["schedule"]["jitter"], "10m");
+    assert_eq!(spec["snapshot"]["timeout"], "30m");
+    assert_eq!(spec["snapshot"]["backoffLimit"], 1);
+    assert_eq!(spec["snapshot"]["minFiles"], 1);
+    assert_eq!(spec["snapshot"]["compressionLevel"], 3);
+    assert_eq!(spec["suspend"], false);
+    assert_eq!(spec["deletionPolicy"], "Delete");
+    assert_eq!(spec["storage"], json!({}));
+
+    // And the typed view agrees.
+    let typed: Api<SiteCache> = Api::namespaced(client, &ns);
+    let sc = typed.get("minimal").await.unwrap();
+    assert_eq!(sc.spec.retention.keep, 3);
+}
+
+#[tokio::test]
+async fn a_full_valid_sitecache_is_accepted() {
+    let (client, ns) = support::kube().await;
+    let spec = json!({
+        "site": "shop-eu-1",
+        "storage": { "bucket": "site-caches", "region": "eu-west-1",
+                     "endpoint": "https://s3.eu-west-1.amazonaws.com", "prefix": "tenants/shop-eu-1/",
+                     "forcePathStyle": false },
+        "warm": { "image": "registry.example/shop:abc", "command": ["deno"],
+                  "args": ["cache", "main.ts"], "env": [{ "name": "NPM_CONFIG_REGISTRY", "value": "http://npm" }],
+                  "resources": { "limits": { "memory": "1Gi" }, "requests": { "cpu": "500m" } },
+                  "cacheDir": "/cache/deno", "serviceAccountName": "shop-snapshot" },
+        "source": { "revision": "git:0123abcd" },
+        "schedule": { "maxAge": "12h30m", "cron": "0 3 * * *", "jitter": "15m" },
+        "retention": { "keep": 5 },
+        "snapshot": { "timeout": "45m", "backoffLimit": 2, "minFiles": 100, "compressionLevel": 9 },
+        "suspend": true,
+        "deletionPolicy": "Retain",
+        "legacy": { "publishKey": "shop-eu-1/cache.tgz" }
+    });
+    dynamic_api(&client, &ns)
+        .create(&PostParams::default(), &object("full", spec))
+        .await
+        .expect("a SiteCache using every field is accepted");
+    let sc = Api::<SiteCache>::namespaced(client, &ns)
+        .get("full")
+        .await
+        .unwrap();
+    assert_eq!(sc.spec.snapshot.min_files, 100);
+    assert_eq!(sc.spec.schedule.cron.as_deref(), Some("0 3 * * *"));
+}
+
+#[tokio::test]
+async fn invalid_sitecaches_are_rejected_naming_the_field() {
+    let (client, ns) = support::kube().await;
+    let api = dynamic_api(&client, &ns);
+    let long_site = "a".repeat(64);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "uppercase site",
+            spec_with("site", json!("Bad_Site")),
+            "spec.site",
+        ),
+        (
+            "site too long",
+            spec_with("site", json!(long_site)),
+            "spec.site",
+        ),
+        (
+            "site ends with -",
+            spec_with("site", json!("shop-")),
+            "spec.site",
+        ),
+        ("missing site", spec_with("site", Value::Null), "spec.site"),
+        (
+            "empty prefix",
+            spec_with("storage.prefix", json!("")),
+            "spec.storage.prefix",
+        ),
+        (
+            "absolute prefix",
+            spec_with("storage.prefix", json!("/shop/")),
+            "spec.storage.prefix",
+        ),
+        (
+            "prefix with ..",
+            spec_with("storage.prefix", json!("a/../b/")),
+            "spec.storage.prefix",
+        ),
+        (
+            "prefix with //",
+            spec_with("storage.prefix", json!("a//b/")),
+            "spec.storage.prefix",
+        ),
+        (
+            "prefix without trailing /",
+            spec_with("storage.prefix", json!("shop")),
+            "spec.storage.prefix",
+        ),
+        (
+            "bad bucket",
+            spec_with("storage.bucket", json!("Bad_Bucket")),
+            "spec.storage.bucket",
+        ),
+        (
+            "endpoint not http(s)",
+            spec_with("storage.endpoint", json!("ftp://host")),
+            "spec.storage.endpoint",
+        ),
+        (
+            "keep 0",
+            spec_with("retention.keep", json!(0)),
+            "spec.retention.keep",
+        ),
+        (
+            "maxAge in days",
+            spec_with("schedule.maxAge", json!("1d")),
+            "spec.schedule.maxAge",
+        ),
+        (
+            "maxAge zero",
+            spec_with("schedule.maxAge", json!("0s")),
+            "spec.schedule.maxAge",
+        ),
+        (
+            "cron with words",
+            spec_with("schedule.cron", json!("every day")),
+            "spec.schedule.cron",
+        ),
+        (
+            "jitter unparseable",
+            spec_with("schedule.jitter", json!("soon")),
+            "spec.schedule.jitter",
+        ),
+        (
+            "missing warm.image",
+            spec_with("warm.image", Value::Null),
+            "spec.warm.image",
+        ),
+        (
+            "relative cacheDir",
+            spec_with("warm.cacheDir", json!("deno-dir")),
+            "spec.warm.cacheDir",
+        ),
+        (
+            "cacheDir with ..",
+            spec_with("warm.cacheDir", json!("/a/../etc")),
+            "spec.warm.cacheDir",
+        ),
+        (
+            "unknown deletionPolicy",
+            spec_with("deletionPolicy", json!("Destroy")),
+            "spec.deletionPolicy",
+        ),
+        (
+            "timeout unparseable",
+            spec_with("snapshot.timeout", json!("30 minutes")),
+            "spec.snapshot.timeout",
+        ),
+        (
+            "compression level 30",
+            spec_with("snapshot.compressionLevel", json!(30)),
+            "spec.snapshot.compressionLevel",
+        ),
+        (
+            "negative backoffLimit",
+            spec_with("snapshot.backoffLimit", json!(-1)),
+            "spec.snapshot.backoffLimit",
+        ),
+        (
+            "minFiles 0",
+            spec_with("snapshot.minFiles", json!(0)),
+            "spec.snapshot.minFiles",
+        ),
+        (
+            "absolute publishKey",
+            spec_with("legacy.publishKey", json!("/shop/cache.tgz")),
+            "spec.legacy.publishKey",
+        ),
+    ];
+    assert!(cases.len() >= 10);
+    let mut failures = Vec::new();
+    for (i, (what, spec, field)) in cases.into_iter().enumerate() {
+        match api
+            .create(&PostParams::default(), &object(&format!("bad-{i}"), spec))
+            .await
+        {
+            Ok(_) => failures.push(format!("{what}: accepted")),
+            Err(kube::Error::Api(status)) => {
+                if status.code != 422 || !status.message.contains(field) {
+                    failures.push(format!(
+                        "{what}: expected a 422 naming {field}, got {}: {}",
+                        status.code, status.message
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("{what}: unexpected error {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn site_and_storage_are_immutable() {
+    let (client, ns) = support::kube().await;
+    let api = dynamic_api(&client, &ns);
+    api.create(
+        &PostParams::default(),
+        &object("fixed", spec_with("storage.prefix", json!("shop/"))),
+    )
+    .await
+    .unwrap();
+    for (patch, field) in [
+        (json!({ "spec": { "site": "other" } }), "spec.site"),
+        (
+            json!({ "spec": { "storage": { "prefix": "elsewhere/" } } }),
+            "spec.storage",
+        ),
+    ] {
+        let err = api
+            .patch("fixed", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect_err("the change is refused");
+        let kube::Error::Api(status) = err else {
+            panic!("unexpected error {err}")
+        };
+        assert_eq!(status.code, 422, "{}", status.message);
+        assert!(
+            status.message.contains(field) && status.message.contains("immutable"),
+            "{}",
+            status.message
+        );
+    }
+    // Other fields stay editable.
+    api.patch(
+        "fixed",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "spec": { "source": { "revision": "r2" } } })),
+    )
+    .await
+    .expect("source.revision can change");
+}
+
+fn kubectl(args: &[&str]) -> String {
+    let kubeconfig = kubeconfig_path();
+    let out = Command::new(sitecache_devtools::assets::Asset::Kubectl.path().unwrap())
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn kubeconfig_path() -> std::path::PathBuf {
+    support::run_dir().join("control-plane").join("kubeconfig")
+}
+
+#[tokio::test]
+async fn kubectl_get_shows_printer_columns() {
+    let (client, ns) = support::kube().await;
+    let api: Api<SiteCache> = Api::namespaced(client.clone(), &ns);
+    dynamic_api(&client, &ns)
+        .create(&PostParams::default(), &object("shop", minimal_spec()))
+        .await
+        .unwrap();
+    let status: SiteCacheStatus = serde_json::from_value(json!({
+        "current": { "generation": 7, "key": "shop/generations/00000000000000000007/cache.tar.zst",
+                     "sizeBytes": 193_273_528u64, "uncompressedBytes": 612_000_000u64, "files": 23_456,
+                     "sha256": "ab".repeat(32), "createdAt": "2026-11-23T10:00:00Z" },
+        "size": "184.3 MiB",
+        "freshness": "Fresh",
+        "lastSnapshot": { "generation": 7, "job": "shop-snapshot-7", "completionTime": "2026-11-23T10:00:00Z",
+                          "result": "Succeeded" },
+        "conditions": [{ "type": "Ready", "status": "True", "reason": "GenerationPromoted",
+                         "message": "generation 7 is current", "lastTransitionTime": "2026-11-23T10:00:00Z" }]
+    }))
+    .unwrap();
+    api.patch_status(
+        "shop",
+        &PatchParams::apply("sitecache-test").force(),
+        &Patch::Apply(&json!({
+            "apiVersion": "sitecache.dev/v1alpha1", "kind": "SiteCache", "status": status
+        })),
+    )
+    .await
+    .expect("the status subresource takes a full status");
+
+    let out = kubectl(&["get", "scache", "-n", &ns]);
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap()
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "SITE",
+            "GENERATION",
+            "FRESHNESS",
+            "SIZE",
+            "LAST SNAPSHOT",
+            "READY",
+            "AGE"
+        ],
+        "{out}"
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..6],
+        ["shop", "shop", "7", "Fresh", "184.3", "MiB"],
+        "{out}"
+    );
+    assert_eq!(row[row.len() - 2], "True", "{out}");
+}
+
+#[tokio::test]
+async fn kubectl_explain_describes_fields() {
+    support::control_plane().await;
+    let out = kubectl(&["explain", "sitecache.spec.storage.prefix"]);
+    assert!(out.contains("never contains '..'"), "{out}");
+    let out = kubectl(&["explain", "scache.spec"]);
+    for field in [
+        "site",
+        "storage",
+        "warm",
+        "schedule",
+        "retention",
+        "deletionPolicy",
+        "legacy",
+    ] {
+        assert!(out.contains(field), "{field} missing from:\n{out}");
+    }
+}

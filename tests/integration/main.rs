@@ -1,0 +1,7 @@
+//! Tests against the real parts: a local control plane (etcd + kube-apiserver) and a real
+//! S3-compatible server (MinIO), started once per run by `support`. Each test gets its own
+//! namespace and bucket. Logs of the parts are kept under `target/tmp/envtest/`.
+
+mod api;
+mod s3;
+mod support;

@@ -1,0 +1,73 @@
+//! Shared real parts for the integration tests, started on first use and stopped when the test
+//! binary exits (the kernel kills them: see `sitecache_devtools::process`).
+
+use std::path::PathBuf;
+
+use kube::Client;
+use sitecache_devtools::{ControlPlane, S3Server, control_plane};
+use tokio::sync::OnceCell;
+
+/// Where this run keeps the parts' state and logs: `target/tmp/envtest/run-<pid>`.
+pub fn run_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("envtest");
+    let dir = root.join(format!("run-{}", std::process::id()));
+    static CLEANED: std::sync::Once = std::sync::Once::new();
+    CLEANED.call_once(|| {
+        // Earlier runs' state is of no use; their logs are overwritten run by run.
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let pid = name
+                    .to_string_lossy()
+                    .strip_prefix("run-")
+                    .map(str::to_owned);
+                let alive = pid.is_some_and(|p| PathBuf::from(format!("/proc/{p}")).exists());
+                if !alive {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    });
+    dir
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The shared control plane, with the CRDs from `crds/` installed.
+pub async fn control_plane() -> &'static ControlPlane {
+    static CP: OnceCell<ControlPlane> = OnceCell::const_new();
+    CP.get_or_init(|| async {
+        let cp = ControlPlane::start(&run_dir().join("control-plane"))
+            .await
+            .unwrap_or_else(|e| panic!("the local control plane did not start: {e:#}"));
+        let client = cp.client().await.expect("admin client");
+        control_plane::install_crds(&client, &repo_path("crds"))
+            .await
+            .unwrap_or_else(|e| panic!("installing crds/ failed: {e:#}"));
+        cp
+    })
+    .await
+}
+
+/// An admin client and a fresh namespace on the shared control plane.
+pub async fn kube() -> (Client, String) {
+    let cp = control_plane().await;
+    let client = cp.client().await.expect("admin client");
+    let ns = control_plane::create_namespace(&client, "t")
+        .await
+        .expect("create test namespace");
+    (client, ns)
+}
+
+/// The shared S3 server.
+pub async fn s3() -> &'static S3Server {
+    static S3: OnceCell<S3Server> = OnceCell::const_new();
+    S3.get_or_init(|| async {
+        S3Server::start(&run_dir().join("s3"))
+            .await
+            .unwrap_or_else(|e| panic!("the local S3 server did not start: {e:#}"))
+    })
+    .await
+}
