@@ -5,5 +5,8 @@
 //! - [`api`]: the `SiteCache` custom resource (the CRD is generated from these types);
 //! - [`telemetry`]: logging (and, with the controller, metrics).
 
+pub mod agent;
 pub mod api;
+pub mod archive;
+pub mod storage;
 pub mod telemetry;

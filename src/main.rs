@@ -4,6 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sitecache::agent::{restore, snapshot};
 use sitecache::telemetry::{self, LogFormat};
 
 /// Keeps Deno module caches of storefront sites in S3-compatible object storage.
@@ -11,13 +12,7 @@ use sitecache::telemetry::{self, LogFormat};
 #[command(name = "sitecache", version, about, propagate_version = true)]
 struct Cli {
     /// Log format (logs go to stderr).
-    #[arg(
-        long,
-        global = true,
-        env = "SITECACHE_LOG_FORMAT",
-        value_enum,
-        default_value_t
-    )]
+    #[arg(long, global = true, env = "SITECACHE_LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -29,15 +24,19 @@ enum Command {
     /// Reconcile SiteCache objects (runs in the operator Deployment).
     Controller,
     /// Pack a directory and upload it as a new generation (runs in the snapshot Job).
-    Snapshot,
+    Snapshot(snapshot::SnapshotArgs),
     /// Fetch, verify and extract a generation (runs in a site runner at cold start).
-    Restore,
+    Restore(restore::RestoreArgs),
     /// Print the SiteCache CustomResourceDefinition as YAML (what crds/ holds).
     Crd,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&raw) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e, &raw),
+    };
     match cli.command {
         Command::Crd => {
             let mut out = std::io::stdout().lock();
@@ -49,13 +48,57 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Controller | Command::Snapshot | Command::Restore => {
+        Command::Snapshot(args) => {
             telemetry::init(cli.log_format, "info");
-            eprintln!(
-                "error: `sitecache {:?}` is not yet implemented",
-                cli.command
-            );
+            let result = runtime().block_on(snapshot::run(args));
+            match result {
+                Ok(report) => {
+                    println!("{}", serde_json::to_string(&report).expect("serializes"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: snapshot failed ({}): {e}", e.kind());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Restore(args) => {
+            telemetry::init(cli.log_format, "warn");
+            let strict = args.strict;
+            let report = runtime().block_on(restore::run(args));
+            restore::report(&report, strict)
+        }
+        Command::Controller => {
+            telemetry::init(cli.log_format, "info");
+            eprintln!("error: `sitecache controller` is not yet implemented");
             ExitCode::from(2)
         }
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("start the tokio runtime")
+}
+
+/// Bad arguments: an error, except for an advisory restore, which must never break a wake-up.
+fn usage_error(e: clap::Error, raw: &[std::ffi::OsString]) -> ExitCode {
+    use clap::error::ErrorKind;
+    let is_restore = raw.iter().skip(1).any(|a| a == "restore");
+    let informational = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    if informational || !is_restore || restore::strict_in_args(raw) {
+        e.exit();
+    }
+    let report = restore::RestoreReport {
+        ok: false,
+        reason: "invalid-arguments".to_owned(),
+        generation: None,
+        bytes: 0,
+        files: 0,
+        ms: 0,
+        message: e.render().to_string().trim().to_owned(),
+    };
+    restore::report(&report, false)
 }

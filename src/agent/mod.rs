@@ -1,0 +1,70 @@
+//! The agent commands: `sitecache snapshot` (in the snapshot Job) and `sitecache restore` (in a
+//! site runner at cold start).
+
+mod install;
+pub mod restore;
+pub mod snapshot;
+
+use std::time::Duration;
+
+use crate::storage::StorageOptions;
+
+/// Flags that say how to reach the object store, on top of the standard AWS environment.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct StorageArgs {
+    /// Address buckets in the URL path (endpoint/bucket/key), as MinIO and most self-hosted
+    /// S3-compatible stores need.
+    #[arg(long, env = "SITECACHE_PATH_STYLE")]
+    pub path_style: bool,
+
+    /// S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, env = "SITECACHE_S3_ENDPOINT", value_name = "URL")]
+    pub endpoint: Option<String>,
+
+    /// Region (default: AWS_REGION, AWS_DEFAULT_REGION, the AWS profile, else us-east-1).
+    #[arg(long, env = "SITECACHE_S3_REGION")]
+    pub region: Option<String>,
+}
+
+impl StorageArgs {
+    fn options(&self, attempt_timeout: Option<Duration>, max_attempts: u32) -> StorageOptions {
+        StorageOptions {
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            path_style: self.path_style,
+            connect_timeout: Some(Duration::from_secs(3)),
+            attempt_timeout,
+            max_attempts: Some(max_attempts),
+        }
+    }
+}
+
+/// Parses a duration flag (`30s`, `2m`, `1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::api::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// Parses a size flag (`500MiB`, `2GB`, `1048576`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size {s:?}: {e} (expected a size such as 500MiB or 2GB)"))
+}
+
+fn elapsed_ms(start: std::time::Instant) -> u64 {
+    start.elapsed().as_millis().min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576").unwrap(), 1_048_576);
+        assert_eq!(parse_size("2MiB").unwrap(), 2 * 1_048_576);
+        assert_eq!(parse_size("1GB").unwrap(), 1_000_000_000);
+        assert!(parse_size("lots").unwrap_err().contains("lots"));
+    }
+}

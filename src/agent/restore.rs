@@ -1,0 +1,554 @@
+//! `sitecache restore`: fetches a generation, verifies it and extracts it, within a deadline.
+//!
+//! The archive streams in by parallel ranged GETs and is hashed, decompressed and unpacked as the
+//! bytes arrive, into a staging directory that replaces DEST only when the checksum matched and
+//! every entry was written. Advisory by default: any failure prints a warning and exits 0, so the
+//! runner cold-starts as it would without a cache; `--strict` makes failures exit non-zero.
+//! Either way one JSON line on stdout says what happened.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::StorageArgs;
+use super::install::{self, Staging};
+use crate::archive::{self, Compression, Current, Manifest, UnpackError, UnpackLimits, Unpacker};
+use crate::storage::{self, DownloadOptions, Location, StorageError};
+
+/// Fetch, verify and extract a generation into a directory.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// Where the site's generations live.
+    #[arg(long, env = "SITECACHE_URL", value_name = "s3://BUCKET/PREFIX/")]
+    pub url: String,
+
+    /// The directory to restore into (DENO_DIR). It is replaced as a whole, and only once the
+    /// archive checked out.
+    #[arg(long, env = "SITECACHE_DEST", value_name = "DIR")]
+    pub dest: PathBuf,
+
+    /// Restore this generation instead of the promoted one (current.json).
+    #[arg(long, conflicts_with = "key")]
+    pub generation: Option<u64>,
+
+    /// Restore this object (a key in the bucket) instead, for example a legacy cache.tgz; the
+    /// format is detected from its bytes.
+    #[arg(long)]
+    pub key: Option<String>,
+
+    /// Hard deadline of the whole command.
+    #[arg(long, env = "SITECACHE_TIMEOUT", default_value = "30s", value_parser = super::parse_duration)]
+    pub timeout: Duration,
+
+    /// Exit non-zero on failure (default: warn and exit 0, so the wake-up goes on).
+    #[arg(long, env = "SITECACHE_STRICT")]
+    pub strict: bool,
+
+    /// Refuse archives larger than this.
+    #[arg(long, default_value = "4GiB", value_parser = super::parse_size)]
+    pub max_bytes: u64,
+
+    /// Refuse archives that unpack to more than this.
+    #[arg(long, default_value = "32GiB", value_parser = super::parse_size)]
+    pub max_unpacked_bytes: u64,
+
+    /// Threads writing files (default: twice the CPUs, 2 to 16).
+    #[arg(long, hide = true)]
+    pub threads: Option<usize>,
+
+    /// Ranged GETs in flight.
+    #[arg(long, default_value_t = 6, hide = true)]
+    pub download_concurrency: usize,
+
+    /// Bytes per ranged GET.
+    #[arg(long, default_value = "8MiB", value_parser = super::parse_size, hide = true)]
+    pub chunk_size: u64,
+
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// The JSON line a restore prints on stdout.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RestoreReport {
+    pub ok: bool,
+    /// `restored`, or why not: `no-current-generation`, `not-found`, `timeout`, `too-large`,
+    /// `size-mismatch`, `checksum-mismatch`, `corrupt-archive`, `unsafe-entry`, `storage-error`, …
+    pub reason: String,
+    pub generation: Option<u64>,
+    /// Archive bytes downloaded.
+    pub bytes: u64,
+    /// Regular files restored.
+    pub files: u64,
+    pub ms: u64,
+    /// What happened, in words.
+    pub message: String,
+}
+
+/// Why a restore failed. DEST was not changed in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("--url: {0}")]
+    BadUrl(String),
+    #[error("no generation has been promoted at {0} yet")]
+    NoCurrent(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the restore did not finish within --timeout {0}")]
+    Timeout(String),
+    #[error("{what} is {size} bytes, over --max-bytes {max}")]
+    TooLarge { what: String, size: u64, max: u64 },
+    #[error("{key} is {found} bytes but its manifest says {expected}")]
+    SizeMismatch { key: String, found: u64, expected: u64 },
+    #[error("{key}: SHA-256 {found} does not match the manifest's {expected}")]
+    ChecksumMismatch {
+        key: String,
+        found: String,
+        expected: String,
+    },
+    #[error("{key} is neither a zstd nor a gzip archive")]
+    UnknownFormat { key: String },
+    #[error("manifest {key} is of format version {version}, newer than this restore understands")]
+    UnsupportedFormat { key: String, version: u32 },
+    #[error("extracting: {0}")]
+    Unpack(#[from] UnpackError),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("--dest {path}: {source}")]
+    Dest { path: PathBuf, source: io::Error },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RestoreError {
+    /// The `reason` of the result line.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RestoreError::BadUrl(_) => "invalid-arguments",
+            RestoreError::NoCurrent(_) => "no-current-generation",
+            RestoreError::NotFound(_) => "not-found",
+            RestoreError::Timeout(_) => "timeout",
+            RestoreError::TooLarge { .. } => "too-large",
+            RestoreError::SizeMismatch { .. } => "size-mismatch",
+            RestoreError::ChecksumMismatch { .. } => "checksum-mismatch",
+            RestoreError::UnknownFormat { .. } | RestoreError::UnsupportedFormat { .. } => {
+                "unsupported-format"
+            }
+            RestoreError::Unpack(e) => e.kind(),
+            RestoreError::Storage(StorageError::Timeout { .. }) => "timeout",
+            RestoreError::Storage(StorageError::NotFound { .. }) => "not-found",
+            RestoreError::Storage(_) => "storage-error",
+            RestoreError::Dest { .. } => "dest-error",
+            RestoreError::Internal(_) => "internal-error",
+        }
+    }
+}
+
+/// What is being restored.
+struct Target {
+    key: String,
+    generation: Option<u64>,
+    /// Size and checksum from a manifest, when there is one.
+    expected: Option<(u64, String)>,
+}
+
+struct Restored {
+    generation: Option<u64>,
+    bytes: u64,
+    files: u64,
+}
+
+/// Runs a restore and returns its result line. Never panics and never exceeds the deadline by
+/// more than a short grace for cleanup.
+pub async fn run(args: RestoreArgs) -> RestoreReport {
+    let start = Instant::now();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let staging_slot: Arc<std::sync::Mutex<Option<PathBuf>>> = Arc::default();
+    let task = tokio::spawn(restore(args.clone(), cancel.clone(), staging_slot.clone()));
+    let abort = task.abort_handle();
+    let outcome = match tokio::time::timeout(args.timeout, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join_error)) => Err(RestoreError::Internal(format!(
+            "the restore task failed: {join_error}"
+        ))),
+        Err(_) => {
+            cancel.store(true, Ordering::Relaxed);
+            abort.abort();
+            Err(RestoreError::Timeout(crate::api::duration::format(args.timeout)))
+        }
+    };
+    if outcome.is_err() {
+        // The staging directory of a failed or abandoned restore; DEST itself was never touched.
+        let staging = staging_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(path) = staging {
+            let cleanup = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path));
+            let _ = tokio::time::timeout(Duration::from_secs(2), cleanup).await;
+        }
+    }
+    let ms = super::elapsed_ms(start);
+    match outcome {
+        Ok(r) => RestoreReport {
+            ok: true,
+            reason: "restored".to_owned(),
+            generation: r.generation,
+            bytes: r.bytes,
+            files: r.files,
+            ms,
+            message: format!(
+                "restored {} files into {}",
+                r.files,
+                args.dest.display()
+            ),
+        },
+        Err(e) => RestoreReport {
+            ok: false,
+            reason: e.reason().to_owned(),
+            generation: None,
+            bytes: 0,
+            files: 0,
+            ms,
+            message: e.to_string(),
+        },
+    }
+}
+
+async fn restore(
+    args: RestoreArgs,
+    cancel: Arc<AtomicBool>,
+    staging_slot: Arc<std::sync::Mutex<Option<PathBuf>>>,
+) -> Result<Restored, RestoreError> {
+    let loc: Location = args
+        .url
+        .parse()
+        .map_err(|e: storage::LocationError| RestoreError::BadUrl(e.to_string()))?;
+    let attempt = args.timeout.min(Duration::from_secs(15));
+    let client = storage::client(&args.storage.options(Some(attempt), 3)).await;
+    let target = resolve(&client, &loc, &args).await?;
+
+    let Some((size, etag)) = storage::head(&client, &loc.bucket, &target.key).await? else {
+        return Err(RestoreError::NotFound(format!(
+            "s3://{}/{} does not exist",
+            loc.bucket, target.key
+        )));
+    };
+    if size > args.max_bytes {
+        return Err(RestoreError::TooLarge {
+            what: format!("s3://{}/{}", loc.bucket, target.key),
+            size,
+            max: args.max_bytes,
+        });
+    }
+    if let Some((expected, _)) = &target.expected
+        && *expected != size
+    {
+        return Err(RestoreError::SizeMismatch {
+            key: target.key.clone(),
+            found: size,
+            expected: *expected,
+        });
+    }
+
+    let staging = tokio::task::spawn_blocking({
+        let dest = args.dest.clone();
+        move || install::prepare(&dest)
+    })
+    .await
+    .map_err(|e| RestoreError::Internal(e.to_string()))?
+    .map_err(|source| RestoreError::Dest {
+        path: args.dest.clone(),
+        source,
+    })?;
+    *staging_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(staging.path.clone());
+
+    let result = fetch_and_unpack(&client, &loc, &target, size, etag, &args, &staging, cancel).await;
+    let files = match result {
+        Ok(files) => files,
+        Err(e) => {
+            let _ = tokio::task::spawn_blocking(move || staging.discard()).await;
+            staging_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            return Err(e);
+        }
+    };
+
+    let old = tokio::task::spawn_blocking(move || staging.install())
+        .await
+        .map_err(|e| RestoreError::Internal(e.to_string()))?
+        .map_err(|source| RestoreError::Dest {
+            path: args.dest.clone(),
+            source,
+        })?;
+    staging_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(old) = old {
+        // DEST is complete; removing the previous tree is housekeeping (a restore that dies
+        // here leaves it for the next one to remove).
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(old)).await;
+    }
+    Ok(Restored {
+        generation: target.generation,
+        bytes: size,
+        files,
+    })
+}
+
+async fn resolve(
+    client: &aws_sdk_s3::Client,
+    loc: &Location,
+    args: &RestoreArgs,
+) -> Result<Target, RestoreError> {
+    let manifest: Manifest = if let Some(key) = &args.key {
+        // A generation's archive is verified against its manifest; any other key (a legacy
+        // tarball) by its own format's checks.
+        let Some(n) = loc
+            .generation_of_key(key)
+            .filter(|n| loc.archive_key(*n) == *key)
+        else {
+            return Ok(Target {
+                key: key.clone(),
+                generation: None,
+                expected: None,
+            });
+        };
+        read_manifest(client, loc, n).await?
+    } else if let Some(n) = args.generation {
+        read_manifest(client, loc, n).await?
+    } else {
+        let current: Current = storage::get_json(client, &loc.bucket, &loc.current_key())
+            .await?
+            .ok_or_else(|| RestoreError::NoCurrent(loc.to_string()))?;
+        current.manifest
+    };
+    if manifest.format_version > archive::FORMAT_VERSION {
+        return Err(RestoreError::UnsupportedFormat {
+            key: manifest.archive_key,
+            version: manifest.format_version,
+        });
+    }
+    Ok(Target {
+        key: manifest.archive_key,
+        generation: Some(manifest.generation),
+        expected: Some((manifest.size_bytes, manifest.sha256)),
+    })
+}
+
+async fn read_manifest(
+    client: &aws_sdk_s3::Client,
+    loc: &Location,
+    generation: u64,
+) -> Result<Manifest, RestoreError> {
+    let key = loc.manifest_key(generation);
+    storage::get_json(client, &loc.bucket, &key)
+        .await?
+        .ok_or_else(|| {
+            RestoreError::NotFound(format!(
+                "generation {generation} is not committed at {loc} ({key} does not exist)"
+            ))
+        })
+}
+
+/// Downloads the archive and unpacks it into the staging directory as it arrives; verifies size
+/// and checksum at the end. Returns the number of regular files.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_and_unpack(
+    client: &aws_sdk_s3::Client,
+    loc: &Location,
+    target: &Target,
+    size: u64,
+    etag: Option<String>,
+    args: &RestoreArgs,
+    staging: &Staging,
+    cancel: Arc<AtomicBool>,
+) -> Result<u64, RestoreError> {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(args.download_concurrency.max(1));
+    let unpacker = Unpacker {
+        root: staging.path.clone(),
+        strip_prefix: None,
+        workers: args.threads.unwrap_or_else(default_threads),
+        limits: UnpackLimits {
+            max_bytes: args.max_unpacked_bytes,
+            ..UnpackLimits::default()
+        },
+        cancel,
+    };
+    let key = target.key.clone();
+    let consumer = tokio::task::spawn_blocking(move || unpack_stream(rx, unpacker, &key));
+
+    let mut chunks = std::pin::pin!(storage::ranged_download(
+        client.clone(),
+        loc.bucket.clone(),
+        target.key.clone(),
+        size,
+        etag,
+        DownloadOptions {
+            chunk_size: args.chunk_size,
+            concurrency: args.download_concurrency,
+        },
+    ));
+    let mut download_error = None;
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            Ok(bytes) => {
+                if tx.send(Ok(bytes)).await.is_err() {
+                    break; // the consumer failed; its error says why
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string())).await;
+                download_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let consumed = consumer
+        .await
+        .map_err(|e| RestoreError::Internal(e.to_string()))?;
+    if let Some(e) = download_error {
+        return Err(e.into());
+    }
+    let (stats, read, sha) = consumed?;
+    if read != size {
+        return Err(RestoreError::SizeMismatch {
+            key: target.key.clone(),
+            found: read,
+            expected: size,
+        });
+    }
+    if let Some((_, expected)) = &target.expected
+        && !expected.eq_ignore_ascii_case(&sha)
+    {
+        return Err(RestoreError::ChecksumMismatch {
+            key: target.key.clone(),
+            found: sha,
+            expected: expected.clone(),
+        });
+    }
+    Ok(stats.files)
+}
+
+fn default_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cpus * 2).clamp(2, 16)
+}
+
+/// The blocking side: hash, decompress and unpack what arrives on `rx`, then drain the rest so
+/// that the whole archive is hashed (and the compressor's own checksum verified).
+fn unpack_stream(
+    rx: mpsc::Receiver<Result<Bytes, String>>,
+    mut unpacker: Unpacker,
+    key: &str,
+) -> Result<(archive::UnpackStats, u64, String), RestoreError> {
+    let mut reader = HashingReader {
+        inner: ChannelReader {
+            rx,
+            current: Bytes::new(),
+        },
+        hasher: Sha256::new(),
+        total: 0,
+    };
+    let mut head = [0u8; 4];
+    let n = read_up_to(&mut reader, &mut head).map_err(UnpackError::Read)?;
+    let compression = Compression::detect(&head[..n]).ok_or_else(|| RestoreError::UnknownFormat {
+        key: key.to_owned(),
+    })?;
+    let stream = io::Cursor::new(head[..n].to_vec()).chain(&mut reader);
+    let stats = match compression {
+        Compression::Zstd => {
+            let mut decoder = zstd::stream::read::Decoder::new(stream).map_err(UnpackError::Read)?;
+            let stats = unpacker.unpack(&mut decoder)?;
+            io::copy(&mut decoder, &mut io::sink()).map_err(UnpackError::Read)?;
+            stats
+        }
+        Compression::Gzip => {
+            unpacker.strip_prefix = Some(PathBuf::from(archive::LEGACY_PREFIX));
+            let mut decoder = flate2::read::MultiGzDecoder::new(stream);
+            let stats = unpacker.unpack(&mut decoder)?;
+            io::copy(&mut decoder, &mut io::sink()).map_err(UnpackError::Read)?;
+            stats
+        }
+    };
+    io::copy(&mut reader, &mut io::sink()).map_err(UnpackError::Read)?;
+    Ok((stats, reader.total, hex::encode(reader.hasher.finalize())))
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Reads the chunks sent by the downloader, in order.
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Bytes, String>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(bytes)) => self.current = bytes,
+                Some(Err(message)) => return Err(io::Error::other(message)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Hashes and counts the compressed bytes as they are read.
+struct HashingReader {
+    inner: ChannelReader,
+    hasher: Sha256,
+    total: u64,
+}
+
+impl Read for HashingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.total += n as u64;
+        Ok(n)
+    }
+}
+
+/// Prints the result line and any warning, and returns the exit code.
+pub fn report(report: &RestoreReport, strict: bool) -> std::process::ExitCode {
+    println!(
+        "{}",
+        serde_json::to_string(report).expect("the report serializes")
+    );
+    if report.ok {
+        std::process::ExitCode::SUCCESS
+    } else if strict {
+        eprintln!("error: restore failed: {}", report.message);
+        std::process::ExitCode::FAILURE
+    } else {
+        eprintln!(
+            "warning: restore failed ({}): {}; continuing without a cache",
+            report.reason, report.message
+        );
+        std::process::ExitCode::SUCCESS
+    }
+}
+
+/// Whether a restore is strict, read from raw arguments (for argument errors, which happen before
+/// the arguments are parsed).
+pub fn strict_in_args(args: &[std::ffi::OsString]) -> bool {
+    args.iter().any(|a| a == "--strict")
+        || std::env::var("SITECACHE_STRICT").is_ok_and(|v| v == "true" || v == "1")
+}

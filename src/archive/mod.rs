@@ -1,0 +1,146 @@
+//! The archive format of a generation (version 1), documented for runner authors in
+//! `docs/formats.md`:
+//!
+//! - `cache.tar.zst`: one zstd frame (with content checksum) holding a tar stream (GNU headers,
+//!   long names as GNU extensions) of the cache directory's contents, paths relative to it,
+//!   sorted, each directory before its contents. Regular files, directories, symbolic links
+//!   (relative, staying inside the tree) and hard links; permission bits and modification times
+//!   (seconds) are kept; owners are not.
+//! - `manifest.json` ([`Manifest`]): written after the archive, it commits the generation.
+//! - `current.json` ([`Current`]): the promoted generation.
+//!
+//! Legacy archives (`tar -czf` of `/deno-dir`, entries under `deno-dir/`) are detected from their
+//! first bytes and restored too.
+
+mod pack;
+pub mod policy;
+mod unpack;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+pub use pack::{PackError, PackStats, Tree, pack, scan};
+pub use unpack::{UnpackError, UnpackLimits, UnpackStats, Unpacker};
+
+/// Version of the archive and manifest formats this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The `format` field of a manifest for `cache.tar.zst`.
+pub const FORMAT_TAR_ZSTD: &str = "tar+zstd";
+
+/// The name prefix of entries in a legacy tarball (`tar -xzf - -C /` restores `/deno-dir`).
+pub const LEGACY_PREFIX: &str = "deno-dir";
+
+/// `P/generations/<n>/manifest.json`: describes and commits generation `n`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// Generation number.
+    pub generation: u64,
+    /// Key of the archive object.
+    pub archive_key: String,
+    /// Archive format, [`FORMAT_TAR_ZSTD`].
+    pub format: String,
+    /// Size of the archive object in bytes.
+    pub size_bytes: u64,
+    /// SHA-256 of the archive object, lower-case hex.
+    pub sha256: String,
+    /// Regular files in the archive (hard links included).
+    pub files: u64,
+    /// Entries of every kind in the archive.
+    pub entries: u64,
+    /// Total size of the regular files.
+    pub uncompressed_bytes: u64,
+    /// When the snapshot finished packing.
+    pub created_at: Timestamp,
+    /// The source revision the cache was built from, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_revision: Option<String>,
+    /// Key of the legacy gzip copy, when one was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_archive_key: Option<String>,
+    /// The program that wrote it.
+    pub writer: String,
+}
+
+/// `P/current.json`: the promoted generation, a copy of its manifest plus when it was promoted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Current {
+    #[serde(flatten)]
+    pub manifest: Manifest,
+    /// When the controller promoted the generation.
+    pub promoted_at: Timestamp,
+}
+
+/// The compression of an archive, detected from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Zstd,
+    Gzip,
+}
+
+impl Compression {
+    /// Detects zstd (`28 b5 2f fd`) or gzip (`1f 8b`) from the first bytes of an archive.
+    pub fn detect(head: &[u8]) -> Option<Self> {
+        if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Some(Compression::Zstd)
+        } else if head.starts_with(&[0x1f, 0x8b]) {
+            Some(Compression::Gzip)
+        } else {
+            None
+        }
+    }
+}
+
+/// The writer string recorded in manifests.
+pub fn writer() -> String {
+    format!("sitecache {}", env!("CARGO_PKG_VERSION"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_compression() {
+        assert_eq!(
+            Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
+            Some(Compression::Zstd)
+        );
+        assert_eq!(Compression::detect(&[0x1f, 0x8b, 8]), Some(Compression::Gzip));
+        assert_eq!(Compression::detect(b"ustar"), None);
+        assert_eq!(Compression::detect(&[]), None);
+    }
+
+    #[test]
+    fn current_flattens_the_manifest() {
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            generation: 3,
+            archive_key: "shop/generations/00000000000000000003/cache.tar.zst".into(),
+            format: FORMAT_TAR_ZSTD.into(),
+            size_bytes: 10,
+            sha256: "00".repeat(32),
+            files: 2,
+            entries: 3,
+            uncompressed_bytes: 20,
+            created_at: "2026-11-23T10:00:00Z".parse().unwrap(),
+            source_revision: Some("r1".into()),
+            legacy_archive_key: None,
+            writer: writer(),
+        };
+        let current = Current {
+            manifest: manifest.clone(),
+            promoted_at: "2026-11-23T10:01:00Z".parse().unwrap(),
+        };
+        let json = serde_json::to_value(&current).unwrap();
+        assert_eq!(json["generation"], 3);
+        assert_eq!(json["sourceRevision"], "r1");
+        assert_eq!(json["promotedAt"], "2026-11-23T10:01:00Z");
+        let back: Current = serde_json::from_value(json).unwrap();
+        assert_eq!(back, current);
+    }
+}

@@ -1,0 +1,284 @@
+//! Packing a directory tree into a tar stream: scan first (so that counts and refusals come before
+//! any upload), then stream every entry in sorted order.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::policy;
+
+/// Why a tree could not be scanned or packed.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("{0} does not exist")]
+    Missing(PathBuf),
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is a symbolic link that cannot be restored safely: {why}")]
+    UnsafeLink {
+        path: PathBuf,
+        why: policy::PolicyError,
+    },
+    #[error("{path} changed while it was being packed ({why})")]
+    Changed { path: PathBuf, why: &'static str },
+    #[error("writing the archive: {0}")]
+    Output(io::Error),
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Dir,
+    File { size: u64 },
+    Symlink { target: PathBuf },
+    /// A hard link to the entry at this index, a regular file packed earlier.
+    HardLink { first: usize },
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    rel: PathBuf,
+    kind: Kind,
+    mode: u32,
+    mtime: u64,
+}
+
+/// A scanned tree: every entry to pack, in order, and what it adds up to.
+#[derive(Debug)]
+pub struct Tree {
+    root: PathBuf,
+    entries: Vec<Entry>,
+    root_mode: u32,
+    root_mtime: u64,
+    /// Regular files (hard links included).
+    pub files: u64,
+    /// Total size of the regular files (each hard-linked file once).
+    pub uncompressed_bytes: u64,
+    /// Sockets, FIFOs and device files, which are left out.
+    pub skipped: Vec<PathBuf>,
+}
+
+impl Tree {
+    /// Entries of every kind.
+    pub fn entries(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    /// The scanned directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// What [`pack`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackStats {
+    pub entries: u64,
+    pub files: u64,
+    pub uncompressed_bytes: u64,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
+    move |source| PackError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Scans `root` without following symbolic links. Refuses links that could not be restored
+/// safely (absolute, or leaving the tree); leaves out sockets, FIFOs and devices.
+pub fn scan(root: &Path) -> Result<Tree, PackError> {
+    let meta = match std::fs::metadata(root) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(PackError::Missing(root.to_owned()));
+        }
+        Err(e) => return Err(io_err(root)(e)),
+    };
+    if !meta.is_dir() {
+        return Err(PackError::NotADirectory(root.to_owned()));
+    }
+    let mut tree = Tree {
+        root: root.to_owned(),
+        entries: Vec::new(),
+        root_mode: meta.mode() & 0o7777,
+        root_mtime: meta.mtime().max(0) as u64,
+        files: 0,
+        uncompressed_bytes: 0,
+        skipped: Vec::new(),
+    };
+    let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
+    let walker = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+    for item in walker {
+        let item = item.map_err(|e| {
+            let path = e.path().unwrap_or(root).to_owned();
+            PackError::Io {
+                path,
+                source: e.into(),
+            }
+        })?;
+        let path = item.path();
+        let rel = path.strip_prefix(root).expect("walkdir yields paths under its root");
+        let meta = item.metadata().map_err(|e| PackError::Io {
+            path: path.to_owned(),
+            source: e.into(),
+        })?;
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            if meta.nlink() > 1
+                && let Some(&first) = inodes.get(&(meta.dev(), meta.ino()))
+            {
+                tree.files += 1;
+                Kind::HardLink { first }
+            } else {
+                if meta.nlink() > 1 {
+                    inodes.insert((meta.dev(), meta.ino()), tree.entries.len());
+                }
+                tree.files += 1;
+                tree.uncompressed_bytes += meta.len();
+                Kind::File { size: meta.len() }
+            }
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(path).map_err(io_err(path))?;
+            policy::symlink_target(rel, target.as_os_str().as_bytes()).map_err(|why| {
+                PackError::UnsafeLink {
+                    path: path.to_owned(),
+                    why,
+                }
+            })?;
+            Kind::Symlink { target }
+        } else {
+            tree.skipped.push(path.to_owned());
+            continue;
+        };
+        tree.entries.push(Entry {
+            rel: rel.to_owned(),
+            kind,
+            mode: meta.mode() & 0o7777,
+            mtime: meta.mtime().max(0) as u64,
+        });
+    }
+    Ok(tree)
+}
+
+/// Writes `tree` as a tar stream to `out` (which is returned, for compressors to finish). With
+/// `name_prefix`, every entry is placed under that directory (the legacy layout), which gets an
+/// entry of its own first.
+pub fn pack<W: Write>(
+    tree: &Tree,
+    out: W,
+    name_prefix: Option<&Path>,
+) -> Result<(W, PackStats), PackError> {
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    let mut stats = PackStats::default();
+    let name = |rel: &Path| match name_prefix {
+        Some(p) => p.join(rel),
+        None => rel.to_owned(),
+    };
+    if let Some(prefix) = name_prefix {
+        let mut h = header(tar::EntryType::Directory, tree.root_mode, tree.root_mtime);
+        builder
+            .append_data(&mut h, prefix, io::empty())
+            .map_err(PackError::Output)?;
+        stats.entries += 1;
+    }
+    for entry in &tree.entries {
+        let path = tree.root.join(&entry.rel);
+        let target_name = name(&entry.rel);
+        match &entry.kind {
+            Kind::Dir => {
+                let mut h = header(tar::EntryType::Directory, entry.mode, entry.mtime);
+                builder
+                    .append_data(&mut h, &target_name, io::empty())
+                    .map_err(PackError::Output)?;
+            }
+            Kind::File { size } => {
+                let file = File::open(&path).map_err(io_err(&path))?;
+                let mut h = header(tar::EntryType::Regular, entry.mode, entry.mtime);
+                h.set_size(*size);
+                let mut reader = ExactReader {
+                    inner: file,
+                    remaining: *size,
+                    error: None,
+                };
+                let result = builder.append_data(&mut h, &target_name, &mut reader);
+                if let Some(why) = reader.error {
+                    return Err(PackError::Changed { path, why });
+                }
+                result.map_err(PackError::Output)?;
+                stats.files += 1;
+                stats.uncompressed_bytes += size;
+            }
+            Kind::Symlink { target } => {
+                let mut h = header(tar::EntryType::Symlink, entry.mode, entry.mtime);
+                builder
+                    .append_link(&mut h, &target_name, target)
+                    .map_err(PackError::Output)?;
+            }
+            Kind::HardLink { first } => {
+                let mut h = header(tar::EntryType::Link, entry.mode, entry.mtime);
+                builder
+                    .append_link(&mut h, &target_name, name(&tree.entries[*first].rel))
+                    .map_err(PackError::Output)?;
+                stats.files += 1;
+            }
+        }
+        stats.entries += 1;
+    }
+    let out = builder.into_inner().map_err(PackError::Output)?;
+    Ok((out, stats))
+}
+
+fn header(kind: tar::EntryType, mode: u32, mtime: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_mtime(mtime);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(0);
+    h
+}
+
+/// Reads exactly `remaining` bytes: a file that shrank or grew since it was scanned would
+/// otherwise make a tar entry whose data does not match its header.
+struct ExactReader {
+    inner: File,
+    remaining: u64,
+    error: Option<&'static str>,
+}
+
+impl Read for ExactReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            // One probe for growth past the scanned size.
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? > 0 {
+                self.error = Some("it grew");
+                return Err(io::Error::other("file grew while being packed"));
+            }
+            return Ok(0);
+        }
+        let max = buf.len().min(self.remaining.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..max])?;
+        if n == 0 {
+            self.error = Some("it shrank");
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while being packed",
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,419 @@
+//! Safe, parallel extraction of a tar stream into an empty staging directory.
+//!
+//! One thread parses the stream; small files are written by a pool of workers (creating files is
+//! what costs, not the bytes), large ones are streamed by the parser. Links and directory times
+//! are applied at the end. Every entry is checked before anything is written: nothing can land
+//! outside the staging directory, whatever the archive says.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use filetime::FileTime;
+
+use super::policy;
+
+/// Files up to this size are read into memory and written by a worker.
+const SMALL_FILE: u64 = 1024 * 1024;
+/// Small files queued for the workers at most (bounds memory to ~64 MiB).
+const QUEUE: usize = 64;
+
+/// Limits that protect the destination's disk from a hostile or broken archive.
+#[derive(Clone, Copy, Debug)]
+pub struct UnpackLimits {
+    /// Total bytes of regular files.
+    pub max_bytes: u64,
+    /// Entries of every kind.
+    pub max_entries: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 16 * 1024 * 1024 * 1024,
+            max_entries: 2_000_000,
+        }
+    }
+}
+
+/// What an unpack wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnpackStats {
+    pub entries: u64,
+    /// Regular files and hard links.
+    pub files: u64,
+    /// Bytes of regular files.
+    pub bytes: u64,
+}
+
+/// Why an unpack stopped. The staging directory is then incomplete and must be discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("refused entry {path:?}: {why}")]
+    Unsafe { path: String, why: String },
+    #[error("reading the archive failed: {0}")]
+    Read(io::Error),
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("the archive exceeds {what} (limit {limit})")]
+    TooLarge { what: &'static str, limit: u64 },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl UnpackError {
+    /// A short machine-readable kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UnpackError::Unsafe { .. } => "unsafe-entry",
+            UnpackError::Read(_) => "corrupt-archive",
+            UnpackError::Write { .. } => "write-failed",
+            UnpackError::TooLarge { .. } => "too-large",
+            UnpackError::Cancelled => "cancelled",
+        }
+    }
+}
+
+fn unsafe_entry(raw: &[u8], why: impl ToString) -> UnpackError {
+    UnpackError::Unsafe {
+        path: String::from_utf8_lossy(raw).into_owned(),
+        why: why.to_string(),
+    }
+}
+
+/// Extracts a tar stream into `root`, an existing empty directory.
+pub struct Unpacker {
+    pub root: PathBuf,
+    /// Entries must be below this directory, which is stripped (legacy archives: `deno-dir`).
+    pub strip_prefix: Option<PathBuf>,
+    /// Threads writing small files.
+    pub workers: usize,
+    pub limits: UnpackLimits,
+    /// Set to stop an unpack early (it then fails with [`UnpackError::Cancelled`]).
+    pub cancel: Arc<AtomicBool>,
+}
+
+struct FileJob {
+    path: PathBuf,
+    data: Vec<u8>,
+    mode: u32,
+    mtime: i64,
+}
+
+#[derive(Default)]
+struct State {
+    seen: HashSet<PathBuf>,
+    dirs: HashSet<PathBuf>,
+    symlinks: HashSet<PathBuf>,
+    regular: HashSet<PathBuf>,
+    dir_times: Vec<(PathBuf, u32, i64)>,
+    deferred_symlinks: Vec<(PathBuf, PathBuf, i64)>,
+    deferred_hardlinks: Vec<(PathBuf, PathBuf)>,
+    stats: UnpackStats,
+}
+
+impl Unpacker {
+    /// Unpacks `reader` (an uncompressed tar stream) into the root.
+    pub fn unpack<R: Read>(&self, reader: R) -> Result<UnpackStats, UnpackError> {
+        let mut archive = tar::Archive::new(reader);
+        let failure: Mutex<Option<UnpackError>> = Mutex::new(None);
+        let (tx, rx) = sync_channel::<FileJob>(QUEUE);
+        let rx = Mutex::new(rx);
+        let mut state = State::default();
+        let parsed = std::thread::scope(|scope| {
+            for _ in 0..self.workers.max(1) {
+                scope.spawn(|| worker(&rx, &failure, &self.cancel));
+            }
+            // `tx` is moved in and dropped when parsing ends, which lets the workers finish.
+            self.parse(&mut archive, tx, &failure, &mut state)
+        });
+        if let Some(e) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(e);
+        }
+        parsed?;
+        self.finish(&mut state)?;
+        Ok(state.stats)
+    }
+
+    fn parse<R: Read>(
+        &self,
+        archive: &mut tar::Archive<R>,
+        tx: SyncSender<FileJob>,
+        failure: &Mutex<Option<UnpackError>>,
+        state: &mut State,
+    ) -> Result<(), UnpackError> {
+        let entries = archive.entries().map_err(UnpackError::Read)?;
+        for entry in entries {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(UnpackError::Cancelled);
+            }
+            if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                // A worker failed; its error is reported by the caller.
+                return Ok(());
+            }
+            let mut entry = entry.map_err(UnpackError::Read)?;
+            let kind = entry.header().entry_type();
+            if kind == tar::EntryType::XGlobalHeader {
+                // Global PAX records would apply to every later entry; none is honoured.
+                continue;
+            }
+            let raw = entry.path_bytes().into_owned();
+            let Some(rel) = self.relative(&raw)? else {
+                continue; // the archive's root directory itself
+            };
+            state.stats.entries += 1;
+            if state.stats.entries > self.limits.max_entries {
+                return Err(UnpackError::TooLarge {
+                    what: "the entry limit",
+                    limit: self.limits.max_entries,
+                });
+            }
+            if !state.seen.insert(rel.clone()) {
+                return Err(unsafe_entry(&raw, "duplicate entry"));
+            }
+            if rel.ancestors().skip(1).any(|a| state.symlinks.contains(a)) {
+                return Err(unsafe_entry(&raw, "below a symbolic link"));
+            }
+            let header = entry.header();
+            let mode = header.mode().map_err(UnpackError::Read)? & 0o777;
+            let mtime = header.mtime().map_err(UnpackError::Read)?.min(i64::MAX as u64) as i64;
+            let dest = self.root.join(&rel);
+            match kind {
+                tar::EntryType::Directory => {
+                    self.ensure_parent(state, &rel)?;
+                    if !state.dirs.contains(&rel) {
+                        std::fs::DirBuilder::new()
+                            .mode(0o700)
+                            .create(&dest)
+                            .map_err(|source| UnpackError::Write {
+                                path: dest.clone(),
+                                source,
+                            })?;
+                        state.dirs.insert(rel.clone());
+                    }
+                    state.dir_times.push((dest, mode, mtime));
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let size = entry.size();
+                    state.stats.bytes += size;
+                    state.stats.files += 1;
+                    if state.stats.bytes > self.limits.max_bytes {
+                        return Err(UnpackError::TooLarge {
+                            what: "the unpacked size limit",
+                            limit: self.limits.max_bytes,
+                        });
+                    }
+                    self.ensure_parent(state, &rel)?;
+                    state.regular.insert(rel.clone());
+                    if size <= SMALL_FILE {
+                        let mut data = Vec::with_capacity(size as usize);
+                        entry
+                            .read_to_end(&mut data)
+                            .map_err(UnpackError::Read)?;
+                        let job = FileJob {
+                            path: dest,
+                            data,
+                            mode,
+                            mtime,
+                        };
+                        if tx.send(job).is_err() {
+                            return Ok(()); // workers are gone: a failure is recorded
+                        }
+                    } else {
+                        write_file(&dest, Content::Stream(&mut entry), mode, mtime)?;
+                    }
+                }
+                tar::EntryType::Symlink => {
+                    let target = entry
+                        .link_name_bytes()
+                        .ok_or_else(|| unsafe_entry(&raw, "symbolic link without a target"))?
+                        .into_owned();
+                    policy::symlink_target(&rel, &target).map_err(|e| unsafe_entry(&raw, e))?;
+                    self.ensure_parent(state, &rel)?;
+                    state.symlinks.insert(rel.clone());
+                    let target = PathBuf::from(<std::ffi::OsString as OsStringExt>::from_vec(target));
+                    state.deferred_symlinks.push((dest, target, mtime));
+                }
+                tar::EntryType::Link => {
+                    let raw_target = entry
+                        .link_name_bytes()
+                        .ok_or_else(|| unsafe_entry(&raw, "hard link without a target"))?
+                        .into_owned();
+                    let target = self.relative(&raw_target)?.ok_or_else(|| {
+                        unsafe_entry(&raw, "hard link to the archive's root directory")
+                    })?;
+                    if !state.regular.contains(&target) {
+                        return Err(unsafe_entry(
+                            &raw,
+                            "hard link to something that is not a regular file earlier in the archive",
+                        ));
+                    }
+                    self.ensure_parent(state, &rel)?;
+                    state.stats.files += 1;
+                    state
+                        .deferred_hardlinks
+                        .push((dest, self.root.join(target)));
+                }
+                tar::EntryType::Char | tar::EntryType::Block => {
+                    return Err(unsafe_entry(&raw, "device file"));
+                }
+                tar::EntryType::Fifo => return Err(unsafe_entry(&raw, "FIFO")),
+                other => {
+                    return Err(unsafe_entry(
+                        &raw,
+                        format!("unsupported entry type {:?}", other),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The clean relative path of an entry, after the strip prefix; `None` for the root itself.
+    fn relative(&self, raw: &[u8]) -> Result<Option<PathBuf>, UnpackError> {
+        let Some(path) = policy::entry_path(raw).map_err(|e| unsafe_entry(raw, e))? else {
+            return Ok(None);
+        };
+        match &self.strip_prefix {
+            None => Ok(Some(path)),
+            Some(prefix) => match path.strip_prefix(prefix) {
+                Ok(rest) if rest.as_os_str().is_empty() => Ok(None),
+                Ok(rest) => Ok(Some(rest.to_owned())),
+                Err(_) => Err(unsafe_entry(
+                    raw,
+                    format!("outside {}/", prefix.display()),
+                )),
+            },
+        }
+    }
+
+    /// Makes sure the directories above `rel` exist (archives from other tools may list a file
+    /// before its directory).
+    fn ensure_parent(&self, state: &mut State, rel: &Path) -> Result<(), UnpackError> {
+        let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) else {
+            return Ok(());
+        };
+        if state.dirs.contains(parent) {
+            return Ok(());
+        }
+        if state.regular.contains(parent) || state.symlinks.contains(parent) {
+            return Err(unsafe_entry(
+                rel.as_os_str().as_encoded_bytes(),
+                "below a non-directory entry",
+            ));
+        }
+        let dest = self.root.join(parent);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dest)
+            .map_err(|source| UnpackError::Write { path: dest, source })?;
+        for a in parent.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+            state.dirs.insert(a.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Links, then directory modes and times, deepest first (writing into a directory changes
+    /// its mtime).
+    fn finish(&self, state: &mut State) -> Result<(), UnpackError> {
+        for (link, target) in &state.deferred_hardlinks {
+            std::fs::hard_link(target, link).map_err(|source| UnpackError::Write {
+                path: link.clone(),
+                source,
+            })?;
+        }
+        for (link, target, mtime) in &state.deferred_symlinks {
+            std::os::unix::fs::symlink(target, link).map_err(|source| UnpackError::Write {
+                path: link.clone(),
+                source,
+            })?;
+            let t = FileTime::from_unix_time(*mtime, 0);
+            filetime::set_symlink_file_times(link, t, t).map_err(|source| UnpackError::Write {
+                path: link.clone(),
+                source,
+            })?;
+        }
+        state
+            .dir_times
+            .sort_by_key(|(path, _, _)| std::cmp::Reverse(path.components().count()));
+        for (dir, mode, mtime) in &state.dir_times {
+            std::fs::set_permissions(dir, Permissions::from_mode(*mode)).map_err(|source| {
+                UnpackError::Write {
+                    path: dir.clone(),
+                    source,
+                }
+            })?;
+            let t = FileTime::from_unix_time(*mtime, 0);
+            filetime::set_file_times(dir, t, t).map_err(|source| UnpackError::Write {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn worker(rx: &Mutex<Receiver<FileJob>>, failure: &Mutex<Option<UnpackError>>, cancel: &AtomicBool) {
+    loop {
+        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+            Ok(job) => job,
+            Err(_) => return, // the parser is done
+        };
+        if cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = write_file(&job.path, Content::Bytes(&job.data), job.mode, job.mtime) {
+            let mut slot = failure.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert(e);
+            return;
+        }
+    }
+}
+
+enum Content<'a> {
+    Bytes(&'a [u8]),
+    Stream(&'a mut dyn Read),
+}
+
+/// Creates a new file (never through an existing file or link), writes it, and sets its mode and
+/// modification time through the open handle.
+fn write_file(path: &Path, content: Content<'_>, mode: u32, mtime: i64) -> Result<(), UnpackError> {
+    let werr = |source| UnpackError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file: File = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(werr)?;
+    match content {
+        Content::Bytes(data) => file.write_all(data).map_err(werr)?,
+        Content::Stream(reader) => {
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(UnpackError::Read(e)),
+                };
+                file.write_all(&buf[..n]).map_err(werr)?;
+            }
+        }
+    }
+    file.set_permissions(Permissions::from_mode(mode))
+        .map_err(werr)?;
+    filetime::set_file_handle_times(&file, None, Some(FileTime::from_unix_time(mtime, 0)))
+        .map_err(werr)?;
+    Ok(())
+}

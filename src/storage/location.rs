@@ -1,0 +1,194 @@
+//! `s3://bucket/prefix/` locations and the key layout under a prefix.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A bucket and a key prefix: where one site's objects live.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Location {
+    pub bucket: String,
+    /// Never empty, never starts with '/', never contains `..` or `//`, always ends with '/'.
+    pub prefix: String,
+}
+
+/// Why a location is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    #[error("{0:?} is not an s3:// URL (expected s3://BUCKET/PREFIX/)")]
+    NotS3(String),
+    #[error("{0:?} has no bucket (expected s3://BUCKET/PREFIX/)")]
+    NoBucket(String),
+    #[error("bucket {0:?} is not a valid bucket name (3-63 lower-case letters, digits, '.' and '-')")]
+    BadBucket(String),
+    #[error("prefix {prefix:?} {why}")]
+    BadPrefix { prefix: String, why: &'static str },
+}
+
+impl Location {
+    /// A location from a bucket and a prefix, checked with the same rules as the CRD.
+    pub fn new(bucket: &str, prefix: &str) -> Result<Self, LocationError> {
+        validate_bucket(bucket)?;
+        validate_prefix(prefix)?;
+        Ok(Self {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// `P/generations/<n>/`, with `n` zero-padded to 20 digits so that keys sort by number.
+    pub fn generation_prefix(&self, generation: u64) -> String {
+        format!("{}generations/{generation:020}/", self.prefix)
+    }
+
+    /// The archive of generation `n`.
+    pub fn archive_key(&self, generation: u64) -> String {
+        format!("{}cache.tar.zst", self.generation_prefix(generation))
+    }
+
+    /// The manifest of generation `n`: written last, it commits the generation.
+    pub fn manifest_key(&self, generation: u64) -> String {
+        format!("{}manifest.json", self.generation_prefix(generation))
+    }
+
+    /// The legacy gzip copy of generation `n`, published to `spec.legacy.publishKey` on promotion.
+    pub fn legacy_archive_key(&self, generation: u64) -> String {
+        format!("{}legacy.tar.gz", self.generation_prefix(generation))
+    }
+
+    /// `P/generations/`: the parent of every generation.
+    pub fn generations_prefix(&self) -> String {
+        format!("{}generations/", self.prefix)
+    }
+
+    /// `P/current.json`: the promoted generation.
+    pub fn current_key(&self) -> String {
+        format!("{}current.json", self.prefix)
+    }
+
+    /// `P/.sitecache-owner.json`: which SiteCache owns the prefix.
+    pub fn owner_key(&self) -> String {
+        format!("{}.sitecache-owner.json", self.prefix)
+    }
+
+    /// The generation number a key under `P/generations/` belongs to.
+    pub fn generation_of_key(&self, key: &str) -> Option<u64> {
+        let rest = key.strip_prefix(&self.generations_prefix())?;
+        let (num, _) = rest.split_once('/')?;
+        if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        num.parse().ok()
+    }
+}
+
+impl FromStr for Location {
+    type Err = LocationError;
+
+    /// Parses `s3://BUCKET/PREFIX/`.
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| LocationError::NotS3(url.to_owned()))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(LocationError::NoBucket(url.to_owned()));
+        }
+        Self::new(bucket, prefix)
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+fn validate_bucket(bucket: &str) -> Result<(), LocationError> {
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && bucket.as_bytes()[0].is_ascii_alphanumeric()
+        && bucket.as_bytes()[bucket.len() - 1].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(LocationError::BadBucket(bucket.to_owned()))
+    }
+}
+
+/// The prefix rules of the contract (the CRD enforces the same with CEL).
+pub fn validate_prefix(prefix: &str) -> Result<(), LocationError> {
+    let why = if prefix.is_empty() {
+        Some("is empty: a site's objects always live under a prefix such as shop/")
+    } else if prefix.starts_with('/') {
+        Some("must not start with '/'")
+    } else if prefix.contains("..") {
+        Some("must not contain '..'")
+    } else if prefix.contains("//") {
+        Some("must not contain '//'")
+    } else if !prefix.ends_with('/') {
+        Some("must end with '/'")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(LocationError::BadPrefix {
+            prefix: prefix.to_owned(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let loc: Location = "s3://caches/tenants/shop/".parse().unwrap();
+        assert_eq!(loc.bucket, "caches");
+        assert_eq!(loc.prefix, "tenants/shop/");
+        assert_eq!(loc.to_string(), "s3://caches/tenants/shop/");
+    }
+
+    #[test]
+    fn rejects_bad_urls() {
+        for bad in [
+            "caches/shop/",
+            "s3:///shop/",
+            "s3://caches",
+            "s3://caches/",
+            "s3://caches//shop/",
+            "s3://caches/shop",
+            "s3://caches/a/../b/",
+            "s3://caches/a//b/",
+            "s3://Caches/shop/",
+        ] {
+            assert!(bad.parse::<Location>().is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn key_layout() {
+        let loc = Location::new("b", "shop/").unwrap_err();
+        assert!(matches!(loc, LocationError::BadBucket(_)));
+        let loc = Location::new("bucket", "shop/").unwrap();
+        assert_eq!(
+            loc.archive_key(7),
+            "shop/generations/00000000000000000007/cache.tar.zst"
+        );
+        assert_eq!(
+            loc.manifest_key(7),
+            "shop/generations/00000000000000000007/manifest.json"
+        );
+        assert_eq!(loc.current_key(), "shop/current.json");
+        assert_eq!(loc.owner_key(), "shop/.sitecache-owner.json");
+        assert_eq!(loc.generation_of_key(&loc.archive_key(12)), Some(12));
+        assert_eq!(loc.generation_of_key("shop/current.json"), None);
+        assert_eq!(loc.generation_of_key("shop/generations/x1/a"), None);
+        // Zero-padding makes lexical order numeric order.
+        assert!(loc.archive_key(9) < loc.archive_key(10));
+    }
+}

@@ -1,0 +1,267 @@
+//! Object storage: S3 clients from the standard AWS configuration, typed errors, and the
+//! streaming upload and download primitives the agent commands are built on.
+
+mod download;
+mod location;
+mod upload;
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use download::{DownloadOptions, ranged_download};
+pub use location::{Location, LocationError, validate_prefix};
+pub use upload::{Part, UploadError, UploadOptions, multipart_upload};
+
+/// Region used when none is configured: S3-compatible stores accept any, and AWS redirects.
+const FALLBACK_REGION: &str = "us-east-1";
+
+/// How to reach the object store, on top of the standard AWS environment (`AWS_REGION`,
+/// `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, credentials from the default chain: environment,
+/// web identity / IRSA, EKS Pod Identity, profiles, instance metadata).
+#[derive(Clone, Debug, Default)]
+pub struct StorageOptions {
+    /// Region; else `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile; else us-east-1.
+    pub region: Option<String>,
+    /// Endpoint URL; else `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`; else AWS.
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), as MinIO and most self-hosted stores need.
+    pub path_style: bool,
+    /// Connect timeout of each request.
+    pub connect_timeout: Option<Duration>,
+    /// Timeout of one attempt of one request (a stalled transfer fails after this long).
+    pub attempt_timeout: Option<Duration>,
+    /// Attempts per request, retries included.
+    pub max_attempts: Option<u32>,
+}
+
+/// Builds an S3 client from the standard AWS configuration and `options`.
+pub async fn client(options: &StorageOptions) -> aws_sdk_s3::Client {
+    // The region chain deliberately skips instance metadata: probing an unreachable metadata
+    // endpoint costs seconds, and restores run in a wake-up's critical path.
+    let region = RegionProviderChain::first_try(options.region.clone().map(aws_config::Region::new))
+        .or_else(aws_config::environment::EnvironmentVariableRegionProvider::new())
+        .or_else(aws_config::profile::ProfileFileRegionProvider::new())
+        .or_else(aws_config::Region::from_static(FALLBACK_REGION));
+    let mut timeouts = TimeoutConfig::builder()
+        .connect_timeout(options.connect_timeout.unwrap_or(Duration::from_secs(5)));
+    if let Some(t) = options.attempt_timeout {
+        timeouts = timeouts.operation_attempt_timeout(t);
+    }
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        .timeout_config(timeouts.build())
+        .retry_config(RetryConfig::standard().with_max_attempts(options.max_attempts.unwrap_or(3)));
+    if let Some(endpoint) = &options.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let shared = loader.load().await;
+    let config = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(options.path_style)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// A storage operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("s3://{bucket}/{key} does not exist")]
+    NotFound { bucket: String, key: String },
+    #[error("s3://{bucket}/{key} already exists")]
+    AlreadyExists { bucket: String, key: String },
+    #[error("{op} s3://{bucket}/{key} timed out")]
+    Timeout {
+        op: &'static str,
+        bucket: String,
+        key: String,
+    },
+    #[error("{op} s3://{bucket}/{key}: storage unreachable: {message}")]
+    Unreachable {
+        op: &'static str,
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error("{op} s3://{bucket}/{key}: {code}: {message}")]
+    Service {
+        op: &'static str,
+        bucket: String,
+        key: String,
+        code: String,
+        message: String,
+    },
+    #[error("s3://{bucket}/{key} is not valid JSON of the expected shape: {source}")]
+    BadDocument {
+        bucket: String,
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+impl StorageError {
+    /// A short machine-readable kind, for metrics labels and result lines.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StorageError::NotFound { .. } => "not-found",
+            StorageError::AlreadyExists { .. } => "already-exists",
+            StorageError::Timeout { .. } => "timeout",
+            StorageError::Unreachable { .. } => "unreachable",
+            StorageError::Service { .. } => "storage-error",
+            StorageError::BadDocument { .. } => "bad-document",
+        }
+    }
+
+    /// Classifies an SDK error of operation `op` on `bucket`/`key`.
+    pub fn from_sdk<E>(
+        op: &'static str,
+        bucket: &str,
+        key: &str,
+        err: SdkError<E, HttpResponse>,
+    ) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        match &err {
+            SdkError::TimeoutError(_) => StorageError::Timeout { op, bucket, key },
+            SdkError::DispatchFailure(f) if f.is_timeout() => {
+                StorageError::Timeout { op, bucket, key }
+            }
+            SdkError::DispatchFailure(_) => StorageError::Unreachable {
+                op,
+                bucket,
+                key,
+                message: error_chain(&err),
+            },
+            SdkError::ServiceError(se) => {
+                let code = se.err().code().unwrap_or("").to_owned();
+                let status = se.raw().status().as_u16();
+                if code == "NoSuchKey" || code == "NotFound" || status == 404 {
+                    StorageError::NotFound { bucket, key }
+                } else if code == "PreconditionFailed" || status == 412 {
+                    StorageError::AlreadyExists { bucket, key }
+                } else {
+                    StorageError::Service {
+                        op,
+                        bucket,
+                        key,
+                        code: if code.is_empty() {
+                            format!("HTTP {status}")
+                        } else {
+                            code
+                        },
+                        message: se.err().message().unwrap_or("").to_owned(),
+                    }
+                }
+            }
+            _ => StorageError::Service {
+                op,
+                bucket,
+                key,
+                code: "Error".to_owned(),
+                message: error_chain(&err),
+            },
+        }
+    }
+}
+
+/// Renders an error with its sources, `a: b: c`.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Reads a JSON document; `Ok(None)` when it does not exist.
+pub async fn get_json<T: DeserializeOwned>(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
+    let out = match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(out) => out,
+        Err(e) => {
+            return match StorageError::from_sdk("GET", bucket, key, e) {
+                StorageError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            };
+        }
+    };
+    let body = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| StorageError::Unreachable {
+            op: "GET",
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            message: error_chain(&e),
+        })?
+        .into_bytes();
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|source| StorageError::BadDocument {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            source,
+        })
+}
+
+/// Writes a JSON document. With `create_only`, the write fails with
+/// [`StorageError::AlreadyExists`] when the key exists (`If-None-Match: *`).
+pub async fn put_json<T: Serialize>(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    value: &T,
+    create_only: bool,
+) -> Result<(), StorageError> {
+    let body = serde_json::to_vec_pretty(value).expect("documents serialize");
+    let mut req = client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .content_type("application/json")
+        .body(ByteStream::from(body));
+    if create_only {
+        req = req.if_none_match("*");
+    }
+    req.send()
+        .await
+        .map(|_| ())
+        .map_err(|e| StorageError::from_sdk("PUT", bucket, key, e))
+}
+
+/// Size and ETag of an object; `Ok(None)` when it does not exist.
+pub async fn head(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<(u64, Option<String>)>, StorageError> {
+    match client.head_object().bucket(bucket).key(key).send().await {
+        Ok(out) => Ok(Some((
+            out.content_length().unwrap_or(0).max(0) as u64,
+            out.e_tag().map(str::to_owned),
+        ))),
+        Err(e) => match StorageError::from_sdk("HEAD", bucket, key, e) {
+            StorageError::NotFound { .. } => Ok(None),
+            other => Err(other),
+        },
+    }
+}
