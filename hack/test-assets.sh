@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Obtains the real parts that sitecache's tests and `make dev` start as local processes:
-# etcd, kube-apiserver, kubectl (a local control plane, envtest-style) and MinIO (a real
-# S3-compatible server). Test and dev tooling only.
+# etcd, kube-apiserver, kubectl (a local control plane, envtest-style), MinIO (a real
+# S3-compatible server) and Deno (from its npm package). Test and dev tooling only.
 #
 # Resolution order for each binary:
-#   1. TEST_ASSET_ETCD / TEST_ASSET_KUBE_APISERVER / TEST_ASSET_KUBECTL / TEST_ASSET_MINIO
+#   1. TEST_ASSET_ETCD / TEST_ASSET_KUBE_APISERVER / TEST_ASSET_KUBECTL / TEST_ASSET_MINIO /
+#      TEST_ASSET_DENO
 #   2. KUBEBUILDER_ASSETS/<name> (etcd, kube-apiserver, kubectl)
 #   3. ~/.cache/sitecache/assets/<name>-<version>/<name>, built here from the pinned Go modules
-#      (hack/versions.env) through the Go module proxy the first time, then reused.
+#      (hack/versions.env) through the Go module proxy the first time, then reused; Deno is
+#      installed from the npm registry (the `deno` package ships the real binary).
 #
 # Usage: hack/test-assets.sh [ensure|env|path NAME]
 #   ensure (default)  build whatever is missing, printing progress on stderr
@@ -117,6 +119,23 @@ build_wrapped() {
   log "$name cached in $final"
 }
 
+install_deno() {
+  local final="$cache_root/deno-$DENO_VERSION"
+  [ -x "$final/deno" ] && return 0
+  command -v npm >/dev/null 2>&1 || die "npm is required to install Deno (or set TEST_ASSET_DENO)"
+  local tmp; tmp=$(new_tmp deno); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "installing Deno $DENO_VERSION from the npm registry"
+  mkdir -p "$tmp/out"
+  npm install --silent --no-audit --no-fund --prefix "$tmp/out" "deno@$DENO_VERSION" >&2
+  local bin
+  bin=$(find "$tmp/out/node_modules/@deno" -maxdepth 2 -type f -name deno | head -n 1)
+  [ -n "$bin" ] || die "the deno npm package shipped no binary for this platform"
+  ln -s "${bin#"$tmp/out/"}" "$tmp/out/deno"
+  "$tmp/out/deno" --version >/dev/null || die "the installed deno does not run"
+  publish "$tmp/out" "$final"
+  log "deno cached in $final"
+}
+
 # resolve NAME ENVVAR: prints the binary to use, building the cached one if needed.
 resolve() {
   local name=$1 var=$2
@@ -124,7 +143,7 @@ resolve() {
     [ -x "${!var}" ] || die "$var=${!var} is not an executable file"
     echo "${!var}"; return
   fi
-  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ "$name" != minio ]; then
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ "$name" != minio ] && [ "$name" != deno ]; then
     [ -x "$KUBEBUILDER_ASSETS/$name" ] || die "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no executable $name"
     echo "$KUBEBUILDER_ASSETS/$name"; return
   fi
@@ -132,6 +151,7 @@ resolve() {
     kube-apiserver|kubectl) build_kubernetes; echo "$cache_root/kubernetes-$KUBERNETES_VERSION/$name" ;;
     etcd) build_wrapped etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"; echo "$cache_root/etcd-$ETCD_VERSION/etcd" ;;
     minio) build_wrapped minio github.com/minio/minio "$MINIO_VERSION"; echo "$cache_root/minio-$MINIO_VERSION/minio" ;;
+    deno) install_deno; echo "$cache_root/deno-$DENO_VERSION/deno" ;;
     *) die "unknown asset $name" ;;
   esac
 }
@@ -141,6 +161,7 @@ all_env() {
   echo "TEST_ASSET_KUBE_APISERVER=$(resolve kube-apiserver TEST_ASSET_KUBE_APISERVER)"
   echo "TEST_ASSET_KUBECTL=$(resolve kubectl TEST_ASSET_KUBECTL)"
   echo "TEST_ASSET_MINIO=$(resolve minio TEST_ASSET_MINIO)"
+  echo "TEST_ASSET_DENO=$(resolve deno TEST_ASSET_DENO)"
 }
 
 case "${1:-ensure}" in

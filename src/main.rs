@@ -12,7 +12,13 @@ use sitecache::telemetry::{self, LogFormat};
 #[command(name = "sitecache", version, about, propagate_version = true)]
 struct Cli {
     /// Log format (logs go to stderr).
-    #[arg(long, global = true, env = "SITECACHE_LOG_FORMAT", value_enum, default_value_t)]
+    #[arg(
+        long,
+        global = true,
+        env = "SITECACHE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]

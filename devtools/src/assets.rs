@@ -13,6 +13,7 @@ pub enum Asset {
     KubeApiserver,
     Kubectl,
     Minio,
+    Deno,
 }
 
 impl Asset {
@@ -23,6 +24,7 @@ impl Asset {
             Asset::KubeApiserver => "kube-apiserver",
             Asset::Kubectl => "kubectl",
             Asset::Minio => "minio",
+            Asset::Deno => "deno",
         }
     }
 
@@ -32,6 +34,7 @@ impl Asset {
             Asset::KubeApiserver => "TEST_ASSET_KUBE_APISERVER",
             Asset::Kubectl => "TEST_ASSET_KUBECTL",
             Asset::Minio => "TEST_ASSET_MINIO",
+            Asset::Deno => "TEST_ASSET_DENO",
         }
     }
 
@@ -41,11 +44,12 @@ impl Asset {
             Asset::Etcd => ("etcd", "ETCD_VERSION"),
             Asset::KubeApiserver | Asset::Kubectl => ("kubernetes", "KUBERNETES_VERSION"),
             Asset::Minio => ("minio", "MINIO_VERSION"),
+            Asset::Deno => ("deno", "DENO_VERSION"),
         };
         Ok(format!("{package}-{}", pinned_version(key)?))
     }
 
-    /// Resolves the binary: `TEST_ASSET_<NAME>`, then `KUBEBUILDER_ASSETS/<name>` (not for MinIO),
+    /// Resolves the binary: `TEST_ASSET_<NAME>`, then `KUBEBUILDER_ASSETS/<name>` (control-plane binaries),
     /// then the cache of `hack/test-assets.sh`.
     pub fn path(self) -> Result<PathBuf> {
         if let Some(p) = std::env::var_os(self.env_var()) {
@@ -55,7 +59,7 @@ impl Asset {
             }
             return Ok(p);
         }
-        if !matches!(self, Asset::Minio)
+        if matches!(self, Asset::Etcd | Asset::KubeApiserver | Asset::Kubectl)
             && let Some(dir) = std::env::var_os("KUBEBUILDER_ASSETS")
         {
             let p = PathBuf::from(dir).join(self.name());

@@ -107,7 +107,11 @@ pub enum RestoreError {
     #[error("{what} is {size} bytes, over --max-bytes {max}")]
     TooLarge { what: String, size: u64, max: u64 },
     #[error("{key} is {found} bytes but its manifest says {expected}")]
-    SizeMismatch { key: String, found: u64, expected: u64 },
+    SizeMismatch {
+        key: String,
+        found: u64,
+        expected: u64,
+    },
     #[error("{key}: SHA-256 {found} does not match the manifest's {expected}")]
     ChecksumMismatch {
         key: String,
@@ -182,12 +186,17 @@ pub async fn run(args: RestoreArgs) -> RestoreReport {
         Err(_) => {
             cancel.store(true, Ordering::Relaxed);
             abort.abort();
-            Err(RestoreError::Timeout(crate::api::duration::format(args.timeout)))
+            Err(RestoreError::Timeout(crate::api::duration::format(
+                args.timeout,
+            )))
         }
     };
     if outcome.is_err() {
         // The staging directory of a failed or abandoned restore; DEST itself was never touched.
-        let staging = staging_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let staging = staging_slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(path) = staging {
             let cleanup = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path));
             let _ = tokio::time::timeout(Duration::from_secs(2), cleanup).await;
@@ -202,11 +211,7 @@ pub async fn run(args: RestoreArgs) -> RestoreReport {
             bytes: r.bytes,
             files: r.files,
             ms,
-            message: format!(
-                "restored {} files into {}",
-                r.files,
-                args.dest.display()
-            ),
+            message: format!("restored {} files into {}", r.files, args.dest.display()),
         },
         Err(e) => RestoreReport {
             ok: false,
@@ -268,12 +273,16 @@ async fn restore(
     })?;
     *staging_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(staging.path.clone());
 
-    let result = fetch_and_unpack(&client, &loc, &target, size, etag, &args, &staging, cancel).await;
+    let result =
+        fetch_and_unpack(&client, &loc, &target, size, etag, &args, &staging, cancel).await;
     let files = match result {
         Ok(files) => files,
         Err(e) => {
             let _ = tokio::task::spawn_blocking(move || staging.discard()).await;
-            staging_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            staging_slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             return Err(e);
         }
     };
@@ -285,7 +294,10 @@ async fn restore(
             path: args.dest.clone(),
             source,
         })?;
-    staging_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    staging_slot
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     if let Some(old) = old {
         // DEST is complete; removing the previous tree is housekeeping (a restore that dies
         // here leaves it for the next one to remove).
@@ -455,13 +467,15 @@ fn unpack_stream(
     };
     let mut head = [0u8; 4];
     let n = read_up_to(&mut reader, &mut head).map_err(UnpackError::Read)?;
-    let compression = Compression::detect(&head[..n]).ok_or_else(|| RestoreError::UnknownFormat {
-        key: key.to_owned(),
-    })?;
+    let compression =
+        Compression::detect(&head[..n]).ok_or_else(|| RestoreError::UnknownFormat {
+            key: key.to_owned(),
+        })?;
     let stream = io::Cursor::new(head[..n].to_vec()).chain(&mut reader);
     let stats = match compression {
         Compression::Zstd => {
-            let mut decoder = zstd::stream::read::Decoder::new(stream).map_err(UnpackError::Read)?;
+            let mut decoder =
+                zstd::stream::read::Decoder::new(stream).map_err(UnpackError::Read)?;
             let stats = unpacker.unpack(&mut decoder)?;
             io::copy(&mut decoder, &mut io::sink()).map_err(UnpackError::Read)?;
             stats

@@ -68,7 +68,9 @@ pub enum SnapshotError {
     SourceMissing(PathBuf),
     #[error("--source {0}: not a directory")]
     SourceNotADirectory(PathBuf),
-    #[error("--source {0}: the directory is empty; refusing to snapshot a cache that was not warmed")]
+    #[error(
+        "--source {0}: the directory is empty; refusing to snapshot a cache that was not warmed"
+    )]
     SourceEmpty(PathBuf),
     #[error(
         "--source {path}: {files} regular files, fewer than --min-files {min}; refusing to snapshot a cache that is not warm"
@@ -81,7 +83,11 @@ pub enum SnapshotError {
     #[error("uploading the archive: {0}")]
     Upload(StorageError),
     #[error("the uploaded archive {key} is {found} bytes, expected {expected}")]
-    SizeMismatch { key: String, found: u64, expected: u64 },
+    SizeMismatch {
+        key: String,
+        found: u64,
+        expected: u64,
+    },
     #[error("committing the manifest: {0}")]
     Manifest(StorageError),
     #[error("storage: {0}")]
@@ -183,12 +189,19 @@ pub async fn run(args: SnapshotArgs) -> Result<SnapshotReport, SnapshotError> {
     let legacy_archive_key = if args.legacy {
         let key = loc.legacy_archive_key(args.generation);
         let tree = tree.clone();
-        upload_packed(&client, &loc.bucket, &key, "application/gzip", upload, move |sink| {
-            let encoder = flate2::write::GzEncoder::new(sink, flate2::Compression::new(6));
-            let prefix = Path::new(archive::LEGACY_PREFIX);
-            let (encoder, stats) = archive::pack(&tree, encoder, Some(prefix))?;
-            Ok((encoder.finish()?, stats))
-        })
+        upload_packed(
+            &client,
+            &loc.bucket,
+            &key,
+            "application/gzip",
+            upload,
+            move |sink| {
+                let encoder = flate2::write::GzEncoder::new(sink, flate2::Compression::new(6));
+                let prefix = Path::new(archive::LEGACY_PREFIX);
+                let (encoder, stats) = archive::pack(&tree, encoder, Some(prefix))?;
+                Ok((encoder.finish()?, stats))
+            },
+        )
         .await?;
         tracing::info!(key = %key, "legacy archive uploaded");
         Some(key)

@@ -110,7 +110,10 @@ mod tests {
             Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
             Some(Compression::Zstd)
         );
-        assert_eq!(Compression::detect(&[0x1f, 0x8b, 8]), Some(Compression::Gzip));
+        assert_eq!(
+            Compression::detect(&[0x1f, 0x8b, 8]),
+            Some(Compression::Gzip)
+        );
         assert_eq!(Compression::detect(b"ustar"), None);
         assert_eq!(Compression::detect(&[]), None);
     }

@@ -33,10 +33,16 @@ pub enum PackError {
 #[derive(Debug, Clone)]
 enum Kind {
     Dir,
-    File { size: u64 },
-    Symlink { target: PathBuf },
+    File {
+        size: u64,
+    },
+    Symlink {
+        target: PathBuf,
+    },
     /// A hard link to the entry at this index, a regular file packed earlier.
-    HardLink { first: usize },
+    HardLink {
+        first: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -125,7 +131,9 @@ pub fn scan(root: &Path) -> Result<Tree, PackError> {
             }
         })?;
         let path = item.path();
-        let rel = path.strip_prefix(root).expect("walkdir yields paths under its root");
+        let rel = path
+            .strip_prefix(root)
+            .expect("walkdir yields paths under its root");
         let meta = item.metadata().map_err(|e| PackError::Io {
             path: path.to_owned(),
             source: e.into(),
@@ -269,7 +277,9 @@ impl Read for ExactReader {
             }
             return Ok(0);
         }
-        let max = buf.len().min(self.remaining.min(usize::MAX as u64) as usize);
+        let max = buf
+            .len()
+            .min(self.remaining.min(usize::MAX as u64) as usize);
         let n = self.inner.read(&mut buf[..max])?;
         if n == 0 {
             self.error = Some("it shrank");

@@ -92,7 +92,10 @@ mod tests {
 
     #[test]
     fn clean_entry_paths() {
-        assert_eq!(entry_path(b"a/b.txt").unwrap(), Some(PathBuf::from("a/b.txt")));
+        assert_eq!(
+            entry_path(b"a/b.txt").unwrap(),
+            Some(PathBuf::from("a/b.txt"))
+        );
         assert_eq!(entry_path(b"./a/./b/").unwrap(), Some(PathBuf::from("a/b")));
         assert_eq!(entry_path(b"./").unwrap(), None);
         assert_eq!(entry_path(b".").unwrap(), None);

@@ -182,7 +182,10 @@ impl Unpacker {
             }
             let header = entry.header();
             let mode = header.mode().map_err(UnpackError::Read)? & 0o777;
-            let mtime = header.mtime().map_err(UnpackError::Read)?.min(i64::MAX as u64) as i64;
+            let mtime = header
+                .mtime()
+                .map_err(UnpackError::Read)?
+                .min(i64::MAX as u64) as i64;
             let dest = self.root.join(&rel);
             match kind {
                 tar::EntryType::Directory => {
@@ -213,9 +216,7 @@ impl Unpacker {
                     state.regular.insert(rel.clone());
                     if size <= SMALL_FILE {
                         let mut data = Vec::with_capacity(size as usize);
-                        entry
-                            .read_to_end(&mut data)
-                            .map_err(UnpackError::Read)?;
+                        entry.read_to_end(&mut data).map_err(UnpackError::Read)?;
                         let job = FileJob {
                             path: dest,
                             data,
@@ -237,7 +238,8 @@ impl Unpacker {
                     policy::symlink_target(&rel, &target).map_err(|e| unsafe_entry(&raw, e))?;
                     self.ensure_parent(state, &rel)?;
                     state.symlinks.insert(rel.clone());
-                    let target = PathBuf::from(<std::ffi::OsString as OsStringExt>::from_vec(target));
+                    let target =
+                        PathBuf::from(<std::ffi::OsString as OsStringExt>::from_vec(target));
                     state.deferred_symlinks.push((dest, target, mtime));
                 }
                 tar::EntryType::Link => {
@@ -285,10 +287,7 @@ impl Unpacker {
             Some(prefix) => match path.strip_prefix(prefix) {
                 Ok(rest) if rest.as_os_str().is_empty() => Ok(None),
                 Ok(rest) => Ok(Some(rest.to_owned())),
-                Err(_) => Err(unsafe_entry(
-                    raw,
-                    format!("outside {}/", prefix.display()),
-                )),
+                Err(_) => Err(unsafe_entry(raw, format!("outside {}/", prefix.display()))),
             },
         }
     }
@@ -360,7 +359,11 @@ impl Unpacker {
     }
 }
 
-fn worker(rx: &Mutex<Receiver<FileJob>>, failure: &Mutex<Option<UnpackError>>, cancel: &AtomicBool) {
+fn worker(
+    rx: &Mutex<Receiver<FileJob>>,
+    failure: &Mutex<Option<UnpackError>>,
+    cancel: &AtomicBool,
+) {
     loop {
         let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
             Ok(job) => job,

@@ -35,10 +35,12 @@ pub fn ranged_download(
     options: DownloadOptions,
 ) -> impl Stream<Item = Result<Bytes, StorageError>> {
     let chunk = options.chunk_size.max(1);
-    let ranges = (0..size.div_ceil(chunk)).map(move |i| (i * chunk, ((i + 1) * chunk).min(size) - 1));
+    let ranges =
+        (0..size.div_ceil(chunk)).map(move |i| (i * chunk, ((i + 1) * chunk).min(size) - 1));
     futures::stream::iter(ranges)
         .map(move |(first, last)| {
-            let (client, bucket, key, etag) = (client.clone(), bucket.clone(), key.clone(), etag.clone());
+            let (client, bucket, key, etag) =
+                (client.clone(), bucket.clone(), key.clone(), etag.clone());
             async move { fetch_range(&client, &bucket, &key, etag.as_deref(), first, last).await }
         })
         .buffered(options.concurrency.max(1))

@@ -18,7 +18,9 @@ pub enum LocationError {
     NotS3(String),
     #[error("{0:?} has no bucket (expected s3://BUCKET/PREFIX/)")]
     NoBucket(String),
-    #[error("bucket {0:?} is not a valid bucket name (3-63 lower-case letters, digits, '.' and '-')")]
+    #[error(
+        "bucket {0:?} is not a valid bucket name (3-63 lower-case letters, digits, '.' and '-')"
+    )]
     BadBucket(String),
     #[error("prefix {prefix:?} {why}")]
     BadPrefix { prefix: String, why: &'static str },

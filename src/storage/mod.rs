@@ -47,10 +47,11 @@ pub struct StorageOptions {
 pub async fn client(options: &StorageOptions) -> aws_sdk_s3::Client {
     // The region chain deliberately skips instance metadata: probing an unreachable metadata
     // endpoint costs seconds, and restores run in a wake-up's critical path.
-    let region = RegionProviderChain::first_try(options.region.clone().map(aws_config::Region::new))
-        .or_else(aws_config::environment::EnvironmentVariableRegionProvider::new())
-        .or_else(aws_config::profile::ProfileFileRegionProvider::new())
-        .or_else(aws_config::Region::from_static(FALLBACK_REGION));
+    let region =
+        RegionProviderChain::first_try(options.region.clone().map(aws_config::Region::new))
+            .or_else(aws_config::environment::EnvironmentVariableRegionProvider::new())
+            .or_else(aws_config::profile::ProfileFileRegionProvider::new())
+            .or_else(aws_config::Region::from_static(FALLBACK_REGION));
     let mut timeouts = TimeoutConfig::builder()
         .connect_timeout(options.connect_timeout.unwrap_or(Duration::from_secs(5)));
     if let Some(t) = options.attempt_timeout {

@@ -2,6 +2,8 @@
 //! S3-compatible server (MinIO), started once per run by `support`. Each test gets its own
 //! namespace and bucket. Logs of the parts are kept under `target/tmp/envtest/`.
 
+mod agent;
 mod api;
+mod fixtures;
 mod s3;
 mod support;

@@ -1,0 +1,795 @@
+//! `sitecache snapshot` and `sitecache restore` as processes, against the real S3 server.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sitecache::archive::{Current, FORMAT_TAR_ZSTD, FORMAT_VERSION, Manifest};
+use sitecache::storage::Location;
+use sitecache_devtools::S3Server;
+use tar::EntryType;
+
+use crate::fixtures::{self, RawTar};
+use crate::support;
+
+/// The `sitecache` binary, pointed at `s3` through the standard AWS environment.
+fn sitecache(s3: &S3Server) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitecache"));
+    cmd.envs(s3.aws_env()).env("SITECACHE_PATH_STYLE", "true");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run sitecache")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The JSON result line a command printed on stdout.
+fn result_line(out: &Output) -> Value {
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no result line; stderr:\n{}", text(&out.stderr)));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+async fn location(s3: &S3Server) -> Location {
+    let bucket = s3.create_bucket("agent").await.unwrap();
+    Location::new(&bucket, "shop/").unwrap()
+}
+
+fn snapshot(s3: &S3Server, loc: &Location, source: &Path, generation: u64) -> Output {
+    run(sitecache(s3).args([
+        "snapshot",
+        "--source",
+        source.to_str().unwrap(),
+        "--url",
+        &loc.to_string(),
+        "--generation",
+        &generation.to_string(),
+    ]))
+}
+
+fn restore(s3: &S3Server, loc: &Location, dest: &Path, extra: &[&str]) -> (Output, Value) {
+    let out = run(sitecache(s3)
+        .args([
+            "restore",
+            "--url",
+            &loc.to_string(),
+            "--dest",
+            dest.to_str().unwrap(),
+        ])
+        .args(extra));
+    let line = result_line(&out);
+    (out, line)
+}
+
+/// Promotes generation `n` the way the controller does: current.json from the manifest.
+async fn promote(s3: &S3Server, loc: &Location, n: u64) {
+    let manifest: Manifest =
+        sitecache::storage::get_json(&s3.client(), &loc.bucket, &loc.manifest_key(n))
+            .await
+            .unwrap()
+            .expect("the manifest exists");
+    let current = Current {
+        manifest,
+        promoted_at: jiff::Timestamp::now(),
+    };
+    sitecache::storage::put_json(
+        &s3.client(),
+        &loc.bucket,
+        &loc.current_key(),
+        &current,
+        false,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn round_trip_is_byte_and_metadata_identical() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("deno-dir");
+    // Larger than one 8 MiB upload part, and than the unpacker's small-file threshold.
+    fixtures::rich_tree(&source, 20 * 1024 * 1024 + 123);
+
+    let out = snapshot(s3, &loc, &source, 1);
+    assert!(
+        out.status.success(),
+        "snapshot failed: {}",
+        text(&out.stderr)
+    );
+    let report = result_line(&out);
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["generation"], 1);
+
+    // The manifest describes the archive exactly.
+    let manifest: Manifest =
+        sitecache::storage::get_json(&s3.client(), &loc.bucket, &loc.manifest_key(1))
+            .await
+            .unwrap()
+            .unwrap();
+    let archive = s3
+        .client()
+        .get_object()
+        .bucket(&loc.bucket)
+        .key(loc.archive_key(1))
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    assert_eq!(manifest.format_version, FORMAT_VERSION);
+    assert_eq!(manifest.format, FORMAT_TAR_ZSTD);
+    assert_eq!(manifest.size_bytes, archive.len() as u64);
+    assert_eq!(manifest.sha256, hex::encode(Sha256::digest(&archive)));
+    assert_eq!(manifest.files, 11, "regular files, hard link included");
+    assert!(manifest.uncompressed_bytes > 20 * 1024 * 1024);
+
+    // By generation number, into a directory that does not exist yet.
+    let dest = tmp.path().join("restored/deno-dir");
+    let (out, line) = restore(s3, &loc, &dest, &["--generation", "1", "--strict"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(line["ok"], true, "{line}");
+    assert_eq!(line["reason"], "restored");
+    assert_eq!(line["generation"], 1);
+    assert_eq!(line["files"], 11);
+    assert_eq!(line["bytes"], manifest.size_bytes);
+    fixtures::assert_same_tree(&source, &dest);
+
+    // The promoted generation (current.json), over an existing cache, which it replaces whole.
+    promote(s3, &loc, 1).await;
+    let dest2 = tmp.path().join("existing");
+    std::fs::create_dir_all(dest2.join("stale/dir")).unwrap();
+    std::fs::write(dest2.join("stale/dir/old"), "old").unwrap();
+    let (_, line) = restore(s3, &loc, &dest2, &[]);
+    assert_eq!(line["ok"], true, "{line}");
+    fixtures::assert_same_tree(&source, &dest2);
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("sitecache"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+}
+
+#[tokio::test]
+async fn snapshot_refuses_an_empty_or_cold_source_before_uploading() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = snapshot(s3, &loc, &empty, 1);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--source") && text(&out.stderr).contains("empty"));
+
+    let missing = tmp.path().join("missing");
+    let out = snapshot(s3, &loc, &missing, 1);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let cold = tmp.path().join("cold");
+    std::fs::create_dir_all(cold.join("npm")).unwrap();
+    std::fs::write(cold.join("npm/one"), "1").unwrap();
+    let out = run(sitecache(s3).args([
+        "snapshot",
+        "--source",
+        cold.to_str().unwrap(),
+        "--url",
+        &loc.to_string(),
+        "--generation",
+        "1",
+        "--min-files",
+        "5",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--min-files 5") && stderr.contains("1 regular files"),
+        "{stderr}"
+    );
+
+    assert!(
+        s3.list_keys(&loc.bucket, &loc.prefix)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing may be uploaded for a refused snapshot"
+    );
+}
+
+#[tokio::test]
+async fn generations_are_immutable() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("src");
+    fixtures::rich_tree(&source, 1000);
+    assert!(snapshot(s3, &loc, &source, 1).status.success());
+    let before = s3.list_keys(&loc.bucket, &loc.prefix).await.unwrap();
+    std::fs::write(source.join("a/hello.txt"), "changed").unwrap();
+    let out = snapshot(s3, &loc, &source, 1);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        s3.list_keys(&loc.bucket, &loc.prefix).await.unwrap(),
+        before
+    );
+}
+
+#[tokio::test]
+async fn restore_is_advisory_unless_strict() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("deno-dir");
+
+    let (out, line) = restore(s3, &loc, &dest, &[]);
+    assert_eq!(out.status.code(), Some(0), "advisory: exit 0");
+    assert_eq!(line["ok"], false);
+    assert_eq!(line["reason"], "no-current-generation");
+    assert!(text(&out.stderr).contains("warning"));
+
+    let (out, line) = restore(s3, &loc, &dest, &["--strict"]);
+    assert_eq!(out.status.code(), Some(1), "strict: exit non-zero");
+    assert_eq!(line["reason"], "no-current-generation");
+
+    // Bad arguments are advisory too.
+    let out = run(sitecache(s3).args(["restore", "--url", "not-a-url", "--dest", "/tmp/x"]));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(result_line(&out)["reason"], "invalid-arguments");
+    let out = run(sitecache(s3).args(["restore", "--bogus-flag"]));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(result_line(&out)["reason"], "invalid-arguments");
+    let out = run(sitecache(s3).args(["restore", "--bogus-flag", "--strict"]));
+    assert_eq!(out.status.code(), Some(2));
+
+    assert!(!dest.exists(), "a failed restore never creates DEST");
+}
+
+/// DEST with a marker, to prove failed restores leave it as it was.
+fn existing_dest(root: &Path) -> PathBuf {
+    let dest = root.join("deno-dir");
+    std::fs::create_dir_all(dest.join("npm")).unwrap();
+    std::fs::write(dest.join("npm/marker"), "previous cache").unwrap();
+    dest
+}
+
+fn assert_untouched(dest: &Path) {
+    let entries: Vec<_> = walkdir::WalkDir::new(dest)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| e.unwrap().path().strip_prefix(dest).unwrap().to_owned())
+        .collect();
+    assert_eq!(entries, [PathBuf::from("npm"), PathBuf::from("npm/marker")]);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("npm/marker")).unwrap(),
+        "previous cache"
+    );
+    let siblings: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(siblings.len(), 1, "staging left beside DEST: {siblings:?}");
+}
+
+async fn replace_archive(s3: &S3Server, loc: &Location, n: u64, data: Vec<u8>) {
+    s3.client()
+        .put_object()
+        .bucket(&loc.bucket)
+        .key(loc.archive_key(n))
+        .body(ByteStream::from(data))
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn archive_bytes(s3: &S3Server, loc: &Location, n: u64) -> Vec<u8> {
+    s3.client()
+        .get_object()
+        .bucket(&loc.bucket)
+        .key(loc.archive_key(n))
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn corrupted_archive_fails_verification_and_leaves_dest_untouched() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("src");
+    fixtures::rich_tree(&source, 3 * 1024 * 1024);
+    assert!(snapshot(s3, &loc, &source, 1).status.success());
+    promote(s3, &loc, 1).await;
+
+    let mut data = archive_bytes(s3, &loc, 1).await;
+    let middle = data.len() / 2;
+    data[middle] ^= 0x55;
+    replace_archive(s3, &loc, 1, data).await;
+
+    let work = tempfile::tempdir().unwrap();
+    let dest = existing_dest(work.path());
+    let (out, line) = restore(s3, &loc, &dest, &["--strict"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(line["ok"], false);
+    let reason = line["reason"].as_str().unwrap();
+    assert!(
+        reason == "checksum-mismatch" || reason == "corrupt-archive",
+        "{line}"
+    );
+    assert_untouched(&dest);
+}
+
+#[tokio::test]
+async fn truncated_archive_is_refused_and_leaves_dest_untouched() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("src");
+    fixtures::rich_tree(&source, 1024 * 1024);
+    assert!(snapshot(s3, &loc, &source, 1).status.success());
+    promote(s3, &loc, 1).await;
+    let mut data = archive_bytes(s3, &loc, 1).await;
+    data.truncate(data.len() * 2 / 3);
+    replace_archive(s3, &loc, 1, data).await;
+
+    let work = tempfile::tempdir().unwrap();
+    let dest = existing_dest(work.path());
+    let (_, line) = restore(s3, &loc, &dest, &[]);
+    assert_eq!(line["ok"], false);
+    assert_eq!(line["reason"], "size-mismatch", "{line}");
+    assert_untouched(&dest);
+}
+
+#[tokio::test]
+async fn stalled_server_hits_the_deadline_and_leaves_dest_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(&support::run_dir().join(sitecache_devtools::unique_name("s3-stall")))
+        .await
+        .unwrap();
+    let loc = location(&s3).await;
+    let source = tmp.path().join("src");
+    fixtures::rich_tree(&source, 48 * 1024 * 1024);
+    assert!(snapshot(&s3, &loc, &source, 1).status.success());
+    promote(&s3, &loc, 1).await;
+
+    let work = tempfile::tempdir().unwrap();
+    let dest = existing_dest(work.path());
+    // Small ranges one at a time, so that the download is still going when the server freezes.
+    let child = sitecache(&s3)
+        .args([
+            "restore",
+            "--url",
+            &loc.to_string(),
+            "--dest",
+            dest.to_str().unwrap(),
+            "--timeout",
+            "4s",
+            "--chunk-size",
+            "256KiB",
+            "--download-concurrency",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    // The staging directory appears when the download starts.
+    let staging_seen = loop {
+        let staging = std::fs::read_dir(work.path()).unwrap().flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .contains("sitecache-staging")
+        });
+        if staging || started.elapsed() > Duration::from_secs(3) {
+            break staging;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    s3.process().unwrap().signal(libc::SIGSTOP).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
+    s3.process().unwrap().signal(libc::SIGCONT).unwrap();
+
+    assert!(staging_seen, "the restore never started downloading");
+    let line = result_line(&out);
+    assert_eq!(out.status.code(), Some(0), "advisory");
+    assert_eq!(line["ok"], false);
+    assert_eq!(line["reason"], "timeout", "{line}");
+    assert!(
+        elapsed < Duration::from_secs(7),
+        "the 4s deadline was overrun: {elapsed:?}"
+    );
+    assert_untouched(&dest);
+}
+
+#[tokio::test]
+async fn s3_killed_mid_upload_commits_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s3 =
+        S3Server::start(&support::run_dir().join(sitecache_devtools::unique_name("s3-kill")))
+            .await
+            .unwrap();
+    let loc = location(&s3).await;
+    let source = tmp.path().join("src");
+    fixtures::rich_tree(&source, 96 * 1024 * 1024);
+    let child = sitecache(&s3)
+        .args([
+            "snapshot",
+            "--source",
+            source.to_str().unwrap(),
+            "--url",
+            &loc.to_string(),
+            "--generation",
+            "1",
+            "--upload-concurrency",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the server once parts are being uploaded.
+    let client = s3.client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let uploads = client
+            .list_multipart_uploads()
+            .bucket(&loc.bucket)
+            .send()
+            .await
+            .unwrap();
+        if !uploads.uploads().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no multipart upload started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s3.stop();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("snapshot failed"), "{stderr}");
+
+    s3.restart().await.unwrap();
+    assert!(
+        s3.list_keys(&loc.bucket, &loc.prefix)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no archive and no manifest may exist after a failed upload"
+    );
+}
+
+/// Uploads `tar` (zstd-compressed) as generation 1 with an honest manifest, so that only the
+/// unpacker's checks stand between the archive and the disk, and restores it.
+async fn restore_hostile(tar: Vec<u8>) -> (Value, tempfile::TempDir) {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let archive = zstd::encode_all(&tar[..], 3).unwrap();
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        generation: 1,
+        archive_key: loc.archive_key(1),
+        format: FORMAT_TAR_ZSTD.into(),
+        size_bytes: archive.len() as u64,
+        sha256: hex::encode(Sha256::digest(&archive)),
+        files: 1,
+        entries: 1,
+        uncompressed_bytes: 1,
+        created_at: jiff::Timestamp::now(),
+        source_revision: None,
+        legacy_archive_key: None,
+        writer: "test".into(),
+    };
+    replace_archive(s3, &loc, 1, archive).await;
+    sitecache::storage::put_json(
+        &s3.client(),
+        &loc.bucket,
+        &loc.manifest_key(1),
+        &manifest,
+        false,
+    )
+    .await
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("deep/deno-dir");
+    let (_, line) = restore(s3, &loc, &dest, &["--generation", "1"]);
+    assert!(!dest.exists(), "DEST must not be created: {line}");
+    // Nothing anywhere in the work area but the (empty) parent of DEST.
+    let written: Vec<_> = walkdir::WalkDir::new(work.path())
+        .min_depth(1)
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .collect();
+    assert_eq!(written, [work.path().join("deep")], "{line}");
+    (line, work)
+}
+
+async fn assert_refused(tar: Vec<u8>, why: &str) {
+    let (line, _work) = restore_hostile(tar).await;
+    assert_eq!(line["ok"], false, "{line}");
+    assert_eq!(line["reason"], "unsafe-entry", "{line}");
+    assert!(
+        line["message"].as_str().unwrap().contains(why),
+        "expected {why:?} in {line}"
+    );
+}
+
+#[tokio::test]
+async fn refuses_absolute_paths() {
+    assert_refused(
+        RawTar::default().file("/tmp/sitecache-evil", b"x").finish(),
+        "absolute",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_parent_components() {
+    let tar = RawTar::default()
+        .dir("ok")
+        .file("ok/../../escape", b"x")
+        .finish();
+    assert_refused(tar, "'..'").await;
+}
+
+#[tokio::test]
+async fn refuses_symlinks_pointing_outside() {
+    assert_refused(
+        RawTar::default().symlink("etc", "/etc").finish(),
+        "absolute link",
+    )
+    .await;
+    assert_refused(
+        RawTar::default()
+            .dir("a")
+            .symlink("a/up", "../../..")
+            .finish(),
+        "outside",
+    )
+    .await;
+    // `x -> .` is inside, but `y -> x/..` would be the parent of DEST.
+    assert_refused(
+        RawTar::default()
+            .symlink("x", ".")
+            .symlink("y", "x/..")
+            .finish(),
+        "outside",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_writing_through_a_symlink() {
+    let tar = RawTar::default()
+        .dir("real")
+        .symlink("link", "real")
+        .file("link/file", b"x")
+        .finish();
+    assert_refused(tar, "below a symbolic link").await;
+}
+
+#[tokio::test]
+async fn refuses_hardlinks_pointing_outside() {
+    let abs = RawTar::default()
+        .entry(b"h", EntryType::Link, b"/etc/passwd", b"")
+        .finish();
+    assert_refused(abs, "absolute").await;
+    let up = RawTar::default()
+        .entry(b"h", EntryType::Link, b"../outside", b"")
+        .finish();
+    assert_refused(up, "'..'").await;
+    let not_file = RawTar::default()
+        .dir("d")
+        .entry(b"h", EntryType::Link, b"d", b"")
+        .finish();
+    assert_refused(not_file, "not a regular file").await;
+}
+
+#[tokio::test]
+async fn refuses_device_files_and_fifos() {
+    let dev = RawTar::default()
+        .entry(b"null", EntryType::Char, b"", b"")
+        .finish();
+    assert_refused(dev, "device file").await;
+    let blk = RawTar::default()
+        .entry(b"sda", EntryType::Block, b"", b"")
+        .finish();
+    assert_refused(blk, "device file").await;
+    let fifo = RawTar::default()
+        .entry(b"pipe", EntryType::Fifo, b"", b"")
+        .finish();
+    assert_refused(fifo, "FIFO").await;
+}
+
+#[tokio::test]
+async fn refuses_pax_and_gnu_name_tricks() {
+    // The header says `innocent`; a PAX record renames it.
+    let pax = RawTar::default()
+        .pax(&[("path", "../pax-escape")])
+        .file("innocent", b"x")
+        .finish();
+    assert_refused(pax, "'..'").await;
+    let pax_link = RawTar::default()
+        .pax(&[("linkpath", "/etc")])
+        .symlink("innocent", "ok")
+        .finish();
+    assert_refused(pax_link, "absolute link").await;
+    let long = RawTar::default()
+        .gnu_long_name("../gnu-escape")
+        .file("innocent", b"x")
+        .finish();
+    assert_refused(long, "'..'").await;
+    // A later entry replacing an earlier one (a directory turned into a link, say).
+    let dup = RawTar::default().dir("d").symlink("d", "../..").finish();
+    let (line, _work) = restore_hostile(dup).await;
+    assert_eq!(line["reason"], "unsafe-entry", "{line}");
+}
+
+#[tokio::test]
+async fn restores_a_legacy_gzip_tarball() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("deno-dir");
+    fixtures::rich_tree(&source, 100_000);
+    // What the older runner code made: `tar -czf` of /deno-dir, entries under deno-dir/.
+    let tgz = tmp.path().join("cache.tgz");
+    let status = Command::new("tar")
+        .args([
+            "-czf",
+            tgz.to_str().unwrap(),
+            "-C",
+            tmp.path().to_str().unwrap(),
+            "deno-dir",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    s3.client()
+        .put_object()
+        .bucket(&loc.bucket)
+        .key("shop/cache.tgz")
+        .body(ByteStream::from(std::fs::read(&tgz).unwrap()))
+        .send()
+        .await
+        .unwrap();
+    let dest = tmp.path().join("restored");
+    let (_, line) = restore(s3, &loc, &dest, &["--key", "shop/cache.tgz"]);
+    assert_eq!(line["ok"], true, "{line}");
+    assert_eq!(line["generation"], Value::Null);
+    fixtures::assert_same_tree(&source, &dest);
+}
+
+#[tokio::test]
+async fn legacy_copy_restores_with_the_old_runner_command() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("src");
+    fixtures::rich_tree(&source, 100_000);
+    let out = run(sitecache(s3).args([
+        "snapshot",
+        "--source",
+        source.to_str().unwrap(),
+        "--url",
+        &loc.to_string(),
+        "--generation",
+        "1",
+        "--legacy",
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let key = loc.legacy_archive_key(1);
+    let data = s3
+        .client()
+        .get_object()
+        .bucket(&loc.bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    // `tar -xzf - -C /` in a scratch root.
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let mut tar = Command::new("tar")
+        .args(["-xzf", "-", "-C", root.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(tar.stdin.as_mut().unwrap(), &data).unwrap();
+    drop(tar.stdin.take());
+    assert!(tar.wait().unwrap().success());
+    fixtures::assert_same_tree(&source, &root.join("deno-dir"));
+}
+
+#[tokio::test]
+async fn real_deno_dir_runs_cached_only_after_restore() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let deno = sitecache_devtools::assets::Asset::Deno.path().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let site = tmp.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(
+        site.join("main.ts"),
+        "import isNumber from \"npm:is-number@7.0.0\";\n\
+         import ms from \"npm:ms@2.1.3\";\n\
+         console.log(`isNumber=${isNumber(42)} ms=${ms(\"2h\")}`);\n",
+    )
+    .unwrap();
+    let deno_dir = tmp.path().join("deno-dir");
+    let out = Command::new(&deno)
+        .arg("cache")
+        .arg("main.ts")
+        .current_dir(&site)
+        .env("DENO_DIR", &deno_dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "deno cache: {}", text(&out.stderr));
+
+    assert!(snapshot(s3, &loc, &deno_dir, 1).status.success());
+    promote(s3, &loc, 1).await;
+    let fresh = tmp.path().join("fresh-deno-dir");
+    let (_, line) = restore(s3, &loc, &fresh, &["--strict"]);
+    assert_eq!(line["ok"], true, "{line}");
+
+    let run_cached = |dir: &Path| {
+        Command::new(&deno)
+            .args(["run", "--cached-only", "main.ts"])
+            .current_dir(&site)
+            .env("DENO_DIR", dir)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let out = run_cached(&fresh);
+    assert!(
+        out.status.success(),
+        "deno run --cached-only: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout).trim(), "isNumber=true ms=7200000");
+    // And the check is real: without the restored cache, --cached-only fails.
+    let out = run_cached(&tmp.path().join("empty-deno-dir"));
+    assert!(!out.status.success());
+}
