@@ -44,5 +44,9 @@ dev: ## Run sitecache locally on an embedded control plane and S3 server
 dev-down: ## Stop what `make dev` started
 	@echo "make dev-down is not implemented yet (issue: ship it)" >&2; exit 2
 
+bench: test-assets ## Benchmark snapshot and restore against the older runner and the extraction limit (on demand; BENCH_ARGS=--runs 5)
+	$(CARGO) build --release --locked --bin sitecache
+	$(CARGO) run --release --locked -p sitecache-bench -- $(BENCH_ARGS)
+
 clean-assets: ## Forget the cached test assets (the next run rebuilds them)
 	rm -rf "$${XDG_CACHE_HOME:-$$HOME/.cache}/sitecache/assets"

@@ -236,7 +236,9 @@ async fn restore(
         .map_err(|e: storage::LocationError| RestoreError::BadUrl(e.to_string()))?;
     let attempt = args.timeout.min(Duration::from_secs(15));
     let client = storage::client(&args.storage.options(Some(attempt), 3)).await;
+    let phase = Instant::now();
     let target = resolve(&client, &loc, &args).await?;
+    tracing::debug!(ms = super::elapsed_ms(phase), key = %target.key, "resolved");
 
     let Some((size, etag)) = storage::head(&client, &loc.bucket, &target.key).await? else {
         return Err(RestoreError::NotFound(format!(
@@ -273,8 +275,14 @@ async fn restore(
     })?;
     *staging_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(staging.path.clone());
 
+    let phase = Instant::now();
     let result =
         fetch_and_unpack(&client, &loc, &target, size, etag, &args, &staging, cancel).await;
+    tracing::debug!(
+        ms = super::elapsed_ms(phase),
+        ok = result.is_ok(),
+        "fetched and unpacked"
+    );
     let files = match result {
         Ok(files) => files,
         Err(e) => {
@@ -298,6 +306,10 @@ async fn restore(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
+    tracing::debug!(
+        ms = super::elapsed_ms(phase),
+        "installed (ms since the download started)"
+    );
     if let Some(old) = old {
         // DEST is complete; removing the previous tree is housekeeping (a restore that dies
         // here leaves it for the next one to remove).

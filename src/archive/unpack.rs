@@ -21,8 +21,12 @@ use super::policy;
 
 /// Files up to this size are read into memory and written by a worker.
 const SMALL_FILE: u64 = 1024 * 1024;
-/// Small files queued for the workers at most (bounds memory to ~64 MiB).
-const QUEUE: usize = 64;
+/// Small files go to the workers in batches (one channel hand-off per batch, not per file: with
+/// tens of thousands of files, per-file hand-offs cost as much as writing them).
+const BATCH_FILES: usize = 64;
+const BATCH_BYTES: usize = 2 * 1024 * 1024;
+/// Batches queued for the workers at most (with the batch limits, bounds memory to ~32 MiB).
+const QUEUE: usize = 16;
 
 /// Limits that protect the destination's disk from a hostile or broken archive.
 #[derive(Clone, Copy, Debug)]
@@ -106,6 +110,19 @@ struct FileJob {
     mtime: i64,
 }
 
+/// Small files on their way to a worker.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<FileJob>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.jobs.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES
+    }
+}
+
 #[derive(Default)]
 struct State {
     seen: HashSet<PathBuf>,
@@ -123,12 +140,13 @@ impl Unpacker {
     pub fn unpack<R: Read>(&self, reader: R) -> Result<UnpackStats, UnpackError> {
         let mut archive = tar::Archive::new(reader);
         let failure: Mutex<Option<UnpackError>> = Mutex::new(None);
-        let (tx, rx) = sync_channel::<FileJob>(QUEUE);
+        let (tx, rx) = sync_channel::<Vec<FileJob>>(QUEUE);
         let rx = Mutex::new(rx);
         let mut state = State::default();
+        let umask = process_umask();
         let parsed = std::thread::scope(|scope| {
             for _ in 0..self.workers.max(1) {
-                scope.spawn(|| worker(&rx, &failure, &self.cancel));
+                scope.spawn(|| worker(&rx, &failure, &self.cancel, umask));
             }
             // `tx` is moved in and dropped when parsing ends, which lets the workers finish.
             self.parse(&mut archive, tx, &failure, &mut state)
@@ -137,17 +155,23 @@ impl Unpacker {
             return Err(e);
         }
         parsed?;
+        let finish = std::time::Instant::now();
         self.finish(&mut state)?;
+        tracing::debug!(
+            ms = finish.elapsed().as_millis() as u64,
+            "links and directory times applied"
+        );
         Ok(state.stats)
     }
 
     fn parse<R: Read>(
         &self,
         archive: &mut tar::Archive<R>,
-        tx: SyncSender<FileJob>,
+        tx: SyncSender<Vec<FileJob>>,
         failure: &Mutex<Option<UnpackError>>,
         state: &mut State,
     ) -> Result<(), UnpackError> {
+        let mut batch = Batch::default();
         let entries = archive.entries().map_err(UnpackError::Read)?;
         for entry in entries {
             if self.cancel.load(Ordering::Relaxed) {
@@ -217,17 +241,18 @@ impl Unpacker {
                     if size <= SMALL_FILE {
                         let mut data = Vec::with_capacity(size as usize);
                         entry.read_to_end(&mut data).map_err(UnpackError::Read)?;
-                        let job = FileJob {
+                        batch.bytes += data.len();
+                        batch.jobs.push(FileJob {
                             path: dest,
                             data,
                             mode,
                             mtime,
-                        };
-                        if tx.send(job).is_err() {
+                        });
+                        if batch.full() && tx.send(std::mem::take(&mut batch).jobs).is_err() {
                             return Ok(()); // workers are gone: a failure is recorded
                         }
                     } else {
-                        write_file(&dest, Content::Stream(&mut entry), mode, mtime)?;
+                        write_file(&dest, Content::Stream(&mut entry), mode, mtime, None)?;
                     }
                 }
                 tar::EntryType::Symlink => {
@@ -273,6 +298,9 @@ impl Unpacker {
                     ));
                 }
             }
+        }
+        if !batch.jobs.is_empty() {
+            let _ = tx.send(batch.jobs);
         }
         Ok(())
     }
@@ -360,24 +388,36 @@ impl Unpacker {
 }
 
 fn worker(
-    rx: &Mutex<Receiver<FileJob>>,
+    rx: &Mutex<Receiver<Vec<FileJob>>>,
     failure: &Mutex<Option<UnpackError>>,
     cancel: &AtomicBool,
+    umask: Option<u32>,
 ) {
     loop {
-        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-            Ok(job) => job,
+        let jobs = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+            Ok(jobs) => jobs,
             Err(_) => return, // the parser is done
         };
         if cancel.load(Ordering::Relaxed) {
             return;
         }
-        if let Err(e) = write_file(&job.path, Content::Bytes(&job.data), job.mode, job.mtime) {
-            let mut slot = failure.lock().unwrap_or_else(|e| e.into_inner());
-            slot.get_or_insert(e);
-            return;
+        for job in jobs {
+            let content = Content::Bytes(&job.data);
+            if let Err(e) = write_file(&job.path, content, job.mode, job.mtime, umask) {
+                let mut slot = failure.lock().unwrap_or_else(|e| e.into_inner());
+                slot.get_or_insert(e);
+                return;
+            }
         }
     }
+}
+
+/// The process's umask, from `/proc/self/status` (reading it with umask(2) would change it for
+/// a moment under other threads). `None` when unknown: modes are then always set explicitly.
+fn process_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
 }
 
 enum Content<'a> {
@@ -386,16 +426,24 @@ enum Content<'a> {
 }
 
 /// Creates a new file (never through an existing file or link), writes it, and sets its mode and
-/// modification time through the open handle.
-fn write_file(path: &Path, content: Content<'_>, mode: u32, mtime: i64) -> Result<(), UnpackError> {
+/// modification time through the open handle. With the process `umask` known, the file is
+/// created with its mode and `fchmod` is only needed when the umask masks some of it.
+fn write_file(
+    path: &Path,
+    content: Content<'_>,
+    mode: u32,
+    mtime: i64,
+    umask: Option<u32>,
+) -> Result<(), UnpackError> {
     let werr = |source| UnpackError::Write {
         path: path.to_owned(),
         source,
     };
+    let mode_set_on_create = umask.is_some_and(|m| mode & m == 0);
     let mut file: File = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(if mode_set_on_create { mode } else { 0o600 })
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(werr)?;
@@ -414,8 +462,10 @@ fn write_file(path: &Path, content: Content<'_>, mode: u32, mtime: i64) -> Resul
             }
         }
     }
-    file.set_permissions(Permissions::from_mode(mode))
-        .map_err(werr)?;
+    if !mode_set_on_create {
+        file.set_permissions(Permissions::from_mode(mode))
+            .map_err(werr)?;
+    }
     filetime::set_file_handle_times(&file, None, Some(FileTime::from_unix_time(mtime, 0)))
         .map_err(werr)?;
     Ok(())
