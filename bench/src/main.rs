@@ -208,7 +208,7 @@ fn limit_tars(work: &Path, fixture: &Path) -> Result<(PathBuf, PathBuf, PathBuf)
         let rel = reg.join(e?.file_name());
         entries.push((du(&fixture.join(&rel))?, rel));
     }
-    entries.sort_by(|x, y| y.0.cmp(&x.0));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
     let (mut sa, mut sb, mut la, mut lb) = (0u64, 0u64, Vec::new(), Vec::new());
     for (size, rel) in entries {
         if sa <= sb {
