@@ -383,6 +383,9 @@ impl Bench<'_> {
 
     fn limit_two(&self, a: &Path, b: &Path) -> Result<Sample> {
         let dest = fresh(&self.args.dest, "limit2")?;
+        // The halves split npm/registry.npmjs.org between them: make the shared parent first,
+        // or the two tars race to create it.
+        std::fs::create_dir_all(dest.join("npm/registry.npmjs.org"))?;
         let start = Instant::now();
         let mut ca = Command::new("tar")
             .args(["-xf", a.to_str().unwrap(), "-C", dest.to_str().unwrap()])

@@ -462,8 +462,9 @@ fn default_threads() -> usize {
     (cpus * 2).clamp(2, 16)
 }
 
-/// The blocking side: hash, decompress and unpack what arrives on `rx`, then drain the rest so
-/// that the whole archive is hashed (and the compressor's own checksum verified).
+/// The blocking side. One thread hashes and decompresses what arrives on `rx`, a step ahead;
+/// this one parses and unpacks. Once the archive's end is reached, the rest of the stream is
+/// still read so that the whole object is hashed (and the compressor's own checks run).
 fn unpack_stream(
     rx: mpsc::Receiver<Result<Bytes, String>>,
     mut unpacker: Unpacker,
@@ -483,25 +484,90 @@ fn unpack_stream(
         Compression::detect(&head[..n]).ok_or_else(|| RestoreError::UnknownFormat {
             key: key.to_owned(),
         })?;
-    let stream = io::Cursor::new(head[..n].to_vec()).chain(&mut reader);
-    let stats = match compression {
-        Compression::Zstd => {
-            let mut decoder =
-                zstd::stream::read::Decoder::new(stream).map_err(UnpackError::Read)?;
-            let stats = unpacker.unpack(&mut decoder)?;
-            io::copy(&mut decoder, &mut io::sink()).map_err(UnpackError::Read)?;
-            stats
+    if compression == Compression::Gzip {
+        unpacker.strip_prefix = Some(PathBuf::from(archive::LEGACY_PREFIX));
+    }
+    let head = head[..n].to_vec();
+    let (tx, chunks) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+    std::thread::scope(|scope| {
+        let decompressor = scope.spawn(move || -> io::Result<(u64, String)> {
+            {
+                let stream = io::Cursor::new(head).chain(&mut reader);
+                let mut decoder: Box<dyn Read> = match compression {
+                    Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(stream)?),
+                    Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(stream)),
+                };
+                loop {
+                    let mut buf = vec![0u8; DECOMPRESSED_CHUNK];
+                    let n = match read_up_to(&mut decoder, &mut buf) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let message = e.to_string();
+                            let _ = tx.send(Err(e));
+                            return Err(io::Error::other(message));
+                        }
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    buf.truncate(n);
+                    if tx.send(Ok(buf)).is_err() {
+                        return Err(io::Error::other("extraction stopped"));
+                    }
+                }
+            }
+            drop(tx);
+            io::copy(&mut reader, &mut io::sink())?;
+            Ok((reader.total, hex::encode(reader.hasher.finalize())))
+        });
+        let mut chunks = ChunkReader {
+            rx: chunks,
+            current: Vec::new(),
+            pos: 0,
+        };
+        let unpacked = unpacker.unpack(&mut chunks).and_then(|stats| {
+            // Past the archive's end markers: read on so that the decompressor reaches the end.
+            io::copy(&mut chunks, &mut io::sink()).map_err(UnpackError::Read)?;
+            Ok(stats)
+        });
+        // On failure, stop the decompressor (its next send fails).
+        drop(chunks);
+        let hashed = decompressor
+            .join()
+            .map_err(|_| RestoreError::Internal("the decompressor panicked".into()))?;
+        let stats = unpacked?;
+        let (total, sha) = hashed.map_err(UnpackError::Read)?;
+        Ok((stats, total, sha))
+    })
+}
+
+/// Decompressed bytes handed from the decompressor to the parser at a time.
+const DECOMPRESSED_CHUNK: usize = 1024 * 1024;
+
+/// Reads the decompressor's chunks.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
         }
-        Compression::Gzip => {
-            unpacker.strip_prefix = Some(PathBuf::from(archive::LEGACY_PREFIX));
-            let mut decoder = flate2::read::MultiGzDecoder::new(stream);
-            let stats = unpacker.unpack(&mut decoder)?;
-            io::copy(&mut decoder, &mut io::sink()).map_err(UnpackError::Read)?;
-            stats
-        }
-    };
-    io::copy(&mut reader, &mut io::sink()).map_err(UnpackError::Read)?;
-    Ok((stats, reader.total, hex::encode(reader.hasher.finalize())))
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

@@ -353,6 +353,30 @@ async fn corrupted_archive_fails_verification_and_leaves_dest_untouched() {
 }
 
 #[tokio::test]
+async fn archive_over_max_bytes_is_refused_before_download() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("src");
+    fixtures::rich_tree(&source, 512 * 1024);
+    assert!(snapshot(s3, &loc, &source, 1).status.success());
+    promote(s3, &loc, 1).await;
+    let work = tempfile::tempdir().unwrap();
+    let dest = existing_dest(work.path());
+    let (_, line) = restore(s3, &loc, &dest, &["--max-bytes", "64KiB"]);
+    assert_eq!(line["ok"], false);
+    assert_eq!(line["reason"], "too-large", "{line}");
+    assert!(
+        line["message"].as_str().unwrap().contains("--max-bytes"),
+        "{line}"
+    );
+    assert_untouched(&dest);
+    let (_, line) = restore(s3, &loc, &dest, &["--max-unpacked-bytes", "100KiB"]);
+    assert_eq!(line["reason"], "too-large", "{line}");
+    assert_untouched(&dest);
+}
+
+#[tokio::test]
 async fn truncated_archive_is_refused_and_leaves_dest_untouched() {
     let s3 = support::s3().await;
     let loc = location(s3).await;
