@@ -146,6 +146,19 @@ impl S3Server {
         Ok(name)
     }
 
+    /// The whole content of an object.
+    pub async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Vec<u8>> {
+        let out = self
+            .client()
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .with_context(|| format!("get s3://{bucket}/{key}"))?;
+        Ok(out.body.collect().await?.into_bytes().to_vec())
+    }
+
     /// Every key in `bucket` under `prefix`, sorted.
     pub async fn list_keys(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
         let client = self.client();

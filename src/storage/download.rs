@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use super::{StorageError, error_chain};
+use super::StorageError;
 
 /// Tuning of [`ranged_download`].
 #[derive(Clone, Copy, Debug)]
@@ -63,17 +63,7 @@ async fn fetch_range(
         .send()
         .await
         .map_err(|e| StorageError::from_sdk("GET", bucket, key, e))?;
-    let data = out
-        .body
-        .collect()
-        .await
-        .map_err(|e| StorageError::Unreachable {
-            op: "GET",
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-            message: error_chain(&e),
-        })?
-        .into_bytes();
+    let data = super::read_body(out.body, bucket, key).await?;
     let expected = last - first + 1;
     if data.len() as u64 != expected {
         return Err(StorageError::Service {

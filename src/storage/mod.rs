@@ -204,8 +204,23 @@ pub async fn get_json<T: DeserializeOwned>(
             };
         }
     };
-    let body = out
-        .body
+    let body = read_body(out.body, bucket, key).await?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|source| StorageError::BadDocument {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            source,
+        })
+}
+
+/// Reads a GET's whole body (a transfer that breaks off is reported as unreachable storage).
+async fn read_body(
+    body: ByteStream,
+    bucket: &str,
+    key: &str,
+) -> Result<bytes::Bytes, StorageError> {
+    Ok(body
         .collect()
         .await
         .map_err(|e| StorageError::Unreachable {
@@ -214,14 +229,7 @@ pub async fn get_json<T: DeserializeOwned>(
             key: key.to_owned(),
             message: error_chain(&e),
         })?
-        .into_bytes();
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|source| StorageError::BadDocument {
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-            source,
-        })
+        .into_bytes())
 }
 
 /// Writes a JSON document. With `create_only`, the write fails with

@@ -118,19 +118,7 @@ async fn round_trip_is_byte_and_metadata_identical() {
             .await
             .unwrap()
             .unwrap();
-    let archive = s3
-        .client()
-        .get_object()
-        .bucket(&loc.bucket)
-        .key(loc.archive_key(1))
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
+    let archive = archive_bytes(s3, &loc, 1).await;
     assert_eq!(manifest.format_version, FORMAT_VERSION);
     assert_eq!(manifest.format, FORMAT_TAR_ZSTD);
     assert_eq!(manifest.size_bytes, archive.len() as u64);
@@ -309,19 +297,9 @@ async fn replace_archive(s3: &S3Server, loc: &Location, n: u64, data: Vec<u8>) {
 }
 
 async fn archive_bytes(s3: &S3Server, loc: &Location, n: u64) -> Vec<u8> {
-    s3.client()
-        .get_object()
-        .bucket(&loc.bucket)
-        .key(loc.archive_key(n))
-        .send()
+    s3.get_bytes(&loc.bucket, &loc.archive_key(n))
         .await
         .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes()
-        .to_vec()
 }
 
 #[tokio::test]
@@ -738,19 +716,7 @@ async fn legacy_copy_restores_with_the_old_runner_command() {
     ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let key = loc.legacy_archive_key(1);
-    let data = s3
-        .client()
-        .get_object()
-        .bucket(&loc.bucket)
-        .key(&key)
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
+    let data = s3.get_bytes(&loc.bucket, &key).await.unwrap();
     // `tar -xzf - -C /` in a scratch root.
     let root = tmp.path().join("root");
     std::fs::create_dir(&root).unwrap();
