@@ -489,6 +489,8 @@ fn unpack_stream(
     }
     let head = head[..n].to_vec();
     let (tx, chunks) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+    // Spent chunks come back to be refilled: no 1 MiB allocation and zero-fill per chunk.
+    let (recycle, recycled) = std::sync::mpsc::sync_channel::<Vec<u8>>(10);
     std::thread::scope(|scope| {
         let decompressor = scope.spawn(move || -> io::Result<(u64, String)> {
             {
@@ -498,7 +500,8 @@ fn unpack_stream(
                     Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(stream)),
                 };
                 loop {
-                    let mut buf = vec![0u8; DECOMPRESSED_CHUNK];
+                    let mut buf = recycled.try_recv().unwrap_or_default();
+                    buf.resize(DECOMPRESSED_CHUNK, 0);
                     let n = match read_up_to(&mut decoder, &mut buf) {
                         Ok(n) => n,
                         Err(e) => {
@@ -522,6 +525,7 @@ fn unpack_stream(
         });
         let mut chunks = ChunkReader {
             rx: chunks,
+            recycle,
             current: Vec::new(),
             pos: 0,
         };
@@ -547,6 +551,7 @@ const DECOMPRESSED_CHUNK: usize = 1024 * 1024;
 /// Reads the decompressor's chunks.
 struct ChunkReader {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    recycle: std::sync::mpsc::SyncSender<Vec<u8>>,
     current: Vec<u8>,
     pos: usize,
 }
@@ -556,7 +561,8 @@ impl Read for ChunkReader {
         while self.pos == self.current.len() {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
-                    self.current = chunk;
+                    let spent = std::mem::replace(&mut self.current, chunk);
+                    let _ = self.recycle.try_send(spent);
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
