@@ -5,7 +5,7 @@
 //! are applied at the end. Every entry is checked before anything is written: nothing can land
 //! outside the staging directory, whatever the archive says.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStringExt;
@@ -123,12 +123,23 @@ impl Batch {
     }
 }
 
+/// What an archive path was, for duplicate, hard-link and below-a-link checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    Dir,
+    File,
+    Symlink,
+    HardLink,
+}
+
 #[derive(Default)]
 struct State {
-    seen: HashSet<PathBuf>,
+    /// Every entry of the archive so far.
+    seen: HashMap<PathBuf, Seen>,
+    /// Whether `seen` has a symbolic link (most caches have none: skip the ancestor walk).
+    any_symlink: bool,
+    /// Directories on disk, created by an entry or as a missing parent.
     dirs: HashSet<PathBuf>,
-    symlinks: HashSet<PathBuf>,
-    regular: HashSet<PathBuf>,
     dir_times: Vec<(PathBuf, u32, i64)>,
     deferred_symlinks: Vec<(PathBuf, PathBuf, i64)>,
     deferred_hardlinks: Vec<(PathBuf, PathBuf)>,
@@ -198,11 +209,21 @@ impl Unpacker {
                     limit: self.limits.max_entries,
                 });
             }
-            if !state.seen.insert(rel.clone()) {
+            let seen = match kind {
+                tar::EntryType::Directory => Seen::Dir,
+                tar::EntryType::Symlink => Seen::Symlink,
+                tar::EntryType::Link => Seen::HardLink,
+                // Anything else is a regular file or refused below.
+                _ => Seen::File,
+            };
+            if state.seen.insert(rel.clone(), seen).is_some() {
                 return Err(unsafe_entry(&raw, "duplicate entry"));
             }
-            if !state.symlinks.is_empty()
-                && rel.ancestors().skip(1).any(|a| state.symlinks.contains(a))
+            if state.any_symlink
+                && rel
+                    .ancestors()
+                    .skip(1)
+                    .any(|a| state.seen.get(a) == Some(&Seen::Symlink))
             {
                 return Err(unsafe_entry(&raw, "below a symbolic link"));
             }
@@ -239,7 +260,6 @@ impl Unpacker {
                         });
                     }
                     self.ensure_parent(state, &rel)?;
-                    state.regular.insert(rel.clone());
                     if size <= SMALL_FILE {
                         let mut data = Vec::with_capacity(size as usize);
                         entry.read_to_end(&mut data).map_err(UnpackError::Read)?;
@@ -264,7 +284,7 @@ impl Unpacker {
                         .into_owned();
                     policy::symlink_target(&rel, &target).map_err(|e| unsafe_entry(&raw, e))?;
                     self.ensure_parent(state, &rel)?;
-                    state.symlinks.insert(rel.clone());
+                    state.any_symlink = true;
                     let target =
                         PathBuf::from(<std::ffi::OsString as OsStringExt>::from_vec(target));
                     state.deferred_symlinks.push((dest, target, mtime));
@@ -277,7 +297,7 @@ impl Unpacker {
                     let target = self.relative(&raw_target)?.ok_or_else(|| {
                         unsafe_entry(&raw, "hard link to the archive's root directory")
                     })?;
-                    if !state.regular.contains(&target) {
+                    if state.seen.get(&target) != Some(&Seen::File) {
                         return Err(unsafe_entry(
                             &raw,
                             "hard link to something that is not a regular file earlier in the archive",
@@ -331,7 +351,10 @@ impl Unpacker {
         if state.dirs.contains(parent) {
             return Ok(());
         }
-        if state.regular.contains(parent) || state.symlinks.contains(parent) {
+        if matches!(
+            state.seen.get(parent),
+            Some(Seen::File | Seen::Symlink | Seen::HardLink)
+        ) {
             return Err(unsafe_entry(
                 rel.as_os_str().as_encoded_bytes(),
                 "below a non-directory entry",
