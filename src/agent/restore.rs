@@ -263,16 +263,11 @@ async fn restore(
         });
     }
 
-    let staging = tokio::task::spawn_blocking({
+    let staging = on_dest(&args.dest, {
         let dest = args.dest.clone();
         move || install::prepare(&dest)
     })
-    .await
-    .map_err(|e| RestoreError::Internal(e.to_string()))?
-    .map_err(|source| RestoreError::Dest {
-        path: args.dest.clone(),
-        source,
-    })?;
+    .await?;
     *staging_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(staging.path.clone());
 
     let phase = Instant::now();
@@ -295,13 +290,7 @@ async fn restore(
         }
     };
 
-    let old = tokio::task::spawn_blocking(move || staging.install())
-        .await
-        .map_err(|e| RestoreError::Internal(e.to_string()))?
-        .map_err(|source| RestoreError::Dest {
-            path: args.dest.clone(),
-            source,
-        })?;
+    let old = on_dest(&args.dest, move || staging.install()).await?;
     staging_slot
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -320,6 +309,20 @@ async fn restore(
         bytes: size,
         files,
     })
+}
+
+/// Runs filesystem work on DEST on a blocking thread; its errors name `--dest`.
+async fn on_dest<T: Send + 'static>(
+    dest: &std::path::Path,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, RestoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RestoreError::Internal(e.to_string()))?
+        .map_err(|source| RestoreError::Dest {
+            path: dest.to_owned(),
+            source,
+        })
 }
 
 async fn resolve(
