@@ -73,11 +73,6 @@ impl Tree {
     pub fn entries(&self) -> u64 {
         self.entries.len() as u64
     }
-
-    /// The scanned directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
 }
 
 /// What [`pack`] wrote.
