@@ -3,10 +3,15 @@
 //!
 //! Layout:
 //! - [`api`]: the `SiteCache` custom resource (the CRD is generated from these types);
-//! - [`telemetry`]: logging (and, with the controller, metrics).
+//! - [`controller`]: `sitecache controller`, which reconciles SiteCaches into snapshot Jobs,
+//!   generations and status;
+//! - [`agent`]: `sitecache snapshot` and `sitecache restore`;
+//! - [`archive`]: the archive format; [`storage`]: S3 access and the key layout;
+//! - [`telemetry`]: logging and metrics.
 
 pub mod agent;
 pub mod api;
 pub mod archive;
+pub mod controller;
 pub mod storage;
 pub mod telemetry;

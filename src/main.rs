@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Reconcile SiteCache objects (runs in the operator Deployment).
-    Controller,
+    Controller(sitecache::controller::ControllerArgs),
     /// Pack a directory and upload it as a new generation (runs in the snapshot Job).
     Snapshot(snapshot::SnapshotArgs),
     /// Fetch, verify and extract a generation (runs in a site runner at cold start).
@@ -74,10 +74,15 @@ fn main() -> ExitCode {
             let report = runtime().block_on(restore::run(args));
             restore::report(&report, strict)
         }
-        Command::Controller => {
+        Command::Controller(args) => {
             telemetry::init(cli.log_format, "info");
-            eprintln!("error: `sitecache controller` is not yet implemented");
-            ExitCode::from(2)
+            match runtime().block_on(sitecache::controller::main(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: controller: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -1,4 +1,7 @@
-//! Logging. Logs always go to stderr: `sitecache restore` owns stdout for its JSON result line.
+//! Logging and metrics. Logs always go to stderr: `sitecache restore` owns stdout for its JSON
+//! result line. Metrics ([`metrics`]) are the controller's, served on `/metrics`.
+
+pub mod metrics;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 

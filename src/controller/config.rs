@@ -1,0 +1,267 @@
+//! The controller's configuration: flags, each with an environment variable.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::agent::parse_duration;
+use crate::api::{BUCKET_PATTERN, SiteCache};
+use crate::storage::{Location, StorageOptions};
+
+/// The image the snapshot Jobs' agent containers run unless `--agent-image` says otherwise.
+pub const DEFAULT_AGENT_IMAGE: &str =
+    concat!("ghcr.io/sitecache/sitecache:", env!("CARGO_PKG_VERSION"));
+
+/// Reconcile SiteCache objects.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Bucket of SiteCaches that name none.
+    #[arg(long, env = "SITECACHE_DEFAULT_BUCKET")]
+    pub default_bucket: Option<String>,
+
+    /// Buckets SiteCaches may use (comma-separated). The default bucket is always allowed.
+    #[arg(long, env = "SITECACHE_ALLOWED_BUCKETS", value_delimiter = ',')]
+    pub allowed_buckets: Vec<String>,
+
+    /// Region of SiteCaches that name none (default: the AWS default chain, else us-east-1).
+    #[arg(long, env = "SITECACHE_S3_REGION")]
+    pub region: Option<String>,
+
+    /// S3 endpoint of SiteCaches that name none (default: AWS_ENDPOINT_URL_S3, else AWS).
+    #[arg(long, env = "SITECACHE_S3_ENDPOINT", value_name = "URL")]
+    pub endpoint: Option<String>,
+
+    /// Path-style addressing for SiteCaches that do not say (MinIO and most self-hosted stores).
+    #[arg(long, env = "SITECACHE_PATH_STYLE")]
+    pub path_style: bool,
+
+    /// Snapshot Jobs running at once across every watched namespace; the rest wait.
+    #[arg(long, env = "SITECACHE_MAX_CONCURRENT_SNAPSHOTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_snapshots: u32,
+
+    /// Image of the snapshot Jobs' restore and snapshot containers (this project's image).
+    #[arg(long, env = "SITECACHE_AGENT_IMAGE", default_value = DEFAULT_AGENT_IMAGE)]
+    pub agent_image: String,
+
+    /// Service account of snapshot pods whose SiteCache names none (for example one bound to a
+    /// storage role through IRSA or EKS Pod Identity).
+    #[arg(long, env = "SITECACHE_JOB_SERVICE_ACCOUNT")]
+    pub job_service_account: Option<String>,
+
+    /// How long finished snapshot Jobs are kept (`ttlSecondsAfterFinished`).
+    #[arg(long, env = "SITECACHE_JOB_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub job_ttl: Duration,
+
+    /// Namespaces to watch (comma-separated; default: all).
+    #[arg(
+        long = "namespace",
+        env = "SITECACHE_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "SITECACHE_LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub listen_address: SocketAddr,
+
+    /// First delay after a failed snapshot; it doubles with each failure in a row.
+    #[arg(long, env = "SITECACHE_FAILURE_BACKOFF", default_value = "1m", value_parser = parse_duration)]
+    pub failure_backoff: Duration,
+
+    /// Longest delay between failed snapshots.
+    #[arg(long, env = "SITECACHE_FAILURE_BACKOFF_MAX", default_value = "1h", value_parser = parse_duration)]
+    pub failure_backoff_max: Duration,
+
+    /// Longest time between two reconciles of a SiteCache (the safety net behind watches).
+    #[arg(long, env = "SITECACHE_RESYNC", default_value = "10m", value_parser = parse_duration)]
+    pub resync: Duration,
+
+    /// Concurrent reconciles per watched namespace (0: unbounded).
+    #[arg(long, env = "SITECACHE_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    pub reconcile_concurrency: u16,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--default-bucket {0:?} is not a valid bucket name (pattern {BUCKET_PATTERN})")]
+    BadDefaultBucket(String),
+    #[error("--allowed-buckets: {0:?} is not a valid bucket name (pattern {BUCKET_PATTERN})")]
+    BadAllowedBucket(String),
+    #[error("--failure-backoff must not be longer than --failure-backoff-max")]
+    BackoffOrder,
+    #[error("--agent-image must not be empty")]
+    NoAgentImage,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub default_bucket: Option<String>,
+    pub allowed_buckets: BTreeSet<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub path_style: bool,
+    pub max_concurrent_snapshots: u32,
+    pub agent_image: String,
+    pub job_service_account: Option<String>,
+    pub job_ttl: Duration,
+    pub namespaces: Vec<String>,
+    pub failure_backoff: Duration,
+    pub failure_backoff_max: Duration,
+    pub resync: Duration,
+    pub reconcile_concurrency: u16,
+}
+
+impl TryFrom<&ControllerArgs> for Settings {
+    type Error = ConfigError;
+
+    fn try_from(a: &ControllerArgs) -> Result<Self, ConfigError> {
+        let valid = |b: &str| Location::new(b, "x/").is_ok();
+        if let Some(b) = &a.default_bucket
+            && !valid(b)
+        {
+            return Err(ConfigError::BadDefaultBucket(b.clone()));
+        }
+        let mut allowed = BTreeSet::new();
+        for b in a
+            .allowed_buckets
+            .iter()
+            .map(|b| b.trim())
+            .filter(|b| !b.is_empty())
+        {
+            if !valid(b) {
+                return Err(ConfigError::BadAllowedBucket(b.to_owned()));
+            }
+            allowed.insert(b.to_owned());
+        }
+        allowed.extend(a.default_bucket.clone());
+        if a.failure_backoff > a.failure_backoff_max {
+            return Err(ConfigError::BackoffOrder);
+        }
+        if a.agent_image.trim().is_empty() {
+            return Err(ConfigError::NoAgentImage);
+        }
+        let mut namespaces: Vec<String> = a
+            .namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        namespaces.sort();
+        namespaces.dedup();
+        Ok(Settings {
+            default_bucket: a.default_bucket.clone(),
+            allowed_buckets: allowed,
+            region: a.region.clone(),
+            endpoint: a.endpoint.clone(),
+            path_style: a.path_style,
+            max_concurrent_snapshots: a.max_concurrent_snapshots,
+            agent_image: a.agent_image.clone(),
+            job_service_account: a.job_service_account.clone(),
+            job_ttl: a.job_ttl,
+            namespaces,
+            failure_backoff: a.failure_backoff,
+            failure_backoff_max: a.failure_backoff_max,
+            resync: a.resync,
+            reconcile_concurrency: a.reconcile_concurrency,
+        })
+    }
+}
+
+/// Where and how one SiteCache's objects are stored: its spec over the controller's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub location: Location,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub path_style: bool,
+}
+
+/// Why a SiteCache's storage cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error(
+        "spec.storage.bucket is not set and the controller has no default bucket (--default-bucket)"
+    )]
+    NoBucket,
+    #[error(
+        "spec.storage.bucket {bucket:?} is not in the controller's allowed buckets ({allowed})"
+    )]
+    NotAllowed { bucket: String, allowed: String },
+    #[error("status.url {0:?} is not a valid location: {1}")]
+    BadUrl(String, String),
+    #[error("spec.storage: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Resolves a SiteCache's storage. The location is fixed by `status.url` once set (the spec's
+    /// storage is immutable, but the controller's defaults may change).
+    pub fn target(&self, sc: &SiteCache) -> Result<Target, TargetError> {
+        let target = self.resolve(sc)?;
+        self.check_allowed(&target.location.bucket)?;
+        Ok(target)
+    }
+
+    /// Resolves a SiteCache's storage without the allow-list (deletion cleans up where the
+    /// SiteCache wrote, even if the bucket has since left the list).
+    pub fn resolve(&self, sc: &SiteCache) -> Result<Target, TargetError> {
+        let storage = &sc.spec.storage;
+        let location = match sc.status.as_ref().and_then(|s| s.url.as_deref()) {
+            Some(url) => url
+                .parse::<Location>()
+                .map_err(|e| TargetError::BadUrl(url.to_owned(), e.to_string()))?,
+            None => {
+                let bucket = storage
+                    .bucket
+                    .clone()
+                    .or_else(|| self.default_bucket.clone())
+                    .ok_or(TargetError::NoBucket)?;
+                let prefix = storage
+                    .prefix
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/", sc.spec.site));
+                Location::new(&bucket, &prefix).map_err(|e| TargetError::Invalid(e.to_string()))?
+            }
+        };
+        Ok(Target {
+            location,
+            region: storage.region.clone().or_else(|| self.region.clone()),
+            endpoint: storage.endpoint.clone().or_else(|| self.endpoint.clone()),
+            path_style: storage.force_path_style.unwrap_or(self.path_style),
+        })
+    }
+
+    fn check_allowed(&self, bucket: &str) -> Result<(), TargetError> {
+        if !self.allowed_buckets.contains(bucket) {
+            return Err(TargetError::NotAllowed {
+                bucket: bucket.to_owned(),
+                allowed: if self.allowed_buckets.is_empty() {
+                    "none configured".to_owned()
+                } else {
+                    self.allowed_buckets
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Target {
+    /// Client options for the controller's own storage calls.
+    pub fn storage_options(&self) -> StorageOptions {
+        StorageOptions {
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            path_style: self.path_style,
+            connect_timeout: Some(Duration::from_secs(5)),
+            attempt_timeout: Some(Duration::from_secs(30)),
+            max_attempts: Some(3),
+        }
+    }
+}

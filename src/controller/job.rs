@@ -1,0 +1,512 @@
+//! The snapshot Job: built from the SiteCache by pure functions, and read back as a [`JobState`].
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSpec, PodTemplateSpec,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use super::config::{Settings, Target};
+use crate::api::{SiteCache, duration};
+
+/// `app.kubernetes.io/managed-by` of every snapshot Job: what the controller and tools select.
+pub const MANAGED_BY: &str = "sitecache";
+/// Label selector of every snapshot Job.
+pub const JOB_SELECTOR: &str = "app.kubernetes.io/managed-by=sitecache";
+/// Label with the owning SiteCache's uid.
+pub const UID_LABEL: &str = "sitecache.dev/uid";
+/// Label with the generation the Job produces.
+pub const GENERATION_LABEL: &str = "sitecache.dev/generation";
+/// Annotation with the on-demand request the Job answers.
+pub const REQUEST_ANNOTATION: &str = "sitecache.dev/answers-request";
+/// Name of the cache volume and of the containers.
+const CACHE_VOLUME: &str = "cache";
+/// Where the agent binary lives in this project's image.
+pub const AGENT_PROGRAM: &str = "/usr/local/bin/sitecache";
+/// Deadline of the restore-previous init container: it only speeds warming up, so a slow restore
+/// gives up and warming starts from empty.
+const RESTORE_TIMEOUT: &str = "10m";
+
+/// The Job name for generation `n` of SiteCache `name`: `<name>-g<n>` when that fits in 63
+/// characters, else the name cut short plus a hash of the whole name, so that two long names never
+/// share Jobs.
+pub fn job_name(name: &str, generation: u64) -> String {
+    let suffix = format!("-g{generation}");
+    if name.len() + suffix.len() <= 63 {
+        return format!("{name}{suffix}");
+    }
+    let hash = hex::encode(&Sha256::digest(name.as_bytes())[..4]);
+    let keep = 63 - suffix.len() - hash.len() - 1;
+    let mut cut = name[..keep].trim_end_matches(['-', '.']).to_owned();
+    cut.push('-');
+    cut.push_str(&hash);
+    cut.push_str(&suffix);
+    cut
+}
+
+/// A label value naming the SiteCache: the name if it is a valid label value, else shortened.
+fn instance_label(name: &str) -> String {
+    if name.len() <= 63 {
+        name.to_owned()
+    } else {
+        let hash = hex::encode(&Sha256::digest(name.as_bytes())[..4]);
+        format!("{}-{hash}", name[..54].trim_end_matches(['-', '.']))
+    }
+}
+
+/// What the Job needs besides the SiteCache.
+pub struct JobInputs<'a> {
+    pub settings: &'a Settings,
+    pub target: &'a Target,
+    pub generation: u64,
+    /// The promoted generation, restored first so that warming only adds what changed.
+    pub previous: Option<u64>,
+    /// The on-demand request the snapshot answers.
+    pub request: Option<&'a str>,
+}
+
+/// The snapshot Job for generation `inputs.generation` of `sc`.
+pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
+    let spec = &sc.spec;
+    let name = job_name(&sc.name_any(), inputs.generation);
+    let labels: BTreeMap<String, String> = [
+        ("app.kubernetes.io/name", "sitecache".to_owned()),
+        ("app.kubernetes.io/instance", instance_label(&sc.name_any())),
+        ("app.kubernetes.io/component", "snapshot".to_owned()),
+        ("app.kubernetes.io/managed-by", MANAGED_BY.to_owned()),
+        ("sitecache.dev/site", spec.site.clone()),
+        (UID_LABEL, sc.uid().unwrap_or_default()),
+        (GENERATION_LABEL, inputs.generation.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let annotations = inputs
+        .request
+        .map(|r| BTreeMap::from([(REQUEST_ANNOTATION.to_owned(), r.to_owned())]));
+
+    let url = inputs.target.location.to_string();
+    let cache_dir = spec.warm.cache_dir.clone();
+    let mount = vec![VolumeMount {
+        name: CACHE_VOLUME.to_owned(),
+        mount_path: cache_dir.clone(),
+        ..Default::default()
+    }];
+    let storage_env = storage_env(inputs.target);
+
+    let mut init = Vec::new();
+    if let Some(previous) = inputs.previous {
+        init.push(agent_container(
+            "restore-previous",
+            inputs.settings,
+            vec![
+                "restore".into(),
+                "--url".into(),
+                url.clone(),
+                "--dest".into(),
+                cache_dir.clone(),
+                "--generation".into(),
+                previous.to_string(),
+                "--timeout".into(),
+                RESTORE_TIMEOUT.into(),
+            ],
+            storage_env.clone(),
+            mount.clone(),
+        ));
+    }
+    let mut warm_env = vec![EnvVar {
+        name: "DENO_DIR".into(),
+        value: Some(cache_dir.clone()),
+        value_from: None,
+    }];
+    warm_env.extend(
+        spec.warm
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name != "DENO_DIR")
+            .cloned(),
+    );
+    init.push(Container {
+        name: "warm".into(),
+        image: Some(spec.warm.image.clone()),
+        command: spec.warm.command.clone(),
+        args: spec.warm.args.clone(),
+        env: Some(warm_env),
+        resources: spec.warm.resources.clone(),
+        volume_mounts: Some(mount.clone()),
+        ..Default::default()
+    });
+
+    let mut args = vec![
+        "snapshot".into(),
+        "--source".into(),
+        cache_dir.clone(),
+        "--url".into(),
+        url,
+        "--generation".into(),
+        inputs.generation.to_string(),
+        "--level".into(),
+        spec.snapshot.compression_level.to_string(),
+        "--min-files".into(),
+        spec.snapshot.min_files.to_string(),
+    ];
+    if let Some(rev) = &spec.source.revision {
+        args.extend(["--source-revision".into(), rev.clone()]);
+    }
+    if spec.legacy.is_some() {
+        args.push("--legacy".into());
+    }
+    let snapshot = agent_container("snapshot", inputs.settings, args, storage_env, mount);
+
+    let timeout = duration::parse(&spec.snapshot.timeout)
+        .map(|d| d.as_secs().max(1))
+        .unwrap_or(1800);
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: sc.namespace(),
+            labels: Some(labels.clone()),
+            annotations,
+            owner_references: sc.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(spec.snapshot.backoff_limit),
+            active_deadline_seconds: Some(timeout as i64),
+            ttl_seconds_after_finished: Some(
+                inputs.settings.job_ttl.as_secs().min(i32::MAX as u64) as i32,
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    service_account_name: spec
+                        .warm
+                        .service_account_name
+                        .clone()
+                        .or_else(|| inputs.settings.job_service_account.clone()),
+                    init_containers: Some(init),
+                    containers: vec![snapshot],
+                    volumes: Some(vec![Volume {
+                        name: CACHE_VOLUME.into(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The standard AWS variables that point the agent at the SiteCache's store.
+fn storage_env(target: &Target) -> Vec<EnvVar> {
+    let var = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        value_from: None,
+    };
+    let mut env = Vec::new();
+    if let Some(region) = &target.region {
+        env.push(var("AWS_REGION", region.clone()));
+    }
+    if let Some(endpoint) = &target.endpoint {
+        env.push(var("AWS_ENDPOINT_URL_S3", endpoint.clone()));
+    }
+    if target.path_style {
+        env.push(var("SITECACHE_PATH_STYLE", "true".into()));
+    }
+    env
+}
+
+/// A container running this project's image: unprivileged, read-only root filesystem.
+fn agent_container(
+    name: &str,
+    settings: &Settings,
+    args: Vec<String>,
+    env: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+) -> Container {
+    Container {
+        name: name.to_owned(),
+        image: Some(settings.agent_image.clone()),
+        command: Some(vec![AGENT_PROGRAM.to_owned()]),
+        args: Some(args),
+        env: Some(env),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// What became of a snapshot Job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobState {
+    /// Created, running or retrying.
+    Running { start: Option<Time> },
+    Succeeded {
+        start: Option<Time>,
+        completion: Option<Time>,
+    },
+    Failed {
+        start: Option<Time>,
+        completion: Option<Time>,
+        reason: String,
+        message: String,
+    },
+    /// The Job the status names is gone (deleted, or removed by its TTL before the controller saw
+    /// it finish): its generation decides.
+    Vanished,
+}
+
+/// A snapshot Job as the controller sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobView {
+    pub name: String,
+    pub generation: u64,
+    pub request: Option<String>,
+    pub state: JobState,
+    pub deleting: bool,
+}
+
+impl JobView {
+    /// Reads a Job the controller made; `None` for one without a generation label.
+    pub fn of(job: &Job) -> Option<JobView> {
+        let labels = job.meta().labels.as_ref()?;
+        let generation = labels.get(GENERATION_LABEL)?.parse().ok()?;
+        let status = job.status.clone().unwrap_or_default();
+        let condition = |t: &str| {
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == t && c.status == "True")
+        };
+        let start = status.start_time.clone();
+        let state = if condition("Complete").is_some() {
+            JobState::Succeeded {
+                start,
+                completion: status.completion_time.clone(),
+            }
+        } else if let Some(c) = condition("Failed").or_else(|| condition("FailureTarget")) {
+            JobState::Failed {
+                start,
+                completion: c.last_transition_time.clone(),
+                reason: c.reason.clone().unwrap_or_else(|| "JobFailed".into()),
+                message: c.message.clone().unwrap_or_default(),
+            }
+        } else {
+            JobState::Running { start }
+        };
+        Some(JobView {
+            name: job.name_any(),
+            generation,
+            request: job
+                .meta()
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REQUEST_ANNOTATION))
+                .cloned(),
+            state,
+            deleting: job.meta().deletion_timestamp.is_some(),
+        })
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(self.state, JobState::Running { .. }) && !self.deleting
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SiteCacheSpec;
+    use crate::storage::Location;
+    use std::time::Duration;
+
+    fn settings() -> Settings {
+        Settings {
+            default_bucket: Some("caches".into()),
+            allowed_buckets: ["caches".to_owned()].into(),
+            region: None,
+            endpoint: None,
+            path_style: false,
+            max_concurrent_snapshots: 2,
+            agent_image: "ghcr.io/sitecache/sitecache:test".into(),
+            job_service_account: Some("sitecache-snapshot".into()),
+            job_ttl: Duration::from_secs(3600),
+            namespaces: vec![],
+            failure_backoff: Duration::from_secs(60),
+            failure_backoff_max: Duration::from_secs(3600),
+            resync: Duration::from_secs(600),
+            reconcile_concurrency: 4,
+        }
+    }
+
+    fn site() -> SiteCache {
+        let spec: SiteCacheSpec = serde_json::from_value(serde_json::json!({
+            "site": "shop",
+            "warm": {"image": "shop:1", "command": ["deno", "cache", "main.ts"],
+                      "env": [{"name": "DENO_DIR", "value": "/elsewhere"}, {"name": "A", "value": "b"}]},
+            "source": {"revision": "abc"},
+            "snapshot": {"timeout": "15m", "backoffLimit": 2, "minFiles": 100, "compressionLevel": 5},
+            "legacy": {"publishKey": "shop/cache.tgz"},
+        }))
+        .unwrap();
+        let mut sc = SiteCache::new("shop-cache", spec);
+        sc.metadata.namespace = Some("web".into());
+        sc.metadata.uid = Some("uid-1".into());
+        sc
+    }
+
+    fn target() -> Target {
+        Target {
+            location: Location::new("caches", "shop/").unwrap(),
+            region: Some("eu-west-1".into()),
+            endpoint: Some("http://minio:9000".into()),
+            path_style: true,
+        }
+    }
+
+    #[test]
+    fn names_are_deterministic_and_short() {
+        assert_eq!(job_name("shop", 7), "shop-g7");
+        let long = "a".repeat(63);
+        let n = job_name(&long, u64::MAX);
+        assert!(n.len() <= 63, "{n}");
+        assert_eq!(n, job_name(&long, u64::MAX));
+        assert!(n.ends_with(&format!("-g{}", u64::MAX)));
+        let other = format!("{}b", "a".repeat(62));
+        assert_ne!(job_name(&other, 1), job_name(&long, 1));
+        let dotted = format!("{}.{}", "x".repeat(50), "y".repeat(30));
+        let n = job_name(&dotted, 3);
+        assert!(n.len() <= 63 && !n.contains(".-"), "{n}");
+    }
+
+    #[test]
+    fn job_spec() {
+        let s = settings();
+        let t = target();
+        let job = snapshot_job(
+            &site(),
+            &JobInputs {
+                settings: &s,
+                target: &t,
+                generation: 5,
+                previous: Some(4),
+                request: Some("tok"),
+            },
+        );
+        assert_eq!(job.metadata.name.as_deref(), Some("shop-cache-g5"));
+        assert_eq!(job.metadata.namespace.as_deref(), Some("web"));
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("SiteCache", "uid-1")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let labels = job.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "sitecache");
+        assert_eq!(labels[GENERATION_LABEL], "5");
+        assert_eq!(labels[UID_LABEL], "uid-1");
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(spec.active_deadline_seconds, Some(900));
+        assert_eq!(spec.backoff_limit, Some(2));
+        assert_eq!(spec.ttl_seconds_after_finished, Some(3600));
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("sitecache-snapshot")
+        );
+        assert!(pod.volumes.as_ref().unwrap()[0].empty_dir.is_some());
+        let init = pod.init_containers.as_ref().unwrap();
+        assert_eq!(init[0].name, "restore-previous");
+        let restore_args = init[0].args.as_ref().unwrap().join(" ");
+        assert_eq!(
+            restore_args,
+            "restore --url s3://caches/shop/ --dest /deno-dir --generation 4 --timeout 10m"
+        );
+        assert_eq!(init[1].name, "warm");
+        assert_eq!(init[1].image.as_deref(), Some("shop:1"));
+        let env = init[1].env.as_ref().unwrap();
+        assert_eq!(env[0].name, "DENO_DIR");
+        assert_eq!(env[0].value.as_deref(), Some("/deno-dir"));
+        assert_eq!(env.iter().filter(|e| e.name == "DENO_DIR").count(), 1);
+        assert_eq!(
+            init[1].volume_mounts.as_ref().unwrap()[0].mount_path,
+            "/deno-dir"
+        );
+        let snap = &pod.containers[0];
+        assert_eq!(
+            snap.image.as_deref(),
+            Some("ghcr.io/sitecache/sitecache:test")
+        );
+        assert_eq!(
+            snap.args.as_ref().unwrap().join(" "),
+            "snapshot --source /deno-dir --url s3://caches/shop/ --generation 5 --level 5 \
+             --min-files 100 --source-revision abc --legacy"
+        );
+        let env: Vec<_> = snap
+            .env
+            .iter()
+            .flatten()
+            .map(|e| format!("{}={}", e.name, e.value.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                "AWS_REGION=eu-west-1",
+                "AWS_ENDPOINT_URL_S3=http://minio:9000",
+                "SITECACHE_PATH_STYLE=true"
+            ]
+        );
+        assert_eq!(
+            job.metadata.annotations.as_ref().unwrap()[REQUEST_ANNOTATION],
+            "tok"
+        );
+    }
+
+    #[test]
+    fn first_generation_has_nothing_to_restore() {
+        let s = settings();
+        let t = target();
+        let job = snapshot_job(
+            &site(),
+            &JobInputs {
+                settings: &s,
+                target: &t,
+                generation: 1,
+                previous: None,
+                request: None,
+            },
+        );
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let names: Vec<_> = pod
+            .init_containers
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["warm"]);
+    }
+}

@@ -1,0 +1,286 @@
+//! `sitecache controller`: reconciles SiteCache objects.
+//!
+//! Layout:
+//! - [`config`]: flags and the resolved storage of a SiteCache;
+//! - [`schedule`], [`job`], [`status`]: pure functions that decide (when a snapshot is due, the
+//!   snapshot Job, the status), unit-tested without a cluster;
+//! - [`objects`]: the storage work on a SiteCache's prefix (ownership, inventory, verification,
+//!   promotion, retention, deletion);
+//! - [`reconcile`] and [`cleanup`]: read, decide, act, for a live and a deleted SiteCache;
+//! - [`context`]: what reconciles share (clients, metrics, Events, the snapshot slots);
+//! - [`server`]: `/metrics`, `/healthz`, `/readyz`.
+
+mod cleanup;
+pub mod config;
+mod context;
+mod error;
+pub mod job;
+pub mod objects;
+mod reconcile;
+pub mod schedule;
+mod server;
+pub mod status;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+pub use config::{ControllerArgs, Settings};
+pub use context::{Context, MANAGER};
+pub use error::Error;
+
+use crate::api::{FINALIZER, SiteCache};
+use crate::telemetry::metrics::Metrics;
+
+/// Runs the controller from its command-line arguments until SIGTERM or SIGINT.
+pub async fn main(args: ControllerArgs) -> anyhow::Result<()> {
+    let settings = Settings::try_from(&args)?;
+    let client = Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(args.listen_address)
+        .await
+        .map_err(|e| anyhow::anyhow!("--listen-address {}: {e}", args.listen_address))?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing the reconciles under way");
+        let _ = stop.send(true);
+    });
+    run(client, settings, Some(listener), stopped).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Runs the controller until `stop` turns true: one watch of SiteCaches and of their Jobs per
+/// watched namespace (or one for all), sharing one [`Context`]; the HTTP endpoints on `listener`.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    listener: Option<tokio::net::TcpListener>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let mut readers = Vec::new();
+    let mut wakers = Vec::new();
+    let mut parts = Vec::new();
+    for scope in &scopes {
+        let jobs: Api<Job> = scoped(&client, scope);
+        let (reader, writer) = reflector::store();
+        let job_events = watcher(jobs, watcher::Config::default().labels(job::JOB_SELECTOR))
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects();
+        let (tx, rx) = mpsc::unbounded_channel::<ObjectRef<SiteCache>>();
+        readers.push(reader);
+        wakers.push((scope.clone(), tx));
+        parts.push((scope.clone(), job_events, rx));
+    }
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings.clone(),
+        metrics.clone(),
+        readers.clone(),
+        wakers,
+    ));
+
+    let mut tasks = Vec::new();
+    let mut stores = Vec::new();
+    for (scope, job_events, rx) in parts {
+        let sitecaches: Api<SiteCache> = scoped(&client, &scope);
+        let wake =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        let controller = Controller::new(sitecaches, watcher::Config::default())
+            .owns_stream(job_events)
+            .reconcile_on(wake)
+            .with_config(ControllerConfig::default().concurrency(settings.reconcile_concurrency))
+            .graceful_shutdown_on(stopped(stop.clone()));
+        stores.push(controller.store());
+        let ctx = ctx.clone();
+        tasks.push(tokio::spawn(
+            controller
+                .run(reconcile, error_policy, ctx)
+                .for_each(|result| async move {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "controller event");
+                    }
+                })
+                .instrument(tracing::info_span!(
+                    "controller",
+                    namespace = scope.as_deref().unwrap_or("*")
+                )),
+        ));
+    }
+
+    {
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            for s in &stores {
+                let _ = s.wait_until_ready().await;
+            }
+            for r in &readers {
+                let _ = r.wait_until_ready().await;
+            }
+            ready.store(true, Ordering::Release);
+            tracing::info!("watches synced; reconciling");
+        });
+    }
+    let server = listener.map(|l| {
+        tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics, /healthz, /readyz");
+        tokio::spawn(server::serve(l, metrics, ready, stopped(stop.clone())))
+    });
+    tracing::info!(
+        namespaces = ?settings.namespaces,
+        max_concurrent_snapshots = settings.max_concurrent_snapshots,
+        "controller started"
+    );
+    for t in tasks {
+        t.await?;
+    }
+    if let Some(s) = server {
+        s.await??;
+    }
+    Ok(())
+}
+
+fn scoped<K>(client: &Client, scope: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn stopped(mut stop: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
+    async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+    .boxed()
+    .shared()
+}
+
+/// One reconcile: the finalizer routes a live SiteCache to [`reconcile::apply`] and a deleted one
+/// to [`cleanup::cleanup`].
+async fn reconcile(sc: Arc<SiteCache>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = tracing::info_span!(
+        "reconcile",
+        namespace = %sc.namespace().unwrap_or_default(),
+        name = %sc.name_any()
+    );
+    async move {
+        let start = Instant::now();
+        ctx.metrics.reconciles.inc();
+        let api: Api<SiteCache> =
+            Api::namespaced(ctx.client.clone(), &sc.namespace().unwrap_or_default());
+        let result = finalizer(&api, FINALIZER, sc.clone(), |event| async {
+            match event {
+                Finalizer::Apply(sc) => reconcile::apply(sc, &ctx).await,
+                Finalizer::Cleanup(sc) => cleanup::cleanup(sc, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)));
+        ctx.metrics
+            .reconcile_duration
+            .observe(start.elapsed().as_secs_f64());
+        let uid = sc.uid().unwrap_or_default();
+        match &result {
+            Ok(_) => ctx.errors.forget(&uid),
+            Err(e) => {
+                if ctx.errors.is_new(&uid, &e.to_string()) {
+                    let reason = event_reason(e.inner());
+                    ctx.event(
+                        &sc,
+                        EventType::Warning,
+                        reason,
+                        "Reconcile",
+                        e.inner().to_string(),
+                    )
+                    .await;
+                }
+            }
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// Per-object exponential backoff with jitter, for every failed reconcile.
+fn error_policy(sc: Arc<SiteCache>, err: &Error, ctx: Arc<Context>) -> Action {
+    let kind = err.kind();
+    ctx.metrics.error(kind);
+    let attempts = ctx.errors.attempts(&sc.uid().unwrap_or_default());
+    let delay = retry_delay(attempts);
+    tracing::warn!(
+        namespace = %sc.namespace().unwrap_or_default(),
+        name = %sc.name_any(),
+        kind,
+        attempt = attempts,
+        retry_in = ?delay,
+        "reconcile failed: {}",
+        err.inner()
+    );
+    Action::requeue(delay)
+}
+
+/// 1 s doubling to 5 min, each delay spread by ±25%.
+fn retry_delay(attempts: u32) -> Duration {
+    let base = Duration::from_secs(1).saturating_mul(1 << attempts.saturating_sub(1).min(9));
+    base.min(Duration::from_secs(300))
+        .mul_f64(0.75 + fastrand::f64() * 0.5)
+}
+
+fn event_reason(e: &Error) -> &'static str {
+    match e {
+        Error::Storage(_) => "StorageError",
+        Error::Kube { .. } => "KubernetesApiError",
+        Error::CleanupPending(_) => "DeletionPending",
+        Error::Finalizer(_) => "FinalizerError",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_with_jitter_and_cap() {
+        for _ in 0..50 {
+            let d1 = retry_delay(1).as_secs_f64();
+            assert!((0.75..=1.25).contains(&d1), "{d1}");
+            let d4 = retry_delay(4).as_secs_f64();
+            assert!((6.0..=10.0).contains(&d4), "{d4}");
+            let d30 = retry_delay(30).as_secs_f64();
+            assert!((225.0..=375.0).contains(&d30), "{d30}");
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The status the controller writes: phase, freshness and conditions derived from what it found
+//! and did (pure functions).
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::schedule::Verdict;
+use crate::api::{Freshness, GenerationInfo, Phase, SiteCacheStatus};
+use crate::archive::Manifest;
+
+pub const READY: &str = "Ready";
+pub const FRESH: &str = "Fresh";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+
+/// What the SiteCache is doing, as far as its status is concerned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Activity {
+    /// A snapshot Job is producing a generation.
+    Running { job: String, generation: u64 },
+    /// A snapshot is due but every slot is taken.
+    Waiting { running: usize, limit: u32 },
+    /// Nothing to do until the schedule says so.
+    Idle,
+    /// The SiteCache cannot be served: a storage setting the controller refuses, or a prefix
+    /// another SiteCache owns.
+    Blocked { reason: String, message: String },
+}
+
+/// Sets condition `type_`, keeping its `lastTransitionTime` unless its status changes.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    observed_generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status = if status { "True" } else { "False" }.to_owned();
+    let previous = conditions.iter().position(|c| c.type_ == type_);
+    let last_transition_time = match previous.map(|i| &conditions[i]) {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    let condition = Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message,
+        observed_generation,
+        last_transition_time,
+    };
+    match previous {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
+    }
+}
+
+/// Removes condition `type_`.
+pub fn clear_condition(conditions: &mut Vec<Condition>, type_: &str) {
+    conditions.retain(|c| c.type_ != type_);
+}
+
+/// The status view of a committed generation.
+pub fn generation_info(m: &Manifest) -> GenerationInfo {
+    GenerationInfo {
+        generation: m.generation,
+        key: m.archive_key.clone(),
+        size_bytes: m.size_bytes,
+        uncompressed_bytes: m.uncompressed_bytes,
+        files: m.files,
+        sha256: m.sha256.clone(),
+        created_at: Time(m.created_at),
+        source_revision: m.source_revision.clone(),
+    }
+}
+
+/// Fills in the derived parts of `status` (phase, freshness, next snapshot time, size and the
+/// conditions) from what the reconcile found and did.
+pub fn derive(
+    status: &mut SiteCacheStatus,
+    verdict: Option<&Verdict>,
+    activity: &Activity,
+    suspended: bool,
+    observed_generation: Option<i64>,
+    now: Timestamp,
+) {
+    status.observed_generation = observed_generation;
+    status.size = status
+        .current
+        .as_ref()
+        .map(|c| bytesize::ByteSize(c.size_bytes).display().iec().to_string());
+    if let Some(v) = verdict {
+        status.freshness = Some(v.freshness);
+        status.freshness_reason = Some(v.freshness_reason.clone());
+    }
+    status.next_snapshot_time = match activity {
+        Activity::Idle => verdict.and_then(|v| v.next_due).map(Time),
+        _ => None,
+    };
+    status.phase = Some(match activity {
+        Activity::Blocked { .. } => Phase::Failed,
+        Activity::Running { .. } => Phase::Snapshotting,
+        Activity::Waiting { .. } => Phase::Pending,
+        Activity::Idle if status.current.is_some() => Phase::Ready,
+        Activity::Idle if status.consecutive_failures > 0 => Phase::Failed,
+        Activity::Idle => Phase::Pending,
+    });
+
+    let g = observed_generation;
+    let conditions = &mut status.conditions;
+    match (&status.current, activity) {
+        (Some(c), _) => set_condition(
+            conditions,
+            READY,
+            true,
+            "GenerationAvailable",
+            format!("generation {} is promoted", c.generation),
+            g,
+            now,
+        ),
+        (None, Activity::Blocked { reason, message }) => {
+            set_condition(conditions, READY, false, reason, message.clone(), g, now)
+        }
+        (None, _) => set_condition(
+            conditions,
+            READY,
+            false,
+            "NoGeneration",
+            "no generation has been promoted yet".into(),
+            g,
+            now,
+        ),
+    }
+    if let Some(v) = verdict {
+        let reason = match v.freshness {
+            Freshness::Fresh => "Fresh",
+            Freshness::Stale => "Stale",
+            Freshness::Missing => "Missing",
+        };
+        set_condition(
+            conditions,
+            FRESH,
+            v.freshness == Freshness::Fresh,
+            reason,
+            v.freshness_reason.clone(),
+            g,
+            now,
+        );
+    }
+    let (progressing, reason, message) = match activity {
+        Activity::Running { job, generation } => (
+            true,
+            "SnapshotRunning",
+            format!("Job {job} is producing generation {generation}"),
+        ),
+        Activity::Waiting { running, limit } => (
+            false,
+            "WaitingForSlot",
+            format!(
+                "a snapshot is due; {running} of {limit} snapshot Jobs are running, waiting for a free slot"
+            ),
+        ),
+        Activity::Blocked { reason, message } => (false, reason.as_str(), message.clone()),
+        Activity::Idle if suspended => (
+            false,
+            "Suspended",
+            "spec.suspend is true: no new snapshots".into(),
+        ),
+        Activity::Idle => match verdict {
+            Some(Verdict {
+                backoff_until: Some(t),
+                ..
+            }) => (
+                false,
+                "BackingOff",
+                format!(
+                    "{} failed snapshots in a row; next attempt at {}",
+                    status.consecutive_failures,
+                    t.round(jiff::Unit::Second).unwrap_or(*t)
+                ),
+            ),
+            Some(Verdict {
+                next_due: Some(t), ..
+            }) => (
+                false,
+                "Idle",
+                format!(
+                    "next snapshot due at {}",
+                    t.round(jiff::Unit::Second).unwrap_or(*t)
+                ),
+            ),
+            _ => (
+                false,
+                "Idle",
+                "no snapshot is scheduled; change the source revision or request one".into(),
+            ),
+        },
+    };
+    set_condition(
+        conditions,
+        PROGRESSING,
+        progressing,
+        reason,
+        message,
+        g,
+        now,
+    );
+    match (activity, &status.last_snapshot) {
+        (Activity::Blocked { reason, message }, _) => {
+            set_condition(conditions, DEGRADED, true, reason, message.clone(), g, now)
+        }
+        // A retry is running: the failure stays reported until it succeeds.
+        (Activity::Running { .. }, _) if status.consecutive_failures > 0 => {}
+        (_, Some(last)) if status.consecutive_failures > 0 => set_condition(
+            conditions,
+            DEGRADED,
+            true,
+            last.reason.as_deref().unwrap_or("SnapshotFailed"),
+            format!(
+                "{} failed snapshots in a row; last: {}",
+                status.consecutive_failures,
+                last.message.as_deref().unwrap_or("no message")
+            ),
+            g,
+            now,
+        ),
+        _ => set_condition(
+            conditions,
+            DEGRADED,
+            false,
+            "AsExpected",
+            "the last snapshot succeeded or none has failed".into(),
+            g,
+            now,
+        ),
+    }
+}
+
+/// Whether two statuses differ in more than the order of their conditions.
+pub fn changed(old: Option<&SiteCacheStatus>, new: &SiteCacheStatus) -> bool {
+    let Some(old) = old else { return true };
+    let mut a = old.clone();
+    let mut b = new.clone();
+    a.conditions.sort_by(|x, y| x.type_.cmp(&y.type_));
+    b.conditions.sort_by(|x, y| x.type_.cmp(&y.type_));
+    a != b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{LastSnapshot, SnapshotResult};
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn cond<'a>(s: &'a SiteCacheStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    fn verdict(freshness: Freshness) -> Verdict {
+        Verdict {
+            freshness,
+            freshness_reason: "why".into(),
+            due: None,
+            next_due: Some(ts("2026-01-02T00:00:00Z")),
+            backoff_until: None,
+        }
+    }
+
+    #[test]
+    fn transition_times_move_only_on_status_changes() {
+        let mut c = Vec::new();
+        set_condition(
+            &mut c,
+            READY,
+            false,
+            "A",
+            "m".into(),
+            Some(1),
+            ts("2026-01-01T00:00:00Z"),
+        );
+        set_condition(
+            &mut c,
+            READY,
+            false,
+            "B",
+            "n".into(),
+            Some(2),
+            ts("2026-01-01T01:00:00Z"),
+        );
+        assert_eq!(c[0].last_transition_time.0, ts("2026-01-01T00:00:00Z"));
+        assert_eq!(c[0].reason, "B");
+        set_condition(
+            &mut c,
+            READY,
+            true,
+            "C",
+            "o".into(),
+            Some(2),
+            ts("2026-01-01T02:00:00Z"),
+        );
+        assert_eq!(c[0].last_transition_time.0, ts("2026-01-01T02:00:00Z"));
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn first_snapshot_running() {
+        let mut s = SiteCacheStatus::default();
+        let now = ts("2026-01-01T00:00:00Z");
+        let activity = Activity::Running {
+            job: "shop-g1".into(),
+            generation: 1,
+        };
+        derive(
+            &mut s,
+            Some(&verdict(Freshness::Missing)),
+            &activity,
+            false,
+            Some(1),
+            now,
+        );
+        assert_eq!(s.phase, Some(Phase::Snapshotting));
+        assert_eq!(cond(&s, READY).status, "False");
+        assert_eq!(cond(&s, FRESH).reason, "Missing");
+        assert_eq!(cond(&s, PROGRESSING).status, "True");
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        assert_eq!(s.next_snapshot_time, None);
+    }
+
+    #[test]
+    fn waiting_for_a_slot_is_pending_and_says_so() {
+        let mut s = SiteCacheStatus::default();
+        let activity = Activity::Waiting {
+            running: 2,
+            limit: 2,
+        };
+        derive(
+            &mut s,
+            Some(&verdict(Freshness::Missing)),
+            &activity,
+            false,
+            None,
+            ts("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(s.phase, Some(Phase::Pending));
+        let p = cond(&s, PROGRESSING);
+        assert_eq!(p.reason, "WaitingForSlot");
+        assert!(p.message.contains("2 of 2"), "{}", p.message);
+    }
+
+    #[test]
+    fn failures_degrade_but_keep_ready() {
+        let mut s = SiteCacheStatus {
+            current: Some(GenerationInfo {
+                generation: 2,
+                key: "k".into(),
+                size_bytes: 3 * 1024 * 1024,
+                uncompressed_bytes: 1,
+                files: 1,
+                sha256: "00".into(),
+                created_at: Time(ts("2026-01-01T00:00:00Z")),
+                source_revision: None,
+            }),
+            consecutive_failures: 2,
+            last_snapshot: Some(LastSnapshot {
+                generation: 4,
+                job: "j".into(),
+                result: Some(SnapshotResult::Failed),
+                reason: Some("BackoffLimitExceeded".into()),
+                message: Some("warm failed".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        derive(
+            &mut s,
+            Some(&verdict(Freshness::Fresh)),
+            &Activity::Idle,
+            false,
+            None,
+            ts("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(s.phase, Some(Phase::Ready));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, DEGRADED).status, "True");
+        assert_eq!(cond(&s, DEGRADED).reason, "BackoffLimitExceeded");
+        assert_eq!(s.size.as_deref(), Some("3.0 MiB"));
+        assert_eq!(s.next_snapshot_time, Some(Time(ts("2026-01-02T00:00:00Z"))));
+    }
+
+    #[test]
+    fn blocked_is_failed() {
+        let mut s = SiteCacheStatus::default();
+        let activity = Activity::Blocked {
+            reason: "PrefixOwnedByAnother".into(),
+            message: "owned by x".into(),
+        };
+        derive(
+            &mut s,
+            None,
+            &activity,
+            false,
+            None,
+            ts("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(s.phase, Some(Phase::Failed));
+        assert_eq!(cond(&s, READY).reason, "PrefixOwnedByAnother");
+        assert_eq!(cond(&s, DEGRADED).status, "True");
+    }
+
+    #[test]
+    fn change_detection_ignores_condition_order() {
+        let mut a = SiteCacheStatus::default();
+        let now = ts("2026-01-01T00:00:00Z");
+        set_condition(&mut a.conditions, READY, true, "r", "m".into(), None, now);
+        set_condition(&mut a.conditions, FRESH, true, "r", "m".into(), None, now);
+        let mut b = a.clone();
+        b.conditions.reverse();
+        assert!(!changed(Some(&a), &b));
+        b.consecutive_failures = 1;
+        assert!(changed(Some(&a), &b));
+        assert!(changed(None, &b));
+    }
+}

@@ -1,0 +1,180 @@
+//! The controller's Prometheus metrics (`/metrics`), in one registry per controller instance.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+/// Every metric the controller exports, prefixed `sitecache_`.
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Counter,
+    pub reconcile_errors: Family<KindLabel, Counter>,
+    pub reconcile_duration: Histogram,
+    pub snapshot_jobs: Family<ResultLabel, Counter>,
+    pub snapshot_job_duration: Family<ResultLabel, Histogram>,
+    pub snapshot_jobs_running: Gauge,
+    pub snapshot_jobs_waiting: Gauge,
+    pub generations_promoted: Counter,
+    pub objects_deleted: Counter,
+    pub bytes_deleted: Counter<u64, AtomicU64>,
+    pub stale_sitecaches: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sitecache");
+        let reconciles = Counter::default();
+        registry.register(
+            "reconciles",
+            "Reconciles of SiteCache objects",
+            reconciles.clone(),
+        );
+        let reconcile_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by error kind",
+            reconcile_errors.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            reconcile_duration.clone(),
+        );
+        let snapshot_jobs = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "snapshot_jobs",
+            "Finished snapshot Jobs by result (succeeded, failed, rejected)",
+            snapshot_jobs.clone(),
+        );
+        let snapshot_job_duration = Family::<ResultLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(5.0, 2.0, 12))
+        });
+        registry.register(
+            "snapshot_job_duration_seconds",
+            "Duration of finished snapshot Jobs by result",
+            snapshot_job_duration.clone(),
+        );
+        let snapshot_jobs_running = Gauge::default();
+        registry.register(
+            "snapshot_jobs_running",
+            "Snapshot Jobs running now",
+            snapshot_jobs_running.clone(),
+        );
+        let snapshot_jobs_waiting = Gauge::default();
+        registry.register(
+            "snapshot_jobs_waiting",
+            "SiteCaches waiting for a free snapshot slot",
+            snapshot_jobs_waiting.clone(),
+        );
+        let generations_promoted = Counter::default();
+        registry.register(
+            "generations_promoted",
+            "Generations verified and promoted",
+            generations_promoted.clone(),
+        );
+        let objects_deleted = Counter::default();
+        registry.register(
+            "storage_objects_deleted",
+            "Objects deleted from storage (retention and SiteCache deletion)",
+            objects_deleted.clone(),
+        );
+        let bytes_deleted = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "storage_deleted_bytes",
+            "Bytes deleted from storage (retention and SiteCache deletion)",
+            bytes_deleted.clone(),
+        );
+        let stale_sitecaches = Gauge::default();
+        registry.register(
+            "stale_sitecaches",
+            "SiteCaches whose cache is Stale or Missing",
+            stale_sitecaches.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            snapshot_jobs,
+            snapshot_job_duration,
+            snapshot_jobs_running,
+            snapshot_jobs_waiting,
+            generations_promoted,
+            objects_deleted,
+            bytes_deleted,
+            stale_sitecaches,
+        }
+    }
+}
+
+impl Metrics {
+    /// The registry in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String does not fail");
+        out
+    }
+
+    pub fn job_finished(&self, result: &str, seconds: Option<f64>) {
+        let label = ResultLabel {
+            result: result.to_owned(),
+        };
+        self.snapshot_jobs.get_or_create(&label).inc();
+        if let Some(s) = seconds {
+            self.snapshot_job_duration.get_or_create(&label).observe(s);
+        }
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.reconcile_errors
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_the_documented_names() {
+        let m = Metrics::default();
+        m.error("storage-timeout");
+        m.job_finished("succeeded", Some(12.0));
+        m.bytes_deleted.inc_by(10);
+        let text = m.encode();
+        for name in [
+            "sitecache_reconciles_total",
+            "sitecache_reconcile_errors_total{kind=\"storage-timeout\"} 1",
+            "sitecache_reconcile_duration_seconds_bucket",
+            "sitecache_snapshot_jobs_total{result=\"succeeded\"} 1",
+            "sitecache_snapshot_job_duration_seconds_sum{result=\"succeeded\"} 12.0",
+            "sitecache_generations_promoted_total",
+            "sitecache_storage_objects_deleted_total",
+            "sitecache_storage_deleted_bytes_total 10",
+            "sitecache_stale_sitecaches",
+            "sitecache_snapshot_jobs_waiting",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+}
