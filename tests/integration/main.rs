@@ -4,6 +4,8 @@
 
 mod agent;
 mod api;
+mod controller;
 mod fixtures;
+mod job_runner;
 mod s3;
 mod support;

@@ -1,0 +1,186 @@
+//! Deleting SiteCaches: the prefix emptied (or kept), a running Job stopped, storage outages, and
+//! prefixes that belong to another SiteCache.
+
+use std::time::Duration;
+
+use kube::api::ListParams;
+use serde_json::json;
+
+use super::harness::{Harness, Options, condition, condition_reason, warm};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn delete_policy_empties_the_prefix_and_retain_keeps_it() {
+    let h = Harness::start(Options::default()).await;
+    h.create("gone", json!({"site": "gone", "warm": warm("", 2)}))
+        .await;
+    h.create(
+        "kept",
+        json!({"site": "kept", "warm": warm("", 2), "deletionPolicy": "Retain"}),
+    )
+    .await;
+    let sc = h.wait_promoted("gone", 1).await;
+    assert!(
+        sc.metadata
+            .finalizers
+            .as_ref()
+            .unwrap()
+            .contains(&"sitecache.dev/storage-cleanup".to_owned())
+    );
+    h.wait_promoted("kept", 1).await;
+    let kept_before = h.keys("kept/").await;
+    assert!(kept_before.contains(&"kept/current.json".to_owned()));
+    assert!(!h.keys("gone/").await.is_empty());
+
+    h.delete("gone").await;
+    h.delete("kept").await;
+    h.wait_gone("gone", MINUTE).await;
+    h.wait_gone("kept", MINUTE).await;
+    assert_eq!(
+        h.keys("gone/").await,
+        Vec::<String>::new(),
+        "the prefix is empty"
+    );
+    assert_eq!(
+        h.keys("kept/").await,
+        kept_before,
+        "Retain leaves every object"
+    );
+    let metrics = h.metrics().await;
+    assert!(
+        !metrics.contains("sitecache_storage_objects_deleted_total 0"),
+        "{metrics}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn delete_while_a_job_runs_stops_it_and_leaves_nothing() {
+    let h = Harness::start(Options::default()).await;
+    h.create("shop", json!({"site": "shop", "warm": warm("sleep 30", 2)}))
+        .await;
+    h.wait("shop", "snapshotting", MINUTE, |sc| {
+        sc.status.as_ref().and_then(|s| s.active_job.as_deref()) == Some("shop-g1")
+    })
+    .await;
+    h.delete("shop").await;
+    h.wait_gone("shop", MINUTE).await;
+    assert!(
+        h.jobs().get_opt("shop-g1").await.unwrap().is_none(),
+        "the Job was deleted"
+    );
+    assert_eq!(h.keys("shop/").await, Vec::<String>::new());
+    // Nothing arrives late either.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.keys("shop/").await, Vec::<String>::new());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn storage_outage_blocks_deletion_until_it_is_back() {
+    let mut h = Harness::start(Options {
+        own_s3: true,
+        ..Options::default()
+    })
+    .await;
+    h.create("shop", json!({"site": "shop", "warm": warm("", 2)}))
+        .await;
+    h.wait_promoted("shop", 1).await;
+    h.s3_mut().stop();
+    h.delete("shop").await;
+    let sc = h
+        .wait("shop", "DeletionBlocked", MINUTE, |sc| {
+            condition(sc, "DeletionBlocked") == Some("True")
+        })
+        .await;
+    let blocked = sc
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "DeletionBlocked")
+        .unwrap();
+    assert!(blocked.reason.starts_with("Storage"), "{blocked:?}");
+    assert!(
+        blocked.message.contains("unreachable") || blocked.message.contains("timed out"),
+        "{blocked:?}"
+    );
+    assert_eq!(
+        sc.status.as_ref().unwrap().phase,
+        Some(sitecache::api::Phase::Deleting)
+    );
+    assert!(
+        h.event_reasons("shop")
+            .await
+            .iter()
+            .any(|r| r == "DeletionBlocked")
+    );
+
+    h.s3_mut().restart().await.expect("restart the S3 server");
+    h.wait_gone("shop", Duration::from_secs(120)).await;
+    assert_eq!(h.keys("shop/").await, Vec::<String>::new());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_sitecache_on_an_owned_prefix_is_refused_and_its_deletion_touches_nothing() {
+    let h = Harness::start(Options::default()).await;
+    let storage = json!({"prefix": "shared/"});
+    h.create(
+        "first",
+        json!({"site": "first", "warm": warm("", 2), "storage": storage}),
+    )
+    .await;
+    h.wait_promoted("first", 1).await;
+    let before = h.keys("shared/").await;
+
+    h.create(
+        "second",
+        json!({"site": "second", "warm": warm("", 2), "storage": storage}),
+    )
+    .await;
+    let sc = h
+        .wait("second", "refusing the prefix", MINUTE, |sc| {
+            condition_reason(sc, "Ready") == Some("PrefixOwnedByAnother")
+        })
+        .await;
+    let ready = sc
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(ready.message.contains("first"), "{ready:?}");
+    assert_eq!(
+        sc.status.as_ref().unwrap().phase,
+        Some(sitecache::api::Phase::Failed)
+    );
+    let jobs = h
+        .jobs()
+        .list(&ListParams::default().labels(&format!(
+            "sitecache.dev/uid={}",
+            sc.metadata.uid.as_deref().unwrap()
+        )))
+        .await
+        .unwrap();
+    assert!(jobs.items.is_empty(), "no Job for the second SiteCache");
+
+    h.delete("second").await;
+    h.wait_gone("second", MINUTE).await;
+    assert_eq!(
+        h.keys("shared/").await,
+        before,
+        "the first SiteCache's objects are intact"
+    );
+    assert!(
+        h.event_reasons("second")
+            .await
+            .iter()
+            .any(|r| r == "PrefixNotOwned")
+    );
+    h.shutdown().await;
+}

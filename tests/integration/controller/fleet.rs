@@ -1,0 +1,96 @@
+//! Many SiteCaches under one snapshot limit, and a controller restarted mid-snapshot.
+
+use std::time::{Duration, Instant};
+
+use kube::api::ListParams;
+use serde_json::json;
+
+use super::harness::{Harness, Options, condition_reason, current, warm};
+
+#[tokio::test]
+async fn five_sitecaches_share_two_snapshot_slots() {
+    let h = Harness::start(Options {
+        max_concurrent: 2,
+        ..Options::default()
+    })
+    .await;
+    let names: Vec<String> = (1..=5).map(|i| format!("site-{i}")).collect();
+    for name in &names {
+        h.create(name, json!({"site": name, "warm": warm("sleep 2", 2)}))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut most, mut saw_waiting) = (0, false);
+    loop {
+        let jobs = h.jobs().list(&ListParams::default()).await.unwrap().items;
+        let unfinished = jobs
+            .iter()
+            .filter(|j| {
+                !j.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
+                        })
+                    })
+            })
+            .count();
+        most = most.max(unfinished);
+        let all = h.api().list(&ListParams::default()).await.unwrap().items;
+        saw_waiting |= all
+            .iter()
+            .any(|sc| condition_reason(sc, "Progressing") == Some("WaitingForSlot"));
+        if all.len() == 5 && all.iter().all(|sc| current(sc) == Some(1)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            h.fail(&format!("not all five promoted; most Jobs at once: {most}"))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        most <= 2,
+        "{most} snapshot Jobs ran at once, the limit is 2"
+    );
+    assert_eq!(most, 2, "the limit was used");
+    assert!(saw_waiting, "no SiteCache said it was waiting for a slot");
+    let jobs = h.jobs().list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(jobs.len(), 5, "one Job each");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn controller_restarted_mid_snapshot_converges_without_a_duplicate_job() {
+    let mut h = Harness::start(Options::default()).await;
+    h.create("shop", json!({"site": "shop", "warm": warm("sleep 4", 2)}))
+        .await;
+    h.wait("shop", "snapshotting", Duration::from_secs(30), |sc| {
+        sc.status.as_ref().and_then(|s| s.active_job.as_deref()) == Some("shop-g1")
+    })
+    .await;
+    h.stop_controller();
+    // The Job goes on without the controller.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.start_controller();
+    let sc = h.wait_promoted("shop", 1).await;
+    let status = sc.status.as_ref().unwrap();
+    assert_eq!(status.latest_generation, Some(1));
+    let jobs = h.jobs().list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(jobs.len(), 1, "no duplicate Job");
+    // And the next generation is 2, once.
+    h.request_snapshot("shop", "after-restart").await;
+    h.wait_promoted("shop", 2).await;
+    assert_eq!(
+        h.jobs()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    assert_eq!(h.stored_generations("shop/").await, [1, 2]);
+    h.shutdown().await;
+}

@@ -1,0 +1,399 @@
+//! A controller under test: the real `sitecache controller` binary against the shared control
+//! plane, watching one fresh namespace, storing into a fresh bucket, with the local job runner
+//! executing its snapshot Jobs (the `sitecache` binary stands in for the agent image).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use sitecache::api::SiteCache;
+use sitecache_devtools::job_runner::{JobRunner, JobRunnerConfig};
+use sitecache_devtools::process::{ManagedProcess, tail};
+use sitecache_devtools::{S3Server, free_port};
+
+use crate::support;
+
+/// The image name the controller puts in its Jobs' agent containers; the job runner maps it to
+/// the `sitecache` binary under test.
+pub const AGENT_IMAGE: &str = "sitecache-agent:under-test";
+
+pub struct Options {
+    pub max_concurrent: u32,
+    pub failure_backoff: &'static str,
+    /// Run a private S3 server (for tests that stop it).
+    pub own_s3: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_concurrent: 4,
+            failure_backoff: "5s",
+            own_s3: false,
+        }
+    }
+}
+
+enum S3 {
+    Shared(&'static S3Server),
+    Own(Box<S3Server>),
+}
+
+pub struct Harness {
+    pub client: Client,
+    pub ns: String,
+    pub bucket: String,
+    pub dir: PathBuf,
+    kubeconfig: PathBuf,
+    s3: S3,
+    opts: Options,
+    controller: Option<ManagedProcess>,
+    metrics_port: u16,
+    runner: Option<JobRunner>,
+}
+
+impl Harness {
+    pub async fn start(opts: Options) -> Harness {
+        let (client, ns) = support::kube().await;
+        let dir = support::run_dir().join("controller").join(&ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        let s3 = if opts.own_s3 {
+            S3::Own(Box::new(
+                S3Server::start(&dir.join("s3"))
+                    .await
+                    .unwrap_or_else(|e| panic!("a private S3 server did not start: {e:#}")),
+            ))
+        } else {
+            S3::Shared(support::s3().await)
+        };
+        let kubeconfig = support::control_plane().await.kubeconfig().to_path_buf();
+        let mut h = Harness {
+            client,
+            kubeconfig,
+            bucket: String::new(),
+            dir,
+            s3,
+            opts,
+            controller: None,
+            metrics_port: 0,
+            runner: None,
+            ns,
+        };
+        h.bucket = h.s3().create_bucket("ctl").await.expect("create bucket");
+        h.start_runner();
+        h.start_controller();
+        h
+    }
+
+    pub fn s3(&self) -> &S3Server {
+        match &self.s3 {
+            S3::Shared(s) => s,
+            S3::Own(s) => s,
+        }
+    }
+
+    pub fn s3_mut(&mut self) -> &mut S3Server {
+        match &mut self.s3 {
+            S3::Shared(_) => panic!("the shared S3 server is not this test's to stop"),
+            S3::Own(s) => s,
+        }
+    }
+
+    fn start_runner(&mut self) {
+        let env = self
+            .s3()
+            .aws_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .chain([("NO_COLOR".to_owned(), "1".to_owned())])
+            .collect();
+        self.runner = Some(JobRunner::start(
+            self.client.clone(),
+            JobRunnerConfig {
+                namespace: Some(self.ns.clone()),
+                label_selector: sitecache::controller::job::JOB_SELECTOR.to_owned(),
+                images: HashMap::from([(
+                    AGENT_IMAGE.to_owned(),
+                    PathBuf::from(env!("CARGO_BIN_EXE_sitecache")),
+                )]),
+                env,
+                work_dir: self.dir.join("jobs"),
+            },
+        ));
+    }
+
+    /// Starts (or restarts) the controller process.
+    pub fn start_controller(&mut self) {
+        self.metrics_port = free_port().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitecache"));
+        cmd.arg("controller")
+            .args(["--namespace", &self.ns])
+            .args(["--default-bucket", &self.bucket])
+            .args(["--endpoint", &self.s3().endpoint()])
+            .args(["--region", "us-east-1"])
+            .arg("--path-style")
+            .args(["--agent-image", AGENT_IMAGE])
+            .args([
+                "--max-concurrent-snapshots",
+                &self.opts.max_concurrent.to_string(),
+            ])
+            .args(["--failure-backoff", self.opts.failure_backoff])
+            .args(["--resync", "30s"])
+            .args([
+                "--listen-address",
+                &format!("127.0.0.1:{}", self.metrics_port),
+            ])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .envs(self.s3().aws_env())
+            .env_remove("AWS_ENDPOINT_URL_S3");
+        let log = self.dir.join("controller.log");
+        self.controller =
+            Some(ManagedProcess::spawn("controller", cmd, &log).expect("spawn the controller"));
+    }
+
+    pub fn stop_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            c.kill();
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("curl")
+                .args(["-fsS", &url])
+                .output()
+                .expect("run curl");
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET {url} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn api(&self) -> Api<SiteCache> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub async fn create(&self, name: &str, spec: Value) -> SiteCache {
+        let sc: SiteCache = serde_json::from_value(json!({
+            "apiVersion": "sitecache.dev/v1alpha1",
+            "kind": "SiteCache",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .expect("a SiteCache");
+        self.api()
+            .create(&PostParams::default(), &sc)
+            .await
+            .unwrap_or_else(|e| panic!("create SiteCache {name}: {e}"))
+    }
+
+    pub async fn patch(&self, name: &str, patch: Value) {
+        self.api()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("patch SiteCache {name}: {e}"));
+    }
+
+    pub async fn request_snapshot(&self, name: &str, token: &str) {
+        self.patch(
+            name,
+            json!({"metadata": {"annotations": {"sitecache.dev/snapshot-request": token}}}),
+        )
+        .await;
+    }
+
+    pub async fn delete(&self, name: &str) {
+        self.api()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete SiteCache {name}: {e}"));
+    }
+
+    /// Polls `name` until `pred` holds; on timeout, fails with the object, the controller's log
+    /// and the job runner's logs.
+    pub async fn wait(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&SiteCache) -> bool,
+    ) -> SiteCache {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let sc = self.api().get_opt(name).await.expect("get SiteCache");
+            if let Some(sc) = &sc
+                && pred(sc)
+            {
+                return sc.clone();
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!(
+                    "SiteCache {name}: not {what} after {timeout:?}; it is:\n{}",
+                    serde_json::to_string_pretty(&sc).unwrap()
+                ))
+                .await;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    /// Waits until `name` no longer exists.
+    pub async fn wait_gone(&self, name: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while let Some(sc) = self.api().get_opt(name).await.expect("get SiteCache") {
+            if Instant::now() > deadline {
+                self.fail(&format!(
+                    "SiteCache {name} still exists after {timeout:?}:\n{}",
+                    serde_json::to_string_pretty(&sc).unwrap()
+                ))
+                .await;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    /// Waits until `generation` is promoted, Ready and Fresh.
+    pub async fn wait_promoted(&self, name: &str, generation: u64) -> SiteCache {
+        self.wait(
+            name,
+            &format!("promoted at generation {generation}"),
+            Duration::from_secs(60),
+            |sc| current(sc) == Some(generation) && condition(sc, "Ready") == Some("True"),
+        )
+        .await
+    }
+
+    pub async fn fail(&self, message: &str) -> ! {
+        let mut report = format!(
+            "{message}\n--- controller log (tail) ---\n{}",
+            tail(&self.dir.join("controller.log"), 6000)
+        );
+        let mut logs: Vec<_> = walk(&self.dir.join("jobs"));
+        logs.sort();
+        for log in logs.iter().rev().take(6) {
+            report.push_str(&format!("\n--- {} ---\n{}", log.display(), tail(log, 1500)));
+        }
+        let jobs = self
+            .jobs()
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        for j in jobs {
+            report.push_str(&format!(
+                "\n--- Job {} status ---\n{}",
+                j.name_any(),
+                serde_json::to_string(&j.status).unwrap()
+            ));
+        }
+        panic!("{report}");
+    }
+
+    /// Keys under `prefix` in the test's bucket.
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        self.s3()
+            .list_keys(&self.bucket, prefix)
+            .await
+            .expect("list keys")
+    }
+
+    /// Generation numbers with objects under `prefix`.
+    pub async fn stored_generations(&self, prefix: &str) -> Vec<u64> {
+        let mut gens: Vec<u64> = self
+            .keys(&format!("{prefix}generations/"))
+            .await
+            .iter()
+            .filter_map(|k| k.split('/').rev().nth(1)?.parse().ok())
+            .collect();
+        gens.dedup();
+        gens
+    }
+
+    /// Reasons of the Events about SiteCache `name`.
+    pub async fn event_reasons(&self, name: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        events
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    pub async fn shutdown(mut self) {
+        self.stop_controller();
+        if let Some(r) = self.runner.take() {
+            r.stop().await;
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn current(sc: &SiteCache) -> Option<u64> {
+    sc.status.as_ref()?.current.as_ref().map(|c| c.generation)
+}
+
+pub fn condition<'a>(sc: &'a SiteCache, type_: &str) -> Option<&'a str> {
+    sc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.as_str())
+}
+
+pub fn condition_reason<'a>(sc: &'a SiteCache, type_: &str) -> Option<&'a str> {
+    sc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.reason.as_str())
+}
+
+/// A warm step for the host: writes `files` files into `$DENO_DIR` (the runner maps the cache
+/// mount to a directory), after `script_before` (which sees the restored previous generation).
+pub fn warm(script_before: &str, files: u32) -> Value {
+    let script = format!(
+        "set -e\n{script_before}\nmkdir -p \"$DENO_DIR/deps\"\n\
+         for i in $(seq 1 {files}); do echo \"module $i $(date +%s%N)\" > \"$DENO_DIR/deps/m$i.js\"; done\n\
+         touch \"$DENO_DIR/warmed\""
+    );
+    json!({"image": "site:test", "command": ["sh", "-c", script]})
+}

@@ -1,0 +1,8 @@
+//! The controller on the real control plane and the real S3 server, its Jobs run by the local job
+//! runner: the scenarios of a SiteCache's life.
+
+mod deletion;
+mod deno;
+mod fleet;
+mod harness;
+mod lifecycle;
