@@ -3,15 +3,19 @@
 //! It starts the real parts sitecache runs against as local processes, the way envtest does for Go
 //! operators: etcd and kube-apiserver (a control plane without kubelet or controllers), and MinIO
 //! (a real S3-compatible server). The binaries come from `hack/test-assets.sh`, which builds them
-//! from pinned Go modules and caches them under `~/.cache/sitecache/assets`.
+//! from pinned Go modules and caches them under `~/.cache/sitecache/assets`. A local job runner
+//! ([`JobRunner`]) stands in for kubelet and the Job controller: it runs `batch/v1` Jobs as host
+//! processes.
 
 pub mod assets;
 pub mod control_plane;
+pub mod job_runner;
 mod pki;
 pub mod process;
 pub mod s3;
 
 pub use control_plane::ControlPlane;
+pub use job_runner::{JobRunner, JobRunnerConfig};
 pub use s3::S3Server;
 
 /// Picks a free TCP port on loopback (the OS's choice; another process could take it before it is

@@ -2,7 +2,8 @@
 //!
 //! Children are spawned from one long-lived thread with `PR_SET_PDEATHSIG`, so the kernel kills
 //! them when this process ends, however it ends (a panic, a failed test, Ctrl-C). A
-//! [`ManagedProcess`] that is dropped kills its child at once.
+//! [`ManagedProcess`] that is dropped kills its child at once. The job runner's processes are
+//! spawned the same way, in process groups that a watchdog kills when this process ends.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -13,42 +14,169 @@ use std::sync::{Mutex, OnceLock, mpsc};
 
 use anyhow::{Context, Result};
 
-type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+type SpawnerTask = Box<dyn FnOnce() + Send>;
 
-/// Spawns `cmd` from the spawner thread, which never exits: `PR_SET_PDEATHSIG` fires when the
-/// *thread* that forked a child ends, so it must be one that lives as long as the process.
-fn spawn_tied(cmd: Command) -> io::Result<Child> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+/// Runs `task` on the spawner thread, which never exits: `PR_SET_PDEATHSIG` fires when the
+/// *thread* that forked a child ends, so children must be forked by one that lives as long as the
+/// process.
+fn on_spawner_thread(task: SpawnerTask) -> io::Result<()> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnerTask>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        let (tx, rx) = mpsc::channel::<SpawnerTask>();
         std::thread::Builder::new()
             .name("devtools-spawner".into())
             .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-                    unsafe {
-                        cmd.pre_exec(|| {
-                            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                                return Err(io::Error::last_os_error());
-                            }
-                            Ok(())
-                        });
-                    }
-                    let _ = reply.send(cmd.spawn());
+                for task in rx {
+                    task();
                 }
             })
             .expect("spawn the devtools spawner thread");
         Mutex::new(tx)
     });
-    let (reply_tx, reply_rx) = mpsc::channel();
     spawner
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .send((cmd, reply_tx))
-        .map_err(|_| io::Error::other("devtools spawner thread is gone"))?;
+        .send(task)
+        .map_err(|_| io::Error::other("devtools spawner thread is gone"))
+}
+
+/// The `pre_exec` hook of tied children: the kernel sends them `SIGKILL` when this process ends.
+fn die_with_parent() -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
+    let parent = std::process::id() as libc::pid_t;
+    move || {
+        // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent; the
+        // error values allocate nothing.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // This process may have died between the fork and the prctl: no signal would come.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Spawns `cmd` from the spawner thread with `PR_SET_PDEATHSIG`.
+fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
+    // SAFETY: the hook only makes async-signal-safe calls (see `die_with_parent`).
+    unsafe {
+        cmd.pre_exec(die_with_parent());
+    }
+    let (reply_tx, reply_rx) = mpsc::channel();
+    on_spawner_thread(Box::new(move || {
+        let _ = reply_tx.send(cmd.spawn());
+    }))?;
     reply_rx
         .recv()
         .map_err(|_| io::Error::other("devtools spawner thread is gone"))?
+}
+
+/// Spawns a tokio `cmd` from the spawner thread with `PR_SET_PDEATHSIG`, registered with the
+/// current tokio runtime (which reaps it and wakes `wait`). Must be called within a runtime.
+pub(crate) async fn spawn_tied_async(
+    mut cmd: tokio::process::Command,
+) -> io::Result<tokio::process::Child> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+    // SAFETY: the hook only makes async-signal-safe calls (see `die_with_parent`).
+    unsafe {
+        cmd.pre_exec(die_with_parent());
+    }
+    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+    on_spawner_thread(Box::new(move || {
+        let _runtime = runtime.enter();
+        let _ = reply_tx.send(cmd.spawn());
+    }))?;
+    reply_rx
+        .await
+        .map_err(|_| io::Error::other("devtools spawner thread is gone"))?
+}
+
+/// A process group (a child started with `process_group(0)`, and whatever it forks) tied to this
+/// process's life. `PR_SET_PDEATHSIG` only reaches the child itself, not its own children (a
+/// shell's commands, for example), so the group is also registered with a watchdog: a `sh` in its
+/// own process group that reads group ids on a pipe and, when the pipe closes because this process
+/// has ended however it ended, kills every group still registered. Processes that leave the group
+/// (`setsid`, `setpgid`) escape both.
+///
+/// Dropping it kills the group with `SIGKILL`.
+#[derive(Debug)]
+pub(crate) struct TiedGroup {
+    pgid: libc::pid_t,
+}
+
+impl TiedGroup {
+    /// Registers the group led by `pid`.
+    pub(crate) fn new(pid: u32) -> Self {
+        let pgid = pid as libc::pid_t;
+        watchdog_send(&format!("{pgid}\n"));
+        Self { pgid }
+    }
+
+    /// Sends `SIGKILL` to every process of the group (harmless once they are gone).
+    pub(crate) fn kill(&self) {
+        // SAFETY: kill(2) with a negative pid signals that process group only.
+        unsafe {
+            libc::kill(-self.pgid, libc::SIGKILL);
+        }
+    }
+}
+
+impl Drop for TiedGroup {
+    fn drop(&mut self) {
+        self.kill();
+        watchdog_send(&format!("-{}\n", self.pgid));
+    }
+}
+
+/// The watchdog script: `<pgid>` registers a group, `-<pgid>` forgets it; at end of input (this
+/// process is gone), every group still registered is killed. Terminal signals are ignored so that
+/// a Ctrl-C or a hang-up leaves it time to do its work.
+const WATCHDOG_SCRIPT: &str = r#"trap '' INT HUP TERM
+live=""
+while read -r g; do
+  case "$g" in
+    -*) eval "g_${g#-}=" ;;
+    *) eval "g_$g=1"; live="$live $g" ;;
+  esac
+done
+for g in $live; do
+  eval "v=\${g_$g}"
+  [ -n "$v" ] && kill -s KILL -- "-$g" 2>/dev/null
+done
+exit 0
+"#;
+
+/// Sends a line to the watchdog, starting it on first use. Without a watchdog (`/bin/sh` could
+/// not start) process groups are still killed when dropped, and their leaders by
+/// `PR_SET_PDEATHSIG`.
+fn watchdog_send(line: &str) {
+    static WATCHDOG: OnceLock<Option<Mutex<std::process::ChildStdin>>> = OnceLock::new();
+    let watchdog = WATCHDOG.get_or_init(|| {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", WATCHDOG_SCRIPT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        match cmd.spawn() {
+            // The child is never waited for: it lives as long as this process.
+            Ok(mut child) => child.stdin.take().map(Mutex::new),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the process-group watchdog (/bin/sh)");
+                None
+            }
+        }
+    });
+    if let Some(stdin) = watchdog {
+        use std::io::Write;
+        let _ = stdin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(line.as_bytes());
+    }
 }
 
 /// A running child process whose stdout and stderr go to a log file.
