@@ -79,6 +79,53 @@ pub struct ControllerArgs {
     /// Concurrent reconciles per watched namespace (0: unbounded).
     #[arg(long, env = "SITECACHE_RECONCILE_CONCURRENCY", default_value_t = 16)]
     pub reconcile_concurrency: u16,
+
+    /// Elect a leader among replicas on a Lease; only the leader reconciles.
+    #[arg(long, env = "SITECACHE_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else `default`).
+    #[arg(long, env = "SITECACHE_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "SITECACHE_LEADER_ELECTION_LEASE",
+        default_value = "sitecache-controller"
+    )]
+    pub leader_election_lease: String,
+
+    /// How long a leader's lease lasts without renewal: the longest handover after it dies.
+    #[arg(long, env = "SITECACHE_LEADER_ELECTION_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_duration: Duration,
+
+    /// This replica's identity in the Lease (default: POD_NAME, else host name and process id).
+    #[arg(long, env = "SITECACHE_LEADER_ELECTION_IDENTITY")]
+    pub leader_election_identity: Option<String>,
+}
+
+impl ControllerArgs {
+    /// The leader election, if enabled.
+    pub fn election(&self) -> Option<super::leader::Election> {
+        self.leader_elect.then(|| super::leader::Election {
+            namespace: self
+                .leader_election_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "default".to_owned()),
+            lease: self.leader_election_lease.clone(),
+            identity: self.leader_election_identity.clone().unwrap_or_else(|| {
+                std::env::var("POD_NAME").unwrap_or_else(|_| {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_owned())
+                        .unwrap_or_else(|_| "sitecache".to_owned());
+                    format!("{host}-{}", std::process::id())
+                })
+            }),
+            duration: self.leader_election_duration,
+        })
+    }
 }
 
 /// Why the configuration cannot be used.

@@ -15,6 +15,7 @@ pub mod config;
 mod context;
 mod error;
 pub mod job;
+mod leader;
 pub mod objects;
 mod reconcile;
 pub mod schedule;
@@ -44,7 +45,9 @@ pub use error::Error;
 use crate::api::{FINALIZER, SiteCache};
 use crate::telemetry::metrics::Metrics;
 
-/// Runs the controller from its command-line arguments until SIGTERM or SIGINT.
+/// Runs the controller from its command-line arguments until SIGTERM or SIGINT. With
+/// `--leader-elect`, it serves `/healthz` and `/metrics` at once but reconciles only while it
+/// holds the Lease; losing the Lease ends the process (its replacement starts clean).
 pub async fn main(args: ControllerArgs) -> anyhow::Result<()> {
     let settings = Settings::try_from(&args)?;
     let client = Client::try_default()
@@ -53,13 +56,59 @@ pub async fn main(args: ControllerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen_address)
         .await
         .map_err(|e| anyhow::anyhow!("--listen-address {}: {e}", args.listen_address))?;
-    let (stop, stopped) = watch::channel(false);
+    let (stop, stopping) = watch::channel(false);
+    let shutdown = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing the reconciles under way");
-        let _ = stop.send(true);
+        let _ = shutdown.send(true);
     });
-    run(client, settings, Some(listener), stopped).await
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    tracing::info!(address = %args.listen_address, "serving /metrics, /healthz, /readyz");
+    let server = tokio::spawn(server::serve(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+        stopped(stopping.clone()),
+    ));
+
+    let result = match args.election() {
+        None => run(client, settings, metrics, ready, stopping).await,
+        Some(election) => {
+            // A standby serves and is ready; the leader turns ready again once its watches sync.
+            ready.store(true, Ordering::Release);
+            match leader::acquire(client.clone(), &election, stopping.clone()).await? {
+                None => Ok(()),
+                Some(mut leadership) => {
+                    ready.store(false, Ordering::Release);
+                    let (stop_run, run_stopping) = watch::channel(false);
+                    let mut outer = stopping.clone();
+                    let controller = run(client, settings, metrics, ready, run_stopping);
+                    tokio::pin!(controller);
+                    let lost = tokio::select! {
+                        r = &mut controller => return r,
+                        _ = leadership.lost() => true,
+                        _ = outer.wait_for(|s| *s) => false,
+                    };
+                    let _ = stop_run.send(true);
+                    controller.await?;
+                    if lost {
+                        anyhow::bail!(
+                            "lost the leader-election Lease {}/{}",
+                            election.namespace,
+                            election.lease
+                        );
+                    }
+                    leadership.release().await;
+                    Ok(())
+                }
+            }
+        }
+    };
+    let _ = stop.send(true);
+    server.await??;
+    result
 }
 
 async fn shutdown_signal() {
@@ -72,11 +121,13 @@ async fn shutdown_signal() {
 }
 
 /// Runs the controller until `stop` turns true: one watch of SiteCaches and of their Jobs per
-/// watched namespace (or one for all), sharing one [`Context`]; the HTTP endpoints on `listener`.
+/// watched namespace (or one for all), sharing one [`Context`]. `ready` turns true once every
+/// watch has listed its objects.
 pub async fn run(
     client: Client,
     settings: Settings,
-    listener: Option<tokio::net::TcpListener>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
@@ -84,9 +135,6 @@ pub async fn run(
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let metrics = Arc::new(Metrics::default());
-    let ready = Arc::new(AtomicBool::new(false));
-
     let mut readers = Vec::new();
     let mut wakers = Vec::new();
     let mut parts = Vec::new();
@@ -151,10 +199,6 @@ pub async fn run(
             tracing::info!("watches synced; reconciling");
         });
     }
-    let server = listener.map(|l| {
-        tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics, /healthz, /readyz");
-        tokio::spawn(server::serve(l, metrics, ready, stopped(stop.clone())))
-    });
     tracing::info!(
         namespaces = ?settings.namespaces,
         max_concurrent_snapshots = settings.max_concurrent_snapshots,
@@ -162,9 +206,6 @@ pub async fn run(
     );
     for t in tasks {
         t.await?;
-    }
-    if let Some(s) = server {
-        s.await??;
     }
     Ok(())
 }

@@ -28,6 +28,8 @@ pub struct Options {
     pub failure_backoff: &'static str,
     /// Run a private S3 server (for tests that stop it).
     pub own_s3: bool,
+    /// Start the controller with leader election (identity `a`, a 4 s lease).
+    pub leader_elect: bool,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
             max_concurrent: 4,
             failure_backoff: "5s",
             own_s3: false,
+            leader_elect: false,
         }
     }
 }
@@ -130,7 +133,15 @@ impl Harness {
 
     /// Starts (or restarts) the controller process.
     pub fn start_controller(&mut self) {
-        self.metrics_port = free_port().unwrap();
+        let (process, port) = self.spawn_controller("a");
+        self.controller = Some(process);
+        self.metrics_port = port;
+    }
+
+    /// Spawns a controller process (`identity` names it in the Lease and its log file) and
+    /// returns it with its metrics port.
+    pub fn spawn_controller(&self, identity: &str) -> (ManagedProcess, u16) {
+        let port = free_port().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitecache"));
         cmd.arg("controller")
             .args(["--namespace", &self.ns])
@@ -145,17 +156,21 @@ impl Harness {
             ])
             .args(["--failure-backoff", self.opts.failure_backoff])
             .args(["--resync", "30s"])
-            .args([
-                "--listen-address",
-                &format!("127.0.0.1:{}", self.metrics_port),
-            ])
+            .args(["--listen-address", &format!("127.0.0.1:{port}")])
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info")
             .envs(self.s3().aws_env())
             .env_remove("AWS_ENDPOINT_URL_S3");
-        let log = self.dir.join("controller.log");
-        self.controller =
-            Some(ManagedProcess::spawn("controller", cmd, &log).expect("spawn the controller"));
+        if self.opts.leader_elect {
+            cmd.arg("--leader-elect")
+                .args(["--leader-election-namespace", &self.ns])
+                .args(["--leader-election-identity", identity])
+                .args(["--leader-election-duration", "4s"]);
+        }
+        let log = self.dir.join(format!("controller-{identity}.log"));
+        let process = ManagedProcess::spawn(&format!("controller-{identity}"), cmd, &log)
+            .expect("spawn the controller");
+        (process, port)
     }
 
     pub fn stop_controller(&mut self) {
@@ -165,7 +180,14 @@ impl Harness {
     }
 
     pub async fn metrics(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        metrics_at(self.metrics_port).await
+    }
+}
+
+/// The metrics of the controller serving on `port`.
+pub async fn metrics_at(port: u16) -> String {
+    {
+        let url = format!("http://127.0.0.1:{port}/metrics");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let out = Command::new("curl")
@@ -183,7 +205,9 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
 
+impl Harness {
     pub fn api(&self) -> Api<SiteCache> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
@@ -285,7 +309,7 @@ impl Harness {
     pub async fn fail(&self, message: &str) -> ! {
         let mut report = format!(
             "{message}\n--- controller log (tail) ---\n{}",
-            tail(&self.dir.join("controller.log"), 6000)
+            tail(&self.dir.join("controller-a.log"), 6000)
         );
         let mut logs: Vec<_> = walk(&self.dir.join("jobs"));
         logs.sort();

@@ -5,4 +5,5 @@ mod deletion;
 mod deno;
 mod fleet;
 mod harness;
+mod leader;
 mod lifecycle;
