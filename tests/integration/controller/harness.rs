@@ -186,24 +186,22 @@ impl Harness {
 
 /// The metrics of the controller serving on `port`.
 pub async fn metrics_at(port: u16) -> String {
-    {
-        let url = format!("http://127.0.0.1:{port}/metrics");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = Command::new("curl")
-                .args(["-fsS", &url])
-                .output()
-                .expect("run curl");
-            if out.status.success() {
-                return String::from_utf8_lossy(&out.stdout).into_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "GET {url} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("curl")
+            .args(["-fsS", &url])
+            .output()
+            .expect("run curl");
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
         }
+        assert!(
+            Instant::now() < deadline,
+            "GET {url} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
