@@ -17,7 +17,7 @@ use super::context::Context;
 use super::error::Error;
 use super::job::UID_LABEL;
 use super::objects::Prefix;
-use super::reconcile::write_status;
+use super::reconcile::{read_fresh, write_status};
 use super::status::{self, DELETION_BLOCKED, PROGRESSING};
 use crate::api::{DeletionPolicy, Phase, SiteCache};
 use crate::storage::{Location, StorageError};
@@ -25,12 +25,7 @@ use crate::storage::{Location, StorageError};
 /// Cleans up after a SiteCache being deleted; `Ok` releases its finalizer.
 pub async fn cleanup(obj: Arc<SiteCache>, ctx: &Context) -> Result<Action, Error> {
     let ns = obj.namespace().unwrap_or_default();
-    let api: Api<SiteCache> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(sc) = api
-        .get_opt(&obj.name_any())
-        .await
-        .map_err(Error::kube("get SiteCache"))?
-    else {
+    let Some((api, sc)) = read_fresh(&obj, ctx).await? else {
         return Ok(Action::await_change());
     };
     let uid = sc.uid().unwrap_or_default();

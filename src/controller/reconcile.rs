@@ -29,14 +29,7 @@ const WAITING_RECHECK: Duration = Duration::from_secs(20);
 /// Reconciles a SiteCache that is not being deleted.
 pub async fn apply(obj: Arc<SiteCache>, ctx: &Context) -> Result<Action, Error> {
     let ns = obj.namespace().unwrap_or_default();
-    let api: Api<SiteCache> = Api::namespaced(ctx.client.clone(), &ns);
-    // Read the object itself, not the watch's copy: the status this reconcile builds on must
-    // include what the previous reconcile wrote.
-    let Some(sc) = api
-        .get_opt(&obj.name_any())
-        .await
-        .map_err(Error::kube("get SiteCache"))?
-    else {
+    let Some((api, sc)) = read_fresh(&obj, ctx).await? else {
         return Ok(Action::await_change());
     };
     let mut run = Run {
@@ -598,6 +591,21 @@ impl Run<'_> {
         }
         write_status(&self.api, &self.sc.name_any(), &new).await
     }
+}
+
+/// Reads the SiteCache itself, not the watch's copy: the status a reconcile builds on must include
+/// what the previous reconcile wrote. `None` when it is gone.
+pub async fn read_fresh(
+    obj: &SiteCache,
+    ctx: &Context,
+) -> Result<Option<(Api<SiteCache>, SiteCache)>, Error> {
+    let api: Api<SiteCache> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let found = api
+        .get_opt(&obj.name_any())
+        .await
+        .map_err(Error::kube("get SiteCache"))?;
+    Ok(found.map(|sc| (api, sc)))
 }
 
 /// Writes the status with server-side apply under the controller's field manager.

@@ -243,6 +243,24 @@ impl Harness {
         .await;
     }
 
+    /// Requests a snapshot and waits until the controller has answered the request (with a
+    /// promotion or a failure).
+    pub async fn request_and_wait(&self, name: &str, token: &str) -> SiteCache {
+        self.request_snapshot(name, token).await;
+        self.wait(
+            name,
+            &format!("answering request {token}"),
+            Duration::from_secs(60),
+            |sc| {
+                sc.status
+                    .as_ref()
+                    .and_then(|s| s.last_handled_request.as_deref())
+                    == Some(token)
+            },
+        )
+        .await
+    }
+
     pub async fn delete(&self, name: &str) {
         self.api()
             .delete(name, &DeleteParams::default())

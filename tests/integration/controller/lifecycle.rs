@@ -193,15 +193,7 @@ async fn on_demand_request_makes_a_generation_and_is_acknowledged() {
     h.create("shop", json!({"site": "shop", "warm": warm("", 2)}))
         .await;
     h.wait_promoted("shop", 1).await;
-    h.request_snapshot("shop", "deploy-42").await;
-    let sc = h
-        .wait("shop", "answering request deploy-42", MINUTE, |sc| {
-            sc.status
-                .as_ref()
-                .and_then(|s| s.last_handled_request.as_deref())
-                == Some("deploy-42")
-        })
-        .await;
+    let sc = h.request_and_wait("shop", "deploy-42").await;
     assert_eq!(current(&sc), Some(2));
     let job = h.jobs().get("shop-g2").await.unwrap();
     assert_eq!(
@@ -335,15 +327,7 @@ async fn empty_or_too_small_cache_is_never_promoted() {
         "snapshot": {"backoffLimit": 0, "minFiles": 4}});
     h.create("shop", spec).await;
     h.wait_promoted("shop", 1).await;
-    h.request_snapshot("shop", "empty").await;
-    let sc = h
-        .wait("shop", "done with the empty snapshot", MINUTE, |sc| {
-            sc.status
-                .as_ref()
-                .and_then(|s| s.last_handled_request.as_deref())
-                == Some("empty")
-        })
-        .await;
+    let sc = h.request_and_wait("shop", "empty").await;
     let status = sc.status.as_ref().unwrap();
     assert_eq!(
         status.last_snapshot.as_ref().unwrap().result,
