@@ -359,6 +359,11 @@ async fn deleting_kills(propagation: PropagationPolicy) {
     api.delete("doomed", &params).await.unwrap();
     wait_dead(main, "the container's process").await;
     wait_dead(child, "the process it forked").await;
+    // A dead process is reaped by the runner's task a moment later: wait for it, boundedly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{main}")).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         !Path::new(&format!("/proc/{main}")).exists(),
         "the container's process was not reaped"
