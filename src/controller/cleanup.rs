@@ -262,7 +262,7 @@ impl Cleanup<'_> {
                 )
                 .await;
         }
-        write_status(&self.api, &self.sc.name_any(), &new).await?;
+        write_status(&self.api, &self.sc, &new).await?;
         self.sc.status = Some(new);
         Ok(())
     }

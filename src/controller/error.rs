@@ -19,6 +19,10 @@ pub enum Error {
     /// appeared while deleting).
     #[error("deletion not finished: {0}")]
     CleanupPending(String),
+    /// The SiteCache changed between the read and the status write; the write was refused and
+    /// the next reconcile starts from the new version. Expected now and then, not an incident.
+    #[error("the SiteCache changed while it was reconciled; reconciling it again")]
+    Conflict,
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -40,6 +44,7 @@ impl Error {
                 _ => "storage-error",
             },
             Error::CleanupPending(_) => "cleanup-pending",
+            Error::Conflict => "conflict",
             Error::Finalizer(f) => match f.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.kind(),
                 _ => "finalizer",

@@ -41,6 +41,7 @@ use tracing::Instrument;
 pub use config::{ControllerArgs, Settings};
 pub use context::{Context, MANAGER};
 pub use error::Error;
+pub use reconcile::write_status;
 
 use crate::api::{FINALIZER, SiteCache};
 use crate::telemetry::metrics::Metrics;
@@ -256,8 +257,9 @@ async fn reconcile(sc: Arc<SiteCache>, ctx: Arc<Context>) -> Result<Action, Erro
         match &result {
             Ok(_) => ctx.errors.forget(&uid),
             Err(e) => {
-                if ctx.errors.is_new(&uid, &e.to_string()) {
-                    let reason = event_reason(e.inner());
+                if let Some(reason) = event_reason(e.inner())
+                    && ctx.errors.is_new(&uid, &e.to_string())
+                {
                     ctx.event(
                         &sc,
                         EventType::Warning,
@@ -300,12 +302,15 @@ fn retry_delay(attempts: u32) -> Duration {
         .mul_f64(0.75 + fastrand::f64() * 0.5)
 }
 
-fn event_reason(e: &Error) -> &'static str {
+/// The reason of the Warning Event an error publishes; none for a write conflict, which the next
+/// reconcile resolves by itself.
+fn event_reason(e: &Error) -> Option<&'static str> {
     match e {
-        Error::Storage(_) => "StorageError",
-        Error::Kube { .. } => "KubernetesApiError",
-        Error::CleanupPending(_) => "DeletionPending",
-        Error::Finalizer(_) => "FinalizerError",
+        Error::Storage(_) => Some("StorageError"),
+        Error::Kube { .. } => Some("KubernetesApiError"),
+        Error::CleanupPending(_) => Some("DeletionPending"),
+        Error::Finalizer(_) => Some("FinalizerError"),
+        Error::Conflict => None,
     }
 }
 

@@ -589,7 +589,7 @@ impl Run<'_> {
                     .await;
             }
         }
-        write_status(&self.api, &self.sc.name_any(), &new).await
+        write_status(&self.api, &self.sc, &new).await
     }
 }
 
@@ -608,25 +608,34 @@ pub async fn read_fresh(
     Ok(found.map(|sc| (api, sc)))
 }
 
-/// Writes the status with server-side apply under the controller's field manager.
+/// Writes the status with server-side apply under the controller's field manager, on condition
+/// that the SiteCache is still the version `read` (optimistic concurrency): a status computed from
+/// an object that changed meanwhile (a spec edit, a status reset) is not written over it. A
+/// conflict is [`Error::Conflict`] and the next reconcile starts from the new version.
 pub async fn write_status(
     api: &Api<SiteCache>,
-    name: &str,
+    read: &SiteCache,
     status: &SiteCacheStatus,
 ) -> Result<(), Error> {
+    let name = read.name_any();
     let patch = serde_json::json!({
         "apiVersion": "sitecache.dev/v1alpha1",
         "kind": "SiteCache",
+        "metadata": {"name": name, "resourceVersion": read.resource_version()},
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube("write SiteCache status"))?;
-    Ok(())
+    match api
+        .patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict),
+        Err(e) => Err(Error::kube("write SiteCache status")(e)),
+    }
 }
 
 fn duration_until(now: Timestamp, then: Timestamp) -> Duration {

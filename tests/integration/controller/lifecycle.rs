@@ -378,7 +378,10 @@ async fn wiped_status_continues_after_the_highest_generation() {
         })
         .await;
     assert_eq!(sc.status.as_ref().unwrap().generations.len(), 3);
-    assert!(h.event_reasons("shop").await.iter().any(|r| r == "Adopted"));
+    let reasons = h.event_reasons("shop").await;
+    if !reasons.iter().any(|r| r == "Adopted") {
+        h.fail(&format!("no Adopted Event, only {reasons:?}")).await;
+    }
     h.request_snapshot("shop", "after-adoption").await;
     h.wait_promoted("shop", 4).await;
     assert!(h.jobs().get_opt("shop-g4").await.unwrap().is_some());

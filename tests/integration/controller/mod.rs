@@ -7,3 +7,4 @@ mod fleet;
 mod harness;
 mod leader;
 mod lifecycle;
+mod status_write;
