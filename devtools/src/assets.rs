@@ -14,6 +14,7 @@ pub enum Asset {
     Kubectl,
     Minio,
     Deno,
+    Helm,
 }
 
 impl Asset {
@@ -25,6 +26,7 @@ impl Asset {
             Asset::Kubectl => "kubectl",
             Asset::Minio => "minio",
             Asset::Deno => "deno",
+            Asset::Helm => "helm",
         }
     }
 
@@ -35,6 +37,7 @@ impl Asset {
             Asset::Kubectl => "TEST_ASSET_KUBECTL",
             Asset::Minio => "TEST_ASSET_MINIO",
             Asset::Deno => "TEST_ASSET_DENO",
+            Asset::Helm => "TEST_ASSET_HELM",
         }
     }
 
@@ -45,6 +48,7 @@ impl Asset {
             Asset::KubeApiserver | Asset::Kubectl => ("kubernetes", "KUBERNETES_VERSION"),
             Asset::Minio => ("minio", "MINIO_VERSION"),
             Asset::Deno => ("deno", "DENO_VERSION"),
+            Asset::Helm => ("helm", "HELM_VERSION"),
         };
         Ok(format!("{package}-{}", pinned_version(key)?))
     }

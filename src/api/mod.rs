@@ -39,13 +39,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crds_directory_is_in_sync() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/sitecache.yaml");
-        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            on_disk == crd_yaml(),
-            "crds/sitecache.yaml differs from `sitecache crd`: run `make crds` and commit the result"
-        );
+    fn crds_directory_and_chart_are_in_sync() {
+        for file in ["crds/sitecache.yaml", "charts/sitecache/files/crd.yaml"] {
+            let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                on_disk == crd_yaml(),
+                "{file} differs from `sitecache crd`: run `make crds` and commit the result"
+            );
+        }
     }
 
     #[test]

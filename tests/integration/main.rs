@@ -4,6 +4,7 @@
 
 mod agent;
 mod api;
+mod chart;
 mod controller;
 mod fixtures;
 mod job_runner;

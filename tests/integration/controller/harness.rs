@@ -3,7 +3,7 @@
 //! executing its snapshot Jobs (the `sitecache` binary stands in for the agent image).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,9 @@ pub struct Options {
     pub own_s3: bool,
     /// Start the controller with leader election (identity `a`, a 4 s lease).
     pub leader_elect: bool,
+    /// Start the controller with flags at once; without, the test starts it (for example with
+    /// [`Harness::start_controller_with_env`]).
+    pub start_controller: bool,
 }
 
 impl Default for Options {
@@ -39,6 +42,7 @@ impl Default for Options {
             failure_backoff: "5s",
             own_s3: false,
             leader_elect: false,
+            start_controller: true,
         }
     }
 }
@@ -90,7 +94,9 @@ impl Harness {
         };
         h.bucket = h.s3().create_bucket("ctl").await.expect("create bucket");
         h.start_runner();
-        h.start_controller();
+        if h.opts.start_controller {
+            h.start_controller();
+        }
         h
     }
 
@@ -171,6 +177,25 @@ impl Harness {
         let process = ManagedProcess::spawn(&format!("controller-{identity}"), cmd, &log)
             .expect("spawn the controller");
         (process, port)
+    }
+
+    /// Starts the controller as a Deployment would: `sitecache controller` and no flag, configured
+    /// by `env` alone and acting as the identity of `kubeconfig`. Storage credentials come from
+    /// the S3 server's environment (IRSA or Pod Identity would provide them in a cluster).
+    pub fn start_controller_with_env(&mut self, kubeconfig: &Path, env: &[(String, String)]) {
+        let port = free_port().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitecache"));
+        cmd.arg("controller")
+            .envs(self.s3().aws_env())
+            .env_remove("AWS_ENDPOINT_URL_S3")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("SITECACHE_LISTEN_ADDRESS", format!("127.0.0.1:{port}"))
+            .env("KUBECONFIG", kubeconfig);
+        let log = self.dir.join("controller-a.log");
+        let process =
+            ManagedProcess::spawn("controller-a", cmd, &log).expect("spawn the controller");
+        self.controller = Some(process);
+        self.metrics_port = port;
     }
 
     pub fn stop_controller(&mut self) {

@@ -4,7 +4,7 @@
 mod deletion;
 mod deno;
 mod fleet;
-mod harness;
+pub(crate) mod harness;
 mod leader;
 mod lifecycle;
 mod status_write;
