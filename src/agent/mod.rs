@@ -14,7 +14,7 @@ use crate::storage::StorageOptions;
 pub struct StorageArgs {
     /// Address buckets in the URL path (endpoint/bucket/key), as MinIO and most self-hosted
     /// S3-compatible stores need.
-    #[arg(long, env = "SITECACHE_PATH_STYLE")]
+    #[arg(long, env = "SITECACHE_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new())]
     pub path_style: bool,
 
     /// S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS).

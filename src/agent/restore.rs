@@ -49,7 +49,7 @@ pub struct RestoreArgs {
     pub timeout: Duration,
 
     /// Exit non-zero on failure (default: warn and exit 0, so the wake-up goes on).
-    #[arg(long, env = "SITECACHE_STRICT")]
+    #[arg(long, env = "SITECACHE_STRICT", value_parser = clap::builder::BoolishValueParser::new())]
     pub strict: bool,
 
     /// Refuse archives larger than this.
@@ -651,5 +651,11 @@ pub fn report(report: &RestoreReport, strict: bool) -> std::process::ExitCode {
 /// the arguments are parsed).
 pub fn strict_in_args(args: &[std::ffi::OsString]) -> bool {
     args.iter().any(|a| a == "--strict")
-        || std::env::var("SITECACHE_STRICT").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var("SITECACHE_STRICT").is_ok_and(|v| {
+            // As clap's BoolishValueParser reads it.
+            matches!(
+                v.to_ascii_lowercase().as_str(),
+                "y" | "yes" | "t" | "true" | "on" | "1"
+            )
+        })
 }

@@ -50,7 +50,7 @@ pub struct SnapshotArgs {
 
     /// Also upload a gzip tarball with entries under deno-dir/ for older runners
     /// (generations/<n>/legacy.tar.gz; the controller publishes it on promotion).
-    #[arg(long, env = "SITECACHE_LEGACY")]
+    #[arg(long, env = "SITECACHE_LEGACY", value_parser = clap::builder::BoolishValueParser::new())]
     pub legacy: bool,
 
     /// Parts uploading at once.

@@ -148,7 +148,13 @@ impl Cleanup<'_> {
             &format!("deleting every object under {}", prefix.location),
         )
         .await?;
-        let Some(removed) = prefix.purge().await? else {
+        let latest = self
+            .sc
+            .status
+            .as_ref()
+            .and_then(|s| s.latest_generation)
+            .unwrap_or(0);
+        let Some(removed) = prefix.purge(latest).await? else {
             return Err(Error::CleanupPending(format!(
                 "objects appeared under {} while deleting; deleting again",
                 prefix.location

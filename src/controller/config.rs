@@ -32,7 +32,7 @@ pub struct ControllerArgs {
     pub endpoint: Option<String>,
 
     /// Path-style addressing for SiteCaches that do not say (MinIO and most self-hosted stores).
-    #[arg(long, env = "SITECACHE_PATH_STYLE")]
+    #[arg(long, env = "SITECACHE_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new())]
     pub path_style: bool,
 
     /// Snapshot Jobs running at once across every watched namespace; the rest wait.
@@ -81,7 +81,7 @@ pub struct ControllerArgs {
     pub reconcile_concurrency: u16,
 
     /// Elect a leader among replicas on a Lease; only the leader reconciles.
-    #[arg(long, env = "SITECACHE_LEADER_ELECT")]
+    #[arg(long, env = "SITECACHE_LEADER_ELECT", value_parser = clap::builder::BoolishValueParser::new())]
     pub leader_elect: bool,
 
     /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else `default`).

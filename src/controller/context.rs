@@ -197,8 +197,14 @@ impl Context {
 
     /// A snapshot Job finished: every waiting SiteCache gets reconciled again, and the first to
     /// get there takes the slot.
+    /// The running-Jobs gauge is counted again here too, so that it falls when Jobs end even if
+    /// no other snapshot starts.
     pub fn wake_waiting(&self) {
-        let waiting: Vec<_> = lock(&self.slots).waiting.iter().cloned().collect();
+        let waiting: Vec<_> = {
+            let mut slots = lock(&self.slots);
+            self.running_jobs(&mut slots);
+            slots.waiting.iter().cloned().collect()
+        };
         for sc in waiting {
             for (ns, tx) in &self.wakers {
                 if ns.is_none() || ns.as_deref() == sc.namespace.as_deref() {

@@ -312,8 +312,15 @@ impl Prefix<'_> {
     /// Deletes everything under the prefix: in-progress uploads are aborted, objects deleted in
     /// batches, the ownership marker last; then checks that nothing is left. `Ok(None)` when
     /// objects appeared while deleting (a writer that had not stopped yet): call again.
-    pub async fn purge(&self) -> Result<Option<Removed>, StorageError> {
-        self.abort_uploads().await?;
+    /// `latest` is the highest generation number the SiteCache used.
+    pub async fn purge(&self, latest: u64) -> Result<Option<Removed>, StorageError> {
+        self.abort_uploads(&self.location.prefix).await?;
+        // Some S3-compatible stores (MinIO) list uploads only by exact key, not by prefix: ask
+        // for each archive key this prefix can have had too.
+        let highest = self.inventory().await?.highest().unwrap_or(0).max(latest);
+        for n in 1..=highest + 1 {
+            self.abort_uploads(&self.location.archive_key(n)).await?;
+        }
         let marker = self.location.owner_key();
         let keys: Vec<_> = self
             .list(&self.location.prefix)
@@ -333,37 +340,49 @@ impl Prefix<'_> {
         Ok(Some(removed))
     }
 
-    async fn abort_uploads(&self) -> Result<(), StorageError> {
-        let prefix = &self.location.prefix;
-        let out = self
-            .client
-            .list_multipart_uploads()
-            .bucket(self.bucket())
-            .prefix(prefix)
-            .send()
-            .await
-            .map_err(|e| StorageError::from_sdk("LIST-UPLOADS", self.bucket(), prefix, e))?;
-        for upload in out.uploads() {
-            let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
-                continue;
-            };
-            match self
+    /// Aborts every unfinished multipart upload the store lists for `prefix` (every page).
+    async fn abort_uploads(&self, prefix: &str) -> Result<(), StorageError> {
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let out = self
                 .client
-                .abort_multipart_upload()
+                .list_multipart_uploads()
                 .bucket(self.bucket())
-                .key(key)
-                .upload_id(id)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
                 .send()
                 .await
-            {
-                Ok(_) => {}
-                Err(e) => match StorageError::from_sdk("ABORT-UPLOAD", self.bucket(), key, e) {
-                    StorageError::NotFound { .. } => {}
-                    other => return Err(other),
-                },
+                .map_err(|e| StorageError::from_sdk("LIST-UPLOADS", self.bucket(), prefix, e))?;
+            for upload in out.uploads() {
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                match self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(self.bucket())
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) => match StorageError::from_sdk("ABORT-UPLOAD", self.bucket(), key, e) {
+                        StorageError::NotFound { .. } => {}
+                        other => return Err(other),
+                    },
+                }
+            }
+            if !out.is_truncated().unwrap_or(false) {
+                return Ok(());
+            }
+            key_marker = out.next_key_marker().map(str::to_owned);
+            id_marker = out.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     async fn delete_keys(&self, keys: &[(String, u64)]) -> Result<Removed, StorageError> {

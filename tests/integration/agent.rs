@@ -15,10 +15,11 @@ use tar::EntryType;
 use crate::fixtures::{self, RawTar};
 use crate::support;
 
-/// The `sitecache` binary, pointed at `s3` through the standard AWS environment.
+/// The `sitecache` binary, pointed at `s3` through the standard AWS environment. Path style is
+/// asked for with `1`, as shell scripts often write booleans (the Jobs write `true`).
 fn sitecache(s3: &S3Server) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitecache"));
-    cmd.envs(s3.aws_env()).env("SITECACHE_PATH_STYLE", "true");
+    cmd.envs(s3.aws_env()).env("SITECACHE_PATH_STYLE", "1");
     cmd
 }
 

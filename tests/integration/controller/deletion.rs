@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use kube::api::ListParams;
 use serde_json::json;
 
@@ -184,5 +185,65 @@ async fn a_second_sitecache_on_an_owned_prefix_is_refused_and_its_deletion_touch
             .iter()
             .any(|r| r == "PrefixNotOwned")
     );
+    h.shutdown().await;
+}
+
+/// Unfinished multipart uploads the store lists for `prefix` (MinIO lists them by exact key).
+async fn unfinished_uploads(h: &Harness, prefix: &str) -> usize {
+    let s3 = h.s3().client();
+    let (mut count, mut key_marker, mut id_marker) = (0, None::<String>, None::<String>);
+    loop {
+        let out = s3
+            .list_multipart_uploads()
+            .bucket(&h.bucket)
+            .prefix(prefix)
+            .set_key_marker(key_marker.take())
+            .set_upload_id_marker(id_marker.take())
+            .send()
+            .await
+            .expect("list multipart uploads");
+        count += out.uploads().len();
+        if !out.is_truncated().unwrap_or(false) {
+            return count;
+        }
+        key_marker = out.next_key_marker().map(str::to_owned);
+        id_marker = out.next_upload_id_marker().map(str::to_owned);
+    }
+}
+
+#[tokio::test]
+async fn deletion_aborts_every_unfinished_upload_under_the_prefix() {
+    let h = Harness::start(Options::default()).await;
+    h.create("shop", json!({"site": "shop", "warm": warm("", 2)}))
+        .await;
+    h.wait_promoted("shop", 1).await;
+    // More abandoned uploads of the next generation's archive than AWS lists in one page (1000),
+    // as killed snapshot attempts would leave.
+    let key = "shop/generations/00000000000000000002/cache.tar.zst";
+    let s3 = h.s3().client();
+    let uploads = 1010;
+    let bucket = h.bucket.clone();
+    let mut started = futures::stream::iter(0..uploads)
+        .map(|_| {
+            let s3 = s3.clone();
+            let bucket = bucket.clone();
+            async move {
+                s3.create_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .expect("start a multipart upload")
+            }
+        })
+        .buffer_unordered(32);
+    while started.next().await.is_some() {}
+    drop(started);
+    assert_eq!(unfinished_uploads(&h, key).await, uploads);
+
+    h.delete("shop").await;
+    h.wait_gone("shop", MINUTE).await;
+    assert_eq!(unfinished_uploads(&h, key).await, 0);
+    assert_eq!(h.keys("shop/").await, Vec::<String>::new());
     h.shutdown().await;
 }

@@ -58,6 +58,17 @@ async fn five_sitecaches_share_two_snapshot_slots() {
     assert!(saw_waiting, "no SiteCache said it was waiting for a slot");
     let jobs = h.jobs().list(&ListParams::default()).await.unwrap().items;
     assert_eq!(jobs.len(), 5, "one Job each");
+    // With every Job done, the gauges say so (no snapshot started after the last one ended).
+    let metrics = h.metrics().await;
+    for gauge in [
+        "sitecache_snapshot_jobs_running 0",
+        "sitecache_snapshot_jobs_waiting 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == gauge),
+            "no `{gauge}` in:\n{metrics}"
+        );
+    }
     h.shutdown().await;
 }
 
