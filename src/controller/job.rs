@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSpec, PodTemplateSpec,
-    SecurityContext, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -230,7 +231,24 @@ fn storage_env(target: &Target) -> Vec<EnvVar> {
     env
 }
 
-/// A container running this project's image: unprivileged, read-only root filesystem.
+/// Requests and limits of the agent containers. The snapshot streams with bounded memory (tens
+/// of MiB whatever the tree's size, see bench/README.md) and restore's buffers are bounded too;
+/// the limit leaves room for both, and the requests let the pods into namespaces whose
+/// ResourceQuota requires them.
+fn agent_resources() -> ResourceRequirements {
+    let q = |v: &str| Quantity(v.to_owned());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), q("250m")),
+            ("memory".to_owned(), q("128Mi")),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_owned(), q("512Mi"))])),
+        ..Default::default()
+    }
+}
+
+/// A container running this project's image: non-root, unprivileged, read-only root
+/// filesystem, the runtime's default seccomp profile (Pod Security "restricted").
 fn agent_container(
     name: &str,
     settings: &Settings,
@@ -245,9 +263,15 @@ fn agent_container(
         args: Some(args),
         env: Some(env),
         volume_mounts: Some(mounts),
+        resources: Some(agent_resources()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
             capabilities: Some(Capabilities {
                 drop: Some(vec!["ALL".into()]),
                 add: None,
@@ -461,6 +485,13 @@ mod tests {
             snap.image.as_deref(),
             Some("ghcr.io/sitecache/sitecache:test")
         );
+        for agent in [&init[0], snap] {
+            let sc = agent.security_context.as_ref().unwrap();
+            assert_eq!(sc.run_as_non_root, Some(true));
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            let requests = agent.resources.as_ref().unwrap().requests.as_ref().unwrap();
+            assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
+        }
         assert_eq!(
             snap.args.as_ref().unwrap().join(" "),
             "snapshot --source /deno-dir --url s3://caches/shop/ --generation 5 --level 5 \
