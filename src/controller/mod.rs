@@ -191,10 +191,10 @@ pub async fn run(
         let ready = ready.clone();
         tokio::spawn(async move {
             for s in &stores {
-                let _ = s.wait_until_ready().await;
+                wait_synced(s).await;
             }
             for r in &readers {
-                let _ = r.wait_until_ready().await;
+                wait_synced(r).await;
             }
             ready.store(true, Ordering::Release);
             tracing::info!("watches synced; reconciling");
@@ -209,6 +209,19 @@ pub async fn run(
         t.await?;
     }
     Ok(())
+}
+
+/// Waits until `store` has listed its objects. kube's `wait_until_ready` wakes only the task that
+/// polled it last, and the Controller waits on the same store: poll it again now and then.
+async fn wait_synced<K>(store: &reflector::Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
 }
 
 fn scoped<K>(client: &Client, scope: &Option<String>) -> Api<K>

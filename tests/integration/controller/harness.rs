@@ -207,6 +207,33 @@ impl Harness {
     pub async fn metrics(&self) -> String {
         metrics_at(self.metrics_port).await
     }
+
+    /// Waits (boundedly) until the controller's `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        wait_ready_at(self.metrics_port).await
+    }
+}
+
+/// Waits up to 10 s until `/readyz` on `port` answers 200; panics with the last answer.
+pub async fn wait_ready_at(port: u16) {
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url])
+            .output()
+            .expect("run curl");
+        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        if code == "200" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {url} answered {code:?}, not 200: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The metrics of the controller serving on `port`.

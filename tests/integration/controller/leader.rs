@@ -6,7 +6,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use serde_json::json;
 
-use super::harness::{Harness, Options, metrics_at, warm};
+use super::harness::{Harness, Options, metrics_at, wait_ready_at, warm};
 
 async fn holder(h: &Harness) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.ns);
@@ -55,6 +55,9 @@ async fn two_replicas_one_leader_and_a_handover_within_the_lease() {
         .await;
     h.wait_promoted("one", 1).await;
     assert_eq!(holder(&h).await.as_deref(), Some("a"));
+    // Both are ready: the leader with its watches synced, the standby as a standby.
+    h.wait_ready().await;
+    wait_ready_at(b_port).await;
     assert!(reconciles(&h.metrics().await) > 0, "the leader reconciled");
     assert_eq!(
         reconciles(&metrics_at(b_port).await),
@@ -77,5 +80,6 @@ async fn two_replicas_one_leader_and_a_handover_within_the_lease() {
         reconciles(&metrics_at(b_port).await) > 0,
         "the new leader acts"
     );
+    wait_ready_at(b_port).await;
     h.shutdown().await;
 }

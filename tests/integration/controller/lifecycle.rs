@@ -15,6 +15,8 @@ const MINUTE: Duration = Duration::from_secs(60);
 #[tokio::test]
 async fn create_runs_a_job_and_promotes_generation_1() {
     let h = Harness::start(Options::default()).await;
+    // Ready once its watches have listed (a readiness probe relies on it).
+    h.wait_ready().await;
     h.create(
         "shop",
         json!({"site": "shop", "warm": warm("", 5), "source": {"revision": "r1"},
