@@ -4,6 +4,9 @@ CARGO ?= cargo
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
+# Cargo's target directory (CARGO_TARGET_DIR or the configured one), where the binaries are built.
+TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps --offline | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+
 .PHONY: help test test-assets fmt fmt-check lint unit integration crds crds-check build release dev dev-down bench clean-assets
 
 help: ## List the targets
@@ -27,11 +30,14 @@ lint: ## clippy on every target (warnings are errors) and hadolint on the Docker
 unit: ## Unit tests (no real parts)
 	$(CARGO) test --workspace --locked --lib --bins
 
-integration: test-assets ## Tests on a local control plane and a local S3 server
+integration: test-assets ## Tests on a local control plane and a local S3 server, and `make dev`'s up and down
 	$(CARGO) test --locked --test integration
+	$(CARGO) build --locked --bin sitecache
+	SITECACHE_BIN="$(TARGET_DIR)/debug/sitecache" $(CARGO) test --locked -p sitecache -p sitecache-devtools --test dev
 
-crds: ## Regenerate crds/ from the Rust types
+crds: ## Regenerate crds/ and the chart's copy from the Rust types
 	$(CARGO) run --quiet --locked -- crd > crds/sitecache.yaml
+	cp crds/sitecache.yaml charts/sitecache/files/crd.yaml
 
 build: ## Debug build of the sitecache binary
 	$(CARGO) build --locked
@@ -39,11 +45,13 @@ build: ## Debug build of the sitecache binary
 release: ## Release build of the sitecache binary
 	$(CARGO) build --locked --release
 
-dev: ## Run sitecache locally on an embedded control plane and S3 server
-	@echo "make dev is not implemented yet (issue: ship it)" >&2; exit 2
+dev: test-assets ## Run sitecache locally (control plane, S3 server, controller, job runner) with the example site
+	$(CARGO) build --locked -p sitecache -p sitecache-devtools --bin sitecache --bin sitecache-dev
+	"$(TARGET_DIR)/debug/sitecache-dev" up --repo "$(CURDIR)" --sitecache-bin "$(TARGET_DIR)/debug/sitecache"
 
-dev-down: ## Stop what `make dev` started
-	@echo "make dev-down is not implemented yet (issue: ship it)" >&2; exit 2
+dev-down: ## Stop everything `make dev` started and remove its state (.dev/)
+	$(CARGO) build --locked --quiet -p sitecache -p sitecache-devtools --bin sitecache-dev
+	"$(TARGET_DIR)/debug/sitecache-dev" down --repo "$(CURDIR)"
 
 bench: test-assets ## Benchmark snapshot and restore against the older runner and the extraction limit (on demand; BENCH_ARGS=--runs 5)
 	$(CARGO) build --release --locked --bin sitecache

@@ -165,6 +165,22 @@ impl ControlPlane {
     pub fn logs(&self) -> [&Path; 2] {
         [self.etcd.log(), self.apiserver.log()]
     }
+
+    /// Process ids of etcd and kube-apiserver.
+    pub fn pids(&self) -> [u32; 2] {
+        [self.etcd.pid(), self.apiserver.pid()]
+    }
+
+    /// An error with the end of its log if etcd or kube-apiserver has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if self.etcd.exited().is_some() {
+            return Err(self.etcd.failure("exited"));
+        }
+        if self.apiserver.exited().is_some() {
+            return Err(self.apiserver.failure("exited"));
+        }
+        Ok(())
+    }
 }
 
 async fn start_etcd(bin: &Path, dir: &Path) -> Result<(ManagedProcess, String)> {

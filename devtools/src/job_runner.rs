@@ -178,6 +178,11 @@ impl JobRunner {
         }
     }
 
+    /// False once the runner has stopped on its own (its Job watch ended).
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// The directory of Job `job`'s container logs (`attempt-<k>-<container>.log`).
     pub fn log_dir(&self, namespace: &str, job: &str) -> PathBuf {
         job_dir(&self.work_dir, namespace, job)

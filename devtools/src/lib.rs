@@ -5,10 +5,11 @@
 //! (a real S3-compatible server). The binaries come from `hack/test-assets.sh`, which builds them
 //! from pinned Go modules and caches them under `~/.cache/sitecache/assets`. A local job runner
 //! ([`JobRunner`]) stands in for kubelet and the Job controller: it runs `batch/v1` Jobs as host
-//! processes.
+//! processes. [`dev`] is `sitecache-dev`, the local dev environment of `make dev`.
 
 pub mod assets;
 pub mod control_plane;
+pub mod dev;
 pub mod job_runner;
 mod pki;
 pub mod process;

@@ -91,6 +91,17 @@ impl S3Server {
         self.process.as_ref()
     }
 
+    /// An error with the end of its log if the server has exited (or was stopped).
+    pub fn check_running(&mut self) -> Result<()> {
+        match &mut self.process {
+            None => Err(anyhow::anyhow!("minio is stopped")),
+            Some(p) => match p.exited() {
+                Some(_) => Err(p.failure("exited")),
+                None => Ok(()),
+            },
+        }
+    }
+
     /// The endpoint URL (`http://127.0.0.1:<port>`).
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
