@@ -68,11 +68,39 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-/// A wall time and the peak RSS of the measured child process, if it was one.
+/// A wall time, the peak RSS of the measured child process if it was one, and the CPU time
+/// (user + system) of the measured processes and of MinIO meanwhile.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     wall: Duration,
     max_rss_kib: Option<u64>,
+    cpu: Duration,
+    server_cpu: Duration,
+}
+
+/// CPU time (user + system) a process has used so far, from /proc/<pid>/stat.
+fn process_cpu(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+fn rusage_cpu(usage: &libc::rusage) -> Duration {
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Runs a command to completion, measuring wall time and its peak RSS (wait4).
@@ -82,18 +110,20 @@ fn measure(cmd: &mut Command) -> Result<Sample> {
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| format!("spawn {cmd:?}"))?;
-    let (status, rss) = wait4(child.id())?;
+    let (status, usage) = wait4(child.id())?;
     let wall = start.elapsed();
     if status != 0 {
         bail!("{cmd:?} failed with status {status}");
     }
     Ok(Sample {
         wall,
-        max_rss_kib: Some(rss),
+        max_rss_kib: Some(usage.ru_maxrss as u64),
+        cpu: rusage_cpu(&usage),
+        server_cpu: Duration::ZERO,
     })
 }
 
-fn wait4(pid: u32) -> Result<(i32, u64)> {
+fn wait4(pid: u32) -> Result<(i32, libc::rusage)> {
     let mut status = 0;
     // SAFETY: a zeroed rusage is a valid out-parameter; pid is our child, not yet reaped.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -101,7 +131,7 @@ fn wait4(pid: u32) -> Result<(i32, u64)> {
     if rc < 0 {
         return Err(std::io::Error::last_os_error().into());
     }
-    Ok((status, usage.ru_maxrss as u64))
+    Ok((status, usage))
 }
 
 fn fresh(work: &Path, name: &str) -> Result<PathBuf> {
@@ -307,6 +337,8 @@ impl Bench<'_> {
         Ok(Sample {
             wall: start.elapsed(),
             max_rss_kib: None,
+            cpu: Duration::ZERO,
+            server_cpu: Duration::ZERO,
         })
     }
 
@@ -337,6 +369,8 @@ impl Bench<'_> {
         Ok(Sample {
             wall: start.elapsed(),
             max_rss_kib: None,
+            cpu: Duration::ZERO,
+            server_cpu: Duration::ZERO,
         })
     }
 
@@ -357,7 +391,9 @@ impl Bench<'_> {
         if dest.exists() {
             std::fs::remove_dir_all(&dest)?;
         }
-        measure(self.sitecache().args([
+        let server = self.s3.process().map(|p| p.pid());
+        let before = server.map(process_cpu).unwrap_or_default();
+        let mut sample = measure(self.sitecache().args([
             "restore",
             "--url",
             &self.url(run),
@@ -368,7 +404,9 @@ impl Bench<'_> {
             "--strict",
             "--timeout",
             "10m",
-        ]))
+        ]))?;
+        sample.server_cpu = server.map(process_cpu).unwrap_or_default() - before;
+        Ok(sample)
     }
 
     fn limit_one(&self, full: &Path) -> Result<Sample> {
@@ -387,20 +425,52 @@ impl Bench<'_> {
         // or the two tars race to create it.
         std::fs::create_dir_all(dest.join("npm/registry.npmjs.org"))?;
         let start = Instant::now();
-        let mut ca = Command::new("tar")
+        let ca = Command::new("tar")
             .args(["-xf", a.to_str().unwrap(), "-C", dest.to_str().unwrap()])
             .spawn()?;
-        let mut cb = Command::new("tar")
+        let cb = Command::new("tar")
             .args(["-xf", b.to_str().unwrap(), "-C", dest.to_str().unwrap()])
             .spawn()?;
-        if !ca.wait()?.success() || !cb.wait()?.success() {
+        let (sa, ua) = wait4(ca.id())?;
+        let (sb, ub) = wait4(cb.id())?;
+        if sa != 0 || sb != 0 {
             bail!("tar -xf failed");
         }
         Ok(Sample {
             wall: start.elapsed(),
             max_rss_kib: None,
+            cpu: rusage_cpu(&ua) + rusage_cpu(&ub),
+            server_cpu: Duration::ZERO,
         })
     }
+}
+
+/// CPU seconds the extractions used, and what they imply on this machine's cores: a restore
+/// cannot finish before its CPU work and the S3 server's, spread over every core, is done.
+fn cpu_report(cpus: &BTreeMap<&str, Vec<(Duration, Duration)>>, limit: f64) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let med = |name: &str, server: bool| {
+        median(
+            cpus.get(name)
+                .map(|v| v.iter().map(|&(c, s)| if server { s } else { c }).collect())
+                .unwrap_or_else(|| vec![Duration::ZERO]),
+        )
+        .as_secs_f64()
+    };
+    println!("\nCPU, user + system (medians)");
+    for name in ["limit: 1 tar -xf", "limit: 2 tar -xf", "sitecache snapshot"] {
+        println!("  {name:<22} {:>8.3} s", med(name, false));
+    }
+    let (restore, server) = (
+        med("sitecache restore", false),
+        med("sitecache restore", true),
+    );
+    println!("  sitecache restore      {restore:>8.3} s, and MinIO serving it {server:.3} s");
+    let floor = (restore + server) / cores;
+    println!(
+        "  restore's CPU floor on {cores} cores: {floor:.3} s = {:.2} x the limit",
+        floor / limit
+    );
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -441,6 +511,7 @@ async fn main() -> Result<()> {
         "limit: 2 tar -xf",
     ];
     let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    let mut cpus: BTreeMap<&str, Vec<(Duration, Duration)>> = BTreeMap::new();
     let mut snapshot_rss = 0u64;
     let mut restore_rss = 0u64;
     for run in 0..args.runs {
@@ -461,6 +532,9 @@ async fn main() -> Result<()> {
                 _ => bench.limit_two(&half_a, &half_b)?,
             };
             times.entry(names[which]).or_default().push(sample.wall);
+            cpus.entry(names[which])
+                .or_default()
+                .push((sample.cpu, sample.server_cpu));
         }
         for k in 0..2 {
             let which = 2 + (k + run) % 2;
@@ -473,6 +547,9 @@ async fn main() -> Result<()> {
                 s
             };
             times.entry(names[which]).or_default().push(sample.wall);
+            cpus.entry(names[which])
+                .or_default()
+                .push((sample.cpu, sample.server_cpu));
         }
         eprintln!("run {}/{} done", run + 1, args.runs);
     }
@@ -514,6 +591,7 @@ async fn main() -> Result<()> {
         "  restore peak RSS             {:.1} MiB",
         restore_rss as f64 / 1024.0
     );
+    cpu_report(&cpus, limit);
 
     if args.big {
         let big = big_fixture(&args.work, &fixture)?;

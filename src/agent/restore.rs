@@ -61,7 +61,7 @@ pub struct RestoreArgs {
     pub max_unpacked_bytes: u64,
 
     /// Threads writing files (default: twice the CPUs, 2 to 16).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, env = "SITECACHE_RESTORE_THREADS")]
     pub threads: Option<usize>,
 
     /// Ranged GETs in flight.
