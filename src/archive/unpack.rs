@@ -5,7 +5,9 @@
 //! are applied at the end. Every entry is checked before anything is written: nothing can land
 //! outside the staging directory, whatever the archive says.
 
-use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+
+use foldhash::{HashMap, HashSet};
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStringExt;
@@ -134,12 +136,14 @@ enum Seen {
 
 #[derive(Default)]
 struct State {
-    /// Every entry of the archive so far.
-    seen: HashMap<PathBuf, Seen>,
+    /// Every entry of the archive so far. Keyed by the path's bytes: entry paths are normalized
+    /// (no `.`, `..` or repeated `/`), so bytes compare as paths do, and hashing bytes is much
+    /// cheaper than hashing a `Path` component by component.
+    seen: HashMap<OsString, Seen>,
     /// Whether `seen` has a symbolic link (most caches have none: skip the ancestor walk).
     any_symlink: bool,
     /// Directories on disk, created by an entry or as a missing parent.
-    dirs: HashSet<PathBuf>,
+    dirs: HashSet<OsString>,
     dir_times: Vec<(PathBuf, u32, i64)>,
     deferred_symlinks: Vec<(PathBuf, PathBuf, i64)>,
     deferred_hardlinks: Vec<(PathBuf, PathBuf)>,
@@ -216,14 +220,18 @@ impl Unpacker {
                 // Anything else is a regular file or refused below.
                 _ => Seen::File,
             };
-            if state.seen.insert(rel.clone(), seen).is_some() {
+            if state
+                .seen
+                .insert(rel.clone().into_os_string(), seen)
+                .is_some()
+            {
                 return Err(unsafe_entry(&raw, "duplicate entry"));
             }
             if state.any_symlink
                 && rel
                     .ancestors()
                     .skip(1)
-                    .any(|a| state.seen.get(a) == Some(&Seen::Symlink))
+                    .any(|a| state.seen.get(a.as_os_str()) == Some(&Seen::Symlink))
             {
                 return Err(unsafe_entry(&raw, "below a symbolic link"));
             }
@@ -237,7 +245,7 @@ impl Unpacker {
             match kind {
                 tar::EntryType::Directory => {
                     self.ensure_parent(state, &rel)?;
-                    if !state.dirs.contains(&rel) {
+                    if !state.dirs.contains(rel.as_os_str()) {
                         std::fs::DirBuilder::new()
                             .mode(0o700)
                             .create(&dest)
@@ -245,7 +253,7 @@ impl Unpacker {
                                 path: dest.clone(),
                                 source,
                             })?;
-                        state.dirs.insert(rel.clone());
+                        state.dirs.insert(rel.clone().into_os_string());
                     }
                     state.dir_times.push((dest, mode, mtime));
                 }
@@ -297,7 +305,7 @@ impl Unpacker {
                     let target = self.relative(&raw_target)?.ok_or_else(|| {
                         unsafe_entry(&raw, "hard link to the archive's root directory")
                     })?;
-                    if state.seen.get(&target) != Some(&Seen::File) {
+                    if state.seen.get(target.as_os_str()) != Some(&Seen::File) {
                         return Err(unsafe_entry(
                             &raw,
                             "hard link to something that is not a regular file earlier in the archive",
@@ -348,11 +356,11 @@ impl Unpacker {
         let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) else {
             return Ok(());
         };
-        if state.dirs.contains(parent) {
+        if state.dirs.contains(parent.as_os_str()) {
             return Ok(());
         }
         if matches!(
-            state.seen.get(parent),
+            state.seen.get(parent.as_os_str()),
             Some(Seen::File | Seen::Symlink | Seen::HardLink)
         ) {
             return Err(unsafe_entry(
@@ -367,7 +375,7 @@ impl Unpacker {
             .create(&dest)
             .map_err(|source| UnpackError::Write { path: dest, source })?;
         for a in parent.ancestors().filter(|a| !a.as_os_str().is_empty()) {
-            state.dirs.insert(a.to_owned());
+            state.dirs.insert(a.as_os_str().to_owned());
         }
         Ok(())
     }
