@@ -1,8 +1,6 @@
 //! The SiteCache API on a real API server: the CRD from `crds/`, schema defaults, validation
 //! (OpenAPI + CEL) and printer columns.
 
-use std::process::Command;
-
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
@@ -322,22 +320,13 @@ async fn site_and_storage_are_immutable() {
 }
 
 fn kubectl(args: &[&str]) -> String {
-    let kubeconfig = kubeconfig_path();
-    let out = Command::new(sitecache_devtools::assets::Asset::Kubectl.path().unwrap())
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args(args)
-        .output()
-        .expect("run kubectl");
+    let out = support::kubectl(args, None);
     assert!(
         out.status.success(),
         "kubectl {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn kubeconfig_path() -> std::path::PathBuf {
-    support::run_dir().join("control-plane").join("kubeconfig")
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -22,21 +22,6 @@ fn chart_dir() -> PathBuf {
     support::repo_path("charts/sitecache")
 }
 
-fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
 fn ok(what: &str, out: Output) -> String {
     assert!(
         out.status.success(),
@@ -50,21 +35,7 @@ fn ok(what: &str, out: Output) -> String {
 
 fn helm(args: &[&str]) -> Output {
     let helm = Asset::Helm.path().expect("helm (make test-assets)");
-    run(&helm, args, None)
-}
-
-fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
-    let kubectl = Asset::Kubectl.path().expect("kubectl (make test-assets)");
-    let kubeconfig = format!(
-        "--kubeconfig={}",
-        support::run_dir()
-            .join("control-plane")
-            .join("kubeconfig")
-            .display()
-    );
-    let mut all = vec![kubeconfig.as_str()];
-    all.extend_from_slice(args);
-    run(&kubectl, &all, stdin)
+    support::run_with_input(&helm, args, None)
 }
 
 /// Writes values to a file of the test's own and returns its path.
@@ -133,7 +104,7 @@ fn server_side_apply(manifest: &str, dry_run: bool) -> String {
     }
     ok(
         "kubectl apply --server-side",
-        kubectl(&args, Some(manifest)),
+        support::kubectl(&args, Some(manifest)),
     )
 }
 
@@ -474,7 +445,7 @@ async fn chart_rbac_grants_only_what_the_controller_uses() {
     server_side_apply(&manifest, false);
     let sa = format!("--as=system:serviceaccount:{ns}:sitecache");
     let can = |verb: &str, resource: &str, namespace: &str| -> bool {
-        let out = kubectl(
+        let out = support::kubectl(
             &["auth", "can-i", &sa, verb, resource, "-n", namespace],
             None,
         );
@@ -505,9 +476,7 @@ async fn chart_rbac_grants_only_what_the_controller_uses() {
 
 /// The admin kubeconfig, acting as `system:serviceaccount:<ns>:<name>` (user impersonation).
 fn impersonating_kubeconfig(dir: &Path, ns: &str, name: &str) -> PathBuf {
-    let admin =
-        std::fs::read_to_string(support::run_dir().join("control-plane").join("kubeconfig"))
-            .unwrap();
+    let admin = std::fs::read_to_string(support::kubeconfig_path()).unwrap();
     let mut config: Value = serde_saphyr::from_str(&admin).unwrap();
     for user in config["users"].as_array_mut().unwrap() {
         user["user"]["as"] = json!(format!("system:serviceaccount:{ns}:{name}"));

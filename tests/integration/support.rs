@@ -1,7 +1,8 @@
 //! Shared real parts for the integration tests, started on first use and stopped when the test
 //! binary exits (the kernel kills them: see `sitecache_devtools::process`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 use kube::Client;
 use sitecache_devtools::{ControlPlane, S3Server, control_plane};
@@ -29,6 +30,38 @@ pub fn run_dir() -> PathBuf {
         }
     });
     dir
+}
+
+/// The admin kubeconfig of the shared control plane ([`control_plane`] starts it).
+pub fn kubeconfig_path() -> PathBuf {
+    run_dir().join("control-plane").join("kubeconfig")
+}
+
+/// Runs `program` to completion with `stdin` as its input, capturing its output.
+pub fn run_with_input(program: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// The real kubectl against the shared control plane, as its admin.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let kubectl = sitecache_devtools::assets::Asset::Kubectl
+        .path()
+        .expect("kubectl (make test-assets)");
+    let kubeconfig = format!("--kubeconfig={}", kubeconfig_path().display());
+    let mut all = vec![kubeconfig.as_str()];
+    all.extend_from_slice(args);
+    run_with_input(&kubectl, &all, stdin)
 }
 
 pub fn repo_path(rel: &str) -> PathBuf {

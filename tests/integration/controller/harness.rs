@@ -216,41 +216,31 @@ impl Harness {
 
 /// Waits up to 10 s until `/readyz` on `port` answers 200; panics with the last answer.
 pub async fn wait_ready_at(port: u16) {
-    let url = format!("http://127.0.0.1:{port}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url])
-            .output()
-            .expect("run curl");
-        let code = String::from_utf8_lossy(&out.stdout).into_owned();
-        if code == "200" {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "GET {url} answered {code:?}, not 200: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    get_ok(&format!("http://127.0.0.1:{port}/readyz")).await;
 }
 
 /// The metrics of the controller serving on `port`.
 pub async fn metrics_at(port: u16) -> String {
-    let url = format!("http://127.0.0.1:{port}/metrics");
+    get_ok(&format!("http://127.0.0.1:{port}/metrics")).await
+}
+
+/// GETs `url` until it answers 200 (for up to 10 s) and returns the body; panics with the last
+/// status and error.
+async fn get_ok(url: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = Command::new("curl")
-            .args(["-fsS", &url])
+            .args(["-sS", "-w", "\n%{http_code}", url])
             .output()
             .expect("run curl");
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).into_owned();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", stdout.as_str()));
+        if code == "200" {
+            return body.to_owned();
         }
         assert!(
             Instant::now() < deadline,
-            "GET {url} failed: {}",
+            "GET {url} answered {code:?}, not 200: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
