@@ -314,13 +314,6 @@ impl Prefix<'_> {
     /// objects appeared while deleting (a writer that had not stopped yet): call again.
     /// `latest` is the highest generation number the SiteCache used.
     pub async fn purge(&self, latest: u64) -> Result<Option<Removed>, StorageError> {
-        self.abort_uploads(&self.location.prefix).await?;
-        // Some S3-compatible stores (MinIO) list uploads only by exact key, not by prefix: ask
-        // for each archive key this prefix can have had too.
-        let highest = self.inventory().await?.highest().unwrap_or(0).max(latest);
-        for n in 1..=highest + 1 {
-            self.abort_uploads(&self.location.archive_key(n)).await?;
-        }
         let marker = self.location.owner_key();
         let keys: Vec<_> = self
             .list(&self.location.prefix)
@@ -328,6 +321,18 @@ impl Prefix<'_> {
             .into_iter()
             .filter(|(k, _)| *k != marker)
             .collect();
+        self.abort_uploads(&self.location.prefix).await?;
+        // Some S3-compatible stores (MinIO) list uploads only by exact key, not by prefix: ask
+        // for each archive key this prefix can have had too.
+        let highest = keys
+            .iter()
+            .filter_map(|(k, _)| self.location.generation_of_key(k))
+            .max()
+            .unwrap_or(0)
+            .max(latest);
+        for n in 1..=highest + 1 {
+            self.abort_uploads(&self.location.archive_key(n)).await?;
+        }
         let mut removed = self.delete_keys(&keys).await?;
         let left = self.list(&self.location.prefix).await?;
         if left.iter().any(|(k, _)| *k != marker) {
