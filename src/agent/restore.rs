@@ -6,7 +6,7 @@
 //! runner cold-starts as it would without a cache; `--strict` makes failures exit non-zero.
 //! Either way one JSON line on stdout says what happened.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -467,74 +467,55 @@ fn default_threads() -> usize {
 
 /// The blocking side. One thread hashes and decompresses what arrives on `rx`, a step ahead;
 /// this one parses and unpacks. Once the archive's end is reached, the rest of the stream is
-/// still read so that the whole object is hashed (and the compressor's own checks run).
+/// still read so that the whole object is hashed (and the decompressor's own checks run).
 fn unpack_stream(
     rx: mpsc::Receiver<Result<Bytes, String>>,
     mut unpacker: Unpacker,
     key: &str,
 ) -> Result<(archive::UnpackStats, u64, String), RestoreError> {
-    let mut reader = HashingReader {
-        inner: ChannelReader {
-            rx,
-            current: Bytes::new(),
-        },
+    let mut input = HashedChunks {
+        rx,
         hasher: Sha256::new(),
         total: 0,
     };
-    let mut head = [0u8; 4];
-    let n = read_up_to(&mut reader, &mut head).map_err(UnpackError::Read)?;
-    let compression =
-        Compression::detect(&head[..n]).ok_or_else(|| RestoreError::UnknownFormat {
-            key: key.to_owned(),
-        })?;
+    // The first bytes say the format (the first chunk is a whole ranged GET, unless the object
+    // is tiny).
+    let mut head = Bytes::new();
+    while head.len() < 4 {
+        match input.next().transpose().map_err(UnpackError::Read)? {
+            Some(chunk) => head = [head, chunk].concat().into(),
+            None => break,
+        }
+    }
+    let compression = Compression::detect(&head).ok_or_else(|| RestoreError::UnknownFormat {
+        key: key.to_owned(),
+    })?;
     if compression == Compression::Gzip {
         unpacker.strip_prefix = Some(PathBuf::from(archive::LEGACY_PREFIX));
     }
-    let head = head[..n].to_vec();
-    let (tx, chunks) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
-    // Spent chunks come back to be refilled: no 1 MiB allocation and zero-fill per chunk.
-    let (recycle, recycled) = std::sync::mpsc::sync_channel::<Vec<u8>>(10);
+    let (tx, chunks) = std::sync::mpsc::sync_channel::<io::Result<Bytes>>(DECOMPRESSED_AHEAD);
     std::thread::scope(|scope| {
         let decompressor = scope.spawn(move || -> io::Result<(u64, String)> {
-            {
-                let stream = io::Cursor::new(head).chain(&mut reader);
-                let mut decoder: Box<dyn Read> = match compression {
-                    Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(stream)?),
-                    Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(stream)),
-                };
-                loop {
-                    let mut buf = recycled.try_recv().unwrap_or_default();
-                    buf.resize(DECOMPRESSED_CHUNK, 0);
-                    let n = match read_up_to(&mut decoder, &mut buf) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            let message = e.to_string();
-                            let _ = tx.send(Err(e));
-                            return Err(io::Error::other(message));
-                        }
-                    };
-                    if n == 0 {
-                        break;
-                    }
-                    buf.truncate(n);
-                    if tx.send(Ok(buf)).is_err() {
-                        return Err(io::Error::other("extraction stopped"));
-                    }
-                }
+            let mut all = std::iter::once(Ok(head)).chain(&mut input);
+            if let Err(e) = archive::decompress(compression, &mut all, &mut |chunk| {
+                tx.send(Ok(chunk)).is_ok()
+            }) {
+                let message = e.to_string();
+                let _ = tx.send(Err(e));
+                return Err(io::Error::other(message));
             }
             drop(tx);
-            io::copy(&mut reader, &mut io::sink())?;
-            Ok((reader.total, hex::encode(reader.hasher.finalize())))
+            for chunk in &mut input {
+                chunk?;
+            }
+            Ok((input.total, hex::encode(input.hasher.finalize())))
         });
-        let mut chunks = ChunkReader {
-            rx: chunks,
-            recycle,
-            current: Vec::new(),
-            pos: 0,
-        };
+        let mut chunks = chunks.into_iter();
         let unpacked = unpacker.unpack(&mut chunks).and_then(|stats| {
             // Past the archive's end markers: read on so that the decompressor reaches the end.
-            io::copy(&mut chunks, &mut io::sink()).map_err(UnpackError::Read)?;
+            for chunk in &mut chunks {
+                chunk.map_err(UnpackError::Read)?;
+            }
             Ok(stats)
         });
         // On failure, stop the decompressor (its next send fails).
@@ -548,82 +529,28 @@ fn unpack_stream(
     })
 }
 
-/// Decompressed bytes handed from the decompressor to the parser at a time.
-const DECOMPRESSED_CHUNK: usize = 1024 * 1024;
+/// Decompressed chunks (a zstd frame each, 4 MiB) queued for the parser at most.
+const DECOMPRESSED_AHEAD: usize = 4;
 
-/// Reads the decompressor's chunks.
-struct ChunkReader {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    recycle: std::sync::mpsc::SyncSender<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.rx.recv() {
-                Ok(Ok(chunk)) => {
-                    let spent = std::mem::replace(&mut self.current, chunk);
-                    let _ = self.recycle.try_send(spent);
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
-/// Reads the chunks sent by the downloader, in order.
-struct ChannelReader {
+/// The chunks sent by the downloader, in order, hashed and counted as they are taken.
+struct HashedChunks {
     rx: mpsc::Receiver<Result<Bytes, String>>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(bytes)) => self.current = bytes,
-                Some(Err(message)) => return Err(io::Error::other(message)),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
-/// Hashes and counts the compressed bytes as they are read.
-struct HashingReader {
-    inner: ChannelReader,
     hasher: Sha256,
     total: u64,
 }
 
-impl Read for HashingReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.total += n as u64;
-        Ok(n)
+impl Iterator for HashedChunks {
+    type Item = io::Result<Bytes>;
+
+    fn next(&mut self) -> Option<io::Result<Bytes>> {
+        match self.rx.blocking_recv()? {
+            Ok(chunk) => {
+                self.hasher.update(&chunk);
+                self.total += chunk.len() as u64;
+                Some(Ok(chunk))
+            }
+            Err(message) => Some(Err(io::Error::other(message))),
+        }
     }
 }
 

@@ -172,12 +172,8 @@ pub async fn run(args: SnapshotArgs) -> Result<SnapshotReport, SnapshotError> {
         {
             let tree = tree.clone();
             move |sink| {
-                let mut encoder = zstd::stream::write::Encoder::new(sink, level)?;
-                encoder.include_checksum(true)?;
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-                if threads > 1 {
-                    encoder.multithread(threads)?;
-                }
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let encoder = archive::FrameEncoder::new(sink, level, threads)?;
                 let (encoder, stats) = archive::pack(&tree, encoder, None)?;
                 Ok((encoder.finish()?, stats))
             }

@@ -1,9 +1,10 @@
 //! The archive format of a generation (version 1), documented for runner authors in
 //! `docs/formats.md`:
 //!
-//! - `cache.tar.zst`: one zstd frame (with content checksum) holding a tar stream (GNU headers,
-//!   long names as GNU extensions) of the cache directory's contents, paths relative to it,
-//!   sorted, each directory before its contents. Regular files, directories, symbolic links
+//! - `cache.tar.zst`: independent zstd frames of [`FRAME_INPUT`] tar bytes each, with content
+//!   size and checksum (`frames`), holding a tar stream (GNU headers, long names as GNU
+//!   extensions) of the cache directory's contents, paths relative to it, sorted, each directory
+//!   before its contents. Regular files, directories, symbolic links
 //!   (relative, staying inside the tree) and hard links; permission bits and modification times
 //!   (seconds) are kept; owners are not.
 //! - `manifest.json` ([`Manifest`]): written after the archive, it commits the generation.
@@ -12,6 +13,8 @@
 //! Legacy archives (`tar -czf` of `/deno-dir`, entries under `deno-dir/`) are detected from their
 //! first bytes and restored too.
 
+mod entries;
+mod frames;
 mod pack;
 pub mod policy;
 mod unpack;
@@ -19,6 +22,7 @@ mod unpack;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use frames::{FRAME_INPUT, FrameEncoder, decompress};
 pub use pack::{PackError, PackStats, Tree, pack, scan};
 pub use unpack::{UnpackError, UnpackLimits, UnpackStats, Unpacker};
 

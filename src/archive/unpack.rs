@@ -1,15 +1,17 @@
 //! Safe, parallel extraction of a tar stream into an empty staging directory.
 //!
 //! One thread parses the stream; small files are written by a pool of workers (creating files is
-//! what costs, not the bytes), large ones are streamed by the parser. Links and directory times
+//! what costs, not the bytes), large ones are streamed by the parser. File contents are not copied
+//! on the way: a small file's data is a slice of the decompressed chunk it lies in. Links and directory times
 //! are applied at the end. Every entry is checked before anything is written: nothing can land
 //! outside the staging directory, whatever the archive says.
 
 use std::ffi::OsString;
 
+use bytes::Bytes;
 use foldhash::{HashMap, HashSet};
 use std::fs::{File, OpenOptions, Permissions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use filetime::FileTime;
 
+use super::entries::Entries;
 use super::policy;
 
 /// Files up to this size are read into memory and written by a worker.
@@ -107,7 +110,7 @@ pub struct Unpacker {
 
 struct FileJob {
     path: PathBuf,
-    data: Vec<u8>,
+    data: Bytes,
     mode: u32,
     mtime: i64,
 }
@@ -151,9 +154,13 @@ struct State {
 }
 
 impl Unpacker {
-    /// Unpacks `reader` (an uncompressed tar stream) into the root.
-    pub fn unpack<R: Read>(&self, reader: R) -> Result<UnpackStats, UnpackError> {
-        let mut archive = tar::Archive::new(reader);
+    /// Unpacks an uncompressed tar stream, arriving in chunks, into the root. Reads up to the
+    /// archive's end; what follows is left in `input`.
+    pub fn unpack<I>(&self, input: &mut I) -> Result<UnpackStats, UnpackError>
+    where
+        I: Iterator<Item = io::Result<Bytes>>,
+    {
+        let mut entries = Entries::new(input);
         let failure: Mutex<Option<UnpackError>> = Mutex::new(None);
         let (tx, rx) = sync_channel::<Vec<FileJob>>(QUEUE);
         let rx = Mutex::new(rx);
@@ -164,7 +171,7 @@ impl Unpacker {
                 scope.spawn(|| worker(&rx, &failure, &self.cancel, umask));
             }
             // `tx` is moved in and dropped when parsing ends, which lets the workers finish.
-            self.parse(&mut archive, tx, &failure, &mut state)
+            self.parse(&mut entries, tx, &failure, &mut state)
         });
         if let Some(e) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(e);
@@ -179,16 +186,15 @@ impl Unpacker {
         Ok(state.stats)
     }
 
-    fn parse<R: Read>(
+    fn parse<I: Iterator<Item = io::Result<Bytes>>>(
         &self,
-        archive: &mut tar::Archive<R>,
+        entries: &mut Entries<I>,
         tx: SyncSender<Vec<FileJob>>,
         failure: &Mutex<Option<UnpackError>>,
         state: &mut State,
     ) -> Result<(), UnpackError> {
         let mut batch = Batch::default();
-        let entries = archive.entries().map_err(UnpackError::Read)?;
-        for entry in entries {
+        while let Some(entry) = entries.next_entry().map_err(UnpackError::Read)? {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(UnpackError::Cancelled);
             }
@@ -196,13 +202,12 @@ impl Unpacker {
                 // A worker failed; its error is reported by the caller.
                 return Ok(());
             }
-            let mut entry = entry.map_err(UnpackError::Read)?;
-            let kind = entry.header().entry_type();
+            let kind = entry.kind;
             if kind == tar::EntryType::XGlobalHeader {
                 // Global PAX records would apply to every later entry; none is honoured.
                 continue;
             }
-            let raw = entry.path_bytes().into_owned();
+            let raw = entry.path;
             let Some(rel) = self.relative(&raw)? else {
                 continue; // the archive's root directory itself
             };
@@ -235,7 +240,7 @@ impl Unpacker {
             {
                 return Err(unsafe_entry(&raw, "below a symbolic link"));
             }
-            let header = entry.header();
+            let header = &entry.header;
             let mode = header.mode().map_err(UnpackError::Read)? & 0o777;
             let mtime = header
                 .mtime()
@@ -258,7 +263,7 @@ impl Unpacker {
                     state.dir_times.push((dest, mode, mtime));
                 }
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let size = entry.size();
+                    let size = entry.size;
                     state.stats.bytes += size;
                     state.stats.files += 1;
                     if state.stats.bytes > self.limits.max_bytes {
@@ -269,8 +274,7 @@ impl Unpacker {
                     }
                     self.ensure_parent(state, &rel)?;
                     if size <= SMALL_FILE {
-                        let mut data = Vec::with_capacity(size as usize);
-                        entry.read_to_end(&mut data).map_err(UnpackError::Read)?;
+                        let data = entries.data().map_err(UnpackError::Read)?;
                         batch.bytes += data.len();
                         batch.jobs.push(FileJob {
                             path: dest,
@@ -282,14 +286,21 @@ impl Unpacker {
                             return Ok(()); // workers are gone: a failure is recorded
                         }
                     } else {
-                        write_file(&dest, Content::Stream(&mut entry), mode, mtime, None)?;
+                        write_file(&dest, mode, mtime, None, |file| {
+                            entries
+                                .data_pieces(|piece| file.write_all(piece))
+                                .map_err(UnpackError::Read)?
+                                .map_err(|source| UnpackError::Write {
+                                    path: dest.clone(),
+                                    source,
+                                })
+                        })?;
                     }
                 }
                 tar::EntryType::Symlink => {
                     let target = entry
-                        .link_name_bytes()
-                        .ok_or_else(|| unsafe_entry(&raw, "symbolic link without a target"))?
-                        .into_owned();
+                        .link
+                        .ok_or_else(|| unsafe_entry(&raw, "symbolic link without a target"))?;
                     policy::symlink_target(&rel, &target).map_err(|e| unsafe_entry(&raw, e))?;
                     self.ensure_parent(state, &rel)?;
                     state.any_symlink = true;
@@ -299,9 +310,8 @@ impl Unpacker {
                 }
                 tar::EntryType::Link => {
                     let raw_target = entry
-                        .link_name_bytes()
-                        .ok_or_else(|| unsafe_entry(&raw, "hard link without a target"))?
-                        .into_owned();
+                        .link
+                        .ok_or_else(|| unsafe_entry(&raw, "hard link without a target"))?;
                     let target = self.relative(&raw_target)?.ok_or_else(|| {
                         unsafe_entry(&raw, "hard link to the archive's root directory")
                     })?;
@@ -435,8 +445,14 @@ fn worker(
             return;
         }
         for job in jobs {
-            let content = Content::Bytes(&job.data);
-            if let Err(e) = write_file(&job.path, content, job.mode, job.mtime, umask) {
+            let written = write_file(&job.path, job.mode, job.mtime, umask, |file| {
+                file.write_all(&job.data)
+                    .map_err(|source| UnpackError::Write {
+                        path: job.path.clone(),
+                        source,
+                    })
+            });
+            if let Err(e) = written {
                 let mut slot = failure.lock().unwrap_or_else(|e| e.into_inner());
                 slot.get_or_insert(e);
                 return;
@@ -453,20 +469,15 @@ fn process_umask() -> Option<u32> {
     u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
 }
 
-enum Content<'a> {
-    Bytes(&'a [u8]),
-    Stream(&'a mut dyn Read),
-}
-
-/// Creates a new file (never through an existing file or link), writes it, and sets its mode and
+/// Creates a new file (never through an existing file or link), fills it, and sets its mode and
 /// modification time through the open handle. With the process `umask` known, the file is
 /// created with its mode and `fchmod` is only needed when the umask masks some of it.
 fn write_file(
     path: &Path,
-    content: Content<'_>,
     mode: u32,
     mtime: i64,
     umask: Option<u32>,
+    fill: impl FnOnce(&mut File) -> Result<(), UnpackError>,
 ) -> Result<(), UnpackError> {
     let werr = |source| UnpackError::Write {
         path: path.to_owned(),
@@ -480,21 +491,7 @@ fn write_file(
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(werr)?;
-    match content {
-        Content::Bytes(data) => file.write_all(data).map_err(werr)?,
-        Content::Stream(reader) => {
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(UnpackError::Read(e)),
-                };
-                file.write_all(&buf[..n]).map_err(werr)?;
-            }
-        }
-    }
+    fill(&mut file)?;
     if !mode_set_on_create {
         file.set_permissions(Permissions::from_mode(mode))
             .map_err(werr)?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::primitives::ByteStream;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sitecache::archive::{Current, FORMAT_TAR_ZSTD, FORMAT_VERSION, Manifest};
+use sitecache::archive::{Current, FORMAT_TAR_ZSTD, FORMAT_VERSION, FRAME_INPUT, Manifest};
 use sitecache::storage::Location;
 use sitecache_devtools::S3Server;
 use tar::EntryType;
@@ -126,6 +126,18 @@ async fn round_trip_is_byte_and_metadata_identical() {
     assert_eq!(manifest.sha256, hex::encode(Sha256::digest(&archive)));
     assert_eq!(manifest.files, 11, "regular files, hard link included");
     assert!(manifest.uncompressed_bytes > 20 * 1024 * 1024);
+    // Independent frames of FRAME_INPUT tar bytes, each declaring its size (docs/formats.md).
+    let sizes = frame_content_sizes(&archive);
+    assert!(sizes.len() >= 5, "{sizes:?}");
+    let (last, whole) = sizes.split_last().unwrap();
+    assert!(
+        whole.iter().all(|s| *s == Some(FRAME_INPUT as u64)),
+        "{sizes:?}"
+    );
+    assert!(
+        matches!(last, Some(n) if *n <= FRAME_INPUT as u64),
+        "{sizes:?}"
+    );
 
     // By generation number, into a directory that does not exist yet.
     let dest = tmp.path().join("restored/deno-dir");
@@ -153,6 +165,47 @@ async fn round_trip_is_byte_and_metadata_identical() {
         .filter(|n| n.contains("sitecache"))
         .collect();
     assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+}
+
+/// The content size each zstd frame of an archive declares.
+fn frame_content_sizes(archive: &[u8]) -> Vec<Option<u64>> {
+    use zstd::zstd_safe;
+    let mut rest = archive;
+    let mut sizes = Vec::new();
+    while !rest.is_empty() {
+        sizes.push(zstd_safe::get_frame_content_size(rest).unwrap());
+        rest = &rest[zstd_safe::find_frame_compressed_size(rest).unwrap()..];
+    }
+    sizes
+}
+
+#[tokio::test]
+async fn restores_an_archive_of_one_zstd_frame() {
+    // What builds before frames were cut wrote: one frame, no content size, made by the
+    // streaming encoder. Restored through the streaming decoder.
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("deno-dir");
+    fixtures::rich_tree(&source, 9 * 1024 * 1024);
+    let out = snapshot(s3, &loc, &source, 1);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tar = zstd::stream::decode_all(&archive_bytes(s3, &loc, 1).await[..]).unwrap();
+    let one_frame = zstd::stream::encode_all(&tar[..], 3).unwrap();
+    assert_eq!(frame_content_sizes(&one_frame), [None]);
+    s3.client()
+        .put_object()
+        .bucket(&loc.bucket)
+        .key("shop/one-frame.tar.zst")
+        .body(ByteStream::from(one_frame))
+        .send()
+        .await
+        .unwrap();
+    let dest = tmp.path().join("restored");
+    let (_, line) = restore(s3, &loc, &dest, &["--key", "shop/one-frame.tar.zst"]);
+    assert_eq!(line["ok"], true, "{line}");
+    assert_eq!(line["files"], 11);
+    fixtures::assert_same_tree(&source, &dest);
 }
 
 #[tokio::test]
