@@ -71,8 +71,14 @@ fn main() -> ExitCode {
         Command::Restore(args) => {
             telemetry::init(cli.log_format, "warn");
             let strict = args.strict;
-            let report = runtime().block_on(restore::run(args));
-            restore::report(&report, strict)
+            let runtime = runtime();
+            let report = runtime.block_on(restore::run(args));
+            let code = restore::report(&report, strict);
+            // Work the deadline cut short (removing a previous or abandoned tree) must not hold
+            // the wake-up: dropping the runtime would wait for it. The next restore removes what
+            // is left.
+            runtime.shutdown_background();
+            code
         }
         Command::Controller(args) => {
             telemetry::init(cli.log_format, "info");

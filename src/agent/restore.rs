@@ -9,7 +9,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -168,29 +168,81 @@ struct Restored {
     generation: Option<u64>,
     bytes: u64,
     files: u64,
+    /// The tree DEST held before, moved aside, to be removed.
+    old: Option<PathBuf>,
 }
 
-/// Runs a restore and returns its result line. Never panics and never exceeds the deadline by
-/// more than a short grace for cleanup.
+/// Decides, once, between the restore putting its checked tree in place and the deadline
+/// abandoning it, so that a timeout never interrupts the swap half way.
+#[derive(Default)]
+struct CommitGate(AtomicU8);
+
+impl CommitGate {
+    const RUNNING: u8 = 0;
+    const COMMITTING: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    /// The restore's side: whether it may install (the deadline has not abandoned it).
+    fn commit(&self) -> bool {
+        self.swap_from_running(Self::COMMITTING)
+    }
+
+    /// The deadline's side: whether the restore is abandoned (false: it is already installing).
+    fn abandon(&self) -> bool {
+        self.swap_from_running(Self::ABANDONED)
+    }
+
+    fn swap_from_running(&self, to: u8) -> bool {
+        self.0
+            .compare_exchange(Self::RUNNING, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+fn joined(
+    result: Result<Result<Restored, RestoreError>, tokio::task::JoinError>,
+) -> Result<Restored, RestoreError> {
+    result.unwrap_or_else(|join_error| {
+        Err(RestoreError::Internal(format!(
+            "the restore task failed: {join_error}"
+        )))
+    })
+}
+
+/// Runs a restore and returns its result line. Never panics. Returns by the deadline plus a
+/// short grace for cleanup, except that a restore whose tree checked out and is being put in
+/// place (a few renames) when the deadline passes finishes doing so.
 pub async fn run(args: RestoreArgs) -> RestoreReport {
     let start = Instant::now();
     let cancel = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(CommitGate::default());
     let staging_slot: Arc<std::sync::Mutex<Option<PathBuf>>> = Arc::default();
-    let task = tokio::spawn(restore(args.clone(), cancel.clone(), staging_slot.clone()));
-    let abort = task.abort_handle();
-    let outcome = match tokio::time::timeout(args.timeout, task).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(join_error)) => Err(RestoreError::Internal(format!(
-            "the restore task failed: {join_error}"
-        ))),
-        Err(_) => {
+    let mut task = tokio::spawn(restore(
+        args.clone(),
+        cancel.clone(),
+        gate.clone(),
+        staging_slot.clone(),
+    ));
+    let mut outcome = match tokio::time::timeout(args.timeout, &mut task).await {
+        Ok(result) => joined(result),
+        Err(_) if gate.abandon() => {
             cancel.store(true, Ordering::Relaxed);
-            abort.abort();
+            task.abort();
             Err(RestoreError::Timeout(crate::api::duration::format(
                 args.timeout,
             )))
         }
+        // Past the deadline while swapping the checked tree in: finishing is quicker, and
+        // stopping could leave DEST half installed.
+        Err(_) => joined(task.await),
     };
+    if let Some(old) = outcome.as_mut().ok().and_then(|r| r.old.take()) {
+        // DEST is complete; removing the previous tree is housekeeping, done within the deadline.
+        // What is left (the tree is named after this process) is removed by the next restore.
+        let left = args.timeout.saturating_sub(start.elapsed());
+        let removal = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(old));
+        let _ = tokio::time::timeout(left, removal).await;
+    }
     if outcome.is_err() {
         // The staging directory of a failed or abandoned restore; DEST itself was never touched.
         let staging = staging_slot
@@ -228,6 +280,7 @@ pub async fn run(args: RestoreArgs) -> RestoreReport {
 async fn restore(
     args: RestoreArgs,
     cancel: Arc<AtomicBool>,
+    gate: Arc<CommitGate>,
     staging_slot: Arc<std::sync::Mutex<Option<PathBuf>>>,
 ) -> Result<Restored, RestoreError> {
     let loc: Location = args
@@ -290,6 +343,12 @@ async fn restore(
         }
     };
 
+    if !gate.commit() {
+        // The deadline passed; `run` reports it and removes the staging directory.
+        return Err(RestoreError::Timeout(crate::api::duration::format(
+            args.timeout,
+        )));
+    }
     let old = on_dest(&args.dest, move || staging.install()).await?;
     staging_slot
         .lock()
@@ -299,15 +358,11 @@ async fn restore(
         ms = super::elapsed_ms(phase),
         "installed (ms since the download started)"
     );
-    if let Some(old) = old {
-        // DEST is complete; removing the previous tree is housekeeping (a restore that dies
-        // here leaves it for the next one to remove).
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(old)).await;
-    }
     Ok(Restored {
         generation: target.generation,
         bytes: size,
         files,
+        old,
     })
 }
 
