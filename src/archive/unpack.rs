@@ -147,7 +147,9 @@ struct State {
     any_symlink: bool,
     /// Directories on disk, created by an entry or as a missing parent.
     dirs: HashSet<OsString>,
-    dir_times: Vec<(PathBuf, u32, i64)>,
+    /// Directories' modes (`None`: created with it) and times, applied at the end.
+    dir_times: Vec<(PathBuf, Option<u32>, i64)>,
+    umask: Option<u32>,
     deferred_symlinks: Vec<(PathBuf, PathBuf, i64)>,
     deferred_hardlinks: Vec<(PathBuf, PathBuf)>,
     stats: UnpackStats,
@@ -164,8 +166,11 @@ impl Unpacker {
         let failure: Mutex<Option<UnpackError>> = Mutex::new(None);
         let (tx, rx) = sync_channel::<Vec<FileJob>>(QUEUE);
         let rx = Mutex::new(rx);
-        let mut state = State::default();
         let umask = process_umask();
+        let mut state = State {
+            umask,
+            ..State::default()
+        };
         let parsed = std::thread::scope(|scope| {
             for _ in 0..self.workers.max(1) {
                 scope.spawn(|| worker(&rx, &failure, &self.cancel, umask));
@@ -250,17 +255,25 @@ impl Unpacker {
             match kind {
                 tar::EntryType::Directory => {
                     self.ensure_parent(state, &rel)?;
+                    // Created with its own mode when that lets the owner write into it and the
+                    // umask keeps it; otherwise owner-only until the end, then chmod.
+                    let mut chmod = Some(mode);
                     if !state.dirs.contains(rel.as_os_str()) {
+                        let final_mode =
+                            mode & 0o700 == 0o700 && state.umask.is_some_and(|m| mode & m == 0);
                         std::fs::DirBuilder::new()
-                            .mode(0o700)
+                            .mode(if final_mode { mode } else { 0o700 })
                             .create(&dest)
                             .map_err(|source| UnpackError::Write {
                                 path: dest.clone(),
                                 source,
                             })?;
                         state.dirs.insert(rel.clone().into_os_string());
+                        if final_mode {
+                            chmod = None;
+                        }
                     }
-                    state.dir_times.push((dest, mode, mtime));
+                    state.dir_times.push((dest, chmod, mtime));
                 }
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let size = entry.size;
@@ -414,12 +427,14 @@ impl Unpacker {
             .dir_times
             .sort_by_key(|(path, _, _)| std::cmp::Reverse(path.components().count()));
         for (dir, mode, mtime) in &state.dir_times {
-            std::fs::set_permissions(dir, Permissions::from_mode(*mode)).map_err(|source| {
-                UnpackError::Write {
-                    path: dir.clone(),
-                    source,
-                }
-            })?;
+            if let Some(mode) = mode {
+                std::fs::set_permissions(dir, Permissions::from_mode(*mode)).map_err(|source| {
+                    UnpackError::Write {
+                        path: dir.clone(),
+                        source,
+                    }
+                })?;
+            }
             let t = FileTime::from_unix_time(*mtime, 0);
             filetime::set_file_times(dir, t, t).map_err(|source| UnpackError::Write {
                 path: dir.clone(),
