@@ -193,14 +193,7 @@ async fn restores_an_archive_of_one_zstd_frame() {
     let tar = zstd::stream::decode_all(&archive_bytes(s3, &loc, 1).await[..]).unwrap();
     let one_frame = zstd::stream::encode_all(&tar[..], 3).unwrap();
     assert_eq!(frame_content_sizes(&one_frame), [None]);
-    s3.client()
-        .put_object()
-        .bucket(&loc.bucket)
-        .key("shop/one-frame.tar.zst")
-        .body(ByteStream::from(one_frame))
-        .send()
-        .await
-        .unwrap();
+    put(s3, &loc, "shop/one-frame.tar.zst", one_frame).await;
     let dest = tmp.path().join("restored");
     let (_, line) = restore(s3, &loc, &dest, &["--key", "shop/one-frame.tar.zst"]);
     assert_eq!(line["ok"], true, "{line}");
@@ -340,10 +333,15 @@ fn assert_untouched(dest: &Path) {
 }
 
 async fn replace_archive(s3: &S3Server, loc: &Location, n: u64, data: Vec<u8>) {
+    put(s3, loc, &loc.archive_key(n), data).await;
+}
+
+/// Writes an object in the location's bucket.
+async fn put(s3: &S3Server, loc: &Location, key: &str, data: Vec<u8>) {
     s3.client()
         .put_object()
         .bucket(&loc.bucket)
-        .key(loc.archive_key(n))
+        .key(key)
         .body(ByteStream::from(data))
         .send()
         .await
@@ -736,14 +734,7 @@ async fn restores_a_legacy_gzip_tarball() {
         .status()
         .unwrap();
     assert!(status.success());
-    s3.client()
-        .put_object()
-        .bucket(&loc.bucket)
-        .key("shop/cache.tgz")
-        .body(ByteStream::from(std::fs::read(&tgz).unwrap()))
-        .send()
-        .await
-        .unwrap();
+    put(s3, &loc, "shop/cache.tgz", std::fs::read(&tgz).unwrap()).await;
     let dest = tmp.path().join("restored");
     let (_, line) = restore(s3, &loc, &dest, &["--key", "shop/cache.tgz"]);
     assert_eq!(line["ok"], true, "{line}");
