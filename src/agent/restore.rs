@@ -538,6 +538,7 @@ fn unpack_stream(
     let mut head = Bytes::new();
     while head.len() < 4 {
         match input.next().transpose().map_err(UnpackError::Read)? {
+            Some(chunk) if head.is_empty() => head = chunk,
             Some(chunk) => head = [head, chunk].concat().into(),
             None => break,
         }
