@@ -2,8 +2,8 @@
 //!
 //! One thread parses the stream; small files are written by a pool of workers (creating files is
 //! what costs, not the bytes), large ones are streamed by the parser. File contents are not copied
-//! on the way: a small file's data is a slice of the decompressed chunk it lies in. Links and directory times
-//! are applied at the end. Every entry is checked before anything is written: nothing can land
+//! on the way: a small file's data is a slice of the decompressed chunk it lies in. Links and
+//! directory times are applied at the end. Every entry is checked before anything is written: nothing can land
 //! outside the staging directory, whatever the archive says.
 
 use std::ffi::OsString;
@@ -157,7 +157,7 @@ struct State {
 
 impl Unpacker {
     /// Unpacks an uncompressed tar stream, arriving in chunks, into the root. Reads up to the
-    /// archive's end; what follows is left in `input`.
+    /// archive's end: the chunks after the one it ends in are left in `input`.
     pub fn unpack<I>(&self, input: &mut I) -> Result<UnpackStats, UnpackError>
     where
         I: Iterator<Item = io::Result<Bytes>>,
@@ -259,8 +259,7 @@ impl Unpacker {
                     // umask keeps it; otherwise owner-only until the end, then chmod.
                     let mut chmod = Some(mode);
                     if !state.dirs.contains(rel.as_os_str()) {
-                        let final_mode =
-                            mode & 0o700 == 0o700 && state.umask.is_some_and(|m| mode & m == 0);
+                        let final_mode = mode & 0o700 == 0o700 && kept_by_umask(mode, state.umask);
                         std::fs::DirBuilder::new()
                             .mode(if final_mode { mode } else { 0o700 })
                             .create(&dest)
@@ -476,6 +475,11 @@ fn worker(
     }
 }
 
+/// Whether creating with `mode` yields exactly `mode` under the process umask (when known).
+fn kept_by_umask(mode: u32, umask: Option<u32>) -> bool {
+    umask.is_some_and(|m| mode & m == 0)
+}
+
 /// The process's umask, from `/proc/self/status` (reading it with umask(2) would change it for
 /// a moment under other threads). `None` when unknown: modes are then always set explicitly.
 fn process_umask() -> Option<u32> {
@@ -498,7 +502,7 @@ fn write_file(
         path: path.to_owned(),
         source,
     };
-    let mode_set_on_create = umask.is_some_and(|m| mode & m == 0);
+    let mode_set_on_create = kept_by_umask(mode, umask);
     let mut file: File = OpenOptions::new()
         .write(true)
         .create_new(true)
