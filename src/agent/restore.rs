@@ -20,7 +20,9 @@ use tokio::sync::mpsc;
 
 use super::StorageArgs;
 use super::install::{self, Staging};
-use crate::archive::{self, Compression, Current, Manifest, UnpackError, UnpackLimits, Unpacker};
+use crate::archive::{
+    self, Compression, Current, Manifest, Piece, UnpackError, UnpackLimits, Unpacker,
+};
 use crate::storage::{self, DownloadOptions, Location, StorageError};
 
 /// Fetch, verify and extract a generation into a directory.
@@ -63,6 +65,10 @@ pub struct RestoreArgs {
     /// Threads writing files (default: twice the CPUs, 2 to 16).
     #[arg(long, hide = true, env = "SITECACHE_RESTORE_THREADS")]
     pub threads: Option<usize>,
+
+    /// Threads decompressing the archive (default: the CPUs, 1 to 4).
+    #[arg(long, hide = true, env = "SITECACHE_DECODE_THREADS")]
+    pub decode_threads: Option<usize>,
 
     /// Ranged GETs in flight.
     #[arg(long, default_value_t = 6, hide = true)]
@@ -460,7 +466,9 @@ async fn fetch_and_unpack(
         cancel,
     };
     let key = target.key.clone();
-    let consumer = tokio::task::spawn_blocking(move || unpack_stream(rx, unpacker, &key));
+    let decode_threads = args.decode_threads.unwrap_or_else(|| cpus().min(4));
+    let consumer =
+        tokio::task::spawn_blocking(move || unpack_stream(rx, unpacker, decode_threads, &key));
 
     let mut chunks = std::pin::pin!(storage::ranged_download(
         client.clone(),
@@ -515,17 +523,21 @@ async fn fetch_and_unpack(
     Ok(stats.files)
 }
 
-fn default_threads() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    (cpus * 2).clamp(2, 16)
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-/// The blocking side. One thread hashes and decompresses what arrives on `rx`, a step ahead;
-/// this one parses and unpacks. Once the archive's end is reached, the rest of the stream is
+fn default_threads() -> usize {
+    (cpus() * 2).clamp(2, 16)
+}
+
+/// The blocking side. One thread hashes what arrives on `rx` and hands its frames to
+/// `decode_threads` threads, a few steps ahead; this one parses and unpacks. Once the archive's end is reached, the rest of the stream is
 /// still read so that the whole object is hashed (and the decompressor's own checks run).
 fn unpack_stream(
     rx: mpsc::Receiver<Result<Bytes, String>>,
     mut unpacker: Unpacker,
+    decode_threads: usize,
     key: &str,
 ) -> Result<(archive::UnpackStats, u64, String), RestoreError> {
     let mut input = HashedChunks {
@@ -549,15 +561,17 @@ fn unpack_stream(
     if compression == Compression::Gzip {
         unpacker.strip_prefix = Some(PathBuf::from(archive::LEGACY_PREFIX));
     }
-    let (tx, chunks) = std::sync::mpsc::sync_channel::<io::Result<Bytes>>(DECOMPRESSED_AHEAD);
+    let (tx, pieces) = std::sync::mpsc::sync_channel::<Piece>(DECOMPRESSED_AHEAD);
     std::thread::scope(|scope| {
         let decompressor = scope.spawn(move || -> io::Result<(u64, String)> {
             let mut all = std::iter::once(Ok(head)).chain(&mut input);
-            if let Err(e) = archive::decompress(compression, &mut all, &mut |chunk| {
-                tx.send(Ok(chunk)).is_ok()
-            }) {
+            if let Err(e) =
+                archive::decompress(compression, &mut all, decode_threads, &mut |piece| {
+                    tx.send(piece).is_ok()
+                })
+            {
                 let message = e.to_string();
-                let _ = tx.send(Err(e));
+                let _ = tx.send(Piece::Ready(Err(e)));
                 return Err(io::Error::other(message));
             }
             drop(tx);
@@ -566,7 +580,7 @@ fn unpack_stream(
             }
             Ok((input.total, hex::encode(input.hasher.finalize())))
         });
-        let mut chunks = chunks.into_iter();
+        let mut chunks = pieces.into_iter().map(Piece::wait);
         let unpacked = unpacker.unpack(&mut chunks).and_then(|stats| {
             // Past the archive's end markers: read on so that the decompressor reaches the end.
             for chunk in &mut chunks {
@@ -585,7 +599,8 @@ fn unpack_stream(
     })
 }
 
-/// Decompressed chunks (a zstd frame each, 4 MiB) queued for the parser at most.
+/// Decompressed pieces (a zstd frame each, 4 MiB) queued for the parser at most, beyond those
+/// being decompressed.
 const DECOMPRESSED_AHEAD: usize = 4;
 
 /// The chunks sent by the downloader, in order, hashed and counted as they are taken.

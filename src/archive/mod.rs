@@ -17,12 +17,13 @@ mod entries;
 mod frames;
 mod pack;
 pub mod policy;
+mod pool;
 mod unpack;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-pub use frames::{FRAME_INPUT, FrameEncoder, decompress};
+pub use frames::{FRAME_INPUT, FrameEncoder, Piece, decompress};
 pub use pack::{PackError, PackStats, Tree, pack, scan};
 pub use unpack::{UnpackError, UnpackLimits, UnpackStats, Unpacker};
 
