@@ -32,6 +32,15 @@ pub fn entry_path(raw: &[u8]) -> Result<Option<PathBuf>, PolicyError> {
     if raw.contains(&0) {
         return Err(PolicyError::Nul);
     }
+    // Most paths are clean already (`a/b`, a directory's with a trailing `/`): taken as they are.
+    let trimmed = raw.strip_suffix(b"/").unwrap_or(raw);
+    if !trimmed.is_empty()
+        && trimmed
+            .split(|&b| b == b'/')
+            .all(|name| !name.is_empty() && name != b"." && name != b"..")
+    {
+        return Ok(Some(PathBuf::from(OsStr::from_bytes(trimmed))));
+    }
     let path = Path::new(OsStr::from_bytes(raw));
     let mut clean = PathBuf::new();
     for component in path.components() {
@@ -97,6 +106,9 @@ mod tests {
             Some(PathBuf::from("a/b.txt"))
         );
         assert_eq!(entry_path(b"./a/./b/").unwrap(), Some(PathBuf::from("a/b")));
+        assert_eq!(entry_path(b"a/b/").unwrap(), Some(PathBuf::from("a/b")));
+        assert_eq!(entry_path(b"a//b//").unwrap(), Some(PathBuf::from("a/b")));
+        assert_eq!(entry_path(b"a/.b/..c").unwrap(), Some(PathBuf::from("a/.b/..c")));
         assert_eq!(entry_path(b"./").unwrap(), None);
         assert_eq!(entry_path(b".").unwrap(), None);
     }
@@ -106,6 +118,8 @@ mod tests {
         assert_eq!(entry_path(b"/etc/passwd"), Err(PolicyError::Absolute));
         assert_eq!(entry_path(b"a/../../x"), Err(PolicyError::ParentComponent));
         assert_eq!(entry_path(b".."), Err(PolicyError::ParentComponent));
+        assert_eq!(entry_path(b"a/b/../"), Err(PolicyError::ParentComponent));
+        assert_eq!(entry_path(b"/"), Err(PolicyError::Absolute));
         assert_eq!(entry_path(b""), Err(PolicyError::Empty));
         assert_eq!(entry_path(b"a\0b"), Err(PolicyError::Nul));
     }

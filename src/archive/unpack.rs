@@ -3,23 +3,27 @@
 //! One thread parses the stream; small files are written by a pool of workers (creating files is
 //! what costs, not the bytes), large ones are streamed by the parser. File contents are not copied
 //! on the way: a small file's data is a slice of the decompressed chunk it lies in. Links and
-//! directory times are applied at the end. Every entry is checked before anything is written: nothing can land
-//! outside the staging directory, whatever the archive says.
+//! directory times are applied at the end. Every entry is checked before anything is written:
+//! nothing can land outside the staging directory, whatever the archive says.
+//!
+//! Everything is created relative to a descriptor of the staging directory, so the kernel walks
+//! only the entry's own path, not the staging directory's.
 
-use std::ffi::OsString;
+use std::ffi::{CStr, CString, OsStr, OsString};
 
 use bytes::Bytes;
 use foldhash::{HashMap, HashSet};
-use std::fs::{File, OpenOptions, Permissions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use filetime::FileTime;
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
 use super::entries::Entries;
 use super::policy;
@@ -109,7 +113,8 @@ pub struct Unpacker {
 }
 
 struct FileJob {
-    path: PathBuf,
+    /// Relative to the root.
+    path: CString,
     data: Bytes,
     mode: u32,
     mtime: i64,
@@ -148,10 +153,12 @@ struct State {
     /// Directories on disk, created by an entry or as a missing parent.
     dirs: HashSet<OsString>,
     /// Directories' modes (`None`: created with it) and times, applied at the end.
-    dir_times: Vec<(PathBuf, Option<u32>, i64)>,
+    dir_times: Vec<(CString, Option<u32>, i64)>,
     umask: Option<u32>,
-    deferred_symlinks: Vec<(PathBuf, PathBuf, i64)>,
-    deferred_hardlinks: Vec<(PathBuf, PathBuf)>,
+    /// Link, target and time.
+    deferred_symlinks: Vec<(CString, CString, i64)>,
+    /// Link and the file it links to.
+    deferred_hardlinks: Vec<(CString, CString)>,
     stats: UnpackStats,
 }
 
@@ -162,6 +169,15 @@ impl Unpacker {
     where
         I: Iterator<Item = io::Result<Bytes>>,
     {
+        let root = rustix::fs::open(
+            &self.root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| UnpackError::Write {
+            path: self.root.clone(),
+            source: e.into(),
+        })?;
         let mut entries = Entries::new(input);
         let failure: Mutex<Option<UnpackError>> = Mutex::new(None);
         let (tx, rx) = sync_channel::<Vec<FileJob>>(QUEUE);
@@ -172,27 +188,40 @@ impl Unpacker {
             ..State::default()
         };
         let parsed = std::thread::scope(|scope| {
+            let at = At {
+                fd: root.as_fd(),
+                path: &self.root,
+            };
             for _ in 0..self.workers.max(1) {
-                scope.spawn(|| worker(&rx, &failure, &self.cancel, umask));
+                let (rx, failure, cancel) = (&rx, &failure, &self.cancel);
+                scope.spawn(move || worker(at, rx, failure, cancel, umask));
             }
             // `tx` is moved in and dropped when parsing ends, which lets the workers finish.
-            self.parse(&mut entries, tx, &failure, &mut state)
+            self.parse(at, &mut entries, tx, &failure, &mut state)
         });
         if let Some(e) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(e);
         }
         parsed?;
         let finish = std::time::Instant::now();
-        self.finish(&mut state)?;
+        let at = At {
+            fd: root.as_fd(),
+            path: &self.root,
+        };
+        finish_links_and_dirs(at, &mut state)?;
         tracing::debug!(
             ms = finish.elapsed().as_millis() as u64,
             "links and directory times applied"
         );
-        Ok(state.stats)
+        let stats = state.stats;
+        // Tens of thousands of paths: freed off the critical path.
+        let _ = std::thread::Builder::new().spawn(move || drop(state));
+        Ok(stats)
     }
 
     fn parse<I: Iterator<Item = io::Result<Bytes>>>(
         &self,
+        at: At,
         entries: &mut Entries<I>,
         tx: SyncSender<Vec<FileJob>>,
         failure: &Mutex<Option<UnpackError>>,
@@ -251,23 +280,24 @@ impl Unpacker {
                 .mtime()
                 .map_err(UnpackError::Read)?
                 .min(i64::MAX as u64) as i64;
-            let dest = self.root.join(&rel);
+            self.ensure_parent(state, &rel)?;
+            let known_dir =
+                kind == tar::EntryType::Directory && state.dirs.contains(rel.as_os_str());
+            let dest = CString::new(rel.into_os_string().into_vec())
+                .map_err(|_| unsafe_entry(&raw, "NUL in the path"))?;
             match kind {
                 tar::EntryType::Directory => {
-                    self.ensure_parent(state, &rel)?;
                     // Created with its own mode when that lets the owner write into it and the
                     // umask keeps it; otherwise owner-only until the end, then chmod.
                     let mut chmod = Some(mode);
-                    if !state.dirs.contains(rel.as_os_str()) {
+                    if !known_dir {
                         let final_mode = mode & 0o700 == 0o700 && kept_by_umask(mode, state.umask);
-                        std::fs::DirBuilder::new()
-                            .mode(if final_mode { mode } else { 0o700 })
-                            .create(&dest)
-                            .map_err(|source| UnpackError::Write {
-                                path: dest.clone(),
-                                source,
-                            })?;
-                        state.dirs.insert(rel.clone().into_os_string());
+                        let create = if final_mode { mode } else { 0o700 };
+                        rustix::fs::mkdirat(at.fd, dest.as_c_str(), Mode::from_raw_mode(create))
+                            .map_err(|e| at.error(&dest, e))?;
+                        state
+                            .dirs
+                            .insert(OsStr::from_bytes(dest.to_bytes()).to_owned());
                         if final_mode {
                             chmod = None;
                         }
@@ -284,7 +314,6 @@ impl Unpacker {
                             limit: self.limits.max_bytes,
                         });
                     }
-                    self.ensure_parent(state, &rel)?;
                     if size <= SMALL_FILE {
                         let data = entries.data().map_err(UnpackError::Read)?;
                         batch.bytes += data.len();
@@ -298,14 +327,11 @@ impl Unpacker {
                             return Ok(()); // workers are gone: a failure is recorded
                         }
                     } else {
-                        write_file(&dest, mode, mtime, None, |file| {
+                        write_file(at, &dest, mode, mtime, state.umask, |file| {
                             entries
                                 .data_pieces(|piece| file.write_all(piece))
                                 .map_err(UnpackError::Read)?
-                                .map_err(|source| UnpackError::Write {
-                                    path: dest.clone(),
-                                    source,
-                                })
+                                .map_err(|e| at.error(&dest, e))
                         })?;
                     }
                 }
@@ -313,11 +339,12 @@ impl Unpacker {
                     let target = entry
                         .link
                         .ok_or_else(|| unsafe_entry(&raw, "symbolic link without a target"))?;
-                    policy::symlink_target(&rel, &target).map_err(|e| unsafe_entry(&raw, e))?;
-                    self.ensure_parent(state, &rel)?;
+                    let link = Path::new(OsStr::from_bytes(dest.to_bytes()));
+                    policy::symlink_target(link, &target).map_err(|e| unsafe_entry(&raw, e))?;
                     state.any_symlink = true;
-                    let target =
-                        PathBuf::from(<std::ffi::OsString as OsStringExt>::from_vec(target));
+                    // The policy refuses NUL.
+                    let target = CString::new(target)
+                        .map_err(|_| unsafe_entry(&raw, "NUL in the link target"))?;
                     state.deferred_symlinks.push((dest, target, mtime));
                 }
                 tar::EntryType::Link => {
@@ -333,11 +360,10 @@ impl Unpacker {
                             "hard link to something that is not a regular file earlier in the archive",
                         ));
                     }
-                    self.ensure_parent(state, &rel)?;
                     state.stats.files += 1;
-                    state
-                        .deferred_hardlinks
-                        .push((dest, self.root.join(target)));
+                    let target = CString::new(target.into_os_string().into_vec())
+                        .map_err(|_| unsafe_entry(&raw, "NUL in the link target"))?;
+                    state.deferred_hardlinks.push((dest, target));
                 }
                 tar::EntryType::Char | tar::EntryType::Block => {
                     return Err(unsafe_entry(&raw, "device file"));
@@ -401,50 +427,81 @@ impl Unpacker {
         }
         Ok(())
     }
+}
 
-    /// Links, then directory modes and times, deepest first (writing into a directory changes
-    /// its mtime).
-    fn finish(&self, state: &mut State) -> Result<(), UnpackError> {
-        for (link, target) in &state.deferred_hardlinks {
-            std::fs::hard_link(target, link).map_err(|source| UnpackError::Write {
-                path: link.clone(),
-                source,
-            })?;
+/// The staging directory: a descriptor everything is created relative to, and its path (for
+/// error messages).
+#[derive(Clone, Copy)]
+struct At<'a> {
+    fd: BorrowedFd<'a>,
+    path: &'a Path,
+}
+
+impl At<'_> {
+    fn error(&self, rel: &CStr, e: impl Into<io::Error>) -> UnpackError {
+        UnpackError::Write {
+            path: self.path.join(OsStr::from_bytes(rel.to_bytes())),
+            source: e.into(),
         }
-        for (link, target, mtime) in &state.deferred_symlinks {
-            std::os::unix::fs::symlink(target, link).map_err(|source| UnpackError::Write {
-                path: link.clone(),
-                source,
-            })?;
-            let t = FileTime::from_unix_time(*mtime, 0);
-            filetime::set_symlink_file_times(link, t, t).map_err(|source| UnpackError::Write {
-                path: link.clone(),
-                source,
-            })?;
-        }
-        state
-            .dir_times
-            .sort_by_key(|(path, _, _)| std::cmp::Reverse(path.components().count()));
-        for (dir, mode, mtime) in &state.dir_times {
-            if let Some(mode) = mode {
-                std::fs::set_permissions(dir, Permissions::from_mode(*mode)).map_err(|source| {
-                    UnpackError::Write {
-                        path: dir.clone(),
-                        source,
-                    }
-                })?;
-            }
-            let t = FileTime::from_unix_time(*mtime, 0);
-            filetime::set_file_times(dir, t, t).map_err(|source| UnpackError::Write {
-                path: dir.clone(),
-                source,
-            })?;
-        }
-        Ok(())
     }
 }
 
+fn timestamps(mtime: i64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// Links, then directory modes and times, deepest first (writing into a directory changes
+/// its mtime). One call each, by path relative to the root.
+fn finish_links_and_dirs(at: At, state: &mut State) -> Result<(), UnpackError> {
+    for (link, target) in &state.deferred_hardlinks {
+        rustix::fs::linkat(
+            at.fd,
+            target.as_c_str(),
+            at.fd,
+            link.as_c_str(),
+            AtFlags::empty(),
+        )
+        .map_err(|e| at.error(link, e))?;
+    }
+    for (link, target, mtime) in &state.deferred_symlinks {
+        rustix::fs::symlinkat(target.as_c_str(), at.fd, link.as_c_str())
+            .map_err(|e| at.error(link, e))?;
+        rustix::fs::utimensat(
+            at.fd,
+            link.as_c_str(),
+            &timestamps(*mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| at.error(link, e))?;
+    }
+    state.dir_times.sort_by_key(|(path, _, _)| {
+        std::cmp::Reverse(path.to_bytes().iter().filter(|&&b| b == b'/').count())
+    });
+    for (dir, mode, mtime) in &state.dir_times {
+        if let Some(mode) = mode {
+            rustix::fs::chmodat(
+                at.fd,
+                dir.as_c_str(),
+                Mode::from_raw_mode(*mode),
+                AtFlags::empty(),
+            )
+            .map_err(|e| at.error(dir, e))?;
+        }
+        rustix::fs::utimensat(at.fd, dir.as_c_str(), &timestamps(*mtime), AtFlags::empty())
+            .map_err(|e| at.error(dir, e))?;
+    }
+    Ok(())
+}
+
 fn worker(
+    at: At,
     rx: &Mutex<Receiver<Vec<FileJob>>>,
     failure: &Mutex<Option<UnpackError>>,
     cancel: &AtomicBool,
@@ -459,12 +516,9 @@ fn worker(
             return;
         }
         for job in jobs {
-            let written = write_file(&job.path, job.mode, job.mtime, umask, |file| {
+            let written = write_file(at, &job.path, job.mode, job.mtime, umask, |file| {
                 file.write_all(&job.data)
-                    .map_err(|source| UnpackError::Write {
-                        path: job.path.clone(),
-                        source,
-                    })
+                    .map_err(|e| at.error(&job.path, e))
             });
             if let Err(e) = written {
                 let mut slot = failure.lock().unwrap_or_else(|e| e.into_inner());
@@ -492,30 +546,37 @@ fn process_umask() -> Option<u32> {
 /// modification time through the open handle. With the process `umask` known, the file is
 /// created with its mode and `fchmod` is only needed when the umask masks some of it.
 fn write_file(
-    path: &Path,
+    at: At,
+    path: &CStr,
     mode: u32,
     mtime: i64,
     umask: Option<u32>,
     fill: impl FnOnce(&mut File) -> Result<(), UnpackError>,
 ) -> Result<(), UnpackError> {
-    let werr = |source| UnpackError::Write {
-        path: path.to_owned(),
-        source,
-    };
     let mode_set_on_create = kept_by_umask(mode, umask);
-    let mut file: File = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if mode_set_on_create { mode } else { 0o600 })
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(werr)?;
+    let fd: OwnedFd = rustix::fs::openat(
+        at.fd,
+        path,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(if mode_set_on_create { mode } else { 0o600 }),
+    )
+    .map_err(|e| at.error(path, e))?;
+    let mut file = File::from(fd);
     fill(&mut file)?;
     if !mode_set_on_create {
-        file.set_permissions(Permissions::from_mode(mode))
-            .map_err(werr)?;
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(|e| at.error(path, e))?;
     }
-    filetime::set_file_handle_times(&file, None, Some(FileTime::from_unix_time(mtime, 0)))
-        .map_err(werr)?;
+    let t = Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: t,
+    };
+    rustix::fs::futimens(&file, &times).map_err(|e| at.error(path, e))?;
     Ok(())
 }
