@@ -108,7 +108,10 @@ mod tests {
         assert_eq!(entry_path(b"./a/./b/").unwrap(), Some(PathBuf::from("a/b")));
         assert_eq!(entry_path(b"a/b/").unwrap(), Some(PathBuf::from("a/b")));
         assert_eq!(entry_path(b"a//b//").unwrap(), Some(PathBuf::from("a/b")));
-        assert_eq!(entry_path(b"a/.b/..c").unwrap(), Some(PathBuf::from("a/.b/..c")));
+        assert_eq!(
+            entry_path(b"a/.b/..c").unwrap(),
+            Some(PathBuf::from("a/.b/..c"))
+        );
         assert_eq!(entry_path(b"./").unwrap(), None);
         assert_eq!(entry_path(b".").unwrap(), None);
     }

@@ -8,7 +8,7 @@ use super::StorageError;
 /// Tuning of [`ranged_download`].
 #[derive(Clone, Copy, Debug)]
 pub struct DownloadOptions {
-    /// Bytes per ranged GET.
+    /// Bytes per ranged GET, once the first ones (from 1 MiB, doubling) have reached it.
     pub chunk_size: u64,
     /// Ranged GETs in flight at once. Memory stays within `chunk_size * concurrency`.
     pub concurrency: usize,
@@ -23,6 +23,26 @@ impl Default for DownloadOptions {
     }
 }
 
+/// The first range's size at most: small, so that the work on the data starts early; the ranges
+/// after it double up to the chunk size.
+const FIRST_RANGE: u64 = 1024 * 1024;
+
+/// The byte ranges (first and last byte) of an object of `size` bytes, in order: `FIRST_RANGE`,
+/// then doubling up to `chunk` each.
+fn ranges(size: u64, chunk: u64) -> Vec<(u64, u64)> {
+    let chunk = chunk.max(1);
+    let mut next = FIRST_RANGE.min(chunk);
+    let mut out = Vec::new();
+    let mut first = 0;
+    while first < size {
+        let last = first.saturating_add(next).min(size) - 1;
+        out.push((first, last));
+        first = last + 1;
+        next = next.saturating_mul(2).min(chunk);
+    }
+    out
+}
+
 /// The `size` bytes of an object as chunks in order, fetched by parallel ranged GETs. With an
 /// `etag`, every range is conditional on it, so a replaced object fails the download instead of
 /// mixing two versions.
@@ -34,10 +54,7 @@ pub fn ranged_download(
     etag: Option<String>,
     options: DownloadOptions,
 ) -> impl Stream<Item = Result<Bytes, StorageError>> {
-    let chunk = options.chunk_size.max(1);
-    let ranges =
-        (0..size.div_ceil(chunk)).map(move |i| (i * chunk, ((i + 1) * chunk).min(size) - 1));
-    futures::stream::iter(ranges)
+    futures::stream::iter(ranges(size, options.chunk_size))
         .map(move |(first, last)| {
             let (client, bucket, key, etag) =
                 (client.clone(), bucket.clone(), key.clone(), etag.clone());
@@ -78,4 +95,29 @@ async fn fetch_range(
         });
     }
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn ranges_start_small_and_double_up_to_the_chunk_size() {
+        let sizes = |size, chunk| -> Vec<u64> {
+            let r = ranges(size, chunk);
+            // Contiguous, from 0 to the last byte.
+            assert_eq!(r.first().map_or(0, |r| r.0), 0);
+            assert_eq!(r.last().map_or(0, |r| r.1 + 1), size);
+            assert!(r.windows(2).all(|w| w[1].0 == w[0].1 + 1));
+            r.iter().map(|(a, b)| b - a + 1).collect()
+        };
+        let m = |n: &[u64]| n.iter().map(|n| n * MIB).collect::<Vec<_>>();
+        assert_eq!(sizes(30 * MIB, 8 * MIB), m(&[1, 2, 4, 8, 8, 7]));
+        assert_eq!(sizes(2 * MIB, 8 * MIB), m(&[1, 1]));
+        assert_eq!(sizes(MIB + MIB / 2, MIB / 2), [MIB / 2; 3]);
+        assert!(ranges(0, 8 * MIB).is_empty());
+        assert_eq!(ranges(10, 8 * MIB), [(0, 9)]);
+    }
 }
