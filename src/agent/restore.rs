@@ -466,9 +466,12 @@ async fn fetch_and_unpack(
         cancel,
     };
     let key = target.key.clone();
-    let decode_threads = args.decode_threads.unwrap_or_else(|| cpus().min(4));
-    let consumer =
-        tokio::task::spawn_blocking(move || unpack_stream(rx, unpacker, decode_threads, &key));
+    let decode = archive::DecodeOptions {
+        threads: args.decode_threads.unwrap_or_else(|| cpus().min(4)),
+        // With the manifest's SHA-256 to check, the frames' own checksums add nothing.
+        frame_checksums: target.expected.is_none(),
+    };
+    let consumer = tokio::task::spawn_blocking(move || unpack_stream(rx, unpacker, decode, &key));
 
     let mut chunks = std::pin::pin!(storage::ranged_download(
         client.clone(),
@@ -532,12 +535,12 @@ fn default_threads() -> usize {
 }
 
 /// The blocking side. One thread hashes what arrives on `rx` and hands its frames to
-/// `decode_threads` threads, a few steps ahead; this one parses and unpacks. Once the archive's end is reached, the rest of the stream is
+/// `decode.threads` threads, a few steps ahead; this one parses and unpacks. Once the archive's end is reached, the rest of the stream is
 /// still read so that the whole object is hashed (and the decompressor's own checks run).
 fn unpack_stream(
     rx: mpsc::Receiver<Result<Bytes, String>>,
     mut unpacker: Unpacker,
-    decode_threads: usize,
+    decode: archive::DecodeOptions,
     key: &str,
 ) -> Result<(archive::UnpackStats, u64, String), RestoreError> {
     let mut input = HashedChunks {
@@ -565,11 +568,9 @@ fn unpack_stream(
     std::thread::scope(|scope| {
         let decompressor = scope.spawn(move || -> io::Result<(u64, String)> {
             let mut all = std::iter::once(Ok(head)).chain(&mut input);
-            if let Err(e) =
-                archive::decompress(compression, &mut all, decode_threads, &mut |piece| {
-                    tx.send(piece).is_ok()
-                })
-            {
+            if let Err(e) = archive::decompress(compression, &mut all, decode, &mut |piece| {
+                tx.send(piece).is_ok()
+            }) {
                 let message = e.to_string();
                 let _ = tx.send(Piece::Ready(Err(e)));
                 return Err(io::Error::other(message));

@@ -23,7 +23,7 @@ mod unpack;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-pub use frames::{FRAME_INPUT, FrameEncoder, Piece, decompress};
+pub use frames::{DecodeOptions, FRAME_INPUT, FrameEncoder, Piece, decompress};
 pub use pack::{PackError, PackStats, Tree, pack, scan};
 pub use unpack::{UnpackError, UnpackLimits, UnpackStats, Unpacker};
 
