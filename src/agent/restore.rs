@@ -602,7 +602,7 @@ fn unpack_stream(
 
 /// Decompressed pieces (a zstd frame each, 4 MiB) queued for the parser at most, beyond those
 /// being decompressed.
-const DECOMPRESSED_AHEAD: usize = 4;
+const DECOMPRESSED_AHEAD: usize = 2;
 
 /// The chunks sent by the downloader, in order, hashed and counted as they are taken.
 struct HashedChunks {
