@@ -187,11 +187,11 @@ impl Unpacker {
             umask,
             ..State::default()
         };
+        let at = At {
+            fd: root.as_fd(),
+            path: &self.root,
+        };
         let parsed = std::thread::scope(|scope| {
-            let at = At {
-                fd: root.as_fd(),
-                path: &self.root,
-            };
             for _ in 0..self.workers.max(1) {
                 let (rx, failure, cancel) = (&rx, &failure, &self.cancel);
                 scope.spawn(move || worker(at, rx, failure, cancel, umask));
@@ -204,10 +204,6 @@ impl Unpacker {
         }
         parsed?;
         let finish = std::time::Instant::now();
-        let at = At {
-            fd: root.as_fd(),
-            path: &self.root,
-        };
         finish_links_and_dirs(at, &mut state)?;
         tracing::debug!(
             ms = finish.elapsed().as_millis() as u64,
@@ -446,14 +442,18 @@ impl At<'_> {
     }
 }
 
-fn timestamps(mtime: i64) -> Timestamps {
-    let t = Timespec {
-        tv_sec: mtime,
+fn seconds(secs: i64) -> Timespec {
+    Timespec {
+        tv_sec: secs,
         tv_nsec: 0,
-    };
+    }
+}
+
+/// Access and modification times both `mtime`.
+fn timestamps(mtime: i64) -> Timestamps {
     Timestamps {
-        last_access: t,
-        last_modification: t,
+        last_access: seconds(mtime),
+        last_modification: seconds(mtime),
     }
 }
 
@@ -566,16 +566,12 @@ fn write_file(
     if !mode_set_on_create {
         rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(|e| at.error(path, e))?;
     }
-    let t = Timespec {
-        tv_sec: mtime,
-        tv_nsec: 0,
-    };
     let times = Timestamps {
         last_access: Timespec {
             tv_sec: 0,
             tv_nsec: rustix::fs::UTIME_OMIT,
         },
-        last_modification: t,
+        last_modification: seconds(mtime),
     };
     rustix::fs::futimens(&file, &times).map_err(|e| at.error(path, e))?;
     Ok(())
