@@ -535,8 +535,9 @@ fn default_threads() -> usize {
 }
 
 /// The blocking side. One thread hashes what arrives on `rx` and hands its frames to
-/// `decode.threads` threads, a few steps ahead; this one parses and unpacks. Once the archive's end is reached, the rest of the stream is
-/// still read so that the whole object is hashed (and the decompressor's own checks run).
+/// `decode.threads` threads, a few steps ahead; this one parses and unpacks. Once the archive's
+/// end is reached, the rest of the stream is still read so that the whole object is hashed (and
+/// the decompressor's own checks run).
 fn unpack_stream(
     rx: mpsc::Receiver<Result<Bytes, String>>,
     mut unpacker: Unpacker,
