@@ -31,6 +31,18 @@ struct Args {
     big: bool,
 }
 
+const USAGE: &str = "usage: sitecache-bench [--runs N] [--sitecache PATH] [--work DIR] \
+[--dest-dir DIR] [--no-big]
+
+Measures sitecache snapshot and restore against the older runner's tar + gzip and against
+extracting the uncompressed tar (see bench/README.md).
+
+  --runs N          runs per command; medians are reported (default 5)
+  --sitecache PATH  the sitecache binary (default target/release/sitecache)
+  --work DIR        fixtures, MinIO data and archives (default target/bench)
+  --dest-dir DIR    where extractions go (default /dev/shm/sitecache-bench when there is one)
+  --no-big          skip the snapshot of the 1.1 GiB tree";
+
 fn parse_args() -> Result<Args> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut args = Args {
@@ -49,14 +61,23 @@ fn parse_args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--runs" => args.runs = it.next().context("--runs N")?.parse()?,
+            "--runs" => {
+                let n = it.next().context("--runs needs a number")?;
+                args.runs = n
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("--runs {n}: not a number of runs"))?;
+            }
             "--sitecache" => args.sitecache = it.next().context("--sitecache PATH")?.into(),
             "--work" => args.work = it.next().context("--work DIR")?.into(),
             "--dest-dir" => args.dest = it.next().context("--dest-dir DIR")?.into(),
             "--no-big" => args.big = false,
-            other => bail!(
-                "unknown argument {other}; usage: sitecache-bench [--runs N] [--sitecache PATH] [--work DIR] [--dest-dir DIR] [--no-big]"
-            ),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}\n{USAGE}"),
         }
     }
     if !args.sitecache.is_file() {
@@ -479,7 +500,17 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     let args = parse_args()?;
     std::fs::create_dir_all(&args.work)?;
     std::fs::create_dir_all(&args.dest)?;
