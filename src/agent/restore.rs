@@ -155,6 +155,7 @@ impl RestoreError {
             RestoreError::Unpack(e) => e.kind(),
             RestoreError::Storage(StorageError::Timeout { .. }) => "timeout",
             RestoreError::Storage(StorageError::NotFound { .. }) => "not-found",
+            RestoreError::Storage(StorageError::WrongSize { .. }) => "size-mismatch",
             RestoreError::Storage(_) => "storage-error",
             RestoreError::Dest { .. } => "dest-error",
             RestoreError::Internal(_) => "internal-error",
@@ -299,26 +300,20 @@ async fn restore(
     let target = resolve(&client, &loc, &args).await?;
     tracing::debug!(ms = super::elapsed_ms(phase), key = %target.key, "resolved");
 
-    let Some((size, etag)) = storage::head(&client, &loc.bucket, &target.key).await? else {
-        return Err(RestoreError::NotFound(format!(
-            "s3://{}/{} does not exist",
-            loc.bucket, target.key
-        )));
+    let (size, etag) = match &target.expected {
+        // The manifest gives the size: no HEAD. The ranges check the size and one ETag instead.
+        Some((size, _)) => (*size, None),
+        None => storage::head(&client, &loc.bucket, &target.key)
+            .await?
+            .ok_or_else(|| {
+                RestoreError::NotFound(format!("s3://{}/{} does not exist", loc.bucket, target.key))
+            })?,
     };
     if size > args.max_bytes {
         return Err(RestoreError::TooLarge {
             what: format!("s3://{}/{}", loc.bucket, target.key),
             size,
             max: args.max_bytes,
-        });
-    }
-    if let Some((expected, _)) = &target.expected
-        && *expected != size
-    {
-        return Err(RestoreError::SizeMismatch {
-            key: target.key.clone(),
-            found: size,
-            expected: *expected,
         });
     }
 

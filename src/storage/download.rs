@@ -1,5 +1,7 @@
 //! Parallel ranged download: an object as an ordered stream of chunks, several ranges in flight.
 
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
@@ -43,9 +45,10 @@ fn ranges(size: u64, chunk: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// The `size` bytes of an object as chunks in order, fetched by parallel ranged GETs. With an
-/// `etag`, every range is conditional on it, so a replaced object fails the download instead of
-/// mixing two versions.
+/// The `size` bytes of an object as chunks in order, fetched by parallel ranged GETs. A replaced
+/// object fails the download instead of mixing two versions: with an `etag` (from a HEAD), every
+/// range is conditional on it; without, every range must answer with the same ETag. Every range
+/// must also report the object's size as `size` (so no HEAD is needed when the size is known).
 pub fn ranged_download(
     client: aws_sdk_s3::Client,
     bucket: String,
@@ -54,47 +57,98 @@ pub fn ranged_download(
     etag: Option<String>,
     options: DownloadOptions,
 ) -> impl Stream<Item = Result<Bytes, StorageError>> {
+    let seen_etag = Arc::new(Mutex::new(None));
     futures::stream::iter(ranges(size, options.chunk_size))
-        .map(move |(first, last)| {
-            let (client, bucket, key, etag) =
-                (client.clone(), bucket.clone(), key.clone(), etag.clone());
-            async move { fetch_range(&client, &bucket, &key, etag.as_deref(), first, last).await }
+        .map(move |range| {
+            let object = Object {
+                client: client.clone(),
+                bucket: bucket.clone(),
+                key: key.clone(),
+                size,
+                etag: etag.clone(),
+                seen_etag: seen_etag.clone(),
+            };
+            async move { object.fetch_range(range).await }
         })
         .buffered(options.concurrency.max(1))
 }
 
-async fn fetch_range(
-    client: &aws_sdk_s3::Client,
-    bucket: &str,
-    key: &str,
-    etag: Option<&str>,
-    first: u64,
-    last: u64,
-) -> Result<Bytes, StorageError> {
-    let out = client
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .range(format!("bytes={first}-{last}"))
-        .set_if_match(etag.map(str::to_owned))
-        .send()
-        .await
-        .map_err(|e| StorageError::from_sdk("GET", bucket, key, e))?;
-    let data = super::read_body(out.body, bucket, key).await?;
-    let expected = last - first + 1;
-    if data.len() as u64 != expected {
-        return Err(StorageError::Service {
+/// What every range of one download checks against.
+struct Object {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+    size: u64,
+    /// The ETag every range is conditional on (`If-Match`).
+    etag: Option<String>,
+    /// Without one: the first ETag a range answered with, which the others must match.
+    seen_etag: Arc<Mutex<Option<String>>>,
+}
+
+impl Object {
+    async fn fetch_range(&self, (first, last): (u64, u64)) -> Result<Bytes, StorageError> {
+        let (bucket, key) = (self.bucket.as_str(), self.key.as_str());
+        let service_error = |code: &str, message: String| StorageError::Service {
             op: "GET",
             bucket: bucket.to_owned(),
             key: key.to_owned(),
-            code: "ShortRange".to_owned(),
-            message: format!(
-                "range {first}-{last} returned {} bytes, expected {expected}",
-                data.len()
-            ),
-        });
+            code: code.to_owned(),
+            message,
+        };
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(format!("bytes={first}-{last}"))
+            .set_if_match(self.etag.clone())
+            .send()
+            .await
+            .map_err(|e| StorageError::from_sdk("GET", bucket, key, e))?;
+        // `bytes FIRST-LAST/TOTAL`
+        let total = out
+            .content_range()
+            .and_then(|r| r.rsplit('/').next()?.parse().ok());
+        if let Some(total) = total
+            && total != self.size
+        {
+            return Err(StorageError::WrongSize {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                found: total,
+                expected: self.size,
+            });
+        }
+        if self.etag.is_none()
+            && let Some(tag) = out.e_tag()
+        {
+            let mut seen = self.seen_etag.lock().unwrap_or_else(|e| e.into_inner());
+            match seen.as_deref() {
+                None => *seen = Some(tag.to_owned()),
+                Some(earlier) if earlier != tag => {
+                    return Err(service_error(
+                        "ObjectChanged",
+                        format!(
+                            "the object changed during the download (ETag {earlier}, then {tag})"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let data = super::read_body(out.body, bucket, key).await?;
+        let expected = last - first + 1;
+        if data.len() as u64 != expected {
+            return Err(service_error(
+                "ShortRange",
+                format!(
+                    "range {first}-{last} returned {} bytes, expected {expected}",
+                    data.len()
+                ),
+            ));
+        }
+        Ok(data)
     }
-    Ok(data)
 }
 
 #[cfg(test)]

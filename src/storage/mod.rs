@@ -99,6 +99,13 @@ pub enum StorageError {
         code: String,
         message: String,
     },
+    #[error("s3://{bucket}/{key} is {found} bytes, not the {expected} expected")]
+    WrongSize {
+        bucket: String,
+        key: String,
+        found: u64,
+        expected: u64,
+    },
     #[error("s3://{bucket}/{key} is not valid JSON of the expected shape: {source}")]
     BadDocument {
         bucket: String,
@@ -116,6 +123,7 @@ impl StorageError {
             StorageError::Timeout { .. } => "timeout",
             StorageError::Unreachable { .. } => "unreachable",
             StorageError::Service { .. } => "storage-error",
+            StorageError::WrongSize { .. } => "wrong-size",
             StorageError::BadDocument { .. } => "bad-document",
         }
     }

@@ -406,8 +406,9 @@ async fn archive_over_max_bytes_is_refused_before_download() {
     assert_untouched(&dest);
 }
 
+/// The restore takes the archive's size from the manifest (no HEAD): every ranged GET checks it.
 #[tokio::test]
-async fn truncated_archive_is_refused_and_leaves_dest_untouched() {
+async fn truncated_grown_or_missing_archive_is_refused_and_leaves_dest_untouched() {
     let s3 = support::s3().await;
     let loc = location(s3).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -415,16 +416,39 @@ async fn truncated_archive_is_refused_and_leaves_dest_untouched() {
     fixtures::rich_tree(&source, 1024 * 1024);
     assert!(snapshot(s3, &loc, &source, 1).status.success());
     promote(s3, &loc, 1).await;
-    let mut data = archive_bytes(s3, &loc, 1).await;
-    data.truncate(data.len() * 2 / 3);
-    replace_archive(s3, &loc, 1, data).await;
+    let original = archive_bytes(s3, &loc, 1).await;
 
-    let work = tempfile::tempdir().unwrap();
-    let dest = existing_dest(work.path());
-    let (_, line) = restore(s3, &loc, &dest, &[]);
-    assert_eq!(line["ok"], false);
-    assert_eq!(line["reason"], "size-mismatch", "{line}");
-    assert_untouched(&dest);
+    for (case, reason) in [
+        ("truncated", "size-mismatch"),
+        ("grown", "size-mismatch"),
+        ("deleted", "not-found"),
+    ] {
+        match case {
+            "truncated" => {
+                let data = original[..original.len() * 2 / 3].to_vec();
+                replace_archive(s3, &loc, 1, data).await;
+            }
+            "grown" => {
+                let data = [&original[..], &[0u8; 4096][..]].concat();
+                replace_archive(s3, &loc, 1, data).await;
+            }
+            _ => {
+                s3.client()
+                    .delete_object()
+                    .bucket(&loc.bucket)
+                    .key(loc.archive_key(1))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        let work = tempfile::tempdir().unwrap();
+        let dest = existing_dest(work.path());
+        let (_, line) = restore(s3, &loc, &dest, &[]);
+        assert_eq!(line["ok"], false, "{case}: {line}");
+        assert_eq!(line["reason"], reason, "{case}: {line}");
+        assert_untouched(&dest);
+    }
 }
 
 #[tokio::test]
