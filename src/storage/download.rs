@@ -57,17 +57,17 @@ pub fn ranged_download(
     etag: Option<String>,
     options: DownloadOptions,
 ) -> impl Stream<Item = Result<Bytes, StorageError>> {
-    let seen_etag = Arc::new(Mutex::new(None));
+    let object = Arc::new(Object {
+        client,
+        bucket,
+        key,
+        size,
+        etag,
+        seen_etag: Mutex::new(None),
+    });
     futures::stream::iter(ranges(size, options.chunk_size))
         .map(move |range| {
-            let object = Object {
-                client: client.clone(),
-                bucket: bucket.clone(),
-                key: key.clone(),
-                size,
-                etag: etag.clone(),
-                seen_etag: seen_etag.clone(),
-            };
+            let object = object.clone();
             async move { object.fetch_range(range).await }
         })
         .buffered(options.concurrency.max(1))
@@ -82,7 +82,7 @@ struct Object {
     /// The ETag every range is conditional on (`If-Match`).
     etag: Option<String>,
     /// Without one: the first ETag a range answered with, which the others must match.
-    seen_etag: Arc<Mutex<Option<String>>>,
+    seen_etag: Mutex<Option<String>>,
 }
 
 impl Object {
