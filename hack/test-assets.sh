@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Obtains the real parts that sitecache's tests and `make dev` start as local processes:
 # etcd, kube-apiserver, kubectl (a local control plane, envtest-style), MinIO (a real
-# S3-compatible server) and Deno (from its npm package); with them Helm (the chart's tests)
-# and hadolint (the Dockerfile's lint). Test and dev tooling only.
+# S3-compatible server) with minio-admin (its users and policies, through madmin-go) and Deno
+# (from its npm package); with them Helm (the chart's tests) and hadolint (the Dockerfile's
+# lint). Test and dev tooling only.
 #
 # Resolution order for each binary:
 #   1. TEST_ASSET_ETCD / TEST_ASSET_KUBE_APISERVER / TEST_ASSET_KUBECTL / TEST_ASSET_MINIO /
-#      TEST_ASSET_DENO / TEST_ASSET_HELM / TEST_ASSET_HADOLINT
+#      TEST_ASSET_MINIO_ADMIN / TEST_ASSET_DENO / TEST_ASSET_HELM / TEST_ASSET_HADOLINT
 #   2. KUBEBUILDER_ASSETS/<name> (etcd, kube-apiserver, kubectl)
 #   3. ~/.cache/sitecache/assets/<name>-<version>/<name>, built here from the pinned Go modules
 #      (hack/versions.env) through the Go module proxy the first time, then reused; Deno is
@@ -173,7 +174,7 @@ resolve() {
     [ -x "${!var}" ] || die "$var=${!var} is not an executable file"
     echo "${!var}"; return
   fi
-  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ "$name" != minio ] && [ "$name" != deno ] && [ "$name" != hadolint ] && [ "$name" != helm ]; then
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [[ $name =~ ^(etcd|kube-apiserver|kubectl)$ ]]; then
     [ -x "$KUBEBUILDER_ASSETS/$name" ] || die "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no executable $name"
     echo "$KUBEBUILDER_ASSETS/$name"; return
   fi
@@ -181,6 +182,7 @@ resolve() {
     kube-apiserver|kubectl) build_kubernetes; echo "$cache_root/kubernetes-$KUBERNETES_VERSION/$name" ;;
     etcd) build_wrapped etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"; echo "$cache_root/etcd-$ETCD_VERSION/etcd" ;;
     minio) build_wrapped minio github.com/minio/minio "$MINIO_VERSION"; echo "$cache_root/minio-$MINIO_VERSION/minio" ;;
+    minio-admin) build_wrapped minio-admin github.com/minio/madmin-go/v3 "$MADMIN_VERSION"; echo "$cache_root/minio-admin-$MADMIN_VERSION/minio-admin" ;;
     deno) install_deno; echo "$cache_root/deno-$DENO_VERSION/deno" ;;
     hadolint) install_hadolint; echo "$cache_root/hadolint-$HADOLINT_VERSION/hadolint" ;;
     helm) build_helm; echo "$cache_root/helm-$HELM_VERSION/helm" ;;
@@ -193,6 +195,7 @@ all_env() {
   echo "TEST_ASSET_KUBE_APISERVER=$(resolve kube-apiserver TEST_ASSET_KUBE_APISERVER)"
   echo "TEST_ASSET_KUBECTL=$(resolve kubectl TEST_ASSET_KUBECTL)"
   echo "TEST_ASSET_MINIO=$(resolve minio TEST_ASSET_MINIO)"
+  echo "TEST_ASSET_MINIO_ADMIN=$(resolve minio-admin TEST_ASSET_MINIO_ADMIN)"
   echo "TEST_ASSET_DENO=$(resolve deno TEST_ASSET_DENO)"
   echo "TEST_ASSET_HADOLINT=$(resolve hadolint TEST_ASSET_HADOLINT)"
   echo "TEST_ASSET_HELM=$(resolve helm TEST_ASSET_HELM)"

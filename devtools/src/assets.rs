@@ -13,6 +13,8 @@ pub enum Asset {
     KubeApiserver,
     Kubectl,
     Minio,
+    /// MinIO's users and policies (`hack/assets/minio-admin`).
+    MinioAdmin,
     Deno,
     Helm,
 }
@@ -25,6 +27,7 @@ impl Asset {
             Asset::KubeApiserver => "kube-apiserver",
             Asset::Kubectl => "kubectl",
             Asset::Minio => "minio",
+            Asset::MinioAdmin => "minio-admin",
             Asset::Deno => "deno",
             Asset::Helm => "helm",
         }
@@ -36,6 +39,7 @@ impl Asset {
             Asset::KubeApiserver => "TEST_ASSET_KUBE_APISERVER",
             Asset::Kubectl => "TEST_ASSET_KUBECTL",
             Asset::Minio => "TEST_ASSET_MINIO",
+            Asset::MinioAdmin => "TEST_ASSET_MINIO_ADMIN",
             Asset::Deno => "TEST_ASSET_DENO",
             Asset::Helm => "TEST_ASSET_HELM",
         }
@@ -47,6 +51,7 @@ impl Asset {
             Asset::Etcd => ("etcd", "ETCD_VERSION"),
             Asset::KubeApiserver | Asset::Kubectl => ("kubernetes", "KUBERNETES_VERSION"),
             Asset::Minio => ("minio", "MINIO_VERSION"),
+            Asset::MinioAdmin => ("minio-admin", "MADMIN_VERSION"),
             Asset::Deno => ("deno", "DENO_VERSION"),
             Asset::Helm => ("helm", "HELM_VERSION"),
         };

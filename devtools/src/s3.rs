@@ -127,6 +127,50 @@ impl S3Server {
         ]
     }
 
+    /// Creates (or replaces) the policy `name` (an IAM policy document, as MinIO reads them).
+    pub fn put_policy(&self, name: &str, policy: &serde_json::Value) -> Result<()> {
+        let file = self.dir.join(format!("policy-{name}.json"));
+        std::fs::write(&file, serde_json::to_vec_pretty(policy)?)?;
+        self.admin(&["put-policy", name, &file.to_string_lossy()])
+    }
+
+    /// Creates the user `user` with the secret key `secret` and attaches policy `policy` to it:
+    /// a client with only the rights that policy grants.
+    pub fn add_user(&self, user: &str, secret: &str, policy: &str) -> Result<()> {
+        self.admin(&["add-user", user, secret, policy])
+    }
+
+    /// [`aws_env`](Self::aws_env) with the credentials of `user` instead of the root user's.
+    pub fn aws_env_as(&self, user: &str, secret: &str) -> Vec<(&'static str, String)> {
+        let mut env = self.aws_env();
+        for (k, v) in &mut env {
+            match *k {
+                "AWS_ACCESS_KEY_ID" => *v = user.to_owned(),
+                "AWS_SECRET_ACCESS_KEY" => *v = secret.to_owned(),
+                _ => {}
+            }
+        }
+        env
+    }
+
+    fn admin(&self, args: &[&str]) -> Result<()> {
+        let out = Command::new(Asset::MinioAdmin.path()?)
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(args)
+            .env("MINIO_ROOT_USER", ACCESS_KEY)
+            .env("MINIO_ROOT_PASSWORD", SECRET_KEY)
+            .output()
+            .context("run minio-admin")?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "minio-admin {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// An S3 client for this server (path-style addressing, static credentials).
     pub fn client(&self) -> aws_sdk_s3::Client {
         let config = aws_sdk_s3::Config::builder()
