@@ -8,10 +8,13 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use spec::{
-    BUCKET_PATTERN, CRON_PATTERN, DeletionPolicy, LegacySpec, RetentionSpec, SITE_PATTERN,
-    ScheduleSpec, SiteCache, SiteCacheSpec, SnapshotSpec, SourceSpec, StorageSpec, WarmSpec,
+    BUCKET_PATTERN, CRON_PATTERN, DeletionPolicy, LegacySpec, RebuildSpec, RetentionSpec,
+    SITE_PATTERN, ScheduleSpec, SiteCache, SiteCacheSpec, SnapshotSpec, SourceSpec, StorageSpec,
+    WarmSpec,
 };
-pub use status::{Freshness, GenerationInfo, LastSnapshot, Phase, SiteCacheStatus, SnapshotResult};
+pub use status::{
+    CacheGrowth, Freshness, GenerationInfo, LastSnapshot, Phase, SiteCacheStatus, SnapshotResult,
+};
 
 /// API group of the SiteCache resource.
 pub const GROUP: &str = "sitecache.dev";

@@ -309,6 +309,12 @@ pub struct SnapshotSpec {
     #[serde(default = "default_compression_level")]
     #[schemars(range(min = 1, max = 19))]
     pub compression_level: i32,
+
+    /// When a snapshot is built from an empty cache instead of warming on top of the current
+    /// generation. Warming on top is faster, but keeps every module an earlier revision used:
+    /// without rebuilds a cache only grows, and every restore with it.
+    #[serde(default)]
+    pub rebuild: RebuildSpec,
 }
 
 impl Default for SnapshotSpec {
@@ -318,8 +324,54 @@ impl Default for SnapshotSpec {
             backoff_limit: default_backoff_limit(),
             min_files: default_min_files(),
             compression_level: default_compression_level(),
+            rebuild: RebuildSpec::default(),
         }
     }
+}
+
+/// When a snapshot starts from an empty cache. Any one condition that holds makes the next
+/// snapshot a rebuild; the first generation always is one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildSpec {
+    /// Rebuild when `spec.source.revision` changed: modules the old revision used and the new
+    /// one does not are left behind.
+    #[serde(default = "default_true")]
+    pub on_revision_change: bool,
+
+    /// Rebuild after this many generations in a row were warmed on top of the one before
+    /// (0: never for this reason).
+    #[serde(default = "default_every_generations")]
+    #[schemars(range(max = 1000))]
+    pub every_generations: u32,
+
+    /// Rebuild when the current generation's files have grown by more than this percentage
+    /// over the last rebuilt generation's (0: never for this reason).
+    #[serde(default = "default_max_growth_percent")]
+    #[schemars(range(max = 10000))]
+    pub max_growth_percent: u32,
+}
+
+impl Default for RebuildSpec {
+    fn default() -> Self {
+        Self {
+            on_revision_change: true,
+            every_generations: default_every_generations(),
+            max_growth_percent: default_max_growth_percent(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_every_generations() -> u32 {
+    10
+}
+
+fn default_max_growth_percent() -> u32 {
+    20
 }
 
 fn default_timeout() -> String {

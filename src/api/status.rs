@@ -33,6 +33,15 @@ pub struct SiteCacheStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub generations: Vec<GenerationInfo>,
 
+    /// Promoted generations that retention has still to delete (a deletion failed; it is retried
+    /// with backoff).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expired_generations: Vec<u64>,
+
+    /// How much the cache has grown since it was last built from an empty cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth: Option<CacheGrowth>,
+
     /// The highest generation number ever used under this prefix (promoted or not). The next
     /// snapshot uses the number after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,6 +135,25 @@ pub struct GenerationInfo {
     /// `spec.source.revision` the generation was built from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_revision: Option<String>,
+    /// The generation restored into the cache before warming; absent when the generation was
+    /// built from an empty cache (a rebuild).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_generation: Option<u64>,
+}
+
+/// The cache's growth since its last rebuild (see `spec.snapshot.rebuild`).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheGrowth {
+    /// The last generation built from an empty cache.
+    pub rebuilt_generation: u64,
+    /// Total size of its files.
+    pub rebuilt_uncompressed_bytes: u64,
+    /// Generations promoted since, each warmed on top of the one before.
+    pub incremental_generations: u32,
+    /// How much larger the current generation's files are than the rebuilt one's, in percent
+    /// (negative when smaller).
+    pub percent: i64,
 }
 
 /// The most recent snapshot attempt.

@@ -1,10 +1,21 @@
-//! Deleting a SiteCache (the finalizer's work): stop its snapshot Job, then with `Delete` remove
-//! every object under its prefix (only if the prefix is its own), confirm the prefix is empty,
-//! and release the object. With `Retain`, release it at once.
+//! Deleting a SiteCache (the finalizer's work), in steps:
+//!
+//! 1. **Read** the SiteCache as the API server has it now.
+//! 2. **Stop** its snapshot Jobs and wait for their pods, at most `--snapshot-pod-stop-timeout`
+//!    after the SiteCache was deleted (a pod on a lost node never stops).
+//! 3. **Retain**: with `deletionPolicy: Retain`, release the SiteCache and keep the objects.
+//! 4. **Locate** the prefix (`status.url`: nothing was ever written without it).
+//! 5. **Ownership**: a prefix another SiteCache owns is left alone.
+//! 6. **Purge** every object of this SiteCache's under the prefix, never one under another
+//!    SiteCache's marker, and confirm that none is left.
+//! 7. **Status**: when deletion cannot finish, `DeletionBlocked=True` with the reason, written
+//!    once, only when it changed: retries with the same error write nothing, so nothing wakes
+//!    the SiteCache but the error policy's backoff. The condition stays until deletion
+//!    succeeds (and the SiteCache is gone).
 
 use std::sync::Arc;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -18,13 +29,16 @@ use super::error::Error;
 use super::job::UID_LABEL;
 use super::objects::Prefix;
 use super::reconcile::{read_fresh, write_status};
-use super::status::{self, DELETION_BLOCKED, PROGRESSING};
+use super::status::{self, DELETION_BLOCKED};
 use crate::api::{DeletionPolicy, Phase, SiteCache};
-use crate::storage::{Location, StorageError};
+use crate::storage::Location;
+
+/// The reason of `DeletionBlocked` while snapshot pods have not stopped.
+const PODS_RUNNING: &str = "SnapshotPodRunning";
 
 /// Cleans up after a SiteCache being deleted; `Ok` releases its finalizer.
 pub async fn cleanup(obj: Arc<SiteCache>, ctx: &Context) -> Result<Action, Error> {
-    let ns = obj.namespace().unwrap_or_default();
+    // 1. Read.
     let Some((api, sc)) = read_fresh(&obj, ctx).await? else {
         return Ok(Action::await_change());
     };
@@ -33,46 +47,45 @@ pub async fn cleanup(obj: Arc<SiteCache>, ctx: &Context) -> Result<Action, Error
     let mut c = Cleanup {
         ctx,
         api,
-        ns,
-        now: Timestamp::now(),
+        now: status::now(),
         sc,
+        blocked: None,
+        events: Vec::new(),
     };
-    let result = c.run(&uid).await;
+    let result = c.steps(&uid).await;
     if result.is_ok() {
         ctx.set_claimed(&uid, false);
         ctx.set_stale(&uid, false);
     }
-    result
+    // 7. Status.
+    c.conclude(result).await
 }
 
 struct Cleanup<'a> {
     ctx: &'a Context,
     api: Api<SiteCache>,
-    ns: String,
     now: Timestamp,
     sc: SiteCache,
+    /// Why deletion cannot finish yet, when it is not an error of its own.
+    blocked: Option<(String, String)>,
+    /// Events to publish once the status is written (or the SiteCache released).
+    events: Vec<(EventType, &'static str, String)>,
 }
 
 impl Cleanup<'_> {
-    async fn run(&mut self, uid: &str) -> Result<Action, Error> {
-        let stopping = self.stop_jobs(uid).await?;
-        if !stopping.is_empty() {
-            let message = format!("waiting for snapshot pods to stop: {}", stopping.join(", "));
-            self.set_status(PROGRESSING, true, "StoppingSnapshot", &message)
-                .await?;
-            return Err(Error::CleanupPending(message));
-        }
+    async fn steps(&mut self, uid: &str) -> Result<Action, Error> {
+        // 2. Stop.
+        self.stop_snapshots(uid).await?;
+        // 3. Retain.
         if self.sc.spec.deletion_policy == DeletionPolicy::Retain {
             let note = match self.sc.status.as_ref().and_then(|s| s.url.as_deref()) {
                 Some(url) => format!("deletionPolicy Retain: the objects under {url} are kept"),
                 None => "deletionPolicy Retain: nothing to keep".to_owned(),
             };
-            self.ctx
-                .event(&self.sc, EventType::Normal, "Retained", "Delete", note)
-                .await;
+            self.events.push((EventType::Normal, "Retained", note));
             return Ok(Action::await_change());
         }
-        // Nothing was ever written without a resolved location.
+        // 4. Locate.
         let Some(url) = self.sc.status.as_ref().and_then(|s| s.url.clone()) else {
             return Ok(Action::await_change());
         };
@@ -80,15 +93,8 @@ impl Cleanup<'_> {
             Ok(l) => l,
             Err(e) => {
                 let note = format!("status.url {url:?} is not a location ({e}); nothing deleted");
-                self.ctx
-                    .event(
-                        &self.sc,
-                        EventType::Warning,
-                        "NothingDeleted",
-                        "Delete",
-                        note,
-                    )
-                    .await;
+                self.events
+                    .push((EventType::Warning, "NothingDeleted", note));
                 return Ok(Action::await_change());
             }
         };
@@ -103,51 +109,77 @@ impl Cleanup<'_> {
             client: &s3,
             location: &target.location,
         };
-        match self.purge_if_owned(&prefix, uid).await {
-            Ok(action) => Ok(action),
-            Err(Error::Storage(e)) => {
-                let message = format!("cannot delete the objects under {}: {e}", target.location);
-                self.set_status(DELETION_BLOCKED, true, storage_reason(&e), &message)
-                    .await?;
-                Err(Error::Storage(e))
-            }
-            Err(e) => Err(e),
+        // 5. Ownership.
+        if !self.owns(&prefix, uid).await? {
+            return Ok(Action::await_change());
         }
+        // 6. Purge.
+        self.purge(&prefix).await
     }
 
-    async fn purge_if_owned(&mut self, prefix: &Prefix<'_>, uid: &str) -> Result<Action, Error> {
+    /// Deletes the SiteCache's unfinished snapshot Jobs; `Err` while their pods still run, until
+    /// the stop timeout, after which deletion goes on without them.
+    async fn stop_snapshots(&mut self, uid: &str) -> Result<(), Error> {
+        let running = self.stop_jobs(uid).await?;
+        if running.is_empty() {
+            return Ok(());
+        }
+        let deleted = self
+            .sc
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .map_or(self.now, |t| t.0);
+        let timeout = SignedDuration::try_from(self.ctx.settings.snapshot_pod_stop_timeout)
+            .unwrap_or(SignedDuration::MAX);
+        let until = deleted.saturating_add(timeout).unwrap_or(Timestamp::MAX);
+        let pods = running.join(", ");
+        if self.now < until {
+            let message = format!(
+                "waiting for snapshot pods to stop: {pods}; deletion goes on without them at {} \
+                 (--snapshot-pod-stop-timeout)",
+                until.round(jiff::Unit::Second).unwrap_or(until)
+            );
+            self.blocked = Some((PODS_RUNNING.to_owned(), message.clone()));
+            return Err(Error::CleanupPending(message));
+        }
+        let waited = self.blocked_reason() == Some(PODS_RUNNING);
+        if waited {
+            let note = format!(
+                "snapshot pods did not stop within --snapshot-pod-stop-timeout ({}): {pods}; \
+                 deleting the objects without waiting for them (a pod that is still running \
+                 may write objects after)",
+                humantime(self.ctx.settings.snapshot_pod_stop_timeout)
+            );
+            tracing::warn!("{note}");
+            self.events
+                .push((EventType::Warning, "SnapshotPodAbandoned", note));
+        }
+        Ok(())
+    }
+
+    /// Whether the prefix is this SiteCache's to empty.
+    async fn owns(&mut self, prefix: &Prefix<'_>, uid: &str) -> Result<bool, Error> {
         let wrote = self
             .sc
             .status
             .as_ref()
             .is_some_and(|s| s.latest_generation.is_some());
         match prefix.owner().await? {
-            Some(owner) if owner.uid == uid => {}
+            Some(owner) if owner.uid == uid => Ok(true),
             Some(owner) => {
                 let note = format!("{} is owned by {owner}: nothing deleted", prefix.location);
-                self.ctx
-                    .event(
-                        &self.sc,
-                        EventType::Normal,
-                        "PrefixNotOwned",
-                        "Delete",
-                        note,
-                    )
-                    .await;
-                return Ok(Action::await_change());
+                self.events
+                    .push((EventType::Normal, "PrefixNotOwned", note));
+                Ok(false)
             }
             // Claiming comes before any write; without a marker, only a SiteCache that recorded
             // generations has objects there (its marker was removed by hand).
-            None if !wrote => return Ok(Action::await_change()),
-            None => {}
+            None => Ok(wrote),
         }
-        self.set_status(
-            PROGRESSING,
-            true,
-            "DeletingObjects",
-            &format!("deleting every object under {}", prefix.location),
-        )
-        .await?;
+    }
+
+    async fn purge(&mut self, prefix: &Prefix<'_>) -> Result<Action, Error> {
         let latest = self
             .sc
             .status
@@ -163,28 +195,22 @@ impl Cleanup<'_> {
         self.ctx.metrics.objects_deleted.inc_by(removed.objects);
         self.ctx.metrics.bytes_deleted.inc_by(removed.bytes);
         let note = format!(
-            "deleted {} objects ({}) under {}; the prefix is empty",
+            "deleted {} objects ({}) under {}; nothing of this SiteCache's is left",
             removed.objects,
             bytesize::ByteSize(removed.bytes).display().iec(),
             prefix.location
         );
         tracing::info!("{note}");
-        self.ctx
-            .event(
-                &self.sc,
-                EventType::Normal,
-                "StorageDeleted",
-                "Delete",
-                note,
-            )
-            .await;
+        self.events
+            .push((EventType::Normal, "StorageDeleted", note));
         Ok(Action::await_change())
     }
 
-    /// Deletes the SiteCache's snapshot Jobs; returns the pods that still run.
+    /// Deletes the SiteCache's snapshot Jobs; returns the pods that still run, with their nodes.
     async fn stop_jobs(&self, uid: &str) -> Result<Vec<String>, Error> {
+        let ns = self.sc.namespace().unwrap_or_default();
         let selector = format!("{UID_LABEL}={uid}");
-        let jobs: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let jobs: Api<Job> = Api::namespaced(self.ctx.client.clone(), &ns);
         let list = jobs
             .list(&ListParams::default().labels(&selector))
             .await
@@ -215,7 +241,7 @@ impl Cleanup<'_> {
                 }
             }
         }
-        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
         let running = pods
             .list(&ListParams::default().labels(&selector))
             .await
@@ -226,58 +252,94 @@ impl Cleanup<'_> {
                 let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
                 !matches!(phase, Some("Succeeded" | "Failed"))
             })
-            .map(|p| p.name_any())
+            .map(|p| {
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                match node {
+                    Some(node) => format!("{} (on node {node})", p.name_any()),
+                    None => p.name_any(),
+                }
+            })
             .collect();
         Ok(running)
     }
 
-    async fn set_status(
-        &mut self,
-        type_: &str,
-        value: bool,
-        reason: &str,
-        message: &str,
-    ) -> Result<(), Error> {
-        let mut new = self.sc.status.clone().unwrap_or_default();
-        new.phase = Some(Phase::Deleting);
-        new.active_job = None;
-        status::set_condition(
-            &mut new.conditions,
-            type_,
-            value,
-            reason,
-            message.to_owned(),
-            self.sc.metadata.generation,
-            self.now,
-        );
-        if type_ != DELETION_BLOCKED {
-            status::clear_condition(&mut new.conditions, DELETION_BLOCKED);
+    /// The reason of `DeletionBlocked` as the status has it.
+    fn blocked_reason(&self) -> Option<&str> {
+        self.sc
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DELETION_BLOCKED && c.status == "True")
+            .map(|c| c.reason.as_str())
+    }
+
+    /// Writes `DeletionBlocked` when deletion cannot finish (once per change), then publishes
+    /// the Events. The deletion's own error wins over a failed status write, which is logged.
+    async fn conclude(mut self, result: Result<Action, Error>) -> Result<Action, Error> {
+        let blocked = match (&result, self.blocked.take()) {
+            (Ok(_), _) => None,
+            (Err(_), Some(blocked)) => Some(blocked),
+            (Err(e), None) => e.reason().map(|reason| {
+                let message = match e {
+                    Error::Storage(s) => format!(
+                        "cannot delete the objects under {}: {s}",
+                        self.sc
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.url.as_deref())
+                            .unwrap_or("the prefix")
+                    ),
+                    other => other.to_string(),
+                };
+                (reason, message)
+            }),
+        };
+        if let Some((reason, message)) = blocked {
+            let mut new = self.sc.status.clone().unwrap_or_default();
+            new.phase = Some(Phase::Deleting);
+            new.active_job = None;
+            status::set_condition(
+                &mut new.conditions,
+                DELETION_BLOCKED,
+                true,
+                &reason,
+                message.clone(),
+                self.sc.metadata.generation,
+                self.now,
+            );
+            if status::changed(self.sc.status.as_ref(), &new) {
+                if let Err(write) = write_status(&self.api, &self.sc, &new).await {
+                    tracing::warn!(
+                        "deletion cannot finish ({message}), and the status write failed: {write}"
+                    );
+                    return result;
+                }
+                self.ctx.metrics.status_writes.inc();
+                if self.blocked_reason() != Some(reason.as_str()) {
+                    tracing::warn!(%reason, "{message}");
+                    self.events
+                        .push((EventType::Warning, "DeletionBlocked", message));
+                }
+            }
         }
-        if !status::changed(self.sc.status.as_ref(), &new) {
-            return Ok(());
-        }
-        if type_ == DELETION_BLOCKED {
-            tracing::warn!(%reason, "{message}");
+        for (type_, reason, note) in std::mem::take(&mut self.events) {
             self.ctx
-                .event(
-                    &self.sc,
-                    EventType::Warning,
-                    "DeletionBlocked",
-                    "Delete",
-                    message.to_owned(),
-                )
+                .event(&self.sc, type_, reason, "Delete", note)
                 .await;
         }
-        write_status(&self.api, &self.sc, &new).await?;
-        self.sc.status = Some(new);
-        Ok(())
+        result
     }
 }
 
-fn storage_reason(e: &StorageError) -> &'static str {
-    match e {
-        StorageError::Timeout { .. } => "StorageTimeout",
-        StorageError::Unreachable { .. } => "StorageUnreachable",
-        _ => "StorageError",
+/// A duration as the flags spell it (`5m`, `90s`).
+fn humantime(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s > 0 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s > 0 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
     }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::validate::normalize_endpoint;
 use crate::agent::parse_duration;
 use crate::api::{BUCKET_PATTERN, SiteCache};
 use crate::storage::{Location, StorageOptions};
@@ -22,6 +23,21 @@ pub struct ControllerArgs {
     /// Buckets SiteCaches may use (comma-separated). The default bucket is always allowed.
     #[arg(long, env = "SITECACHE_ALLOWED_BUCKETS", value_delimiter = ',')]
     pub allowed_buckets: Vec<String>,
+
+    /// S3 endpoints SiteCaches may name in spec.storage.endpoint (comma-separated URLs). The
+    /// controller calls them with its own credentials; the default endpoint is always allowed.
+    #[arg(
+        long,
+        env = "SITECACHE_ALLOWED_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub allowed_endpoints: Vec<String>,
+
+    /// Let spec.legacy.publishKey name a key outside the SiteCache's own prefix (never one under
+    /// another SiteCache's prefix).
+    #[arg(long, env = "SITECACHE_ALLOW_LEGACY_KEYS_OUTSIDE_PREFIX", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_legacy_keys_outside_prefix: bool,
 
     /// Region of SiteCaches that name none (default: the AWS default chain, else us-east-1).
     #[arg(long, env = "SITECACHE_S3_REGION")]
@@ -51,6 +67,11 @@ pub struct ControllerArgs {
     /// How long finished snapshot Jobs are kept (`ttlSecondsAfterFinished`).
     #[arg(long, env = "SITECACHE_JOB_TTL", default_value = "1h", value_parser = parse_duration)]
     pub job_ttl: Duration,
+
+    /// How long deletion waits for a SiteCache's snapshot pods to stop (a pod on a lost node never
+    /// does) before it goes on without them.
+    #[arg(long, env = "SITECACHE_SNAPSHOT_POD_STOP_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub snapshot_pod_stop_timeout: Duration,
 
     /// Namespaces to watch (comma-separated; default: all).
     #[arg(
@@ -139,6 +160,10 @@ pub enum ConfigError {
     BackoffOrder,
     #[error("--agent-image must not be empty")]
     NoAgentImage,
+    #[error("--allowed-endpoints: {0:?} is not an http or https URL")]
+    BadAllowedEndpoint(String),
+    #[error("--endpoint {0:?} is not an http or https URL")]
+    BadEndpoint(String),
 }
 
 /// The validated configuration.
@@ -148,11 +173,16 @@ pub struct Settings {
     pub allowed_buckets: BTreeSet<String>,
     pub region: Option<String>,
     pub endpoint: Option<String>,
+    /// Endpoints a SiteCache may name, normalized ([`normalize_endpoint`]); the default
+    /// endpoint included.
+    pub allowed_endpoints: BTreeSet<String>,
+    pub allow_legacy_keys_outside_prefix: bool,
     pub path_style: bool,
     pub max_concurrent_snapshots: u32,
     pub agent_image: String,
     pub job_service_account: Option<String>,
     pub job_ttl: Duration,
+    pub snapshot_pod_stop_timeout: Duration,
     pub namespaces: Vec<String>,
     pub failure_backoff: Duration,
     pub failure_backoff_max: Duration,
@@ -183,6 +213,28 @@ impl TryFrom<&ControllerArgs> for Settings {
             allowed.insert(b.to_owned());
         }
         allowed.extend(a.default_bucket.clone());
+        let is_url = |u: &str| {
+            let u = u.trim();
+            (u.starts_with("http://") || u.starts_with("https://")) && u.len() > "https://".len()
+        };
+        if let Some(e) = &a.endpoint
+            && !is_url(e)
+        {
+            return Err(ConfigError::BadEndpoint(e.clone()));
+        }
+        let mut allowed_endpoints = BTreeSet::new();
+        for e in a
+            .allowed_endpoints
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+        {
+            if !is_url(e) {
+                return Err(ConfigError::BadAllowedEndpoint(e.to_owned()));
+            }
+            allowed_endpoints.insert(normalize_endpoint(e));
+        }
+        allowed_endpoints.extend(a.endpoint.as_deref().map(normalize_endpoint));
         if a.failure_backoff > a.failure_backoff_max {
             return Err(ConfigError::BackoffOrder);
         }
@@ -202,11 +254,14 @@ impl TryFrom<&ControllerArgs> for Settings {
             allowed_buckets: allowed,
             region: a.region.clone(),
             endpoint: a.endpoint.clone(),
+            allowed_endpoints,
+            allow_legacy_keys_outside_prefix: a.allow_legacy_keys_outside_prefix,
             path_style: a.path_style,
             max_concurrent_snapshots: a.max_concurrent_snapshots,
             agent_image: a.agent_image.clone(),
             job_service_account: a.job_service_account.clone(),
             job_ttl: a.job_ttl,
+            snapshot_pod_stop_timeout: a.snapshot_pod_stop_timeout,
             namespaces,
             failure_backoff: a.failure_backoff,
             failure_backoff_max: a.failure_backoff_max,
@@ -280,6 +335,25 @@ impl Settings {
         })
     }
 
+    /// Whether a SiteCache may name `endpoint` in `spec.storage.endpoint`.
+    pub fn endpoint_allowed(&self, endpoint: &str) -> bool {
+        self.allowed_endpoints
+            .contains(&normalize_endpoint(endpoint))
+    }
+
+    /// The allowed endpoints, for messages.
+    pub fn allowed_endpoints_text(&self) -> String {
+        if self.allowed_endpoints.is_empty() {
+            "none configured".to_owned()
+        } else {
+            self.allowed_endpoints
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    }
+
     fn check_allowed(&self, bucket: &str) -> Result<(), TargetError> {
         if !self.allowed_buckets.contains(bucket) {
             return Err(TargetError::NotAllowed {
@@ -311,4 +385,19 @@ impl Target {
             max_attempts: Some(3),
         }
     }
+}
+
+/// Settings from command-line flags, for tests.
+#[cfg(test)]
+pub fn settings_from(flags: &[&str]) -> Settings {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+    let cli = <Cli as clap::Parser>::try_parse_from(
+        std::iter::once("controller").chain(flags.iter().copied()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    Settings::try_from(&cli.args).unwrap_or_else(|e| panic!("{e}"))
 }

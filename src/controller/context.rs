@@ -27,7 +27,9 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
-    storage: tokio::sync::Mutex<HashMap<StorageKey, aws_sdk_s3::Client>>,
+    storage: tokio::sync::Mutex<Clients>,
+    /// Claims of prefixes that could overlap (same bucket and first segment) go one at a time.
+    claim_locks: Vec<tokio::sync::Mutex<()>>,
     /// SiteCaches (by uid) whose ownership marker this process has confirmed.
     claimed: Mutex<HashSet<String>>,
     /// SiteCaches (by uid) whose cache is not Fresh, for the stale gauge.
@@ -49,6 +51,47 @@ struct StorageKey {
     endpoint: Option<String>,
     path_style: bool,
 }
+
+/// S3 clients by store: at most [`Clients::CAPACITY`], the least recently used dropped first
+/// (regions are free text in the spec, so the set of stores is not bounded by the allow-lists).
+#[derive(Default)]
+struct Clients {
+    clients: HashMap<StorageKey, (aws_sdk_s3::Client, u64)>,
+    /// A clock of uses, for least-recently-used eviction.
+    uses: u64,
+}
+
+impl Clients {
+    const CAPACITY: usize = 32;
+
+    fn get(&mut self, key: &StorageKey) -> Option<aws_sdk_s3::Client> {
+        self.uses += 1;
+        let uses = self.uses;
+        self.clients.get_mut(key).map(|(c, used)| {
+            *used = uses;
+            c.clone()
+        })
+    }
+
+    fn insert(&mut self, key: StorageKey, client: aws_sdk_s3::Client) {
+        while self.clients.len() >= Self::CAPACITY {
+            let Some(oldest) = self
+                .clients
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.clients.remove(&oldest);
+        }
+        self.uses += 1;
+        self.clients.insert(key, (client, self.uses));
+    }
+}
+
+/// How many claim locks there are (claims that could not overlap may share one).
+const CLAIM_LOCKS: usize = 64;
 
 #[derive(Default)]
 struct Slots {
@@ -75,6 +118,7 @@ impl Context {
             settings,
             metrics,
             storage: Default::default(),
+            claim_locks: (0..CLAIM_LOCKS).map(|_| Default::default()).collect(),
             claimed: Default::default(),
             stale: Default::default(),
             slots: Default::default(),
@@ -93,11 +137,24 @@ impl Context {
         };
         let mut clients = self.storage.lock().await;
         if let Some(c) = clients.get(&key) {
-            return c.clone();
+            return c;
         }
         let client = crate::storage::client(&target.storage_options()).await;
         clients.insert(key, client.clone());
         client
+    }
+
+    /// The lock that claims of `location` take: two prefixes can overlap only if they are in the
+    /// same bucket and share their first segment, so those claims are made one at a time here
+    /// (claims by other processes are settled by the check after writing the marker).
+    pub async fn claim_lock(
+        &self,
+        location: &crate::storage::Location,
+    ) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher;
+        let first = location.prefix.split('/').next().unwrap_or_default();
+        let hash = foldhash::fast::FixedState::with_seed(0).hash_one((&location.bucket, first));
+        self.claim_locks[hash as usize % CLAIM_LOCKS].lock().await
     }
 
     pub fn is_claimed(&self, uid: &str) -> bool {
@@ -268,4 +325,39 @@ impl Errors {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(region: &str) -> StorageKey {
+        StorageKey {
+            region: Some(region.to_owned()),
+            endpoint: None,
+            path_style: false,
+        }
+    }
+
+    fn client() -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    #[test]
+    fn clients_are_bounded_and_the_least_recently_used_goes_first() {
+        let mut clients = Clients::default();
+        for i in 0..Clients::CAPACITY {
+            clients.insert(key(&format!("r{i}")), client());
+        }
+        // r0 is used again, so r1 is now the least recently used.
+        assert!(clients.get(&key("r0")).is_some());
+        clients.insert(key("new"), client());
+        assert_eq!(clients.clients.len(), Clients::CAPACITY);
+        assert!(clients.get(&key("r0")).is_some());
+        assert!(clients.get(&key("r1")).is_none());
+        assert!(clients.get(&key("new")).is_some());
+    }
 }

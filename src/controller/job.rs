@@ -12,8 +12,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
+use std::time::Duration;
+
 use super::config::{Settings, Target};
-use crate::api::{SiteCache, duration};
+use super::rebuild::RebuildReason;
+use crate::api::SiteCache;
 
 /// `app.kubernetes.io/managed-by` of every snapshot Job: what the controller and tools select.
 pub const MANAGED_BY: &str = "sitecache";
@@ -25,6 +28,11 @@ pub const UID_LABEL: &str = "sitecache.dev/uid";
 pub const GENERATION_LABEL: &str = "sitecache.dev/generation";
 /// Annotation with the on-demand request the Job answers.
 pub const REQUEST_ANNOTATION: &str = "sitecache.dev/answers-request";
+/// Annotation with the generation the Job restores before warming, or `none` for a rebuild
+/// from an empty cache.
+pub const BASE_ANNOTATION: &str = "sitecache.dev/base-generation";
+/// Annotation with why the Job rebuilds from an empty cache.
+pub const REBUILD_ANNOTATION: &str = "sitecache.dev/rebuild";
 /// Name of the cache volume and of the containers.
 const CACHE_VOLUME: &str = "cache";
 /// Where the agent binary lives in this project's image.
@@ -65,10 +73,13 @@ pub struct JobInputs<'a> {
     pub settings: &'a Settings,
     pub target: &'a Target,
     pub generation: u64,
-    /// The promoted generation, restored first so that warming only adds what changed.
-    pub previous: Option<u64>,
+    /// The generation restored first so that warming only adds what changed; `None`: the
+    /// snapshot rebuilds from an empty cache, for `rebuild`.
+    pub base: Result<u64, &'a RebuildReason>,
     /// The on-demand request the snapshot answers.
     pub request: Option<&'a str>,
+    /// The Job's deadline.
+    pub timeout: Duration,
 }
 
 /// The snapshot Job for generation `inputs.generation` of `sc`.
@@ -87,9 +98,17 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let annotations = inputs
-        .request
-        .map(|r| BTreeMap::from([(REQUEST_ANNOTATION.to_owned(), r.to_owned())]));
+    let mut annotations = BTreeMap::new();
+    if let Some(r) = inputs.request {
+        annotations.insert(REQUEST_ANNOTATION.to_owned(), r.to_owned());
+    }
+    match inputs.base {
+        Ok(n) => annotations.insert(BASE_ANNOTATION.to_owned(), n.to_string()),
+        Err(why) => {
+            annotations.insert(REBUILD_ANNOTATION.to_owned(), why.label().to_owned());
+            annotations.insert(BASE_ANNOTATION.to_owned(), "none".to_owned())
+        }
+    };
 
     let url = inputs.target.location.to_string();
     let cache_dir = spec.warm.cache_dir.clone();
@@ -101,7 +120,7 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
     let storage_env = storage_env(inputs.target);
 
     let mut init = Vec::new();
-    if let Some(previous) = inputs.previous {
+    if let Ok(previous) = inputs.base {
         init.push(agent_container(
             "restore-previous",
             inputs.settings,
@@ -165,15 +184,13 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
     }
     let snapshot = agent_container("snapshot", inputs.settings, args, storage_env, mount);
 
-    let timeout = duration::parse(&spec.snapshot.timeout)
-        .map(|d| d.as_secs().max(1))
-        .unwrap_or(1800);
+    let timeout = inputs.timeout.as_secs().max(1);
     Job {
         metadata: ObjectMeta {
             name: Some(name),
             namespace: sc.namespace(),
             labels: Some(labels.clone()),
-            annotations,
+            annotations: Some(annotations),
             owner_references: sc.controller_owner_ref(&()).map(|o| vec![o]),
             ..Default::default()
         },
@@ -302,12 +319,24 @@ pub enum JobState {
     Vanished,
 }
 
+/// What a snapshot Job warmed on top of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Base {
+    /// An empty cache: a rebuild.
+    Empty,
+    /// This generation, restored first.
+    Generation(u64),
+    /// Not recorded (a Job made by hand or by an older controller).
+    Unknown,
+}
+
 /// A snapshot Job as the controller sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobView {
     pub name: String,
     pub generation: u64,
     pub request: Option<String>,
+    pub base: Base,
     pub state: JobState,
     pub deleting: bool,
 }
@@ -341,15 +370,17 @@ impl JobView {
         } else {
             JobState::Running { start }
         };
+        let annotation = |key: &str| job.meta().annotations.as_ref()?.get(key).cloned();
+        let base = match annotation(BASE_ANNOTATION).as_deref() {
+            Some("none") => Base::Empty,
+            Some(n) => n.parse().map_or(Base::Unknown, Base::Generation),
+            None => Base::Unknown,
+        };
         Some(JobView {
             name: job.name_any(),
             generation,
-            request: job
-                .meta()
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(REQUEST_ANNOTATION))
-                .cloned(),
+            request: annotation(REQUEST_ANNOTATION),
+            base,
             state,
             deleting: job.meta().deletion_timestamp.is_some(),
         })
@@ -365,25 +396,16 @@ mod tests {
     use super::*;
     use crate::api::SiteCacheSpec;
     use crate::storage::Location;
-    use std::time::Duration;
 
     fn settings() -> Settings {
-        Settings {
-            default_bucket: Some("caches".into()),
-            allowed_buckets: ["caches".to_owned()].into(),
-            region: None,
-            endpoint: None,
-            path_style: false,
-            max_concurrent_snapshots: 2,
-            agent_image: "ghcr.io/sitecache/sitecache:test".into(),
-            job_service_account: Some("sitecache-snapshot".into()),
-            job_ttl: Duration::from_secs(3600),
-            namespaces: vec![],
-            failure_backoff: Duration::from_secs(60),
-            failure_backoff_max: Duration::from_secs(3600),
-            resync: Duration::from_secs(600),
-            reconcile_concurrency: 4,
-        }
+        crate::controller::config::settings_from(&[
+            "--default-bucket",
+            "caches",
+            "--agent-image",
+            "ghcr.io/sitecache/sitecache:test",
+            "--job-service-account",
+            "sitecache-snapshot",
+        ])
     }
 
     fn site() -> SiteCache {
@@ -436,8 +458,9 @@ mod tests {
                 settings: &s,
                 target: &t,
                 generation: 5,
-                previous: Some(4),
+                base: Ok(4),
                 request: Some("tok"),
+                timeout: Duration::from_secs(900),
             },
         );
         assert_eq!(job.metadata.name.as_deref(), Some("shop-cache-g5"));
@@ -511,10 +534,10 @@ mod tests {
                 "SITECACHE_PATH_STYLE=true"
             ]
         );
-        assert_eq!(
-            job.metadata.annotations.as_ref().unwrap()[REQUEST_ANNOTATION],
-            "tok"
-        );
+        let annotations = job.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations[REQUEST_ANNOTATION], "tok");
+        assert_eq!(annotations[BASE_ANNOTATION], "4");
+        assert_eq!(JobView::of(&job).unwrap().base, Base::Generation(4));
     }
 
     #[test]
@@ -527,11 +550,12 @@ mod tests {
                 settings: &s,
                 target: &t,
                 generation: 1,
-                previous: None,
+                base: Err(&RebuildReason::FirstGeneration),
                 request: None,
+                timeout: Duration::from_secs(900),
             },
         );
-        let pod = job.spec.unwrap().template.spec.unwrap();
+        let pod = job.spec.clone().unwrap().template.spec.unwrap();
         let names: Vec<_> = pod
             .init_containers
             .unwrap()
@@ -539,5 +563,8 @@ mod tests {
             .map(|c| c.name)
             .collect();
         assert_eq!(names, ["warm"]);
+        let annotations = job.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations[REBUILD_ANNOTATION], "first-generation");
+        assert_eq!(JobView::of(&job).unwrap().base, Base::Empty);
     }
 }

@@ -2,11 +2,14 @@
 //!
 //! Layout:
 //! - [`config`]: flags and the resolved storage of a SiteCache;
-//! - [`schedule`], [`job`], [`status`]: pure functions that decide (when a snapshot is due, the
-//!   snapshot Job, the status), unit-tested without a cluster;
+//! - [`validate`]: a SiteCache's spec checked against the configuration and parsed once;
+//! - [`schedule`], [`rebuild`], [`job`], [`status`]: pure functions that decide (when a snapshot
+//!   is due, whether it starts from an empty cache, the snapshot Job, the status), unit-tested
+//!   without a cluster;
 //! - [`objects`]: the storage work on a SiteCache's prefix (ownership, inventory, verification,
 //!   promotion, retention, deletion);
-//! - [`reconcile`] and [`cleanup`]: read, decide, act, for a live and a deleted SiteCache;
+//! - [`reconcile`] and [`cleanup`]: the numbered steps for a live and a deleted SiteCache;
+//! - [`error`]: why a reconcile failed, with the metrics kind and Event reason of each error;
 //! - [`context`]: what reconciles share (clients, metrics, Events, the snapshot slots);
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz`.
 
@@ -17,10 +20,12 @@ mod error;
 pub mod job;
 mod leader;
 pub mod objects;
+pub mod rebuild;
 mod reconcile;
 pub mod schedule;
 mod server;
 pub mod status;
+pub mod validate;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -270,13 +275,13 @@ async fn reconcile(sc: Arc<SiteCache>, ctx: Arc<Context>) -> Result<Action, Erro
         match &result {
             Ok(_) => ctx.errors.forget(&uid),
             Err(e) => {
-                if let Some(reason) = event_reason(e.inner())
+                if let Some(reason) = e.inner().reason()
                     && ctx.errors.is_new(&uid, &e.to_string())
                 {
                     ctx.event(
                         &sc,
                         EventType::Warning,
-                        reason,
+                        &reason,
                         "Reconcile",
                         e.inner().to_string(),
                     )
@@ -313,18 +318,6 @@ fn retry_delay(attempts: u32) -> Duration {
     let base = Duration::from_secs(1).saturating_mul(1 << attempts.saturating_sub(1).min(9));
     base.min(Duration::from_secs(300))
         .mul_f64(0.75 + fastrand::f64() * 0.5)
-}
-
-/// The reason of the Warning Event an error publishes; none for a write conflict, which the next
-/// reconcile resolves by itself.
-fn event_reason(e: &Error) -> Option<&'static str> {
-    match e {
-        Error::Storage(_) => Some("StorageError"),
-        Error::Kube { .. } => Some("KubernetesApiError"),
-        Error::CleanupPending(_) => Some("DeletionPending"),
-        Error::Finalizer(_) => Some("FinalizerError"),
-        Error::Conflict => None,
-    }
 }
 
 #[cfg(test)]

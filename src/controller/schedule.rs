@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp, tz::TimeZone};
 
-use crate::api::{Freshness, SNAPSHOT_REQUEST_ANNOTATION, SiteCache, SnapshotResult, duration};
+use crate::api::{
+    Freshness, SNAPSHOT_REQUEST_ANNOTATION, ScheduleSpec, SiteCache, SnapshotResult, duration,
+};
 
 /// Why a snapshot is due, most pressing first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,21 +101,41 @@ pub fn jitter_offset(uid: &str, jitter: Duration) -> SignedDuration {
     SignedDuration::from_millis((stable_hash(&[uid.as_bytes()]) % ms) as i64)
 }
 
+/// `spec.schedule`, parsed.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub max_age: Duration,
+    pub jitter: Duration,
+    pub cron: Option<croner::Cron>,
+}
+
+impl Schedule {
+    /// Parses `spec.schedule`; the error names the field.
+    pub fn parse(spec: &ScheduleSpec) -> Result<Schedule, String> {
+        let max_age =
+            duration::parse(&spec.max_age).map_err(|e| format!("spec.schedule.maxAge: {e}"))?;
+        if max_age.is_zero() {
+            return Err("spec.schedule.maxAge must be at least 1s".into());
+        }
+        let jitter =
+            duration::parse(&spec.jitter).map_err(|e| format!("spec.schedule.jitter: {e}"))?;
+        let cron = spec.cron.as_deref().map(parse_cron).transpose()?;
+        Ok(Schedule {
+            max_age,
+            jitter,
+            cron,
+        })
+    }
+}
+
 /// Evaluates the schedule of `sc` at `now`.
-pub fn evaluate(sc: &SiteCache, now: Timestamp, backoff: Backoff) -> Verdict {
+pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Backoff) -> Verdict {
     let spec = &sc.spec;
     let status = sc.status.clone().unwrap_or_default();
     let uid = sc.metadata.uid.as_deref().unwrap_or_default();
-    // The API server enforces the duration pattern; fall back to the defaults defensively.
-    let max_age = duration::parse(&spec.schedule.max_age).unwrap_or(Duration::from_secs(86_400));
-    let jitter = duration::parse(&spec.schedule.jitter).unwrap_or(Duration::ZERO);
-    let offset = jitter_offset(uid, jitter.min(max_age / 2));
-    let max_age = SignedDuration::try_from(max_age).unwrap_or(SignedDuration::MAX);
-    let cron = spec
-        .schedule
-        .cron
-        .as_deref()
-        .and_then(|c| parse_cron(c).ok());
+    let offset = jitter_offset(uid, schedule.jitter.min(schedule.max_age / 2));
+    let max_age = SignedDuration::try_from(schedule.max_age).unwrap_or(SignedDuration::MAX);
+    let cron = schedule.cron.as_ref();
 
     let request = pending_request(sc);
     let mut triggers = Vec::new();
@@ -163,7 +185,7 @@ pub fn evaluate(sc: &SiteCache, now: Timestamp, backoff: Backoff) -> Verdict {
             } else {
                 next_due = Some(age_due);
             }
-            if let Some(cron) = &cron {
+            if let Some(cron) = cron {
                 // The tick after the generation was made, fired `offset` early: the reference
                 // moves by the offset too, so an early snapshot does not count as before its tick.
                 let reference = created.saturating_add(offset).unwrap_or(created);
@@ -283,6 +305,16 @@ mod tests {
         max: Duration::from_secs(3600),
     };
 
+    /// Evaluates with the SiteCache's own schedule.
+    fn eval(sc: &SiteCache, now: Timestamp) -> Verdict {
+        evaluate(
+            sc,
+            &Schedule::parse(&sc.spec.schedule).unwrap(),
+            now,
+            BACKOFF,
+        )
+    }
+
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
     }
@@ -311,17 +343,14 @@ mod tests {
             sha256: "00".into(),
             created_at: Time(ts(created)),
             source_revision: revision.map(str::to_owned),
+            base_generation: None,
         });
         sc
     }
 
     #[test]
     fn no_generation_is_due_and_missing() {
-        let v = evaluate(
-            &site("24h", "0s", None),
-            ts("2026-01-01T00:00:00Z"),
-            BACKOFF,
-        );
+        let v = eval(&site("24h", "0s", None), ts("2026-01-01T00:00:00Z"));
         assert_eq!(v.due, Some(Trigger::Initial));
         assert_eq!(v.freshness, Freshness::Missing);
         assert_eq!(v.next_due, None);
@@ -330,11 +359,11 @@ mod tests {
     #[test]
     fn fresh_until_max_age_then_stale_and_due() {
         let sc = with_current(site("1h", "0s", None), "2026-01-01T00:00:00Z", None);
-        let v = evaluate(&sc, ts("2026-01-01T00:59:00Z"), BACKOFF);
+        let v = eval(&sc, ts("2026-01-01T00:59:00Z"));
         assert_eq!(v.freshness, Freshness::Fresh);
         assert_eq!(v.due, None);
         assert_eq!(v.next_due, Some(ts("2026-01-01T01:00:00Z")));
-        let v = evaluate(&sc, ts("2026-01-01T01:00:00Z"), BACKOFF);
+        let v = eval(&sc, ts("2026-01-01T01:00:00Z"));
         assert_eq!(v.freshness, Freshness::Stale);
         assert_eq!(v.due, Some(Trigger::MaxAge));
     }
@@ -342,12 +371,8 @@ mod tests {
     #[test]
     fn jitter_fires_early_by_a_fixed_amount_per_object() {
         let sc = with_current(site("1h", "10m", None), "2026-01-01T00:00:00Z", None);
-        let a = evaluate(&sc, ts("2026-01-01T00:10:00Z"), BACKOFF)
-            .next_due
-            .unwrap();
-        let b = evaluate(&sc, ts("2026-01-01T00:20:00Z"), BACKOFF)
-            .next_due
-            .unwrap();
+        let a = eval(&sc, ts("2026-01-01T00:10:00Z")).next_due.unwrap();
+        let b = eval(&sc, ts("2026-01-01T00:20:00Z")).next_due.unwrap();
         assert_eq!(
             a, b,
             "the same object gets the same offset on every reconcile"
@@ -355,12 +380,10 @@ mod tests {
         assert!(a <= ts("2026-01-01T01:00:00Z") && a > ts("2026-01-01T00:50:00Z"));
         let mut other = sc.clone();
         other.metadata.uid = Some("another-uid".into());
-        let c = evaluate(&other, ts("2026-01-01T00:10:00Z"), BACKOFF)
-            .next_due
-            .unwrap();
+        let c = eval(&other, ts("2026-01-01T00:10:00Z")).next_due.unwrap();
         assert_ne!(a, c, "objects spread out");
         // Still fresh while the early snapshot is due.
-        let v = evaluate(&sc, a, BACKOFF);
+        let v = eval(&sc, a);
         assert_eq!(v.due, Some(Trigger::MaxAge));
         assert_eq!(v.freshness, Freshness::Fresh);
     }
@@ -372,7 +395,7 @@ mod tests {
             "2026-01-01T00:00:00Z",
             Some("a"),
         );
-        let v = evaluate(&sc, ts("2026-01-01T00:01:00Z"), BACKOFF);
+        let v = eval(&sc, ts("2026-01-01T00:01:00Z"));
         assert_eq!(v.due, Some(Trigger::Revision));
         assert_eq!(v.freshness, Freshness::Stale);
         assert!(
@@ -382,30 +405,28 @@ mod tests {
         );
         // No revision in the spec: nothing to compare.
         let sc = with_current(site("24h", "0s", None), "2026-01-01T00:00:00Z", Some("a"));
-        assert_eq!(evaluate(&sc, ts("2026-01-01T00:01:00Z"), BACKOFF).due, None);
+        assert_eq!(eval(&sc, ts("2026-01-01T00:01:00Z")).due, None);
     }
 
     #[test]
     fn cron_tick_after_the_generation() {
         let mut sc = with_current(site("240h", "0s", None), "2026-01-01T00:30:00Z", None);
         sc.spec.schedule.cron = Some("0 * * * *".into());
-        let v = evaluate(&sc, ts("2026-01-01T00:59:00Z"), BACKOFF);
+        let v = eval(&sc, ts("2026-01-01T00:59:00Z"));
         assert_eq!(v.due, None);
         assert_eq!(v.next_due, Some(ts("2026-01-01T01:00:00Z")));
         assert_eq!(
-            evaluate(&sc, ts("2026-01-01T01:00:00Z"), BACKOFF).due,
+            eval(&sc, ts("2026-01-01T01:00:00Z")).due,
             Some(Trigger::Cron)
         );
         // With jitter, the snapshot fires early; the generation it makes does not re-trigger the
         // same tick.
         sc.spec.schedule.jitter = "20m".into();
-        let fire = evaluate(&sc, ts("2026-01-01T00:31:00Z"), BACKOFF)
-            .next_due
-            .unwrap();
+        let fire = eval(&sc, ts("2026-01-01T00:31:00Z")).next_due.unwrap();
         assert!(fire < ts("2026-01-01T01:00:00Z") && fire >= ts("2026-01-01T00:40:00Z"));
         let made = fire.checked_add(SignedDuration::from_secs(30)).unwrap();
         let sc = with_current(sc, &made.to_string(), None);
-        let v = evaluate(&sc, made, BACKOFF);
+        let v = eval(&sc, made);
         assert_eq!(v.due, None);
         assert!(v.next_due.unwrap() > ts("2026-01-01T01:30:00Z"));
     }
@@ -416,12 +437,9 @@ mod tests {
         sc.metadata.annotations =
             Some([(SNAPSHOT_REQUEST_ANNOTATION.to_owned(), "t1".to_owned())].into());
         let now = ts("2026-01-01T00:01:00Z");
-        assert_eq!(
-            evaluate(&sc, now, BACKOFF).due,
-            Some(Trigger::Request("t1".into()))
-        );
+        assert_eq!(eval(&sc, now).due, Some(Trigger::Request("t1".into())));
         sc.status.as_mut().unwrap().last_handled_request = Some("t1".into());
-        assert_eq!(evaluate(&sc, now, BACKOFF).due, None);
+        assert_eq!(eval(&sc, now).due, None);
     }
 
     #[test]
@@ -436,17 +454,17 @@ mod tests {
             result: Some(SnapshotResult::Failed),
             ..Default::default()
         });
-        let v = evaluate(&sc, ts("2026-01-01T00:03:00Z"), BACKOFF);
+        let v = eval(&sc, ts("2026-01-01T00:03:00Z"));
         assert_eq!(v.due, None);
         let until = v.backoff_until.unwrap();
         // 4 minutes ± 10%.
         assert!(until >= ts("2026-01-01T00:03:36Z") && until <= ts("2026-01-01T00:04:24Z"));
         assert_eq!(v.next_due, Some(until));
-        assert_eq!(evaluate(&sc, until, BACKOFF).due, Some(Trigger::Initial));
+        assert_eq!(eval(&sc, until).due, Some(Trigger::Initial));
         sc.metadata.annotations =
             Some([(SNAPSHOT_REQUEST_ANNOTATION.to_owned(), "now".to_owned())].into());
         assert_eq!(
-            evaluate(&sc, ts("2026-01-01T00:03:00Z"), BACKOFF).due,
+            eval(&sc, ts("2026-01-01T00:03:00Z")).due,
             Some(Trigger::Request("now".into()))
         );
     }
@@ -464,7 +482,7 @@ mod tests {
     fn suspend_holds_everything() {
         let mut sc = site("24h", "0s", None);
         sc.spec.suspend = true;
-        let v = evaluate(&sc, ts("2026-01-01T00:00:00Z"), BACKOFF);
+        let v = eval(&sc, ts("2026-01-01T00:00:00Z"));
         assert_eq!(v.due, None);
         assert_eq!(v.next_due, None);
         assert_eq!(v.freshness, Freshness::Missing);

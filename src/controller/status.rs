@@ -28,6 +28,14 @@ pub enum Activity {
     Blocked { reason: String, message: String },
 }
 
+/// An error the reconcile ran into, reported in `Ready` (when no generation is promoted) and
+/// `Degraded` until a reconcile goes through.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trouble {
+    pub reason: String,
+    pub message: String,
+}
+
 /// Sets condition `type_`, keeping its `lastTransitionTime` unless its status changes.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
@@ -72,17 +80,19 @@ pub fn generation_info(m: &Manifest) -> GenerationInfo {
         uncompressed_bytes: m.uncompressed_bytes,
         files: m.files,
         sha256: m.sha256.clone(),
-        created_at: Time(m.created_at),
+        created_at: Time(truncate(m.created_at)),
         source_revision: m.source_revision.clone(),
+        base_generation: None,
     }
 }
 
 /// Fills in the derived parts of `status` (phase, freshness, next snapshot time, size and the
-/// conditions) from what the reconcile found and did.
+/// conditions) from what the reconcile found and did, and the error it ran into, if any.
 pub fn derive(
     status: &mut SiteCacheStatus,
     verdict: Option<&Verdict>,
     activity: &Activity,
+    trouble: Option<&Trouble>,
     suspended: bool,
     observed_generation: Option<i64>,
     now: Timestamp,
@@ -102,6 +112,7 @@ pub fn derive(
     };
     status.phase = Some(match activity {
         Activity::Blocked { .. } => Phase::Failed,
+        _ if trouble.is_some() && status.current.is_none() => Phase::Failed,
         Activity::Running { .. } => Phase::Snapshotting,
         Activity::Waiting { .. } => Phase::Pending,
         Activity::Idle if status.current.is_some() => Phase::Ready,
@@ -123,6 +134,18 @@ pub fn derive(
         ),
         (None, Activity::Blocked { reason, message }) => {
             set_condition(conditions, READY, false, reason, message.clone(), g, now)
+        }
+        (None, _) if trouble.is_some() => {
+            let t = trouble.expect("checked");
+            set_condition(
+                conditions,
+                READY,
+                false,
+                &t.reason,
+                t.message.clone(),
+                g,
+                now,
+            )
         }
         (None, _) => set_condition(
             conditions,
@@ -212,6 +235,18 @@ pub fn derive(
         (Activity::Blocked { reason, message }, _) => {
             set_condition(conditions, DEGRADED, true, reason, message.clone(), g, now)
         }
+        _ if trouble.is_some() => {
+            let t = trouble.expect("checked");
+            set_condition(
+                conditions,
+                DEGRADED,
+                true,
+                &t.reason,
+                t.message.clone(),
+                g,
+                now,
+            )
+        }
         // A retry is running: the failure stays reported until it succeeds.
         (Activity::Running { .. }, _) if status.consecutive_failures > 0 => {}
         (_, Some(last)) if status.consecutive_failures > 0 => set_condition(
@@ -240,13 +275,26 @@ pub fn derive(
 }
 
 /// Whether two statuses differ in more than the order of their conditions.
+/// Compared as they are stored: times to the second, as the API server keeps them.
 pub fn changed(old: Option<&SiteCacheStatus>, new: &SiteCacheStatus) -> bool {
     let Some(old) = old else { return true };
-    let mut a = old.clone();
-    let mut b = new.clone();
-    a.conditions.sort_by(|x, y| x.type_.cmp(&y.type_));
-    b.conditions.sort_by(|x, y| x.type_.cmp(&y.type_));
-    a != b
+    let stored = |s: &SiteCacheStatus| {
+        let mut s = s.clone();
+        s.conditions.sort_by(|x, y| x.type_.cmp(&y.type_));
+        serde_json::to_value(s).expect("a status serializes")
+    };
+    stored(old) != stored(new)
+}
+
+/// The current time to the second: every time the status records is stored to the second, and
+/// what a reconcile derives from the times it wrote must not change once they are read back.
+pub fn now() -> Timestamp {
+    truncate(Timestamp::now())
+}
+
+/// `t` to the second, as a status stores it.
+pub fn truncate(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
 #[cfg(test)]
@@ -320,6 +368,7 @@ mod tests {
             &mut s,
             Some(&verdict(Freshness::Missing)),
             &activity,
+            None,
             false,
             Some(1),
             now,
@@ -343,6 +392,7 @@ mod tests {
             &mut s,
             Some(&verdict(Freshness::Missing)),
             &activity,
+            None,
             false,
             None,
             ts("2026-01-01T00:00:00Z"),
@@ -365,6 +415,7 @@ mod tests {
                 sha256: "00".into(),
                 created_at: Time(ts("2026-01-01T00:00:00Z")),
                 source_revision: None,
+                base_generation: None,
             }),
             consecutive_failures: 2,
             last_snapshot: Some(LastSnapshot {
@@ -381,6 +432,7 @@ mod tests {
             &mut s,
             Some(&verdict(Freshness::Fresh)),
             &Activity::Idle,
+            None,
             false,
             None,
             ts("2026-01-01T00:00:00Z"),
@@ -404,6 +456,7 @@ mod tests {
             &mut s,
             None,
             &activity,
+            None,
             false,
             None,
             ts("2026-01-01T00:00:00Z"),
@@ -411,6 +464,58 @@ mod tests {
         assert_eq!(s.phase, Some(Phase::Failed));
         assert_eq!(cond(&s, READY).reason, "PrefixOwnedByAnother");
         assert_eq!(cond(&s, DEGRADED).status, "True");
+    }
+
+    #[test]
+    fn errors_show_in_ready_and_degraded() {
+        let trouble = Trouble {
+            reason: "NoSuchBucket".into(),
+            message: "GET s3://missing/shop/.sitecache-owner.json: NoSuchBucket".into(),
+        };
+        let mut s = SiteCacheStatus::default();
+        derive(
+            &mut s,
+            None,
+            &Activity::Idle,
+            Some(&trouble),
+            false,
+            None,
+            ts("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(s.phase, Some(Phase::Failed));
+        for t in [READY, DEGRADED] {
+            assert_eq!(cond(&s, t).reason, "NoSuchBucket");
+            assert_eq!(cond(&s, t).message, trouble.message);
+        }
+        assert_eq!(cond(&s, READY).status, "False");
+        assert_eq!(cond(&s, DEGRADED).status, "True");
+        // With a promoted generation the cache is still Ready; Degraded says what is wrong.
+        let mut s = SiteCacheStatus {
+            current: Some(GenerationInfo {
+                generation: 2,
+                key: "k".into(),
+                size_bytes: 1,
+                uncompressed_bytes: 1,
+                files: 1,
+                sha256: "00".into(),
+                created_at: Time(ts("2026-01-01T00:00:00Z")),
+                source_revision: None,
+                base_generation: None,
+            }),
+            ..Default::default()
+        };
+        derive(
+            &mut s,
+            Some(&verdict(Freshness::Fresh)),
+            &Activity::Idle,
+            Some(&trouble),
+            false,
+            None,
+            ts("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(s.phase, Some(Phase::Ready));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, DEGRADED).reason, "NoSuchBucket");
     }
 
     #[test]
@@ -425,5 +530,15 @@ mod tests {
         b.consecutive_failures = 1;
         assert!(changed(Some(&a), &b));
         assert!(changed(None, &b));
+        // What the API server stores to the second is no change.
+        let mut c = a.clone();
+        c.next_snapshot_time = Some(Time(ts("2026-01-01T00:00:00.250Z")));
+        let mut d = a.clone();
+        d.next_snapshot_time = Some(Time(ts("2026-01-01T00:00:00Z")));
+        assert!(!changed(Some(&d), &c));
+        assert_eq!(
+            truncate(ts("2026-01-01T00:00:00.999Z")),
+            ts("2026-01-01T00:00:00Z")
+        );
     }
 }

@@ -3,6 +3,25 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// The name of the ownership marker at the top of every SiteCache's prefix.
+pub const OWNER_MARKER: &str = ".sitecache-owner.json";
+
+/// The prefixes above `key`, shortest first: `a/b/c` (or `a/b/c/`) has `a/` and `a/b/`.
+pub fn parent_prefixes(key: &str) -> Vec<&str> {
+    let trimmed = key.strip_suffix('/').unwrap_or(key);
+    trimmed
+        .match_indices('/')
+        .map(|(i, _)| &trimmed[..=i])
+        .collect()
+}
+
+/// The prefix an ownership marker's key claims (`a/b/.sitecache-owner.json` claims `a/b/`), if
+/// the key is a marker's.
+pub fn claimed_by_marker(key: &str) -> Option<&str> {
+    let prefix = key.strip_suffix(OWNER_MARKER)?;
+    (prefix.is_empty() || prefix.ends_with('/')).then_some(prefix)
+}
+
 /// A bucket and a key prefix: where one site's objects live.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Location {
@@ -69,7 +88,7 @@ impl Location {
 
     /// `P/.sitecache-owner.json`: which SiteCache owns the prefix.
     pub fn owner_key(&self) -> String {
-        format!("{}.sitecache-owner.json", self.prefix)
+        format!("{}{OWNER_MARKER}", self.prefix)
     }
 
     /// The generation number a key under `P/generations/` belongs to.
@@ -170,6 +189,16 @@ mod tests {
         ] {
             assert!(bad.parse::<Location>().is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn parents_and_markers() {
+        assert_eq!(parent_prefixes("a/b/c/"), ["a/", "a/b/"]);
+        assert_eq!(parent_prefixes("a/b/c.tgz"), ["a/", "a/b/"]);
+        assert_eq!(parent_prefixes("a/"), Vec::<&str>::new());
+        assert_eq!(claimed_by_marker("a/b/.sitecache-owner.json"), Some("a/b/"));
+        assert_eq!(claimed_by_marker("a/x.sitecache-owner.json"), None);
+        assert_eq!(claimed_by_marker("a/b/current.json"), None);
     }
 
     #[test]

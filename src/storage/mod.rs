@@ -18,7 +18,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use download::{DownloadOptions, ranged_download};
-pub use location::{Location, LocationError, validate_prefix};
+pub use location::{
+    Location, LocationError, OWNER_MARKER, claimed_by_marker, parent_prefixes, validate_prefix,
+};
 pub use upload::{Part, UploadError, UploadOptions, multipart_upload};
 
 /// Region used when none is configured: S3-compatible stores accept any, and AWS redirects.
@@ -106,12 +108,32 @@ pub enum StorageError {
         found: u64,
         expected: u64,
     },
+    #[error("s3://{bucket}/{key} is larger than the {limit} bytes a document may have")]
+    TooLarge {
+        bucket: String,
+        key: String,
+        limit: u64,
+    },
     #[error("s3://{bucket}/{key} is not valid JSON of the expected shape: {source}")]
     BadDocument {
         bucket: String,
         key: String,
         source: serde_json::Error,
     },
+}
+
+/// What kind of refusal a store's error code is: a closed set, so that metrics labels stay few
+/// whatever codes a store invents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceClass {
+    /// The credentials may not do this (`AccessDenied`, `InvalidAccessKeyId`, …).
+    Denied,
+    /// The bucket does not exist.
+    NoSuchBucket,
+    /// The store asks the client to slow down (`SlowDown`, HTTP 503).
+    Throttled,
+    /// Anything else.
+    Other,
 }
 
 impl StorageError {
@@ -122,9 +144,55 @@ impl StorageError {
             StorageError::AlreadyExists { .. } => "already-exists",
             StorageError::Timeout { .. } => "timeout",
             StorageError::Unreachable { .. } => "unreachable",
-            StorageError::Service { .. } => "storage-error",
+            StorageError::Service { .. } => match self.class() {
+                Some(ServiceClass::Denied) => "access-denied",
+                Some(ServiceClass::NoSuchBucket) => "no-such-bucket",
+                Some(ServiceClass::Throttled) => "throttled",
+                Some(ServiceClass::Other) | None => "storage-error",
+            },
             StorageError::WrongSize { .. } => "wrong-size",
-            StorageError::BadDocument { .. } => "bad-document",
+            StorageError::TooLarge { .. } | StorageError::BadDocument { .. } => "bad-document",
+        }
+    }
+
+    /// The class of a store's refusal (`None` for errors that are not one).
+    pub fn class(&self) -> Option<ServiceClass> {
+        let StorageError::Service { code, .. } = self else {
+            return None;
+        };
+        Some(match code.as_str() {
+            "AccessDenied"
+            | "AllAccessDisabled"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "InvalidToken"
+            | "AccountProblem" => ServiceClass::Denied,
+            "NoSuchBucket" => ServiceClass::NoSuchBucket,
+            "SlowDown"
+            | "ServiceUnavailable"
+            | "RequestLimitExceeded"
+            | "Throttling"
+            | "HTTP 503" => ServiceClass::Throttled,
+            _ => ServiceClass::Other,
+        })
+    }
+
+    /// A CamelCase reason for conditions and Events: the store's own error code when it is one
+    /// (`AccessDenied`, `NoSuchBucket`, `SlowDown`), else what failed (`StorageTimeout`,
+    /// `StorageUnreachable`, …).
+    pub fn reason(&self) -> String {
+        match self {
+            StorageError::NotFound { .. } => "StorageObjectMissing".into(),
+            StorageError::AlreadyExists { .. } => "StorageObjectExists".into(),
+            StorageError::Timeout { .. } => "StorageTimeout".into(),
+            StorageError::Unreachable { .. } => "StorageUnreachable".into(),
+            StorageError::Service { code, .. } if is_camel_case_code(code) => code.clone(),
+            StorageError::Service { .. } => "StorageError".into(),
+            StorageError::WrongSize { .. } => "StorageSizeMismatch".into(),
+            StorageError::TooLarge { .. } | StorageError::BadDocument { .. } => {
+                "StorageBadDocument".into()
+            }
         }
     }
 
@@ -153,7 +221,9 @@ impl StorageError {
             SdkError::ServiceError(se) => {
                 let code = se.err().code().unwrap_or("").to_owned();
                 let status = se.raw().status().as_u16();
-                if code == "NoSuchKey" || code == "NotFound" || status == 404 {
+                // A missing bucket answers 404 too, but it is no missing object: it is a
+                // configuration error the caller must hear of.
+                if code == "NoSuchKey" || code == "NotFound" || (status == 404 && code.is_empty()) {
                     StorageError::NotFound { bucket, key }
                 } else if code == "PreconditionFailed" || status == 412 {
                     StorageError::AlreadyExists { bucket, key }
@@ -182,6 +252,14 @@ impl StorageError {
     }
 }
 
+/// Whether a store's error code can be a condition reason as it is: a CamelCase word, such as
+/// every S3 error code (`AccessDenied`, `NoSuchBucket`).
+fn is_camel_case_code(code: &str) -> bool {
+    (2..=64).contains(&code.len())
+        && code.as_bytes()[0].is_ascii_uppercase()
+        && code.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Renders an error with its sources, `a: b: c`.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
@@ -197,13 +275,18 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Reads a JSON document; `Ok(None)` when it does not exist.
-pub async fn get_json<T: DeserializeOwned>(
+/// The largest document (manifest, `current.json`, ownership marker) read: far above what the
+/// writers produce (well under a KiB), far below what would hurt a reader.
+pub const MAX_DOCUMENT: u64 = 1 << 20;
+
+/// Reads a small document whole, at most [`MAX_DOCUMENT`] bytes whatever the object's size or
+/// what the store says it is; `Ok(None)` when it does not exist.
+pub async fn get_document(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
-) -> Result<Option<T>, StorageError> {
-    let out = match client.get_object().bucket(bucket).key(key).send().await {
+) -> Result<Option<bytes::Bytes>, StorageError> {
+    let mut out = match client.get_object().bucket(bucket).key(key).send().await {
         Ok(out) => out,
         Err(e) => {
             return match StorageError::from_sdk("GET", bucket, key, e) {
@@ -212,7 +295,42 @@ pub async fn get_json<T: DeserializeOwned>(
             };
         }
     };
-    let body = read_body(out.body, bucket, key).await?;
+    let too_large = || StorageError::TooLarge {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        limit: MAX_DOCUMENT,
+    };
+    if out
+        .content_length()
+        .is_some_and(|n| n as u64 > MAX_DOCUMENT)
+    {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = out.body.next().await {
+        let chunk = chunk.map_err(|e| StorageError::Unreachable {
+            op: "GET",
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            message: error_chain(&e),
+        })?;
+        if (body.len() + chunk.len()) as u64 > MAX_DOCUMENT {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
+}
+
+/// Reads a JSON document (at most [`MAX_DOCUMENT`] bytes); `Ok(None)` when it does not exist.
+pub async fn get_json<T: DeserializeOwned>(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
+    let Some(body) = get_document(client, bucket, key).await? else {
+        return Ok(None);
+    };
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|source| StorageError::BadDocument {

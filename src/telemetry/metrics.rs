@@ -19,6 +19,11 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 /// Every metric the controller exports, prefixed `sitecache_`.
 pub struct Metrics {
     pub registry: Registry,
@@ -33,6 +38,9 @@ pub struct Metrics {
     pub objects_deleted: Counter,
     pub bytes_deleted: Counter<u64, AtomicU64>,
     pub stale_sitecaches: Gauge,
+    pub status_writes: Counter,
+    pub rebuilds: Family<ReasonLabel, Counter>,
+    pub cache_growth: Histogram,
 }
 
 impl Default for Metrics {
@@ -106,6 +114,24 @@ impl Default for Metrics {
             "SiteCaches whose cache is Stale or Missing",
             stale_sitecaches.clone(),
         );
+        let status_writes = Counter::default();
+        registry.register(
+            "status_writes",
+            "Writes of a SiteCache's status (each one changed it)",
+            status_writes.clone(),
+        );
+        let rebuilds = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "snapshot_rebuilds",
+            "Snapshot Jobs started from an empty cache, by reason",
+            rebuilds.clone(),
+        );
+        let cache_growth = Histogram::new([0.0, 5.0, 10.0, 20.0, 35.0, 50.0, 75.0, 100.0, 200.0]);
+        registry.register(
+            "cache_growth_percent",
+            "Growth of each promoted generation over the SiteCache's last rebuild, in percent",
+            cache_growth.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -119,6 +145,9 @@ impl Default for Metrics {
             objects_deleted,
             bytes_deleted,
             stale_sitecaches,
+            status_writes,
+            rebuilds,
+            cache_growth,
         }
     }
 }
@@ -140,6 +169,14 @@ impl Metrics {
         if let Some(s) = seconds {
             self.snapshot_job_duration.get_or_create(&label).observe(s);
         }
+    }
+
+    pub fn rebuild(&self, reason: &str) {
+        self.rebuilds
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn error(&self, kind: &str) {
@@ -173,6 +210,8 @@ mod tests {
             "sitecache_storage_deleted_bytes_total 10",
             "sitecache_stale_sitecaches",
             "sitecache_snapshot_jobs_waiting",
+            "sitecache_status_writes_total",
+            "sitecache_cache_growth_percent_bucket",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -125,13 +125,16 @@ fn non_default_values(watched: &[&str]) -> Value {
             "allowedBuckets": ["site-caches-eu", "site-caches-us"],
             "region": "eu-west-1",
             "endpoint": "https://s3.eu-west-1.amazonaws.com",
-            "pathStyle": true
+            "pathStyle": true,
+            "allowedEndpoints": ["https://minio.storage.svc:9000", "https://r2.example.com"],
+            "allowLegacyKeysOutsidePrefix": true
         },
         "controller": {
             "watchNamespaces": watched,
             "maxConcurrentSnapshots": 40,
             "reconcileConcurrency": 8,
             "resync": "5m",
+            "snapshotPodStopTimeout": "10m",
             "failureBackoff": "30s",
             "failureBackoffMax": "2h",
             "jobTTL": "30m",
@@ -285,6 +288,12 @@ async fn chart_with_non_default_values_applies_with_a_server_side_dry_run() {
         "site-caches-eu,site-caches-us"
     );
     assert_eq!(env["SITECACHE_JOB_SERVICE_ACCOUNT"], "cache-snapshots");
+    assert_eq!(
+        env["SITECACHE_ALLOWED_ENDPOINTS"],
+        "https://minio.storage.svc:9000,https://r2.example.com"
+    );
+    assert_eq!(env["SITECACHE_ALLOW_LEGACY_KEYS_OUTSIDE_PREFIX"], "true");
+    assert_eq!(env["SITECACHE_SNAPSHOT_POD_STOP_TIMEOUT"], "10m");
     assert_eq!(
         env["SITECACHE_AGENT_IMAGE"],
         "registry.example.com/platform/sitecache-agent:1.2.3"

@@ -7,7 +7,10 @@ use futures::StreamExt;
 use kube::api::ListParams;
 use serde_json::json;
 
-use super::harness::{Harness, Options, condition, condition_reason, warm};
+use super::harness::{
+    Harness, Options, condition, condition_reason, controller_policy, counter_sum, storage_user,
+    warm,
+};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -245,5 +248,133 @@ async fn deletion_aborts_every_unfinished_upload_under_the_prefix() {
     h.wait_gone("shop", MINUTE).await;
     assert_eq!(unfinished_uploads(&h, key).await, 0);
     assert_eq!(h.keys("shop/").await, Vec::<String>::new());
+    h.shutdown().await;
+}
+
+/// The DeletionBlocked condition, if any.
+fn deletion_blocked(
+    sc: &sitecache::api::SiteCache,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    sc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "DeletionBlocked")
+        .cloned()
+}
+
+#[tokio::test]
+async fn deletion_without_the_right_to_delete_stays_blocked_backs_off_and_clears_once_allowed() {
+    let mut h = Harness::start(Options {
+        start_controller: false,
+        ..Options::default()
+    })
+    .await;
+    // The controller may do everything but delete objects: a storage failure that persists.
+    let (user, secret) = storage_user(&h, &controller_policy(&h.bucket, false));
+    h.start_controller_as(&user, &secret);
+    h.create("shop", json!({"site": "shop", "warm": warm("", 2)}))
+        .await;
+    h.wait_promoted("shop", 1).await;
+    let stored = h.keys("shop/").await;
+
+    h.delete("shop").await;
+    let sc = h
+        .wait("shop", "DeletionBlocked", MINUTE, |sc| {
+            condition(sc, "DeletionBlocked") == Some("True")
+        })
+        .await;
+    let first = deletion_blocked(&sc).unwrap();
+    assert_eq!(first.reason, "AccessDenied", "{first:?}");
+    assert!(first.message.contains("DELETE"), "{first:?}");
+    assert_eq!(
+        sc.status.as_ref().unwrap().phase,
+        Some(sitecache::api::Phase::Deleting)
+    );
+
+    // Retries go on, backing off, and the condition holds still: no flapping, no status writes.
+    let statuses = h.record_statuses("shop");
+    let errors = |m: &str| counter_sum(m, "sitecache_reconcile_errors_total");
+    let before = errors(&h.metrics().await);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let retries = errors(&h.metrics().await) - before;
+    let seen = statuses.seen();
+    assert_eq!(
+        seen.len(),
+        1,
+        "the status was written {} times while nothing changed: {:#?}",
+        seen.len() - 1,
+        seen
+    );
+    let now = h.api().get("shop").await.unwrap();
+    assert_eq!(deletion_blocked(&now), Some(first.clone()));
+    // 1 s doubling with ±25% jitter: at most 5 attempts in 20 s (a hot loop makes hundreds).
+    assert!(
+        (1.0..=6.0).contains(&retries),
+        "{retries} failed deletion attempts in 20 s"
+    );
+    assert_eq!(h.keys("shop/").await, stored, "nothing was deleted");
+
+    // Once the controller may delete, the next retry finishes the job.
+    h.s3()
+        .put_policy(&user, &controller_policy(&h.bucket, true))
+        .unwrap();
+    h.wait_gone("shop", Duration::from_secs(90)).await;
+    assert_eq!(h.keys("shop/").await, Vec::<String>::new());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_pod_that_never_stops_blocks_deletion_for_a_bounded_time() {
+    let h = Harness::start(Options {
+        extra_args: vec!["--snapshot-pod-stop-timeout".into(), "6s".into()],
+        ..Options::default()
+    })
+    .await;
+    let sc = h
+        .create("shop", json!({"site": "shop", "warm": warm("", 2)}))
+        .await;
+    h.wait_promoted("shop", 1).await;
+    // A snapshot pod on a node that is gone: its deletion never completes (a finalizer stands in
+    // for the kubelet that never confirms it).
+    let pods: kube::api::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::api::Api::namespaced(h.client.clone(), &h.ns);
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "shop-g2-lost",
+            "labels": {"app.kubernetes.io/managed-by": "sitecache",
+                       "sitecache.dev/uid": sc.metadata.uid.clone().unwrap()},
+            "finalizers": ["sitecache.dev/test-hold"],
+        },
+        "spec": {"nodeName": "lost-node", "containers": [{"name": "snapshot", "image": "x"}]},
+    }))
+    .unwrap();
+    pods.create(&Default::default(), &pod).await.unwrap();
+
+    h.delete("shop").await;
+    let sc = h
+        .wait("shop", "DeletionBlocked by the pod", MINUTE, |sc| {
+            condition(sc, "DeletionBlocked") == Some("True")
+        })
+        .await;
+    let blocked = deletion_blocked(&sc).unwrap();
+    assert_eq!(blocked.reason, "SnapshotPodRunning", "{blocked:?}");
+    assert!(
+        blocked.message.contains("shop-g2-lost") && blocked.message.contains("lost-node"),
+        "{blocked:?}"
+    );
+    // Past the bound, deletion goes on without it.
+    h.wait_gone("shop", MINUTE).await;
+    assert_eq!(h.keys("shop/").await, Vec::<String>::new());
+    assert_eq!(h.event_count("shop", "SnapshotPodAbandoned").await, 1);
+    pods.patch(
+        "shop-g2-lost",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
     h.shutdown().await;
 }

@@ -5,14 +5,17 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use sitecache::api::SiteCache;
+use sitecache::api::{SiteCache, SiteCacheStatus};
 use sitecache_devtools::job_runner::{JobRunner, JobRunnerConfig};
 use sitecache_devtools::process::{ManagedProcess, tail};
 use sitecache_devtools::{S3Server, free_port};
@@ -33,6 +36,11 @@ pub struct Options {
     /// Start the controller with flags at once; without, the test starts it (for example with
     /// [`Harness::start_controller_with_env`]).
     pub start_controller: bool,
+    /// More flags for the controller (after the harness's own).
+    pub extra_args: Vec<String>,
+    /// More environment for the controller (after the S3 server's; for example other
+    /// credentials).
+    pub controller_env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -43,6 +51,8 @@ impl Default for Options {
             own_s3: false,
             leader_elect: false,
             start_controller: true,
+            extra_args: Vec::new(),
+            controller_env: Vec::new(),
         }
     }
 }
@@ -163,9 +173,11 @@ impl Harness {
             .args(["--failure-backoff", self.opts.failure_backoff])
             .args(["--resync", "30s"])
             .args(["--listen-address", &format!("127.0.0.1:{port}")])
+            .args(&self.opts.extra_args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info")
             .envs(self.s3().aws_env())
+            .envs(self.opts.controller_env.iter().map(|(k, v)| (k, v)))
             .env_remove("AWS_ENDPOINT_URL_S3");
         if self.opts.leader_elect {
             cmd.arg("--leader-elect")
@@ -196,6 +208,18 @@ impl Harness {
             ManagedProcess::spawn("controller-a", cmd, &log).expect("spawn the controller");
         self.controller = Some(process);
         self.metrics_port = port;
+    }
+
+    /// Starts the controller with the storage credentials of MinIO user `user` (the snapshot Jobs
+    /// keep the root user's).
+    pub fn start_controller_as(&mut self, user: &str, secret: &str) {
+        self.opts.controller_env = self
+            .s3()
+            .aws_env_as(user, secret)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        self.start_controller();
     }
 
     pub fn stop_controller(&mut self) {
@@ -308,6 +332,52 @@ impl Harness {
             .delete(name, &DeleteParams::default())
             .await
             .unwrap_or_else(|e| panic!("delete SiteCache {name}: {e}"));
+    }
+
+    /// Creates snapshot Job `<name>-g<generation>` for SiteCache `name` by hand, with the labels
+    /// the controller's own Jobs carry, running `script` (as the site's code could): the
+    /// controller handles it like one of its own when it finishes.
+    pub async fn create_job(&self, name: &str, generation: u64, script: &str) {
+        let sc = self.api().get(name).await.expect("get SiteCache");
+        let labels = json!({
+            "app.kubernetes.io/managed-by": "sitecache",
+            "sitecache.dev/uid": sc.uid().unwrap(),
+            "sitecache.dev/generation": generation.to_string(),
+        });
+        let job: Job = serde_json::from_value(json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": format!("{name}-g{generation}"), "labels": labels},
+            "spec": {"backoffLimit": 0, "template": {
+                "metadata": {"labels": labels},
+                "spec": {"restartPolicy": "Never", "containers": [
+                    {"name": "snapshot", "image": "site:test", "command": ["sh", "-c", script]}
+                ]}
+            }}
+        }))
+        .expect("a Job");
+        self.jobs()
+            .create(&PostParams::default(), &job)
+            .await
+            .unwrap_or_else(|e| panic!("create Job {name}-g{generation}: {e}"));
+    }
+
+    /// Writes an object into the test's bucket.
+    pub async fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
+        self.s3()
+            .client()
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body.into().into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    }
+
+    /// The content of an object in the test's bucket, if it exists.
+    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.s3().get_bytes(&self.bucket, key).await.ok()
     }
 
     /// Polls `name` until `pred` holds; on timeout, fails with the object, the controller's log
@@ -424,11 +494,70 @@ impl Harness {
             .collect()
     }
 
+    /// How many times an Event with `reason` was published about SiteCache `name` (a repeated
+    /// Event is one object whose `series.count` grows).
+    pub async fn event_count(&self, name: &str, reason: &str) -> i32 {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        events
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.series.map_or(1, |s| s.count))
+            .sum()
+    }
+
+    /// Starts recording every status SiteCache `name` is given, in order, from now on.
+    pub fn record_statuses(&self, name: &str) -> StatusLog {
+        let api = self.api();
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let seen = Arc::new(Mutex::new(Vec::<SiteCacheStatus>::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut events = watcher(api, config).boxed();
+            while let Some(event) = events.next().await {
+                let sc = match event {
+                    Ok(watcher::Event::Apply(sc) | watcher::Event::InitApply(sc)) => sc,
+                    _ => continue,
+                };
+                let status = sc.status.unwrap_or_default();
+                let mut seen = log.lock().unwrap();
+                if seen.last() != Some(&status) {
+                    seen.push(status);
+                }
+            }
+        });
+        StatusLog { seen, task }
+    }
+
     pub async fn shutdown(mut self) {
         self.stop_controller();
         if let Some(r) = self.runner.take() {
             r.stop().await;
         }
+    }
+}
+
+/// The statuses a SiteCache went through, as a watch saw them: each write of a new status is one
+/// entry (a write of the same status, or a change of metadata only, is none).
+pub struct StatusLog {
+    seen: Arc<Mutex<Vec<SiteCacheStatus>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StatusLog {
+    /// The statuses seen so far, the empty one before the first write included.
+    pub fn seen(&self) -> Vec<SiteCacheStatus> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for StatusLog {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -478,4 +607,54 @@ pub fn warm(script_before: &str, files: u32) -> Value {
          touch \"$DENO_DIR/warmed\""
     );
     json!({"image": "site:test", "command": ["sh", "-c", script]})
+}
+
+/// An IAM policy with the storage rights the controller uses on `bucket`, `s3:DeleteObject` only
+/// when `delete`.
+pub fn controller_policy(bucket: &str, delete: bool) -> Value {
+    let mut actions = vec![
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:ListBucket",
+        "s3:ListBucketMultipartUploads",
+        "s3:ListMultipartUploadParts",
+        "s3:AbortMultipartUpload",
+    ];
+    if delete {
+        actions.push("s3:DeleteObject");
+    }
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Action": actions,
+            "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
+        }]
+    })
+}
+
+/// A MinIO user of this test (names are unique per namespace) with policy `policy`; returns its
+/// name and secret.
+pub fn storage_user(h: &Harness, policy: &Value) -> (String, String) {
+    let user = format!("ctl-{}", h.ns);
+    let secret = format!("{user}-secret");
+    h.s3()
+        .put_policy(&user, policy)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    h.s3()
+        .add_user(&user, &secret, &user)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    (user, secret)
+}
+
+/// The sum of every sample of counter `name` (all label sets) in a metrics text.
+pub fn counter_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }

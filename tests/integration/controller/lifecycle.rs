@@ -121,10 +121,12 @@ async fn create_runs_a_job_and_promotes_generation_1() {
 #[tokio::test]
 async fn revision_changes_make_generations_and_retention_keeps_two() {
     let h = Harness::start(Options::default()).await;
+    // Warming on top of the current generation when the revision changes (rebuilds are
+    // another test's).
     h.create(
         "shop",
         json!({"site": "shop", "warm": warm("", 3), "source": {"revision": "r1"},
-               "retention": {"keep": 2}}),
+               "retention": {"keep": 2}, "snapshot": {"rebuild": {"onRevisionChange": false}}}),
     )
     .await;
     h.wait_promoted("shop", 1).await;
@@ -258,7 +260,7 @@ async fn failing_warm_step_degrades_keeps_current_and_backs_off() {
     h.create(
         "shop",
         json!({"site": "shop", "warm": warm(fail_after_first, 2), "source": {"revision": "r1"},
-               "snapshot": {"backoffLimit": 0}}),
+               "snapshot": {"backoffLimit": 0, "rebuild": {"onRevisionChange": false}}}),
     )
     .await;
     h.wait_promoted("shop", 1).await;
@@ -387,5 +389,66 @@ async fn wiped_status_continues_after_the_highest_generation() {
     h.request_snapshot("shop", "after-adoption").await;
     h.wait_promoted("shop", 4).await;
     assert!(h.jobs().get_opt("shop-g4").await.unwrap().is_some());
+    h.shutdown().await;
+}
+
+/// The init containers of Job `name`, with their arguments.
+async fn init_containers(h: &Harness, name: &str) -> Vec<String> {
+    let job = h.jobs().get(name).await.unwrap();
+    job.spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .init_containers
+        .unwrap()
+        .into_iter()
+        .map(|c| format!("{} {}", c.name, c.args.unwrap_or_default().join(" ")))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_revision_is_built_from_an_empty_cache_so_old_modules_go() {
+    let h = Harness::start(Options::default()).await;
+    // Each revision of the site uses its own three modules.
+    let script = "set -e; mkdir -p \"$DENO_DIR/deps\"; \
+                  for i in 1 2 3; do echo \"$REV $i\" > \"$DENO_DIR/deps/$REV-$i.js\"; done";
+    let spec = |rev: &str| {
+        json!({"site": "shop", "source": {"revision": rev},
+               "warm": {"image": "site:test", "command": ["sh", "-c", script],
+                        "env": [{"name": "REV", "value": rev}]}})
+    };
+    h.create("shop", spec("r1")).await;
+    h.wait_promoted("shop", 1).await;
+
+    h.patch("shop", json!({"spec": spec("r2")})).await;
+    let sc = h.wait_promoted("shop", 2).await;
+    let status = sc.status.as_ref().unwrap();
+    let g2 = status.current.as_ref().unwrap();
+    assert_eq!(g2.files, 3, "r1's modules are gone");
+    assert_eq!(g2.base_generation, None, "built from an empty cache");
+    let init = init_containers(&h, "shop-g2").await;
+    assert!(init.iter().all(|c| c.starts_with("warm")), "{init:?}");
+    let growth = status.growth.as_ref().unwrap();
+    assert_eq!(growth.rebuilt_generation, 2);
+    assert_eq!(growth.incremental_generations, 0);
+
+    // A snapshot of the same revision warms on top of the current generation.
+    let sc = h.request_and_wait("shop", "same-revision").await;
+    let status = sc.status.as_ref().unwrap();
+    let g3 = status.current.as_ref().unwrap();
+    assert_eq!((g3.generation, g3.files), (3, 3));
+    assert_eq!(g3.base_generation, Some(2));
+    let init = init_containers(&h, "shop-g3").await;
+    assert!(
+        init[0].starts_with("restore-previous") && init[0].contains("--generation 2"),
+        "{init:?}"
+    );
+    let growth = status.growth.as_ref().unwrap();
+    assert_eq!(
+        (growth.rebuilt_generation, growth.incremental_generations),
+        (2, 1)
+    );
+    assert_eq!(growth.percent, 0);
     h.shutdown().await;
 }

@@ -3,8 +3,11 @@
 
 mod deletion;
 mod deno;
+mod errors;
 mod fleet;
 pub(crate) mod harness;
 mod leader;
 mod lifecycle;
+mod prefixes;
+mod retries;
 mod status_write;

@@ -1,0 +1,261 @@
+//! Who owns what: the ownership marker `P/.sitecache-owner.json`, claiming a prefix, and which
+//! SiteCache a key belongs to.
+//!
+//! Rules:
+//! - a SiteCache claims its prefix before it writes anything there, by creating the marker with
+//!   `If-None-Match: *`;
+//! - a claim is refused when another SiteCache owns the same prefix, a prefix that contains it,
+//!   or a prefix inside it (prefixes are compared as strings: `teams/` contains `teams/b/`, not
+//!   `teams-b/`). The check runs before the marker is written and again after, so that two
+//!   claims racing on nested prefixes cannot both stand: whichever sees the other after writing
+//!   withdraws its marker;
+//! - a claim that stands is kept (overlaps are refused when a claim is made); a key belongs to
+//!   the SiteCache whose marker sits at the longest prefix of the key, so that deleting one
+//!   SiteCache never removes an object under another's marker, even where claims made before
+//!   this rule overlap.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::Prefix;
+use crate::storage::{
+    self, OWNER_MARKER, ServiceClass, StorageError, claimed_by_marker, parent_prefixes,
+};
+
+/// `P/.sitecache-owner.json`: which SiteCache owns the prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerRecord {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub claimed_at: Timestamp,
+}
+
+impl OwnerRecord {
+    /// The same SiteCache object (not merely the same name).
+    pub fn is(&self, other: &OwnerRecord) -> bool {
+        self.uid == other.uid
+    }
+
+    /// An earlier incarnation of the same SiteCache: same namespace and name, another uid
+    /// (deleted with `Retain`, then created again).
+    fn is_earlier_incarnation_of(&self, other: &OwnerRecord) -> bool {
+        self.uid != other.uid && self.namespace == other.namespace && self.name == other.name
+    }
+}
+
+impl std::fmt::Display for OwnerRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SiteCache {}/{} (uid {})",
+            self.namespace, self.name, self.uid
+        )
+    }
+}
+
+/// The outcome of claiming a prefix.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Claim {
+    /// The prefix is this SiteCache's.
+    Owned,
+    /// Another SiteCache owns the same prefix.
+    OwnedByAnother(OwnerRecord),
+    /// Another SiteCache owns `prefix`, which contains this SiteCache's prefix or lies inside it.
+    Overlaps { owner: OwnerRecord, prefix: String },
+}
+
+/// The prefixes nested in a listing that another SiteCache's marker claims (the listing's own
+/// marker `own_marker` excepted), shortest first.
+pub fn foreign_prefixes<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+    own_marker: &str,
+) -> Vec<String> {
+    let mut found: Vec<String> = keys
+        .into_iter()
+        .filter(|k| *k != own_marker)
+        .filter_map(claimed_by_marker)
+        .map(str::to_owned)
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Whether `key` lies under one of `foreign` prefixes.
+pub fn is_foreign(key: &str, foreign: &[String]) -> bool {
+    foreign.iter().any(|p| key.starts_with(p.as_str()))
+}
+
+impl Prefix<'_> {
+    /// The ownership marker, if any.
+    pub async fn owner(&self) -> Result<Option<OwnerRecord>, StorageError> {
+        self.marker_at(&self.location.prefix).await
+    }
+
+    async fn marker_at(&self, prefix: &str) -> Result<Option<OwnerRecord>, StorageError> {
+        storage::get_json(
+            self.client,
+            self.bucket(),
+            &format!("{prefix}{OWNER_MARKER}"),
+        )
+        .await
+    }
+
+    /// The marker at a prefix above `P`. The controller's rights may stop at `P` (a policy scoped
+    /// to the prefix): a marker it may not read counts as none, since it could not have written
+    /// one there either.
+    async fn marker_above(&self, prefix: &str) -> Result<Option<OwnerRecord>, StorageError> {
+        match self.marker_at(prefix).await {
+            Err(e) if e.class() == Some(ServiceClass::Denied) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// Claims the prefix for `me`, unless another SiteCache owns it or a prefix that overlaps it.
+    /// A marker with the same namespace and name but another uid is from an earlier incarnation
+    /// of the same SiteCache: it is taken over.
+    pub async fn claim(&self, me: &OwnerRecord) -> Result<Claim, StorageError> {
+        match self.owner().await? {
+            // The claim stands already.
+            Some(owner) if owner.is(me) => return Ok(Claim::Owned),
+            Some(owner) if !owner.is_earlier_incarnation_of(me) => {
+                return Ok(Claim::OwnedByAnother(owner));
+            }
+            _ => {}
+        }
+        if let Some(overlap) = self.overlap(me).await? {
+            return Ok(overlap);
+        }
+        if let Some(refused) = self.write_marker(me).await? {
+            return Ok(refused);
+        }
+        // A claim of a nesting prefix may have raced this one: whichever sees the other now
+        // withdraws (both may; both then try again later).
+        if let Some(overlap) = self.overlap(me).await? {
+            self.withdraw(me).await?;
+            return Ok(overlap);
+        }
+        Ok(Claim::Owned)
+    }
+
+    /// Writes `me` as the owner: creates the marker, or replaces an earlier incarnation's.
+    /// `Some` when another SiteCache got there first.
+    async fn write_marker(&self, me: &OwnerRecord) -> Result<Option<Claim>, StorageError> {
+        let key = self.location.owner_key();
+        for _ in 0..3 {
+            match self.owner().await? {
+                Some(owner) if owner.is(me) => return Ok(None),
+                Some(owner) if owner.is_earlier_incarnation_of(me) => {
+                    storage::put_json(self.client, self.bucket(), &key, me, false).await?;
+                    return Ok(None);
+                }
+                Some(owner) => return Ok(Some(Claim::OwnedByAnother(owner))),
+                None => match storage::put_json(self.client, self.bucket(), &key, me, true).await {
+                    Ok(()) => return Ok(None),
+                    // Someone claimed it between our read and write: read again.
+                    Err(StorageError::AlreadyExists { .. }) => continue,
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Err(StorageError::Service {
+            op: "PUT",
+            bucket: self.bucket().to_owned(),
+            key,
+            code: "ClaimRace".into(),
+            message: "the ownership marker kept changing".into(),
+        })
+    }
+
+    /// Removes the marker if it still names `me`.
+    async fn withdraw(&self, me: &OwnerRecord) -> Result<(), StorageError> {
+        if self.owner().await?.is_some_and(|o| o.is(me)) {
+            let key = self.location.owner_key();
+            self.client
+                .delete_object()
+                .bucket(self.bucket())
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| StorageError::from_sdk("DELETE", self.bucket(), &key, e))?;
+        }
+        Ok(())
+    }
+
+    /// Another SiteCache's claim on a prefix that contains this one or lies inside it.
+    async fn overlap(&self, me: &OwnerRecord) -> Result<Option<Claim>, StorageError> {
+        for parent in parent_prefixes(&self.location.prefix) {
+            if let Some(owner) = self.marker_above(parent).await?
+                && !owner.is(me)
+            {
+                return Ok(Some(Claim::Overlaps {
+                    owner,
+                    prefix: parent.to_owned(),
+                }));
+            }
+        }
+        let listing = self.list(&self.location.prefix).await?;
+        let own = self.location.owner_key();
+        for nested in foreign_prefixes(listing.iter().map(|(k, _)| k.as_str()), &own) {
+            if let Some(owner) = self.marker_at(&nested).await?
+                && !owner.is(me)
+            {
+                return Ok(Some(Claim::Overlaps {
+                    owner,
+                    prefix: nested,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The SiteCache `key` belongs to: the marker at the longest prefix of the key, if any.
+    pub async fn owner_of_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<(String, OwnerRecord)>, StorageError> {
+        for prefix in parent_prefixes(key).into_iter().rev() {
+            let owner = if prefix.starts_with(&self.location.prefix) {
+                self.marker_at(prefix).await?
+            } else {
+                self.marker_above(prefix).await?
+            };
+            if let Some(owner) = owner {
+                return Ok(Some((prefix.to_owned(), owner)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_markers_are_foreign_and_so_is_everything_under_them() {
+        let keys = [
+            "teams/.sitecache-owner.json",
+            "teams/current.json",
+            "teams/b/.sitecache-owner.json",
+            "teams/b/generations/00000000000000000001/cache.tar.zst",
+            "teams/b/c/.sitecache-owner.json",
+            "teams/bx/file",
+            "teams/x.sitecache-owner.json",
+        ];
+        let foreign = foreign_prefixes(keys, "teams/.sitecache-owner.json");
+        assert_eq!(foreign, ["teams/b/", "teams/b/c/"]);
+        let ours: Vec<_> = keys.iter().filter(|k| !is_foreign(k, &foreign)).collect();
+        assert_eq!(
+            ours,
+            [
+                &"teams/.sitecache-owner.json",
+                &"teams/current.json",
+                &"teams/bx/file",
+                &"teams/x.sitecache-owner.json"
+            ]
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! Step 7, decide: follow the running Job, or, when a snapshot is due and a slot is free, start
+//! the Job of the next generation, as a rebuild from an empty cache or warming on top of the
+//! current generation ([`rebuild_reason`]).
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+
+use super::{Announcement, Outcome, Run};
+use crate::api::{Freshness, LastSnapshot, SnapshotResult};
+use crate::controller::context::MANAGER;
+use crate::controller::error::Error;
+use crate::controller::job::{JobInputs, JobState, JobView, job_name, snapshot_job};
+use crate::controller::rebuild::{RebuildReason, rebuild_reason};
+use crate::controller::schedule::{self, Trigger};
+use crate::controller::status::Activity;
+use crate::controller::validate::Validated;
+
+/// How soon a SiteCache waiting for a slot looks again if no Job's end wakes it first.
+const WAITING_RECHECK: Duration = Duration::from_secs(20);
+
+impl Run<'_> {
+    pub(super) async fn decide(
+        &mut self,
+        jobs: &[JobView],
+        spec: &Validated,
+    ) -> Result<Outcome, Error> {
+        let ctx = self.ctx;
+        let verdict = schedule::evaluate(
+            &self.with_status(),
+            &spec.schedule,
+            self.now,
+            self.backoff(),
+        );
+        ctx.set_stale(&self.uid(), verdict.freshness != Freshness::Fresh);
+        if let Some(job) = jobs.iter().rev().find(|j| j.is_running()) {
+            ctx.not_waiting(&self.oref);
+            self.track_running(job);
+            let activity = Activity::Running {
+                job: job.name.clone(),
+                generation: job.generation,
+            };
+            return Ok((activity, Action::requeue(ctx.settings.resync)));
+        }
+        self.status.active_job = None;
+        let Some(trigger) = verdict.due.clone() else {
+            ctx.not_waiting(&self.oref);
+            let wait = verdict
+                .next_due
+                .map(|t| duration_until(self.now, t) + Duration::from_secs(1))
+                .unwrap_or(ctx.settings.resync)
+                .min(ctx.settings.resync);
+            return Ok((Activity::Idle, Action::requeue(wait)));
+        };
+        let next = self.status.latest_generation.unwrap_or(0) + 1;
+        self.start(trigger, next, spec).await
+    }
+
+    /// A running Job the status does not know yet (it was created just before a restart).
+    fn track_running(&mut self, job: &JobView) {
+        self.status.active_job = Some(job.name.clone());
+        let known = self
+            .status
+            .last_snapshot
+            .as_ref()
+            .is_some_and(|l| l.generation == job.generation);
+        if !known {
+            self.status.last_snapshot = Some(LastSnapshot {
+                generation: job.generation,
+                job: job.name.clone(),
+                start_time: match &job.state {
+                    JobState::Running { start } => start.clone(),
+                    _ => None,
+                },
+                result: Some(SnapshotResult::Running),
+                ..Default::default()
+            });
+        }
+    }
+
+    /// Starts the snapshot Job for generation `n`, if a slot is free.
+    async fn start(
+        &mut self,
+        trigger: Trigger,
+        n: u64,
+        spec: &Validated,
+    ) -> Result<Outcome, Error> {
+        let ctx = self.ctx;
+        let ns = self.sc.namespace().unwrap_or_default();
+        let name = job_name(&self.sc.name_any(), n);
+        if let Err(running) = ctx.try_start(&self.oref, &ns, &name) {
+            let activity = Activity::Waiting {
+                running,
+                limit: ctx.settings.max_concurrent_snapshots,
+            };
+            let wait = WAITING_RECHECK.mul_f64(1.0 + fastrand::f64() * 0.5);
+            return Ok((activity, Action::requeue(wait)));
+        }
+        let request = schedule::pending_request(&self.sc);
+        let plan = match rebuild_reason(
+            &spec.rebuild,
+            self.sc.spec.source.revision.as_deref(),
+            &self.status,
+        ) {
+            Some(reason) => Err(reason),
+            None => match &self.status.current {
+                Some(current) => Ok(current.generation),
+                None => Err(RebuildReason::FirstGeneration),
+            },
+        };
+        let job = snapshot_job(
+            &self.sc,
+            &JobInputs {
+                settings: &ctx.settings,
+                target: &spec.target,
+                generation: n,
+                base: plan.as_ref().map(|b| *b),
+                request: request.as_deref(),
+                timeout: spec.timeout,
+            },
+        );
+        let created = async {
+            // A Job's pod template is immutable: create it once, never re-apply over it.
+            if self
+                .jobs
+                .get_opt(&name)
+                .await
+                .map_err(Error::kube("get snapshot Job"))?
+                .is_none()
+            {
+                self.jobs
+                    .patch(
+                        &name,
+                        &PatchParams::apply(MANAGER).force(),
+                        &Patch::Apply(&job),
+                    )
+                    .await
+                    .map_err(Error::kube("create snapshot Job"))?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = created {
+            ctx.release(&ns, &name);
+            return Err(e);
+        }
+        self.status.latest_generation = Some(n);
+        self.status.active_job = Some(name.clone());
+        self.status.last_snapshot = Some(LastSnapshot {
+            generation: n,
+            job: name.clone(),
+            start_time: Some(Time(self.now)),
+            result: Some(SnapshotResult::Running),
+            ..Default::default()
+        });
+        let why = match &trigger {
+            Trigger::Request(token) => format!("on-demand request {token:?}"),
+            Trigger::Initial => "no generation promoted yet".into(),
+            Trigger::Revision => format!(
+                "source revision is now {}",
+                self.sc.spec.source.revision.as_deref().unwrap_or_default()
+            ),
+            Trigger::Cron => format!(
+                "cron {}",
+                self.sc.spec.schedule.cron.as_deref().unwrap_or_default()
+            ),
+            Trigger::MaxAge => format!(
+                "current generation older than maxAge {}",
+                self.sc.spec.schedule.max_age
+            ),
+        };
+        let how = match &plan {
+            Err(reason) => {
+                self.announcements
+                    .push(Announcement::Rebuild(reason.label()));
+                format!("from an empty cache ({reason})")
+            }
+            Ok(base) => format!("on top of generation {base}"),
+        };
+        let note = format!("Job {name} started for generation {n}: {why}; warming {how}");
+        tracing::info!(generation = n, trigger = trigger.reason(), "{note}");
+        self.event(EventType::Normal, "SnapshotStarted", "Snapshot", note);
+        let activity = Activity::Running {
+            job: name,
+            generation: n,
+        };
+        Ok((activity, Action::requeue(ctx.settings.resync)))
+    }
+}
+
+fn duration_until(now: Timestamp, then: Timestamp) -> Duration {
+    Duration::try_from(then.duration_since(now)).unwrap_or(Duration::ZERO)
+}

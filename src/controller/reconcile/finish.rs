@@ -1,0 +1,294 @@
+//! Step 5, finish: each finished snapshot Job is handled exactly once. Its generation is promoted
+//! or rejected, or its failure counted; the status written at the end of the reconcile records
+//! it, and from then on the Job is behind the status's watermark ([`handled_through`]) however
+//! long it stays in the watch cache and whatever Job runs after it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::events::EventType;
+
+use super::{Announcement, Run};
+use crate::api::{LastSnapshot, SiteCacheStatus, SnapshotResult};
+use crate::archive::Manifest;
+use crate::controller::error::Error;
+use crate::controller::job::{Base, JobState, JobView};
+use crate::controller::objects::{Prefix, Rejection};
+use crate::controller::rebuild::growth_after;
+use crate::controller::status::generation_info;
+use crate::controller::validate::Validated;
+
+/// The highest generation whose Job has been handled. A Job is started only by a reconcile that
+/// handled every finished Job before it and records the new one as `Running` in the same status
+/// write, so while generation `n` runs, every Job below `n` is handled; once `n` is recorded as
+/// finished, so is `n`.
+pub fn handled_through(status: &SiteCacheStatus) -> u64 {
+    match &status.last_snapshot {
+        None => 0,
+        Some(l) if l.result == Some(SnapshotResult::Running) => l.generation.saturating_sub(1),
+        Some(l) => l.generation,
+    }
+}
+
+impl Run<'_> {
+    /// Handles the finished Jobs not handled yet, oldest first; returns every Job of the
+    /// SiteCache.
+    pub(super) async fn finish_jobs(
+        &mut self,
+        prefix: &Prefix<'_>,
+        spec: &Validated,
+    ) -> Result<Vec<JobView>, Error> {
+        let mut jobs = self.ctx.jobs_of(&self.uid());
+        self.add_missing_job(&mut jobs).await?;
+        let handled = handled_through(&self.status);
+        for job in jobs
+            .iter()
+            .filter(|j| j.generation > handled && !j.is_running())
+        {
+            self.finish(job, prefix, spec).await?;
+        }
+        let highest_job = jobs.iter().map(|j| j.generation).max().unwrap_or(0);
+        let latest = self.status.latest_generation.unwrap_or(0).max(highest_job);
+        self.status.latest_generation = (latest > 0).then_some(latest);
+        Ok(jobs)
+    }
+
+    /// The Job the status says is running may be missing from the watch's view: just created
+    /// (the watch lags) or gone. Ask the API server.
+    async fn add_missing_job(&self, jobs: &mut Vec<JobView>) -> Result<(), Error> {
+        let Some(last) = &self.status.last_snapshot else {
+            return Ok(());
+        };
+        if last.result != Some(SnapshotResult::Running)
+            || jobs.iter().any(|j| j.generation == last.generation)
+        {
+            return Ok(());
+        }
+        let found = self
+            .jobs
+            .get_opt(&last.job)
+            .await
+            .map_err(Error::kube("get snapshot Job"))?;
+        jobs.push(match found.as_ref().and_then(JobView::of) {
+            Some(view) => view,
+            None => JobView {
+                name: last.job.clone(),
+                generation: last.generation,
+                request: None,
+                base: Base::Unknown,
+                state: JobState::Vanished,
+                deleting: false,
+            },
+        });
+        jobs.sort_by_key(|j| j.generation);
+        Ok(())
+    }
+
+    /// Records a finished Job: promotes its generation, rejects it, or counts the failure.
+    async fn finish(
+        &mut self,
+        job: &JobView,
+        prefix: &Prefix<'_>,
+        spec: &Validated,
+    ) -> Result<(), Error> {
+        let (start, completion) = match &job.state {
+            JobState::Succeeded { start, completion } => (start.clone(), completion.clone()),
+            JobState::Failed {
+                start, completion, ..
+            } => (start.clone(), completion.clone()),
+            JobState::Vanished => (None, Some(Time(self.now))),
+            JobState::Running { .. } => return Ok(()),
+        };
+        let start = start.or_else(|| {
+            self.status
+                .last_snapshot
+                .as_ref()
+                .filter(|l| l.generation == job.generation)
+                .and_then(|l| l.start_time.clone())
+        });
+        let seconds = match (&start, &completion) {
+            (Some(s), Some(c)) => Some(c.0.duration_since(s.0).as_secs_f64().max(0.0)),
+            _ => None,
+        };
+        let failure = match &job.state {
+            JobState::Failed {
+                reason, message, ..
+            } => Some((
+                reason.clone(),
+                format!("Job {} failed: {message}", job.name),
+            )),
+            _ => match prefix
+                .verify(job.generation, self.sc.spec.snapshot.min_files)
+                .await?
+            {
+                Ok(manifest) => {
+                    self.promote(job, &manifest, prefix, spec).await?;
+                    None
+                }
+                Err(Rejection::NoManifest(_)) if job.state == JobState::Vanished => Some((
+                    "JobLost".to_owned(),
+                    format!(
+                        "Job {} disappeared before it committed generation {}",
+                        job.name, job.generation
+                    ),
+                )),
+                Err(rejection) => {
+                    // Never promoted, never kept: retention deletes a rejected generation's
+                    // objects (step 6).
+                    self.expire(job.generation);
+                    Some((
+                        rejection.reason().to_owned(),
+                        format!(
+                            "generation {} was not promoted: {rejection}",
+                            job.generation
+                        ),
+                    ))
+                }
+            },
+        };
+        let result = match &failure {
+            None => SnapshotResult::Succeeded,
+            Some(_) if matches!(job.state, JobState::Succeeded { .. }) => SnapshotResult::Rejected,
+            Some(_) => SnapshotResult::Failed,
+        };
+        let (reason, message) = failure.clone().unwrap_or_else(|| {
+            (
+                "Promoted".to_owned(),
+                format!("generation {} promoted", job.generation),
+            )
+        });
+        self.announcements.push(Announcement::JobFinished {
+            result: match result {
+                SnapshotResult::Succeeded => "succeeded",
+                SnapshotResult::Rejected => "rejected",
+                _ => "failed",
+            },
+            seconds,
+        });
+        self.status.last_snapshot = Some(LastSnapshot {
+            generation: job.generation,
+            job: job.name.clone(),
+            start_time: start,
+            completion_time: completion,
+            duration_seconds: seconds.map(|s| s.round() as u64),
+            result: Some(result),
+            reason: Some(reason.clone()),
+            message: Some(message.clone()),
+        });
+        if let Some(request) = &job.request {
+            self.status.last_handled_request = Some(request.clone());
+        }
+        self.status.active_job = None;
+        self.ctx.wake_waiting();
+        if failure.is_some() {
+            self.status.consecutive_failures = self.status.consecutive_failures.saturating_add(1);
+            tracing::warn!(generation = job.generation, %reason, "{message}");
+            self.event(EventType::Warning, &reason, "Snapshot", message);
+        } else {
+            self.status.consecutive_failures = 0;
+        }
+        Ok(())
+    }
+
+    /// Promotes a verified generation (if it is newer than the current one) and lists it first
+    /// among the retained ones; retention follows in step 6.
+    async fn promote(
+        &mut self,
+        job: &JobView,
+        manifest: &Manifest,
+        prefix: &Prefix<'_>,
+        spec: &Validated,
+    ) -> Result<(), Error> {
+        let n = manifest.generation;
+        let mut info = generation_info(manifest);
+        info.base_generation = match job.base {
+            Base::Generation(b) => Some(b),
+            Base::Empty | Base::Unknown => None,
+        };
+        let newer = self
+            .status
+            .current
+            .as_ref()
+            .is_none_or(|c| n > c.generation);
+        if newer {
+            let legacy = spec.legacy_key.as_deref();
+            if let Some(key) = legacy {
+                self.check_legacy_key(prefix, key).await?;
+            }
+            prefix.promote(manifest, legacy, self.now).await?;
+            self.status.growth =
+                growth_after(self.status.growth.as_ref(), &info, job.base == Base::Empty);
+            self.status.current = Some(info.clone());
+            let growth = self.status.growth.as_ref().map(|g| g.percent);
+            self.announcements.push(Announcement::Promoted {
+                growth_percent: growth.filter(|_| job.base != Base::Empty),
+            });
+            let note = format!(
+                "generation {n} promoted: {} files, {} compressed, from Job {}{}",
+                manifest.files,
+                bytesize::ByteSize(manifest.size_bytes).display().iec(),
+                job.name,
+                match (&job.base, growth) {
+                    (Base::Empty, _) => ", built from an empty cache".to_owned(),
+                    (_, Some(p)) => format!(", {p:+}% since the last rebuild"),
+                    _ => String::new(),
+                }
+            );
+            tracing::info!(generation = n, "{note}");
+            self.event(EventType::Normal, "Promoted", "Promote", note);
+        }
+        let mut generations = vec![info];
+        generations.extend(
+            self.status
+                .generations
+                .iter()
+                .filter(|g| g.generation < n)
+                .cloned(),
+        );
+        self.status.generations = generations;
+        self.retention_due = true;
+        Ok(())
+    }
+
+    /// The legacy key must not lie under a prefix another SiteCache owns (checked against
+    /// storage when it is written: owners change).
+    async fn check_legacy_key(&self, prefix: &Prefix<'_>, key: &str) -> Result<(), Error> {
+        match prefix.owner_of_key(key).await? {
+            Some((owned, owner)) if owner.uid != self.uid() => Err(Error::Refused {
+                reason: "InvalidLegacyKey",
+                message: format!(
+                    "spec.legacy.publishKey {key:?} lies under s3://{}/{owned}, which {owner} \
+                     owns: nothing is published there",
+                    prefix.location.bucket
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last(generation: u64, result: SnapshotResult) -> SiteCacheStatus {
+        SiteCacheStatus {
+            last_snapshot: Some(LastSnapshot {
+                generation,
+                job: format!("shop-g{generation}"),
+                result: Some(result),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_running_retry_keeps_the_failed_job_behind_the_watermark() {
+        assert_eq!(handled_through(&SiteCacheStatus::default()), 0);
+        // Generation 2 failed and was recorded.
+        assert_eq!(handled_through(&last(2, SnapshotResult::Failed)), 2);
+        // Its retry, generation 3, runs: 2 stays handled.
+        assert_eq!(handled_through(&last(3, SnapshotResult::Running)), 2);
+        assert_eq!(handled_through(&last(3, SnapshotResult::Succeeded)), 3);
+        assert_eq!(handled_through(&last(3, SnapshotResult::Rejected)), 3);
+    }
+}
