@@ -483,23 +483,6 @@ async fn chart_rbac_grants_only_what_the_controller_uses() {
     assert!(!can("create", "serviceaccounts/token", &watched));
 }
 
-/// The admin kubeconfig, acting as `system:serviceaccount:<ns>:<name>` (user impersonation).
-fn impersonating_kubeconfig(dir: &Path, ns: &str, name: &str) -> PathBuf {
-    let admin = std::fs::read_to_string(support::kubeconfig_path()).unwrap();
-    let mut config: Value = serde_saphyr::from_str(&admin).unwrap();
-    for user in config["users"].as_array_mut().unwrap() {
-        user["user"]["as"] = json!(format!("system:serviceaccount:{ns}:{name}"));
-        user["user"]["as-groups"] = json!([
-            "system:serviceaccounts",
-            format!("system:serviceaccounts:{ns}"),
-            "system:authenticated"
-        ]);
-    }
-    let path = dir.join(format!("kubeconfig-as-{name}"));
-    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn controller_with_only_the_chart_rbac_completes_a_lifecycle() {
     let mut h = Harness::start(Options {
@@ -550,7 +533,7 @@ async fn controller_with_only_the_chart_rbac_completes_a_lifecycle() {
         .as_str()
         .unwrap()
         .to_owned();
-    let kubeconfig = impersonating_kubeconfig(&h.dir, &h.ns, &account);
+    let kubeconfig = support::impersonating_kubeconfig(&h.dir, &h.ns, &account);
     h.start_controller_with_env(&kubeconfig, &env);
 
     h.create(

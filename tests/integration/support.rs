@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use kube::Client;
+use serde_json::{Value, json};
 use sitecache_devtools::{ControlPlane, S3Server, control_plane};
 use tokio::sync::OnceCell;
 
@@ -103,4 +104,21 @@ pub async fn s3() -> &'static S3Server {
             .unwrap_or_else(|e| panic!("the local S3 server did not start: {e:#}"))
     })
     .await
+}
+
+/// The admin kubeconfig, acting as `system:serviceaccount:<ns>:<name>` (user impersonation).
+pub fn impersonating_kubeconfig(dir: &Path, ns: &str, name: &str) -> PathBuf {
+    let admin = std::fs::read_to_string(kubeconfig_path()).unwrap();
+    let mut config: Value = serde_saphyr::from_str(&admin).unwrap();
+    for user in config["users"].as_array_mut().unwrap() {
+        user["user"]["as"] = json!(format!("system:serviceaccount:{ns}:{name}"));
+        user["user"]["as-groups"] = json!([
+            "system:serviceaccounts",
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated"
+        ]);
+    }
+    let path = dir.join(format!("kubeconfig-as-{name}"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    path
 }

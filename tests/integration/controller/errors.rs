@@ -126,3 +126,111 @@ async fn malformed_and_unknown_manifests_are_rejected_not_waited_on() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn when_the_status_cannot_be_written_either_the_reconcile_error_is_still_reported() {
+    let missing = format!("missing-sw-{}", std::process::id());
+    let mut h = Harness::start(Options {
+        start_controller: false,
+        ..Options::default()
+    })
+    .await;
+    // An identity with every right the controller uses but writing SiteCache status.
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "no-status", "namespace": h.ns},
+        "rules": [
+            {"apiGroups": ["sitecache.dev"], "resources": ["sitecaches"],
+             "verbs": ["get", "list", "watch", "patch", "update"]},
+            {"apiGroups": ["batch"], "resources": ["jobs"],
+             "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"],
+             "verbs": ["create", "patch"]},
+        ],
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "no-status", "namespace": h.ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "no-status"},
+        "subjects": [{"kind": "ServiceAccount", "name": "no-status", "namespace": h.ns}],
+    });
+    for object in [role, binding] {
+        let out = crate::support::kubectl(
+            &["apply", "-f", "-"],
+            Some(&serde_json::to_string(&object).unwrap()),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let kubeconfig = crate::support::impersonating_kubeconfig(&h.dir, &h.ns, "no-status");
+    let env: Vec<(String, String)> = [
+        ("SITECACHE_NAMESPACES", h.ns.clone()),
+        ("SITECACHE_DEFAULT_BUCKET", h.bucket.clone()),
+        ("SITECACHE_ALLOWED_BUCKETS", missing.clone()),
+        ("SITECACHE_S3_ENDPOINT", h.s3().endpoint()),
+        ("SITECACHE_S3_REGION", "us-east-1".into()),
+        ("SITECACHE_PATH_STYLE", "true".into()),
+        ("SITECACHE_AGENT_IMAGE", super::harness::AGENT_IMAGE.into()),
+        ("RUST_LOG", "info".into()),
+        ("NO_COLOR", "1".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    h.start_controller_with_env(&kubeconfig, &env);
+    h.create(
+        "shop",
+        json!({"site": "shop", "warm": warm("", 2), "storage": {"bucket": missing}}),
+    )
+    .await;
+    // Both failures are in the log: the storage error the reconcile ran into, and the refused
+    // status write that would have reported it.
+    let log = h.dir.join("controller-a.log");
+    let deadline = std::time::Instant::now() + MINUTE;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("NoSuchBucket") && text.contains("write SiteCache status") {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            h.fail("the controller's log does not have both the storage error and the failed status write")
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("sitecache_reconcile_errors_total{kind=\"storage-no-such-bucket\"}"),
+        "the error counted is the reconcile's own:\n{metrics}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cron_the_pattern_accepts_but_the_parser_refuses_shows_in_the_status() {
+    let h = Harness::start(Options::default()).await;
+    h.create(
+        "shop",
+        json!({"site": "shop", "warm": warm("", 2), "schedule": {"cron": "61 * * * *"}}),
+    )
+    .await;
+    let sc = h
+        .wait("shop", "refusing its schedule", MINUTE, |sc| {
+            condition(sc, "Degraded") == Some("True")
+                && cond(sc, "Degraded").reason == "InvalidSchedule"
+        })
+        .await;
+    assert!(
+        cond(&sc, "Degraded").message.contains("spec.schedule.cron"),
+        "{:?}",
+        cond(&sc, "Degraded")
+    );
+    assert!(h.jobs().get_opt("shop-g1").await.unwrap().is_none());
+    h.shutdown().await;
+}

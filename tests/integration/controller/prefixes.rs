@@ -218,3 +218,52 @@ async fn a_manifest_naming_a_key_outside_its_generation_is_rejected() {
     assert_eq!(h.stored_generations("shop/").await, [1]);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_legacy_key_under_another_sitecaches_prefix_is_never_written_even_when_allowed_outside() {
+    let h = Harness::start(Options {
+        extra_args: vec!["--allow-legacy-keys-outside-prefix".into()],
+        ..Options::default()
+    })
+    .await;
+    h.create("victim", json!({"site": "victim", "warm": warm("", 2)}))
+        .await;
+    h.wait_promoted("victim", 1).await;
+    let before = h.keys("victim/").await;
+    // Outside its own prefix is allowed here, but not into another SiteCache's.
+    h.create(
+        "shop",
+        json!({"site": "shop", "warm": warm("", 2),
+               "legacy": {"publishKey": "victim/legacy/cache.tgz"}}),
+    )
+    .await;
+    let sc = h
+        .wait("shop", "refusing to publish", MINUTE, |sc| {
+            condition_reason(sc, "Degraded") == Some("InvalidLegacyKey")
+        })
+        .await;
+    let degraded = sc
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap()
+        .message
+        .clone();
+    assert!(degraded.contains("victim"), "{degraded}");
+    assert_eq!(current(&sc), None, "nothing promoted");
+    assert_eq!(h.keys("victim/").await, before, "nothing written there");
+
+    // A key outside every SiteCache's prefix is published.
+    h.create(
+        "free",
+        json!({"site": "free", "warm": warm("", 2),
+               "legacy": {"publishKey": "legacy/free.tgz"}}),
+    )
+    .await;
+    h.wait_promoted("free", 1).await;
+    assert!(h.get("legacy/free.tgz").await.is_some());
+    h.shutdown().await;
+}
