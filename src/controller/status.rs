@@ -310,6 +310,21 @@ mod tests {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
     }
 
+    /// A promoted generation of `size_bytes`.
+    fn promoted(generation: u64, size_bytes: u64) -> GenerationInfo {
+        GenerationInfo {
+            generation,
+            key: "k".into(),
+            size_bytes,
+            uncompressed_bytes: 1,
+            files: 1,
+            sha256: "00".into(),
+            created_at: Time(ts("2026-01-01T00:00:00Z")),
+            source_revision: None,
+            base_generation: None,
+        }
+    }
+
     fn verdict(freshness: Freshness) -> Verdict {
         Verdict {
             freshness,
@@ -406,17 +421,7 @@ mod tests {
     #[test]
     fn failures_degrade_but_keep_ready() {
         let mut s = SiteCacheStatus {
-            current: Some(GenerationInfo {
-                generation: 2,
-                key: "k".into(),
-                size_bytes: 3 * 1024 * 1024,
-                uncompressed_bytes: 1,
-                files: 1,
-                sha256: "00".into(),
-                created_at: Time(ts("2026-01-01T00:00:00Z")),
-                source_revision: None,
-                base_generation: None,
-            }),
+            current: Some(promoted(2, 3 * 1024 * 1024)),
             consecutive_failures: 2,
             last_snapshot: Some(LastSnapshot {
                 generation: 4,
@@ -491,17 +496,7 @@ mod tests {
         assert_eq!(cond(&s, DEGRADED).status, "True");
         // With a promoted generation the cache is still Ready; Degraded says what is wrong.
         let mut s = SiteCacheStatus {
-            current: Some(GenerationInfo {
-                generation: 2,
-                key: "k".into(),
-                size_bytes: 1,
-                uncompressed_bytes: 1,
-                files: 1,
-                sha256: "00".into(),
-                created_at: Time(ts("2026-01-01T00:00:00Z")),
-                source_revision: None,
-                base_generation: None,
-            }),
+            current: Some(promoted(2, 1)),
             ..Default::default()
         };
         derive(

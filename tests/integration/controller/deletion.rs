@@ -7,10 +7,7 @@ use futures::StreamExt;
 use kube::api::ListParams;
 use serde_json::json;
 
-use super::harness::{
-    Harness, Options, condition, condition_reason, controller_policy, counter_sum, storage_user,
-    warm,
-};
+use super::harness::{Harness, Options, cond, condition, condition_reason, counter_sum, warm};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -100,14 +97,7 @@ async fn storage_outage_blocks_deletion_until_it_is_back() {
             condition(sc, "DeletionBlocked") == Some("True")
         })
         .await;
-    let blocked = sc
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "DeletionBlocked")
-        .unwrap();
+    let blocked = cond(&sc, "DeletionBlocked");
     assert!(blocked.reason.starts_with("Storage"), "{blocked:?}");
     assert!(
         blocked.message.contains("unreachable") || blocked.message.contains("timed out"),
@@ -152,14 +142,7 @@ async fn a_second_sitecache_on_an_owned_prefix_is_refused_and_its_deletion_touch
             condition_reason(sc, "Ready") == Some("PrefixOwnedByAnother")
         })
         .await;
-    let ready = sc
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = cond(&sc, "Ready");
     assert!(ready.message.contains("first"), "{ready:?}");
     assert_eq!(
         sc.status.as_ref().unwrap().phase,
@@ -251,28 +234,10 @@ async fn deletion_aborts_every_unfinished_upload_under_the_prefix() {
     h.shutdown().await;
 }
 
-/// The DeletionBlocked condition, if any.
-fn deletion_blocked(
-    sc: &sitecache::api::SiteCache,
-) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    sc.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "DeletionBlocked")
-        .cloned()
-}
-
 #[tokio::test]
 async fn deletion_without_the_right_to_delete_stays_blocked_backs_off_and_clears_once_allowed() {
-    let mut h = Harness::start(Options {
-        start_controller: false,
-        ..Options::default()
-    })
-    .await;
     // The controller may do everything but delete objects: a storage failure that persists.
-    let (user, secret) = storage_user(&h, &controller_policy(&h.bucket, false));
-    h.start_controller_as(&user, &secret);
+    let h = Harness::without_delete_rights().await;
     h.create("shop", json!({"site": "shop", "warm": warm("", 2)}))
         .await;
     h.wait_promoted("shop", 1).await;
@@ -284,7 +249,7 @@ async fn deletion_without_the_right_to_delete_stays_blocked_backs_off_and_clears
             condition(sc, "DeletionBlocked") == Some("True")
         })
         .await;
-    let first = deletion_blocked(&sc).unwrap();
+    let first = cond(&sc, "DeletionBlocked");
     assert_eq!(first.reason, "AccessDenied", "{first:?}");
     assert!(first.message.contains("DELETE"), "{first:?}");
     assert_eq!(
@@ -307,7 +272,7 @@ async fn deletion_without_the_right_to_delete_stays_blocked_backs_off_and_clears
         seen
     );
     let now = h.api().get("shop").await.unwrap();
-    assert_eq!(deletion_blocked(&now), Some(first.clone()));
+    assert_eq!(cond(&now, "DeletionBlocked"), first);
     // 1 s doubling with ±25% jitter: at most 5 attempts in 20 s (a hot loop makes hundreds).
     assert!(
         (1.0..=6.0).contains(&retries),
@@ -316,9 +281,7 @@ async fn deletion_without_the_right_to_delete_stays_blocked_backs_off_and_clears
     assert_eq!(h.keys("shop/").await, stored, "nothing was deleted");
 
     // Once the controller may delete, the next retry finishes the job.
-    h.s3()
-        .put_policy(&user, &controller_policy(&h.bucket, true))
-        .unwrap();
+    h.allow_delete();
     h.wait_gone("shop", Duration::from_secs(90)).await;
     assert_eq!(h.keys("shop/").await, Vec::<String>::new());
     h.shutdown().await;
@@ -359,7 +322,7 @@ async fn a_snapshot_pod_that_never_stops_blocks_deletion_for_a_bounded_time() {
             condition(sc, "DeletionBlocked") == Some("True")
         })
         .await;
-    let blocked = deletion_blocked(&sc).unwrap();
+    let blocked = cond(&sc, "DeletionBlocked");
     assert_eq!(blocked.reason, "SnapshotPodRunning", "{blocked:?}");
     assert!(
         blocked.message.contains("shop-g2-lost") && blocked.message.contains("lost-node"),

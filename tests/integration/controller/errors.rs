@@ -3,21 +3,12 @@
 
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde_json::json;
-use sitecache::api::{Phase, SiteCache, SnapshotResult};
+use sitecache::api::{Phase, SnapshotResult};
 
-use super::harness::{Harness, Options, condition, current, warm};
+use super::harness::{Harness, Options, cond, condition, current, warm};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn cond(sc: &SiteCache, type_: &str) -> Condition {
-    sc.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-        .cloned()
-        .unwrap_or_else(|| panic!("no {type_} condition in {:?}", sc.status))
-}
 
 #[tokio::test]
 async fn a_missing_bucket_shows_in_ready_and_degraded() {

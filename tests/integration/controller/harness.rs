@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -480,8 +481,8 @@ impl Harness {
         gens
     }
 
-    /// Reasons of the Events about SiteCache `name`.
-    pub async fn event_reasons(&self, name: &str) -> Vec<String> {
+    /// The Events about SiteCache `name`.
+    async fn events_about(&self, name: &str) -> Vec<Event> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
         events
             .list(&ListParams::default())
@@ -490,21 +491,21 @@ impl Harness {
             .items
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter_map(|e| e.reason)
             .collect()
+    }
+
+    /// Reasons of the Events about SiteCache `name`.
+    pub async fn event_reasons(&self, name: &str) -> Vec<String> {
+        let events = self.events_about(name).await;
+        events.into_iter().filter_map(|e| e.reason).collect()
     }
 
     /// How many times an Event with `reason` was published about SiteCache `name` (a repeated
     /// Event is one object whose `series.count` grows).
     pub async fn event_count(&self, name: &str, reason: &str) -> i32 {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let events = self.events_about(name).await;
         events
-            .list(&ListParams::default())
-            .await
-            .expect("list events")
-            .items
             .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .filter(|e| e.reason.as_deref() == Some(reason))
             .map(|e| e.series.map_or(1, |s| s.count))
             .sum()
@@ -589,6 +590,15 @@ pub fn condition<'a>(sc: &'a SiteCache, type_: &str) -> Option<&'a str> {
         .map(|c| c.status.as_str())
 }
 
+/// Condition `type_` of `sc`, whole; panics when there is none.
+pub fn cond(sc: &SiteCache, type_: &str) -> Condition {
+    sc.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {type_} condition in {:?}", sc.status))
+}
+
 pub fn condition_reason<'a>(sc: &'a SiteCache, type_: &str) -> Option<&'a str> {
     sc.status
         .as_ref()?
@@ -611,7 +621,7 @@ pub fn warm(script_before: &str, files: u32) -> Value {
 
 /// An IAM policy with the storage rights the controller uses on `bucket`, `s3:DeleteObject` only
 /// when `delete`.
-pub fn controller_policy(bucket: &str, delete: bool) -> Value {
+fn controller_policy(bucket: &str, delete: bool) -> Value {
     let mut actions = vec![
         "s3:GetObject",
         "s3:PutObject",
@@ -633,18 +643,38 @@ pub fn controller_policy(bucket: &str, delete: bool) -> Value {
     })
 }
 
-/// A MinIO user of this test (names are unique per namespace) with policy `policy`; returns its
-/// name and secret.
-pub fn storage_user(h: &Harness, policy: &Value) -> (String, String) {
-    let user = format!("ctl-{}", h.ns);
-    let secret = format!("{user}-secret");
-    h.s3()
-        .put_policy(&user, policy)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    h.s3()
-        .add_user(&user, &secret, &user)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    (user, secret)
+impl Harness {
+    /// A harness whose controller has every storage right it uses but `s3:DeleteObject`: a
+    /// storage failure that persists until [`allow_delete`](Self::allow_delete). The snapshot
+    /// Jobs keep the root user's rights.
+    pub async fn without_delete_rights() -> Harness {
+        let mut h = Harness::start(Options {
+            start_controller: false,
+            ..Options::default()
+        })
+        .await;
+        let user = format!("ctl-{}", h.ns);
+        let secret = format!("{user}-secret");
+        h.s3()
+            .put_policy(&user, &controller_policy(&h.bucket, false))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        h.s3()
+            .add_user(&user, &secret, &user)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        h.start_controller_as(&user, &secret);
+        h
+    }
+
+    /// Grants the controller of [`without_delete_rights`](Self::without_delete_rights) the
+    /// right to delete.
+    pub fn allow_delete(&self) {
+        self.s3()
+            .put_policy(
+                &format!("ctl-{}", self.ns),
+                &controller_policy(&self.bucket, true),
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
 }
 
 /// The sum of every sample of counter `name` (all label sets) in a metrics text.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sitecache::api::SnapshotResult;
 
-use super::harness::{Harness, Options, condition, condition_reason, current, warm};
+use super::harness::{Harness, Options, cond, condition, condition_reason, current, warm};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -34,13 +34,7 @@ async fn refused(h: &Harness, name: &str) -> String {
         .await
         .unwrap();
     assert!(jobs.items.is_empty(), "no Job for {name}");
-    sc.status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message
+    cond(&sc, "Ready").message
 }
 
 #[tokio::test]
@@ -136,14 +130,7 @@ async fn a_legacy_publish_key_outside_the_prefix_or_on_its_layout_is_refused() {
                 condition_reason(sc, "Ready") == Some("InvalidLegacyKey")
             })
             .await;
-        let ready = sc
-            .status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
+        let ready = cond(&sc, "Ready");
         assert!(
             ready.message.contains("spec.legacy.publishKey") && ready.message.contains(key),
             "{ready:?}"
@@ -242,16 +229,7 @@ async fn a_legacy_key_under_another_sitecaches_prefix_is_never_written_even_when
             condition_reason(sc, "Degraded") == Some("InvalidLegacyKey")
         })
         .await;
-    let degraded = sc
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .unwrap()
-        .message
-        .clone();
+    let degraded = cond(&sc, "Degraded").message;
     assert!(degraded.contains("victim"), "{degraded}");
     assert_eq!(current(&sc), None, "nothing promoted");
     assert_eq!(h.keys("victim/").await, before, "nothing written there");

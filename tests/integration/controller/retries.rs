@@ -6,9 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use sitecache::api::{Phase, SnapshotResult};
 
-use super::harness::{
-    Harness, Options, condition, condition_reason, controller_policy, current, storage_user, warm,
-};
+use super::harness::{Harness, Options, condition, condition_reason, current, warm};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -92,13 +90,7 @@ async fn a_failed_job_is_handled_once_while_its_retry_runs() {
 
 #[tokio::test]
 async fn retention_that_fails_is_retried_without_waiting_for_a_promotion() {
-    let mut h = Harness::start(Options {
-        start_controller: false,
-        ..Options::default()
-    })
-    .await;
-    let (user, secret) = storage_user(&h, &controller_policy(&h.bucket, false));
-    h.start_controller_as(&user, &secret);
+    let h = Harness::without_delete_rights().await;
     h.create(
         "shop",
         json!({"site": "shop", "warm": warm("", 2), "retention": {"keep": 1}}),
@@ -118,9 +110,7 @@ async fn retention_that_fails_is_retried_without_waiting_for_a_promotion() {
     assert_eq!(h.stored_generations("shop/").await, [1, 2]);
 
     // Allowed to delete, the controller finishes retention on its next retry, with no new Job.
-    h.s3()
-        .put_policy(&user, &controller_policy(&h.bucket, true))
-        .unwrap();
+    h.allow_delete();
     let sc = h
         .wait(
             "shop",
