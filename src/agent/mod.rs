@@ -35,6 +35,7 @@ impl StorageArgs {
             connect_timeout: Some(Duration::from_secs(3)),
             attempt_timeout,
             max_attempts: Some(max_attempts),
+            interceptor: None,
         }
     }
 }

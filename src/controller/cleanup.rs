@@ -1,6 +1,6 @@
 //! Deleting a SiteCache (the finalizer's work), in steps:
 //!
-//! 1. **Read** the SiteCache as the API server has it now.
+//! 1. **Read** the SiteCache from the watch cache.
 //! 2. **Stop** its snapshot Jobs and wait for their pods, at most `--snapshot-pod-stop-timeout`
 //!    after the SiteCache was deleted (a pod on a lost node never stops).
 //! 3. **Retain**: with `deletionPolicy: Retain`, release the SiteCache and keep the objects.
@@ -28,7 +28,7 @@ use super::context::Context;
 use super::error::Error;
 use super::job::UID_LABEL;
 use super::objects::Prefix;
-use super::reconcile::{read_fresh, write_status};
+use super::reconcile::write_status;
 use super::status::{self, DELETION_BLOCKED};
 use crate::api::{DeletionPolicy, Phase, SiteCache};
 use crate::storage::Location;
@@ -39,11 +39,10 @@ const PODS_RUNNING: &str = "SnapshotPodRunning";
 /// Cleans up after a SiteCache being deleted; `Ok` releases its finalizer.
 pub async fn cleanup(obj: Arc<SiteCache>, ctx: &Context) -> Result<Action, Error> {
     // 1. Read.
-    let Some((api, sc)) = read_fresh(&obj, ctx).await? else {
-        return Ok(Action::await_change());
-    };
+    let sc = SiteCache::clone(&obj);
+    let api = Api::namespaced(ctx.client.clone(), &sc.namespace().unwrap_or_default());
     let uid = sc.uid().unwrap_or_default();
-    ctx.not_waiting(&ObjectRef::from_obj(&sc));
+    ctx.leave_queue(&ObjectRef::from_obj(&sc));
     let mut c = Cleanup {
         ctx,
         api,
@@ -309,13 +308,19 @@ impl Cleanup<'_> {
                 self.now,
             );
             if status::changed(self.sc.status.as_ref(), &new) {
-                if let Err(write) = write_status(&self.api, &self.sc, &new).await {
-                    tracing::warn!(
-                        "deletion cannot finish ({message}), and the status write failed: {write}"
-                    );
-                    return result;
+                match write_status(&self.api, &self.sc, &new).await {
+                    Ok(written) => {
+                        self.ctx.metrics.status_writes.inc();
+                        self.ctx.await_own_write(&written).await;
+                    }
+                    Err(write) => {
+                        tracing::warn!(
+                            "deletion cannot finish ({message}), and the status write failed: \
+                             {write}"
+                        );
+                        return result;
+                    }
                 }
-                self.ctx.metrics.status_writes.inc();
                 if self.blocked_reason() != Some(reason.as_str()) {
                     tracing::warn!(%reason, "{message}");
                     self.events

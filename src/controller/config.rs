@@ -93,8 +93,10 @@ pub struct ControllerArgs {
     #[arg(long, env = "SITECACHE_FAILURE_BACKOFF_MAX", default_value = "1h", value_parser = parse_duration)]
     pub failure_backoff_max: Duration,
 
-    /// Longest time between two reconciles of a SiteCache (the safety net behind watches).
-    #[arg(long, env = "SITECACHE_RESYNC", default_value = "10m", value_parser = parse_duration)]
+    /// Longest time between two reconciles of a SiteCache: the safety net behind the watches.
+    /// A reconcile reads the watch cache and sends no request when nothing changed, so this
+    /// costs CPU only.
+    #[arg(long, env = "SITECACHE_RESYNC", default_value = "1h", value_parser = parse_duration)]
     pub resync: Duration,
 
     /// Concurrent reconciles per watched namespace (0: unbounded).
@@ -383,6 +385,7 @@ impl Target {
             connect_timeout: Some(Duration::from_secs(5)),
             attempt_timeout: Some(Duration::from_secs(30)),
             max_attempts: Some(3),
+            interceptor: None,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! What every reconcile shares: clients, settings, metrics, the Event recorder, the snapshot slots
-//! and the SiteCaches waiting for one.
+//! What every reconcile shares: clients, settings, metrics, the Event recorder, the watch caches,
+//! and the snapshot slots with the queue of SiteCaches waiting for one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,16 +11,31 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 
+use super::clients::{Clients, CountRequests, StorageKey};
 use super::config::{Settings, Target};
 use super::job::{JobView, UID_LABEL};
+use super::queue::{Ask, JobKey, Place, RESERVATION_TTL, SlotQueue};
 use crate::api::SiteCache;
 use crate::telemetry::metrics::Metrics;
 
 /// The field manager of every write the controller makes.
 pub const MANAGER: &str = "sitecache-controller";
 
-/// How long a Job the controller created counts against the limit before the watch shows it.
-const PENDING_GRACE: Duration = Duration::from_secs(120);
+/// How long a reconcile waits for the watch to show the status it wrote.
+const OWN_WRITE_WAIT: Duration = Duration::from_secs(5);
+
+/// How many claim locks there are (claims that could not overlap may share one).
+const CLAIM_LOCKS: usize = 64;
+
+/// The watch caches of one scope (a watched namespace, or all of them).
+pub struct Caches {
+    /// `None`: every namespace.
+    pub namespace: Option<String>,
+    pub sitecaches: Store<SiteCache>,
+    pub jobs: Store<Job>,
+    /// Where to send a SiteCache to reconcile it (a freed slot wakes it).
+    pub wake: mpsc::UnboundedSender<ObjectRef<SiteCache>>,
+}
 
 pub struct Context {
     pub client: kube::Client,
@@ -34,85 +49,29 @@ pub struct Context {
     claimed: Mutex<HashSet<String>>,
     /// SiteCaches (by uid) whose cache is not Fresh, for the stale gauge.
     stale: Mutex<HashSet<String>>,
-    slots: Mutex<Slots>,
+    queue: Mutex<SlotQueue>,
     /// Failed reconciles in a row per object, for the error policy's backoff.
     pub errors: Errors,
-    /// The snapshot Jobs the controller watches, one store per watched namespace (or one for
-    /// all).
-    jobs: Vec<Store<Job>>,
-    /// Where to send SiteCaches to reconcile again when a slot frees up, by watched namespace
-    /// (`None`: all).
-    wakers: Vec<(Option<String>, mpsc::UnboundedSender<ObjectRef<SiteCache>>)>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct StorageKey {
-    region: Option<String>,
-    endpoint: Option<String>,
-    path_style: bool,
-}
-
-/// S3 clients by store: at most [`Clients::CAPACITY`], the least recently used dropped first
-/// (regions are free text in the spec, so the set of stores is not bounded by the allow-lists).
-#[derive(Default)]
-struct Clients {
-    clients: HashMap<StorageKey, (aws_sdk_s3::Client, u64)>,
-    /// A clock of uses, for least-recently-used eviction.
-    uses: u64,
-}
-
-impl Clients {
-    const CAPACITY: usize = 32;
-
-    fn get(&mut self, key: &StorageKey) -> Option<aws_sdk_s3::Client> {
-        self.uses += 1;
-        let uses = self.uses;
-        self.clients.get_mut(key).map(|(c, used)| {
-            *used = uses;
-            c.clone()
-        })
-    }
-
-    fn insert(&mut self, key: StorageKey, client: aws_sdk_s3::Client) {
-        while self.clients.len() >= Self::CAPACITY {
-            let Some(oldest) = self
-                .clients
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            self.clients.remove(&oldest);
-        }
-        self.uses += 1;
-        self.clients.insert(key, (client, self.uses));
-    }
-}
-
-/// How many claim locks there are (claims that could not overlap may share one).
-const CLAIM_LOCKS: usize = 64;
-
-#[derive(Default)]
-struct Slots {
-    /// Jobs created but perhaps not yet seen by the watch, with when they were created.
-    pending: HashMap<(String, String), Instant>,
-    waiting: HashSet<ObjectRef<SiteCache>>,
+    caches: Vec<Caches>,
+    /// When a slot promised to a woken SiteCache expires (see [`Context::expired_reservations`]).
+    reservations: mpsc::UnboundedSender<Instant>,
 }
 
 impl Context {
+    /// The context, and the times at which slots promised to woken SiteCaches expire: whoever
+    /// runs the controller calls [`Context::expired_reservations`] at each.
     pub fn new(
         client: kube::Client,
         settings: Settings,
         metrics: Arc<Metrics>,
-        jobs: Vec<Store<Job>>,
-        wakers: Vec<(Option<String>, mpsc::UnboundedSender<ObjectRef<SiteCache>>)>,
-    ) -> Self {
+        caches: Vec<Caches>,
+    ) -> (Self, mpsc::UnboundedReceiver<Instant>) {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        Context {
+        let (reservations, expiries) = mpsc::unbounded_channel();
+        let ctx = Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
@@ -121,25 +80,25 @@ impl Context {
             claim_locks: (0..CLAIM_LOCKS).map(|_| Default::default()).collect(),
             claimed: Default::default(),
             stale: Default::default(),
-            slots: Default::default(),
+            queue: Default::default(),
             errors: Default::default(),
-            jobs,
-            wakers,
-        }
+            caches,
+            reservations,
+        };
+        (ctx, expiries)
     }
 
-    /// An S3 client for the SiteCache's store, shared by every SiteCache on the same store.
+    /// An S3 client for the SiteCache's store, shared by every SiteCache on the same store; its
+    /// requests are counted in `sitecache_storage_requests_total`.
     pub async fn storage(&self, target: &Target) -> aws_sdk_s3::Client {
-        let key = StorageKey {
-            region: target.region.clone(),
-            endpoint: target.endpoint.clone(),
-            path_style: target.path_style,
-        };
+        let key = StorageKey::of(target);
         let mut clients = self.storage.lock().await;
         if let Some(c) = clients.get(&key) {
             return c;
         }
-        let client = crate::storage::client(&target.storage_options()).await;
+        let mut options = target.storage_options();
+        options.interceptor = Some(CountRequests::shared(&self.metrics.storage_requests));
+        let client = crate::storage::client(&options).await;
         clients.insert(key, client.clone());
         client
     }
@@ -183,9 +142,9 @@ impl Context {
     /// The snapshot Jobs of the SiteCache with this uid, as the watch last saw them.
     pub fn jobs_of(&self, uid: &str) -> Vec<JobView> {
         let mut views: Vec<JobView> = self
-            .jobs
+            .caches
             .iter()
-            .flat_map(|s| s.state())
+            .flat_map(|c| c.jobs.state())
             .filter(|j| j.labels().get(UID_LABEL).map(String::as_str) == Some(uid))
             .filter_map(|j| JobView::of(&j))
             .collect();
@@ -193,79 +152,127 @@ impl Context {
         views
     }
 
-    fn running_jobs(&self, slots: &mut Slots) -> usize {
-        let mut running: HashSet<(String, String)> = HashSet::new();
-        for job in self.jobs.iter().flat_map(|s| s.state()) {
-            let key = (job.namespace().unwrap_or_default(), job.name_any());
-            slots.pending.remove(&key);
-            if JobView::of(&job).is_some_and(|v| v.is_running()) {
-                running.insert(key);
+    /// Waits (boundedly) until the watch cache holds `written` or a later version of it, so that
+    /// the next reconcile of the object, which reads the cache, builds on what this one wrote.
+    pub async fn await_own_write(&self, written: &SiteCache) {
+        let oref = ObjectRef::from_obj(written);
+        let Some(cache) = self
+            .caches
+            .iter()
+            .find(|c| c.namespace.is_none() || c.namespace == written.namespace())
+        else {
+            return;
+        };
+        let written_version = written.resource_version();
+        let deadline = Instant::now() + OWN_WRITE_WAIT;
+        let mut delay = Duration::from_millis(2);
+        while Instant::now() < deadline {
+            let Some(cached) = cache.sitecaches.get(&oref) else {
+                return;
+            };
+            if cached.resource_version() == written_version
+                || newer_version(cached.resource_version(), written_version.clone())
+            {
+                return;
             }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(50));
         }
-        slots.pending.retain(|_, at| at.elapsed() < PENDING_GRACE);
-        running.extend(slots.pending.keys().cloned());
-        self.metrics.snapshot_jobs_running.set(running.len() as i64);
-        running.len()
+        tracing::debug!(object = %oref, "the watch has not shown the status written yet");
     }
 
-    /// Takes a snapshot slot for Job `namespace/name` if fewer than the limit are running;
-    /// otherwise records `sc` as waiting and returns how many are running.
-    pub fn try_start(
+    /// How many snapshot Jobs the watch shows running (and forgets pending Jobs it shows).
+    fn observe_jobs(&self, queue: &mut SlotQueue) -> usize {
+        let jobs = self.caches.iter().flat_map(|c| c.jobs.state()).map(|job| {
+            let key: JobKey = (job.namespace().unwrap_or_default(), job.name_any());
+            (key, JobView::of(&job).is_some_and(|v| v.is_running()))
+        });
+        let running = queue.observe(jobs);
+        self.metrics
+            .snapshot_jobs_running
+            .set(queue.taken(running) as i64);
+        running
+    }
+
+    /// SiteCache `sc`, due since `place`, asks for a snapshot slot for Job `job`. `Ok`: start
+    /// it now (then [`Context::release`] it if it cannot be created); `Err`: every slot is taken
+    /// (the number of Jobs running); it waits in the queue and is woken when a slot is its.
+    pub fn ask_slot(
         &self,
         sc: &ObjectRef<SiteCache>,
-        namespace: &str,
-        name: &str,
+        place: Place,
+        job: JobKey,
     ) -> Result<(), usize> {
-        let mut slots = lock(&self.slots);
-        let running = self.running_jobs(&mut slots);
-        if running >= self.settings.max_concurrent_snapshots as usize {
-            slots.waiting.insert(sc.clone());
+        let limit = self.settings.max_concurrent_snapshots as usize;
+        let (answer, woken) = {
+            let mut queue = lock(&self.queue);
+            let running = self.observe_jobs(&mut queue);
+            let (answer, woken) = queue.ask(sc, place, running, limit);
+            if answer == Ask::Start {
+                queue.started(job);
+            }
             self.metrics
                 .snapshot_jobs_waiting
-                .set(slots.waiting.len() as i64);
-            return Err(running);
-        }
-        slots.waiting.remove(sc);
-        slots
-            .pending
-            .insert((namespace.to_owned(), name.to_owned()), Instant::now());
-        self.metrics
-            .snapshot_jobs_waiting
-            .set(slots.waiting.len() as i64);
-        Ok(())
-    }
-
-    /// Gives back a slot taken for a Job that was not created.
-    pub fn release(&self, namespace: &str, name: &str) {
-        lock(&self.slots)
-            .pending
-            .remove(&(namespace.to_owned(), name.to_owned()));
-    }
-
-    /// Forgets a SiteCache that no longer waits (it started, was suspended or is being deleted).
-    pub fn not_waiting(&self, sc: &ObjectRef<SiteCache>) {
-        let mut slots = lock(&self.slots);
-        if slots.waiting.remove(sc) {
-            self.metrics
-                .snapshot_jobs_waiting
-                .set(slots.waiting.len() as i64);
-        }
-    }
-
-    /// A snapshot Job finished: every waiting SiteCache gets reconciled again, and the first to
-    /// get there takes the slot.
-    /// The running-Jobs gauge is counted again here too, so that it falls when Jobs end even if
-    /// no other snapshot starts.
-    pub fn wake_waiting(&self) {
-        let waiting: Vec<_> = {
-            let mut slots = lock(&self.slots);
-            self.running_jobs(&mut slots);
-            slots.waiting.iter().cloned().collect()
+                .set(queue.waiting() as i64);
+            (answer, woken)
         };
-        for sc in waiting {
-            for (ns, tx) in &self.wakers {
-                if ns.is_none() || ns.as_deref() == sc.namespace.as_deref() {
-                    let _ = tx.send(sc.clone());
+        self.wake(woken);
+        match answer {
+            Ask::Start => Ok(()),
+            Ask::Wait { running } => Err(running),
+        }
+    }
+
+    /// Gives back the slot taken for Job `job`, which was not created.
+    pub fn release(&self, job: &JobKey) {
+        lock(&self.queue).release(job);
+        self.slot_freed();
+    }
+
+    /// `sc` does not wait for a slot (any more): it started, is no longer due, is suspended,
+    /// refused or deleted. A slot promised to it goes to the next.
+    pub fn leave_queue(&self, sc: &ObjectRef<SiteCache>) {
+        let woken = {
+            let mut queue = lock(&self.queue);
+            queue.leave(sc);
+            self.metrics
+                .snapshot_jobs_waiting
+                .set(queue.waiting() as i64);
+            let running = self.observe_jobs(&mut queue);
+            queue.assign(running, self.settings.max_concurrent_snapshots as usize)
+        };
+        self.wake(woken);
+    }
+
+    /// A slot may have come free (a Job finished, vanished or was deleted): the heads of the
+    /// queue get the free slots, one SiteCache each.
+    pub fn slot_freed(&self) {
+        let woken = {
+            let mut queue = lock(&self.queue);
+            let running = self.observe_jobs(&mut queue);
+            let woken = queue.assign(running, self.settings.max_concurrent_snapshots as usize);
+            self.metrics
+                .snapshot_jobs_waiting
+                .set(queue.waiting() as i64);
+            woken
+        };
+        self.wake(woken);
+    }
+
+    /// Called at the times [`Context::new`] returned: slots promised to SiteCaches that did not
+    /// take them go to the next in the queue.
+    pub fn expired_reservations(&self) {
+        self.slot_freed();
+    }
+
+    /// Wakes SiteCaches that got a slot.
+    fn wake(&self, woken: Vec<ObjectRef<SiteCache>>) {
+        for sc in woken {
+            self.metrics.snapshot_queue_wakeups.inc();
+            let _ = self.reservations.send(Instant::now() + RESERVATION_TTL);
+            for cache in &self.caches {
+                if cache.namespace.is_none() || cache.namespace == sc.namespace {
+                    let _ = cache.wake.send(sc.clone());
                 }
             }
         }
@@ -323,41 +330,18 @@ impl Errors {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// Whether resource version `a` is later than `b`. Versions are opaque to clients, but every API
+/// server backed by etcd gives revisions that grow; when they do not parse, only equality counts.
+fn newer_version(a: Option<String>, b: Option<String>) -> bool {
+    match (
+        a.and_then(|v| v.parse::<u64>().ok()),
+        b.and_then(|v| v.parse::<u64>().ok()),
+    ) {
+        (Some(a), Some(b)) => a > b,
+        _ => false,
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(region: &str) -> StorageKey {
-        StorageKey {
-            region: Some(region.to_owned()),
-            endpoint: None,
-            path_style: false,
-        }
-    }
-
-    fn client() -> aws_sdk_s3::Client {
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
-    }
-
-    #[test]
-    fn clients_are_bounded_and_the_least_recently_used_goes_first() {
-        let mut clients = Clients::default();
-        for i in 0..Clients::CAPACITY {
-            clients.insert(key(&format!("r{i}")), client());
-        }
-        // r0 is used again, so r1 is now the least recently used.
-        assert!(clients.get(&key("r0")).is_some());
-        clients.insert(key("new"), client());
-        assert_eq!(clients.clients.len(), Clients::CAPACITY);
-        assert!(clients.get(&key("r0")).is_some());
-        assert!(clients.get(&key("r1")).is_none());
-        assert!(clients.get(&key("new")).is_some());
-    }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

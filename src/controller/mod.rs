@@ -14,18 +14,21 @@
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz`.
 
 mod cleanup;
+mod clients;
 pub mod config;
 mod context;
 mod error;
 pub mod job;
 mod leader;
 pub mod objects;
+pub mod queue;
 pub mod rebuild;
 mod reconcile;
 pub mod schedule;
 mod server;
 pub mod status;
 pub mod validate;
+pub mod watches;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,13 +41,13 @@ use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 pub use config::{ControllerArgs, Settings};
-pub use context::{Context, MANAGER};
+pub use context::{Caches, Context, MANAGER};
 pub use error::Error;
 pub use reconcile::write_status;
 
@@ -127,8 +130,9 @@ async fn shutdown_signal() {
 }
 
 /// Runs the controller until `stop` turns true: one watch of SiteCaches and of their Jobs per
-/// watched namespace (or one for all), sharing one [`Context`]. `ready` turns true once every
-/// watch has listed its objects.
+/// watched namespace (or one for all), sharing one [`Context`]. Reconciles read the watch caches
+/// ([`watches`] says what they keep and which changes wake a reconcile). `ready` turns true once
+/// every watch has listed its objects.
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -141,41 +145,96 @@ pub async fn run(
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let mut readers = Vec::new();
-    let mut wakers = Vec::new();
+    let mut caches = Vec::new();
     let mut parts = Vec::new();
+    // Any change of a Job's state may free a snapshot slot.
+    let (jobs_changed, mut job_change_seen) = mpsc::unbounded_channel::<()>();
     for scope in &scopes {
-        let jobs: Api<Job> = scoped(&client, scope);
-        let (reader, writer) = reflector::store();
-        let job_events = watcher(jobs, watcher::Config::default().labels(job::JOB_SELECTOR))
+        let (jobs, job_writer) = reflector::store();
+        let jobs_changed = jobs_changed.clone();
+        let job_changes = watches::job_changes(
+            watcher(
+                scoped::<Job>(&client, scope),
+                watcher::Config::default().labels(job::JOB_SELECTOR),
+            )
             .default_backoff()
-            .reflect(writer)
-            .touched_objects();
-        let (tx, rx) = mpsc::unbounded_channel::<ObjectRef<SiteCache>>();
-        readers.push(reader);
-        wakers.push((scope.clone(), tx));
-        parts.push((scope.clone(), job_events, rx));
+            .modify(watches::strip_job)
+            .reflect(job_writer),
+        )
+        .inspect(move |_| {
+            let _ = jobs_changed.send(());
+        });
+        let (sitecaches, sitecache_writer) = reflector::store();
+        let sitecache_changes = watcher(
+            scoped::<SiteCache>(&client, scope),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(watches::strip_sitecache)
+        .reflect(sitecache_writer)
+        .applied_objects()
+        .predicate_filter(
+            watches::sitecache_trigger,
+            PredicateConfig::default().ttl(Duration::from_secs(7 * 86_400)),
+        );
+        let (wake, woken) = mpsc::unbounded_channel::<ObjectRef<SiteCache>>();
+        caches.push(Caches {
+            namespace: scope.clone(),
+            sitecaches: sitecaches.clone(),
+            jobs: jobs.clone(),
+            wake,
+        });
+        parts.push((
+            scope.clone(),
+            sitecaches,
+            sitecache_changes,
+            job_changes,
+            woken,
+        ));
     }
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        settings.clone(),
-        metrics.clone(),
-        readers.clone(),
-        wakers,
-    ));
+    let stores: Vec<_> = caches
+        .iter()
+        .map(|c| (c.sitecaches.clone(), c.jobs.clone()))
+        .collect();
+    let (ctx, mut expiries) = Context::new(client.clone(), settings.clone(), metrics, caches);
+    let ctx = Arc::new(ctx);
+
+    // Slots freed by Jobs that ended go to the heads of the queue.
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            while job_change_seen.recv().await.is_some() {
+                while job_change_seen.try_recv().is_ok() {}
+                ctx.slot_freed();
+            }
+        });
+    }
+    // Slots promised to woken SiteCaches that did not take them go to the next, on time.
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            while let Some(at) = expiries.recv().await {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    ctx.expired_reservations();
+                });
+            }
+        });
+    }
 
     let mut tasks = Vec::new();
-    let mut stores = Vec::new();
-    for (scope, job_events, rx) in parts {
-        let sitecaches: Api<SiteCache> = scoped(&client, &scope);
-        let wake =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-        let controller = Controller::new(sitecaches, watcher::Config::default())
-            .owns_stream(job_events)
-            .reconcile_on(wake)
+    for (scope, reader, sitecache_changes, job_changes, woken) in parts {
+        let woken =
+            futures::stream::unfold(
+                woken,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
+        let controller = Controller::for_stream(sitecache_changes, reader)
+            .owns_stream(job_changes)
+            .reconcile_on(woken)
             .with_config(ControllerConfig::default().concurrency(settings.reconcile_concurrency))
             .graceful_shutdown_on(stopped(stop.clone()));
-        stores.push(controller.store());
         let ctx = ctx.clone();
         tasks.push(tokio::spawn(
             controller
@@ -195,11 +254,9 @@ pub async fn run(
     {
         let ready = ready.clone();
         tokio::spawn(async move {
-            for s in &stores {
-                wait_synced(s).await;
-            }
-            for r in &readers {
-                wait_synced(r).await;
+            for (sitecaches, jobs) in &stores {
+                wait_synced(sitecaches).await;
+                wait_synced(jobs).await;
             }
             ready.store(true, Ordering::Release);
             tracing::info!("watches synced; reconciling");

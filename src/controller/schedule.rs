@@ -49,6 +49,13 @@ pub struct Verdict {
     pub next_due: Option<Timestamp>,
     /// A snapshot would be due but failures in a row hold it back until then.
     pub backoff_until: Option<Timestamp>,
+    /// Since when the snapshot that is due has been due, where the schedule knows it (the
+    /// SiteCache's creation, the maxAge or cron time it passed); `None` for a revision change
+    /// or a request, due since they were seen.
+    pub due_since: Option<Timestamp>,
+    /// When the current generation turns `Stale` by age, if it is `Fresh` now: the status
+    /// changes then, whatever the SiteCache is doing.
+    pub fresh_until: Option<Timestamp>,
 }
 
 /// Failure backoff: the first delay and the cap.
@@ -141,11 +148,15 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
     let mut triggers = Vec::new();
     let mut next_due: Option<Timestamp> = None;
     let (freshness, freshness_reason);
+    let mut fresh_until = None;
     match &status.current {
         None => {
             freshness = Freshness::Missing;
             freshness_reason = "no generation has been promoted yet".to_owned();
-            triggers.push(Trigger::Initial);
+            triggers.push((
+                Trigger::Initial,
+                sc.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            ));
         }
         Some(current) => {
             let created = current.created_at.0;
@@ -163,7 +174,7 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
                     current.source_revision.as_deref().unwrap_or("(none)"),
                     spec.source.revision.as_deref().unwrap_or_default()
                 );
-                triggers.push(Trigger::Revision);
+                triggers.push((Trigger::Revision, None));
             } else if now >= expires {
                 freshness = Freshness::Stale;
                 freshness_reason = format!(
@@ -173,6 +184,7 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
                     created.round(jiff::Unit::Second).unwrap_or(created)
                 );
             } else {
+                fresh_until = Some(expires);
                 freshness = Freshness::Fresh;
                 freshness_reason = format!(
                     "generation {} matches the source and is younger than maxAge {}",
@@ -181,7 +193,7 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
             }
             let age_due = expires.saturating_sub(offset).unwrap_or(expires);
             if now >= age_due {
-                triggers.push(Trigger::MaxAge);
+                triggers.push((Trigger::MaxAge, Some(age_due)));
             } else {
                 next_due = Some(age_due);
             }
@@ -192,7 +204,7 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
                 if let Some(tick) = next_tick(cron, reference) {
                     let fire = tick.saturating_sub(offset).unwrap_or(tick);
                     if now >= fire {
-                        triggers.push(Trigger::Cron);
+                        triggers.push((Trigger::Cron, Some(fire)));
                     } else {
                         next_due = Some(next_due.map_or(fire, |d| d.min(fire)));
                     }
@@ -200,9 +212,9 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
             }
         }
     }
-    triggers.sort_by_key(priority);
+    triggers.sort_by_key(|(t, _)| priority(t));
     if let Some(token) = request {
-        triggers.insert(0, Trigger::Request(token));
+        triggers.insert(0, (Trigger::Request(token), None));
     }
 
     // Failures in a row hold scheduled snapshots back; a new on-demand request does not wait.
@@ -225,7 +237,7 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
                 .saturating_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX))
                 .unwrap_or(Timestamp::MAX);
             if now < until
-                && !matches!(triggers.first(), Some(Trigger::Request(_)))
+                && !matches!(triggers.first(), Some((Trigger::Request(_), _)))
                 && !triggers.is_empty()
             {
                 backoff_until = Some(until);
@@ -235,10 +247,9 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
         }
     }
 
-    let due = if spec.suspend {
-        None
-    } else {
-        triggers.into_iter().next()
+    let (due, due_since) = match triggers.into_iter().next() {
+        Some((trigger, since)) if !spec.suspend => (Some(trigger), since),
+        _ => (None, None),
     };
     Verdict {
         freshness,
@@ -250,6 +261,8 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
         },
         due,
         backoff_until,
+        due_since,
+        fresh_until,
     }
 }
 

@@ -332,6 +332,8 @@ mod tests {
             due: None,
             next_due: Some(ts("2026-01-02T00:00:00Z")),
             backoff_until: None,
+            due_since: None,
+            fresh_until: None,
         }
     }
 

@@ -43,6 +43,8 @@ pub struct StorageOptions {
     pub attempt_timeout: Option<Duration>,
     /// Attempts per request, retries included.
     pub max_attempts: Option<u32>,
+    /// Sees every request (the controller counts them).
+    pub interceptor: Option<aws_sdk_s3::config::SharedInterceptor>,
 }
 
 /// Builds an S3 client from the standard AWS configuration and `options`.
@@ -67,9 +69,12 @@ pub async fn client(options: &StorageOptions) -> aws_sdk_s3::Client {
         loader = loader.endpoint_url(endpoint);
     }
     let shared = loader.load().await;
-    let config = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(options.path_style)
-        .build();
+    let mut config =
+        aws_sdk_s3::config::Builder::from(&shared).force_path_style(options.path_style);
+    if let Some(interceptor) = &options.interceptor {
+        config.push_interceptor(interceptor.clone());
+    }
+    let config = config.build();
     aws_sdk_s3::Client::from_conf(config)
 }
 

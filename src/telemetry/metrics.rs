@@ -24,6 +24,11 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabel {
+    pub operation: String,
+}
+
 /// Every metric the controller exports, prefixed `sitecache_`.
 pub struct Metrics {
     pub registry: Registry,
@@ -41,6 +46,8 @@ pub struct Metrics {
     pub status_writes: Counter,
     pub rebuilds: Family<ReasonLabel, Counter>,
     pub cache_growth: Histogram,
+    pub storage_requests: Family<OperationLabel, Counter>,
+    pub snapshot_queue_wakeups: Counter,
 }
 
 impl Default for Metrics {
@@ -132,6 +139,18 @@ impl Default for Metrics {
             "Growth of each promoted generation over the SiteCache's last rebuild, in percent",
             cache_growth.clone(),
         );
+        let storage_requests = Family::<OperationLabel, Counter>::default();
+        registry.register(
+            "storage_requests",
+            "Requests the controller sent to object storage, by S3 operation (retries included)",
+            storage_requests.clone(),
+        );
+        let snapshot_queue_wakeups = Counter::default();
+        registry.register(
+            "snapshot_queue_wakeups",
+            "SiteCaches woken because a snapshot slot became theirs (one per freed slot)",
+            snapshot_queue_wakeups.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -148,6 +167,8 @@ impl Default for Metrics {
             status_writes,
             rebuilds,
             cache_growth,
+            storage_requests,
+            snapshot_queue_wakeups,
         }
     }
 }
@@ -212,6 +233,7 @@ mod tests {
             "sitecache_snapshot_jobs_waiting",
             "sitecache_status_writes_total",
             "sitecache_cache_growth_percent_bucket",
+            "sitecache_snapshot_queue_wakeups_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

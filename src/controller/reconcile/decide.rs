@@ -16,13 +16,11 @@ use crate::api::{Freshness, LastSnapshot, SnapshotResult};
 use crate::controller::context::MANAGER;
 use crate::controller::error::Error;
 use crate::controller::job::{JobInputs, JobState, JobView, job_name, snapshot_job};
+use crate::controller::queue::Place;
 use crate::controller::rebuild::{RebuildReason, rebuild_reason};
 use crate::controller::schedule::{self, Trigger};
 use crate::controller::status::Activity;
 use crate::controller::validate::Validated;
-
-/// How soon a SiteCache waiting for a slot looks again if no Job's end wakes it first.
-const WAITING_RECHECK: Duration = Duration::from_secs(20);
 
 impl Run<'_> {
     pub(super) async fn decide(
@@ -38,27 +36,52 @@ impl Run<'_> {
             self.backoff(),
         );
         ctx.set_stale(&self.uid(), verdict.freshness != Freshness::Fresh);
+        // Whatever the SiteCache does, it is looked at again when its cache turns Stale (the
+        // status says so then), and at the latest after --resync.
+        let (now, resync, fresh_until) = (self.now, ctx.settings.resync, verdict.fresh_until);
+        let at_latest = |due: Option<Timestamp>| {
+            let wake = [due, fresh_until]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|t| duration_until(now, t) + Duration::from_secs(1))
+                .unwrap_or(resync);
+            Action::requeue(wake.min(resync))
+        };
         if let Some(job) = jobs.iter().rev().find(|j| j.is_running()) {
-            ctx.not_waiting(&self.oref);
+            ctx.leave_queue(&self.oref);
             self.track_running(job);
             let activity = Activity::Running {
                 job: job.name.clone(),
                 generation: job.generation,
             };
-            return Ok((activity, Action::requeue(ctx.settings.resync)));
+            return Ok((activity, at_latest(None)));
         }
         self.status.active_job = None;
         let Some(trigger) = verdict.due.clone() else {
-            ctx.not_waiting(&self.oref);
-            let wait = verdict
-                .next_due
-                .map(|t| duration_until(self.now, t) + Duration::from_secs(1))
-                .unwrap_or(ctx.settings.resync)
-                .min(ctx.settings.resync);
-            return Ok((Activity::Idle, Action::requeue(wait)));
+            ctx.leave_queue(&self.oref);
+            return Ok((Activity::Idle, at_latest(verdict.next_due)));
+        };
+        let place = Place {
+            priority: match trigger {
+                Trigger::Request(_) => 0,
+                _ => 1,
+            },
+            due: verdict.due_since.unwrap_or(self.now),
         };
         let next = self.status.latest_generation.unwrap_or(0) + 1;
-        self.start(trigger, next, spec).await
+        match self.start(trigger, next, place, spec).await? {
+            Some(started) => Ok((started, at_latest(None))),
+            // Woken when a slot is its (no polling); still looked at when it turns Stale.
+            None => {
+                let running = self.waiting_for;
+                let activity = Activity::Waiting {
+                    running,
+                    limit: ctx.settings.max_concurrent_snapshots,
+                };
+                Ok((activity, at_latest(None)))
+            }
+        }
     }
 
     /// A running Job the status does not know yet (it was created just before a restart).
@@ -83,23 +106,22 @@ impl Run<'_> {
         }
     }
 
-    /// Starts the snapshot Job for generation `n`, if a slot is free.
+    /// Starts the snapshot Job for generation `n` if a slot is free for it; `None` when it
+    /// waits in the queue (with `self.waiting_for` the Jobs running).
     async fn start(
         &mut self,
         trigger: Trigger,
         n: u64,
+        place: Place,
         spec: &Validated,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Option<Activity>, Error> {
         let ctx = self.ctx;
         let ns = self.sc.namespace().unwrap_or_default();
         let name = job_name(&self.sc.name_any(), n);
-        if let Err(running) = ctx.try_start(&self.oref, &ns, &name) {
-            let activity = Activity::Waiting {
-                running,
-                limit: ctx.settings.max_concurrent_snapshots,
-            };
-            let wait = WAITING_RECHECK.mul_f64(1.0 + fastrand::f64() * 0.5);
-            return Ok((activity, Action::requeue(wait)));
+        let key = (ns.clone(), name.clone());
+        if let Err(running) = ctx.ask_slot(&self.oref, place, key.clone()) {
+            self.waiting_for = running;
+            return Ok(None);
         }
         let request = schedule::pending_request(&self.sc);
         let plan = match rebuild_reason(
@@ -146,7 +168,7 @@ impl Run<'_> {
         }
         .await;
         if let Err(e) = created {
-            ctx.release(&ns, &name);
+            ctx.release(&key);
             return Err(e);
         }
         self.status.latest_generation = Some(n);
@@ -185,11 +207,10 @@ impl Run<'_> {
         let note = format!("Job {name} started for generation {n}: {why}; warming {how}");
         tracing::info!(generation = n, trigger = trigger.reason(), "{note}");
         self.event(EventType::Normal, "SnapshotStarted", "Snapshot", note);
-        let activity = Activity::Running {
+        Ok(Some(Activity::Running {
             job: name,
             generation: n,
-        };
-        Ok((activity, Action::requeue(ctx.settings.resync)))
+        }))
     }
 }
 

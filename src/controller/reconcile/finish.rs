@@ -177,7 +177,6 @@ impl Run<'_> {
             self.status.last_handled_request = Some(request.clone());
         }
         self.status.active_job = None;
-        self.ctx.wake_waiting();
         if failure.is_some() {
             self.status.consecutive_failures = self.status.consecutive_failures.saturating_add(1);
             tracing::warn!(generation = job.generation, %reason, "{message}");

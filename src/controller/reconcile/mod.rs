@@ -1,6 +1,6 @@
 //! Reconciling one live SiteCache, in the numbered steps of `docs/controller.md`:
 //!
-//! 1. **Read** the SiteCache as the API server has it now ([`read_fresh`]).
+//! 1. **Read** the SiteCache from the watch cache (the object the reconcile was given).
 //! 2. **Validate** its spec against the controller's configuration ([`validate`]).
 //! 3. **Claim** its prefix ([`claim`]).
 //! 4. **Adopt** what the prefix holds when the status knows nothing of it ([`adopt`]).
@@ -42,10 +42,8 @@ use crate::api::{SiteCache, SiteCacheStatus, SnapshotResult};
 /// Reconciles a SiteCache that is not being deleted.
 pub async fn apply(obj: Arc<SiteCache>, ctx: &Context) -> Result<Action, Error> {
     // 1. Read.
-    let Some((api, sc)) = read_fresh(&obj, ctx).await? else {
-        return Ok(Action::await_change());
-    };
-    let mut run = Run::new(ctx, api, sc);
+    let api = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let mut run = Run::new(ctx, api, SiteCache::clone(&obj));
     let outcome = run.steps().await;
     // 8. Status.
     run.conclude(outcome).await
@@ -71,6 +69,8 @@ struct Run<'a> {
     announcements: Vec<Announcement>,
     /// A generation was promoted: retention has to look at the prefix.
     retention_due: bool,
+    /// How many snapshot Jobs run while this SiteCache waits for a slot.
+    waiting_for: usize,
 }
 
 /// An Event to publish or a metric to count once the status that records it is written.
@@ -104,6 +104,7 @@ impl<'a> Run<'a> {
             now: status::now(),
             announcements: Vec::new(),
             retention_due: false,
+            waiting_for: 0,
         }
     }
 
@@ -185,7 +186,7 @@ impl<'a> Run<'a> {
     /// The SiteCache cannot be served until its spec, the controller's configuration or another
     /// SiteCache changes.
     fn blocked(&mut self, reason: &str, message: String) -> Outcome {
-        self.ctx.not_waiting(&self.oref);
+        self.ctx.leave_queue(&self.oref);
         let activity = Activity::Blocked {
             reason: reason.to_owned(),
             message,
@@ -261,8 +262,9 @@ impl<'a> Run<'a> {
                 self.event(EventType::Warning, reason, "Reconcile", message.clone());
             }
         }
-        write_status(&self.api, &self.sc, &new).await?;
+        let written = write_status(&self.api, &self.sc, &new).await?;
         self.ctx.metrics.status_writes.inc();
+        self.ctx.await_own_write(&written).await;
         Ok(())
     }
 
@@ -290,21 +292,6 @@ impl<'a> Run<'a> {
             }
         }
     }
-}
-
-/// Reads the SiteCache itself, not the watch's copy: the status a reconcile builds on must include
-/// what the previous reconcile wrote. `None` when it is gone.
-pub async fn read_fresh(
-    obj: &SiteCache,
-    ctx: &Context,
-) -> Result<Option<(Api<SiteCache>, SiteCache)>, Error> {
-    let api: Api<SiteCache> =
-        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let found = api
-        .get_opt(&obj.name_any())
-        .await
-        .map_err(Error::kube("get SiteCache"))?;
-    Ok(found.map(|sc| (api, sc)))
 }
 
 /// Writes the status with server-side apply under the controller's field manager, on condition

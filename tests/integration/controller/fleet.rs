@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use kube::api::ListParams;
 use serde_json::json;
 
-use super::harness::{Harness, Options, condition_reason, current, warm};
+use super::harness::{Harness, Options, condition_reason, counter_sum, current, warm};
+
+const MINUTE: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn five_sitecaches_share_two_snapshot_slots() {
@@ -103,5 +105,82 @@ async fn controller_restarted_mid_snapshot_converges_without_a_duplicate_job() {
         2
     );
     assert_eq!(h.stored_generations("shop/").await, [1, 2]);
+    h.shutdown().await;
+}
+
+/// When each SiteCache's `SnapshotStarted` Event was published (microseconds), by name.
+async fn snapshot_starts(h: &Harness) -> Vec<(jiff::Timestamp, String)> {
+    let events: kube::api::Api<k8s_openapi::api::events::v1::Event> =
+        kube::api::Api::namespaced(h.client.clone(), &h.ns);
+    let mut starts: Vec<_> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("SnapshotStarted"))
+        .filter_map(|e| Some((e.event_time?.0, e.regarding?.name?)))
+        .collect();
+    starts.sort();
+    starts
+}
+
+#[tokio::test]
+async fn waiting_sitecaches_start_in_due_order_one_per_freed_slot_without_polling() {
+    let h = Harness::start(Options {
+        max_concurrent: 2,
+        ..Options::default()
+    })
+    .await;
+    // Two long snapshots take both slots.
+    for name in ["long-1", "long-2"] {
+        h.create(name, json!({"site": name, "warm": warm("sleep 35", 1)}))
+            .await;
+    }
+    for name in ["long-1", "long-2"] {
+        h.wait(name, "snapshotting", MINUTE, |sc| {
+            sc.status
+                .as_ref()
+                .and_then(|s| s.active_job.as_ref())
+                .is_some()
+        })
+        .await;
+    }
+    // Five more are due, a second apart (a new SiteCache is due since its creation).
+    let waiters: Vec<String> = (1..=5).map(|i| format!("wait-{i}")).collect();
+    for name in &waiters {
+        h.create(name, json!({"site": name, "warm": warm("", 1)}))
+            .await;
+        h.wait(name, "waiting for a slot", MINUTE, |sc| {
+            condition_reason(sc, "Progressing") == Some("WaitingForSlot")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    // While nothing ends, nothing happens: no SiteCache polls for a slot.
+    let reconciles = |m: &str| counter_sum(m, "sitecache_reconciles_total");
+    let before = reconciles(&h.metrics().await);
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let after = reconciles(&h.metrics().await);
+    assert_eq!(after, before, "reconciles while every waiter waits");
+    assert!(h.jobs().get_opt("wait-1-g1").await.unwrap().is_none());
+
+    for name in &waiters {
+        h.wait_promoted(name, 1).await;
+    }
+    let started: Vec<String> = snapshot_starts(&h)
+        .await
+        .into_iter()
+        .map(|(_, name)| name)
+        .filter(|n| n.starts_with("wait-"))
+        .collect();
+    assert_eq!(started, waiters, "the earliest due start first");
+    // Each freed slot woke one SiteCache: the five waiters, once each.
+    let metrics = h.metrics().await;
+    assert_eq!(
+        counter_sum(&metrics, "sitecache_snapshot_queue_wakeups_total"),
+        5.0,
+        "{metrics}"
+    );
     h.shutdown().await;
 }

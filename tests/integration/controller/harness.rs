@@ -172,7 +172,7 @@ impl Harness {
                 &self.opts.max_concurrent.to_string(),
             ])
             .args(["--failure-backoff", self.opts.failure_backoff])
-            .args(["--resync", "30s"])
+            .args(["--resync", "1h"])
             .args(["--listen-address", &format!("127.0.0.1:{port}")])
             .args(&self.opts.extra_args)
             .env("KUBECONFIG", &self.kubeconfig)
@@ -336,8 +336,8 @@ impl Harness {
     }
 
     /// Creates snapshot Job `<name>-g<generation>` for SiteCache `name` by hand, with the labels
-    /// the controller's own Jobs carry, running `script` (as the site's code could): the
-    /// controller handles it like one of its own when it finishes.
+    /// and owner the controller's own Jobs carry, running `script` (as the site's code could):
+    /// the controller handles it like one of its own when it finishes.
     pub async fn create_job(&self, name: &str, generation: u64, script: &str) {
         let sc = self.api().get(name).await.expect("get SiteCache");
         let labels = json!({
@@ -348,7 +348,14 @@ impl Harness {
         let job: Job = serde_json::from_value(json!({
             "apiVersion": "batch/v1",
             "kind": "Job",
-            "metadata": {"name": format!("{name}-g{generation}"), "labels": labels},
+            "metadata": {
+                "name": format!("{name}-g{generation}"),
+                "labels": labels,
+                "ownerReferences": [{
+                    "apiVersion": "sitecache.dev/v1alpha1", "kind": "SiteCache",
+                    "name": name, "uid": sc.uid().unwrap(), "controller": true,
+                }],
+            },
             "spec": {"backoffLimit": 0, "template": {
                 "metadata": {"labels": labels},
                 "spec": {"restartPolicy": "Never", "containers": [

@@ -452,3 +452,40 @@ async fn a_new_revision_is_built_from_an_empty_cache_so_old_modules_go() {
     assert_eq!(growth.percent, 0);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn stale_is_written_when_max_age_passes_while_suspended_or_running() {
+    // The harness's controller resyncs once an hour: only the schedule can wake these.
+    let h = Harness::start(Options::default()).await;
+    let slow_after_first = "if [ -e \"$DENO_DIR/warmed\" ]; then sleep 20; fi";
+    for name in ["idle", "busy"] {
+        h.create(
+            name,
+            json!({"site": name, "warm": warm(slow_after_first, 2),
+                   "schedule": {"maxAge": "8s", "jitter": "0s"}}),
+        )
+        .await;
+    }
+    h.wait_promoted("idle", 1).await;
+    h.wait_promoted("busy", 1).await;
+    h.patch("idle", json!({"spec": {"suspend": true}})).await;
+    h.request_snapshot("busy", "long").await;
+    h.wait("busy", "snapshotting", MINUTE, |sc| {
+        sc.status.as_ref().and_then(|s| s.phase) == Some(Phase::Snapshotting)
+    })
+    .await;
+    let stale = |sc: &sitecache::api::SiteCache| {
+        sc.status.as_ref().and_then(|s| s.freshness) == Some(Freshness::Stale)
+    };
+    let sc = h.wait("idle", "Stale while suspended", MINUTE, stale).await;
+    assert_eq!(condition_reason(&sc, "Progressing"), Some("Suspended"));
+    let sc = h
+        .wait("busy", "Stale while snapshotting", MINUTE, stale)
+        .await;
+    assert_eq!(
+        sc.status.as_ref().unwrap().phase,
+        Some(Phase::Snapshotting),
+        "still running generation 2"
+    );
+    h.shutdown().await;
+}

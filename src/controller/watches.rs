@@ -1,0 +1,185 @@
+//! What the controller keeps of the objects it watches, and which of their changes wake a
+//! reconcile. Reconciles read the watch cache, so the cache holds only what they use: no
+//! `managedFields`, no `last-applied-configuration` copy of the spec, and no pod template in a
+//! Job. Of a SiteCache's changes, only those that can change a decision wake it: its generation
+//! (the spec), the on-demand request, deletion and finalizers, and a status that lost what the
+//! controller wrote (a restore without status, a hand edit). Its own status writes do not: the
+//! reconcile that wrote one already decided what follows. Of a Job, only a change of state
+//! (running, succeeded, failed, being deleted, gone).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use kube::ResourceExt;
+use kube::runtime::watcher;
+
+use super::job::{JobState, JobView};
+use crate::api::{SNAPSHOT_REQUEST_ANNOTATION, SiteCache};
+
+/// The annotation `kubectl apply` writes: a second copy of the spec.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what reconciles never read from a cached SiteCache.
+pub fn strip_sitecache(sc: &mut SiteCache) {
+    sc.managed_fields_mut().clear();
+    if let Some(a) = sc.metadata.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+/// Drops what reconciles never read from a cached Job: its spec (the pod template) included.
+pub fn strip_job(job: &mut Job) {
+    job.managed_fields_mut().clear();
+    job.spec = None;
+    if let Some(a) = job.metadata.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+fn hash(value: impl Hash) -> u64 {
+    foldhash::fast::FixedState::with_seed(0).hash_one(value)
+}
+
+/// What of a SiteCache wakes a reconcile when it changes (see the module's doc).
+pub fn sitecache_trigger(sc: &SiteCache) -> Option<u64> {
+    let request = sc
+        .annotations()
+        .get(SNAPSHOT_REQUEST_ANNOTATION)
+        .map(String::as_str);
+    // The controller's writes always leave conditions; a status without any lost them.
+    let status_lost = sc.status.as_ref().is_none_or(|s| s.conditions.is_empty());
+    Some(hash((
+        sc.metadata.generation,
+        request,
+        sc.metadata.deletion_timestamp.is_some(),
+        sc.finalizers(),
+        status_lost,
+    )))
+}
+
+/// What of a Job wakes its SiteCache when it changes: its state.
+pub fn job_trigger(job: &Job) -> u64 {
+    let state = JobView::of(job).map(|v| {
+        let state = match v.state {
+            JobState::Running { .. } => 0u8,
+            JobState::Succeeded { .. } => 1,
+            JobState::Failed { .. } => 2,
+            JobState::Vanished => 3,
+        };
+        (state, v.deleting)
+    });
+    hash(state)
+}
+
+/// The Jobs of a watch that wake their SiteCache: a Job seen for the first time, one whose state
+/// changed ([`job_trigger`]), and one that is gone.
+pub fn job_changes<S>(events: S) -> impl Stream<Item = Result<Job, watcher::Error>> + Send
+where
+    S: Stream<Item = Result<watcher::Event<Job>, watcher::Error>> + Send,
+{
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    events.flat_map(move |event| {
+        let jobs: Vec<Result<Job, watcher::Error>> = match event {
+            Err(e) => vec![Err(e)],
+            Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
+                let key = job.uid().unwrap_or_default();
+                let state = job_trigger(&job);
+                if seen.insert(key, state) == Some(state) {
+                    vec![]
+                } else {
+                    vec![Ok(job)]
+                }
+            }
+            Ok(watcher::Event::Delete(job)) => {
+                seen.remove(&job.uid().unwrap_or_default());
+                vec![Ok(job)]
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => vec![],
+        };
+        futures::stream::iter(jobs)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{SiteCacheSpec, SiteCacheStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    fn site() -> SiteCache {
+        let spec: SiteCacheSpec =
+            serde_json::from_value(serde_json::json!({"site": "shop", "warm": {"image": "d"}}))
+                .unwrap();
+        let mut sc = SiteCache::new("shop", spec);
+        sc.metadata.generation = Some(1);
+        sc
+    }
+
+    fn written(mut sc: SiteCache, latest: u64) -> SiteCache {
+        sc.status = Some(SiteCacheStatus {
+            latest_generation: Some(latest),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "GenerationAvailable".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    "2026-01-01T00:00:00Z".parse().unwrap(),
+                ),
+            }],
+            ..Default::default()
+        });
+        sc
+    }
+
+    #[test]
+    fn the_controllers_own_status_writes_do_not_wake_it() {
+        let a = written(site(), 1);
+        let b = written(site(), 2);
+        assert_eq!(sitecache_trigger(&a), sitecache_trigger(&b));
+    }
+
+    #[test]
+    fn spec_requests_deletion_finalizers_and_lost_status_do() {
+        let base = written(site(), 1);
+        let t = sitecache_trigger(&base);
+        let mut spec = base.clone();
+        spec.metadata.generation = Some(2);
+        let mut request = base.clone();
+        request.metadata.annotations =
+            Some([(SNAPSHOT_REQUEST_ANNOTATION.to_owned(), "t1".to_owned())].into());
+        let mut deleted = base.clone();
+        deleted.metadata.deletion_timestamp = Some(
+            base.status.as_ref().unwrap().conditions[0]
+                .last_transition_time
+                .clone(),
+        );
+        let mut finalized = base.clone();
+        finalized.metadata.finalizers = Some(vec!["sitecache.dev/storage-cleanup".into()]);
+        let mut lost = base.clone();
+        lost.status = None;
+        for other in [spec, request, deleted, finalized, lost] {
+            assert_ne!(sitecache_trigger(&other), t);
+        }
+    }
+
+    #[test]
+    fn stripping_keeps_what_reconciles_read() {
+        let mut sc = site();
+        sc.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_owned(), "{...}".to_owned()),
+                (SNAPSHOT_REQUEST_ANNOTATION.to_owned(), "t1".to_owned()),
+            ]
+            .into(),
+        );
+        strip_sitecache(&mut sc);
+        assert_eq!(
+            sc.annotations().keys().collect::<Vec<_>>(),
+            [SNAPSHOT_REQUEST_ANNOTATION]
+        );
+    }
+}
