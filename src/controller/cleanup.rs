@@ -104,10 +104,7 @@ impl Cleanup<'_> {
             .map_err(|e| Error::CleanupPending(e.to_string()))?;
         target.location = location;
         let s3 = self.ctx.storage(&target).await;
-        let prefix = Prefix {
-            client: &s3,
-            location: &target.location,
-        };
+        let prefix = Prefix::new(&s3, &target.location);
         // 5. Ownership.
         if !self.owns(&prefix, uid).await? {
             return Ok(Action::await_change());

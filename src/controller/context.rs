@@ -194,15 +194,10 @@ impl Context {
         running
     }
 
-    /// SiteCache `sc`, due since `place`, asks for a snapshot slot for Job `job`. `Ok`: start
-    /// it now (then [`Context::release`] it if it cannot be created); `Err`: every slot is taken
-    /// (the number of Jobs running); it waits in the queue and is woken when a slot is its.
-    pub fn ask_slot(
-        &self,
-        sc: &ObjectRef<SiteCache>,
-        place: Place,
-        job: JobKey,
-    ) -> Result<(), usize> {
+    /// SiteCache `sc`, due since `place`, asks for a snapshot slot for Job `job`. `true`: start
+    /// it now (then [`Context::release`] it if it cannot be created); `false`: every slot is
+    /// taken; it waits in the queue and is woken when a slot is its.
+    pub fn ask_slot(&self, sc: &ObjectRef<SiteCache>, place: Place, job: JobKey) -> bool {
         let limit = self.settings.max_concurrent_snapshots as usize;
         let (answer, woken) = {
             let mut queue = lock(&self.queue);
@@ -217,10 +212,7 @@ impl Context {
             (answer, woken)
         };
         self.wake(woken);
-        match answer {
-            Ask::Start => Ok(()),
-            Ask::Wait { running } => Err(running),
-        }
+        answer == Ask::Start
     }
 
     /// Gives back the slot taken for Job `job`, which was not created.

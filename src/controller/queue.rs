@@ -37,7 +37,7 @@ pub enum Ask {
     /// Start the Job now (then call [`SlotQueue::started`]).
     Start,
     /// Every slot is taken or promised to SiteCaches ahead: wait to be woken.
-    Wait { running: usize },
+    Wait,
 }
 
 #[derive(Default)]
@@ -104,12 +104,7 @@ impl SlotQueue {
             self.reserved.remove(who);
             return (Ask::Start, woken);
         }
-        (
-            Ask::Wait {
-                running: self.taken(running),
-            },
-            woken,
-        )
+        (Ask::Wait, woken)
     }
 
     fn enqueue(&mut self, who: &ObjectRef<SiteCache>, place: Place) {
@@ -186,7 +181,7 @@ mod tests {
         q.started(job("a-g1"));
         assert_eq!(q.ask(&sc("b"), at(20), 0, 2), (Ask::Start, vec![]));
         q.started(job("b-g1"));
-        assert_eq!(q.ask(&sc("c"), at(5), 0, 2).0, Ask::Wait { running: 2 });
+        assert_eq!(q.ask(&sc("c"), at(5), 0, 2).0, Ask::Wait);
         assert_eq!(q.waiting(), 1);
     }
 
@@ -195,22 +190,19 @@ mod tests {
         let mut q = SlotQueue::default();
         // Two running, four waiting.
         for (name, due) in [("late", 40), ("early", 10), ("middle", 20)] {
-            assert_eq!(q.ask(&sc(name), at(due), 2, 2).0, Ask::Wait { running: 2 });
+            assert_eq!(q.ask(&sc(name), at(due), 2, 2).0, Ask::Wait);
         }
         let request = Place {
             priority: 0,
             due: Timestamp::from_second(50).unwrap(),
         };
-        assert_eq!(
-            q.ask(&sc("asked"), request, 2, 2).0,
-            Ask::Wait { running: 2 }
-        );
+        assert_eq!(q.ask(&sc("asked"), request, 2, 2).0, Ask::Wait);
         // No slot frees: nobody is woken.
         assert_eq!(q.assign(2, 2), Vec::<ObjectRef<SiteCache>>::new());
         // One Job ends: one SiteCache is woken, the on-demand request.
         assert_eq!(q.assign(1, 2), vec![sc("asked")]);
         // Its slot is promised: a newcomer due earlier than everyone waits.
-        assert_eq!(q.ask(&sc("new"), at(1), 1, 2).0, Ask::Wait { running: 1 });
+        assert_eq!(q.ask(&sc("new"), at(1), 1, 2).0, Ask::Wait);
         assert_eq!(q.ask(&sc("asked"), at(50), 1, 2), (Ask::Start, vec![]));
         q.started(job("asked-g1"));
         // Two more end (the pending Job now shows as running): the next two by due time.
@@ -252,10 +244,7 @@ mod tests {
         q.started(job("a-g1"));
         let running = q.observe([]);
         assert_eq!(q.taken(running), 1);
-        assert_eq!(
-            q.ask(&sc("b"), at(20), running, 1).0,
-            Ask::Wait { running: 1 }
-        );
+        assert_eq!(q.ask(&sc("b"), at(20), running, 1).0, Ask::Wait);
         // The watch shows it running: counted once, not twice.
         let running = q.observe([(job("a-g1"), true)]);
         assert_eq!((running, q.taken(running)), (1, 1));

@@ -19,8 +19,9 @@ pub const DELETION_BLOCKED: &str = "DeletionBlocked";
 pub enum Activity {
     /// A snapshot Job is producing a generation.
     Running { job: String, generation: u64 },
-    /// A snapshot is due but every slot is taken.
-    Waiting { running: usize, limit: u32 },
+    /// A snapshot is due but every slot is taken: it waits in the queue. (How many Jobs run is
+    /// not said: the waiting SiteCache is not reconciled as that changes.)
+    Waiting { limit: u32 },
     /// Nothing to do until the schedule says so.
     Idle,
     /// The SiteCache cannot be served: a storage setting the controller refuses, or a prefix
@@ -179,11 +180,12 @@ pub fn derive(
             "SnapshotRunning",
             format!("Job {job} is producing generation {generation}"),
         ),
-        Activity::Waiting { running, limit } => (
+        Activity::Waiting { limit } => (
             false,
             "WaitingForSlot",
             format!(
-                "a snapshot is due; {running} of {limit} snapshot Jobs are running, waiting for a free slot"
+                "a snapshot is due; all {limit} snapshot slots (--max-concurrent-snapshots) are \
+                 taken, so it waits in the queue: on-demand requests first, then the earliest due"
             ),
         ),
         Activity::Blocked { reason, message } => (false, reason.as_str(), message.clone()),
@@ -401,10 +403,7 @@ mod tests {
     #[test]
     fn waiting_for_a_slot_is_pending_and_says_so() {
         let mut s = SiteCacheStatus::default();
-        let activity = Activity::Waiting {
-            running: 2,
-            limit: 2,
-        };
+        let activity = Activity::Waiting { limit: 2 };
         derive(
             &mut s,
             Some(&verdict(Freshness::Missing)),
@@ -417,7 +416,7 @@ mod tests {
         assert_eq!(s.phase, Some(Phase::Pending));
         let p = cond(&s, PROGRESSING);
         assert_eq!(p.reason, "WaitingForSlot");
-        assert!(p.message.contains("2 of 2"), "{}", p.message);
+        assert!(p.message.contains("all 2 snapshot slots"), "{}", p.message);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod ownership;
 pub mod retention;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 
 use aws_sdk_s3::Client;
 
@@ -26,11 +27,13 @@ pub use manifest::Rejection;
 pub use ownership::{Claim, OwnerRecord};
 pub use retention::retention_victims;
 
-/// One SiteCache's prefix.
-#[derive(Clone)]
+/// One SiteCache's prefix, for the length of one reconcile.
 pub struct Prefix<'a> {
     pub client: &'a Client,
     pub location: &'a Location,
+    /// The listing of the whole prefix the claim just took, for the adoption that follows to
+    /// use instead of listing again (taken once).
+    recent: Mutex<Option<Vec<(String, u64)>>>,
 }
 
 /// The generations found under `P/generations/`.
@@ -50,15 +53,34 @@ impl Inventory {
     }
 }
 
-impl Prefix<'_> {
+impl<'a> Prefix<'a> {
+    pub fn new(client: &'a Client, location: &'a Location) -> Self {
+        Prefix {
+            client,
+            location,
+            recent: Mutex::new(None),
+        }
+    }
+
     fn bucket(&self) -> &str {
         &self.location.bucket
     }
 
-    /// Lists `P/generations/` (paginated).
+    /// Keeps a listing of the whole prefix, just taken, for [`Prefix::inventory`].
+    fn keep_listing(&self, listing: &[(String, u64)]) {
+        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = Some(listing.to_vec());
+    }
+
+    /// Lists `P/generations/` (paginated), or reads them from the listing of the whole prefix
+    /// the claim took moments ago in this reconcile.
     pub async fn inventory(&self) -> Result<Inventory, StorageError> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let listing = match recent {
+            Some(listing) => listing,
+            None => self.list(&self.location.generations_prefix()).await?,
+        };
         let mut inv = Inventory::default();
-        for (key, size) in self.list(&self.location.generations_prefix()).await? {
+        for (key, size) in listing {
             let Some(n) = self.location.generation_of_key(&key) else {
                 continue;
             };

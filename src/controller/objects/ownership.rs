@@ -117,18 +117,23 @@ impl Prefix<'_> {
     /// A marker with the same namespace and name but another uid is from an earlier incarnation
     /// of the same SiteCache: it is taken over.
     pub async fn claim(&self, me: &OwnerRecord) -> Result<Claim, StorageError> {
-        match self.owner().await? {
+        let found = self.owner().await?;
+        match &found {
             // The claim stands already.
             Some(owner) if owner.is(me) => return Ok(Claim::Owned),
             Some(owner) if !owner.is_earlier_incarnation_of(me) => {
-                return Ok(Claim::OwnedByAnother(owner));
+                return Ok(Claim::OwnedByAnother(owner.clone()));
             }
-            _ => {}
+            // Taking over the prefix from an earlier incarnation writes no marker where there
+            // was none: the check after writing is enough.
+            Some(_) => {}
+            None => {
+                if let Some(overlap) = self.overlap(me).await? {
+                    return Ok(overlap);
+                }
+            }
         }
-        if let Some(overlap) = self.overlap(me).await? {
-            return Ok(overlap);
-        }
-        if let Some(refused) = self.write_marker(me).await? {
+        if let Some(refused) = self.write_marker(me, found).await? {
             return Ok(refused);
         }
         // A claim of a nesting prefix may have raced this one: whichever sees the other now
@@ -141,11 +146,18 @@ impl Prefix<'_> {
     }
 
     /// Writes `me` as the owner: creates the marker, or replaces an earlier incarnation's.
-    /// `Some` when another SiteCache got there first.
-    async fn write_marker(&self, me: &OwnerRecord) -> Result<Option<Claim>, StorageError> {
+    /// `found` is the marker as just read. `Some` when another SiteCache got there first.
+    async fn write_marker(
+        &self,
+        me: &OwnerRecord,
+        mut found: Option<OwnerRecord>,
+    ) -> Result<Option<Claim>, StorageError> {
         let key = self.location.owner_key();
-        for _ in 0..3 {
-            match self.owner().await? {
+        for attempt in 0..3 {
+            if attempt > 0 {
+                found = self.owner().await?;
+            }
+            match found.take() {
                 Some(owner) if owner.is(me) => return Ok(None),
                 Some(owner) if owner.is_earlier_incarnation_of(me) => {
                     storage::put_json(self.client, self.bucket(), &key, me, false).await?;
@@ -197,6 +209,7 @@ impl Prefix<'_> {
             }
         }
         let listing = self.list(&self.location.prefix).await?;
+        self.keep_listing(&listing);
         let own = self.location.owner_key();
         for nested in foreign_prefixes(listing.iter().map(|(k, _)| k.as_str()), &own) {
             if let Some(owner) = self.marker_at(&nested).await?

@@ -36,7 +36,10 @@ impl Run<'_> {
                     .filter(|&&g| g <= n)
                     .take(keep)
                 {
-                    if let Ok(manifest) = prefix.manifest(g).await? {
+                    // current.json holds the promoted generation's manifest, checked.
+                    if g == n {
+                        generations.push(generation_info(&current.manifest));
+                    } else if let Ok(manifest) = prefix.manifest(g).await? {
                         generations.push(generation_info(&manifest));
                     }
                 }

@@ -74,9 +74,7 @@ impl Run<'_> {
             Some(started) => Ok((started, at_latest(None))),
             // Woken when a slot is its (no polling); still looked at when it turns Stale.
             None => {
-                let running = self.waiting_for;
                 let activity = Activity::Waiting {
-                    running,
                     limit: ctx.settings.max_concurrent_snapshots,
                 };
                 Ok((activity, at_latest(None)))
@@ -107,7 +105,7 @@ impl Run<'_> {
     }
 
     /// Starts the snapshot Job for generation `n` if a slot is free for it; `None` when it
-    /// waits in the queue (with `self.waiting_for` the Jobs running).
+    /// waits in the queue.
     async fn start(
         &mut self,
         trigger: Trigger,
@@ -119,8 +117,7 @@ impl Run<'_> {
         let ns = self.sc.namespace().unwrap_or_default();
         let name = job_name(&self.sc.name_any(), n);
         let key = (ns.clone(), name.clone());
-        if let Err(running) = ctx.ask_slot(&self.oref, place, key.clone()) {
-            self.waiting_for = running;
+        if !ctx.ask_slot(&self.oref, place, key.clone()) {
             return Ok(None);
         }
         let request = schedule::pending_request(&self.sc);

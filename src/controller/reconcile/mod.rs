@@ -69,8 +69,6 @@ struct Run<'a> {
     announcements: Vec<Announcement>,
     /// A generation was promoted: retention has to look at the prefix.
     retention_due: bool,
-    /// How many snapshot Jobs run while this SiteCache waits for a slot.
-    waiting_for: usize,
 }
 
 /// An Event to publish or a metric to count once the status that records it is written.
@@ -104,7 +102,6 @@ impl<'a> Run<'a> {
             now: status::now(),
             announcements: Vec::new(),
             retention_due: false,
-            waiting_for: 0,
         }
     }
 
@@ -117,10 +114,7 @@ impl<'a> Run<'a> {
         };
         self.status.url = Some(spec.target.location.to_string());
         let s3 = self.ctx.storage(&spec.target).await;
-        let prefix = Prefix {
-            client: &s3,
-            location: &spec.target.location,
-        };
+        let prefix = Prefix::new(&s3, &spec.target.location);
         // 3. Claim.
         if let Some(refused) = self.claim(&prefix).await? {
             return Ok(refused);
