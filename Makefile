@@ -55,11 +55,11 @@ dev-down: ## Stop everything `make dev` started and remove its state (.dev/)
 
 bench: test-assets ## Benchmark snapshot and restore against the older runner and the extraction limit (on demand; BENCH_ARGS=--runs 5)
 	$(CARGO) build --release --locked --bin sitecache
-	$(CARGO) run --release --locked -p sitecache-bench -- $(BENCH_ARGS)
+	$(CARGO) run --release --locked -p sitecache-bench -- --sitecache "$(TARGET_DIR)/release/sitecache" $(BENCH_ARGS)
 
 bench-fleet: test-assets ## Benchmark the controller with 10,000 SiteCaches: adoption, at rest, backlogs, memory (on demand; BENCH_ARGS=--n 2000)
 	$(CARGO) build --release --locked --bin sitecache
-	$(CARGO) run --release --locked -p sitecache-bench-fleet -- $(BENCH_ARGS)
+	$(CARGO) run --release --locked -p sitecache-bench-fleet -- --sitecache "$(TARGET_DIR)/release/sitecache" $(BENCH_ARGS)
 
 clean-assets: ## Forget the cached test assets (the next run rebuilds them)
 	rm -rf "$${XDG_CACHE_HOME:-$$HOME/.cache}/sitecache/assets"
