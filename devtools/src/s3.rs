@@ -140,6 +140,16 @@ impl S3Server {
         self.admin(&["add-user", user, secret, policy])
     }
 
+    /// The environment of a snapshot pod run by the local job runner: [`aws_env`](Self::aws_env)
+    /// (as a pod identity webhook would inject it) and no colours in its logs.
+    pub fn job_env(&self) -> Vec<(String, String)> {
+        self.aws_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .chain([("NO_COLOR".to_owned(), "1".to_owned())])
+            .collect()
+    }
+
     /// [`aws_env`](Self::aws_env) with the credentials of `user` instead of the root user's.
     pub fn aws_env_as(&self, user: &str, secret: &str) -> Vec<(&'static str, String)> {
         let mut env = self.aws_env();

@@ -118,13 +118,7 @@ impl World {
 
     /// Starts the local job runner, which runs the snapshot Jobs.
     pub fn start_runner(&mut self) {
-        let env = self
-            .s3
-            .aws_env()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .chain([("NO_COLOR".to_owned(), "1".to_owned())])
-            .collect();
+        let env = self.s3.job_env();
         self.runner = Some(JobRunner::start(
             self.client.clone(),
             JobRunnerConfig {

@@ -224,12 +224,7 @@ async fn start(opts: &ServeOptions) -> Result<Env> {
         opts.sitecache_bin.display(),
         deno.display()
     ));
-    let aws_env: Vec<(String, String)> = s3
-        .aws_env()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .chain([("NO_COLOR".to_owned(), "1".to_owned())])
-        .collect();
+    let aws_env = s3.job_env();
     let runner = JobRunner::start(
         client,
         JobRunnerConfig {
