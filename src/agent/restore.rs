@@ -58,9 +58,14 @@ pub struct RestoreArgs {
     #[arg(long, default_value = "4GiB", value_parser = super::parse_size)]
     pub max_bytes: u64,
 
-    /// Refuse archives that unpack to more than this.
+    /// Refuse archives that unpack to more than this (directories count 4 KiB each).
     #[arg(long, default_value = "32GiB", value_parser = super::parse_size)]
     pub max_unpacked_bytes: u64,
+
+    /// Refuse archives with more entries than this (directories created as missing parents
+    /// included).
+    #[arg(long, default_value_t = UnpackLimits::default().max_entries, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_entries: u64,
 
     /// Threads writing files (default: twice the CPUs, 2 to 16).
     #[arg(long, hide = true, env = "SITECACHE_RESTORE_THREADS")]
@@ -449,13 +454,16 @@ async fn fetch_and_unpack(
     staging: &Staging,
     cancel: Arc<AtomicBool>,
 ) -> Result<u64, RestoreError> {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(args.download_concurrency.max(1));
+    // Downloaded chunks queued for hashing and decompression (the ranges in flight are
+    // `download_concurrency` more): see docs/runner.md for the memory each stage may hold.
+    let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(DOWNLOADED_AHEAD);
     let unpacker = Unpacker {
         root: staging.path.clone(),
         strip_prefix: None,
         workers: args.threads.unwrap_or_else(default_threads),
         limits: UnpackLimits {
             max_bytes: args.max_unpacked_bytes,
+            max_entries: args.max_entries,
             ..UnpackLimits::default()
         },
         cancel,
@@ -599,6 +607,9 @@ fn unpack_stream(
 /// Decompressed pieces (a zstd frame each, 4 MiB) queued for the parser at most, beyond those
 /// being decompressed.
 const DECOMPRESSED_AHEAD: usize = 2;
+
+/// Downloaded chunks queued for the hashing thread at most.
+const DOWNLOADED_AHEAD: usize = 2;
 
 /// The chunks sent by the downloader, in order, hashed and counted as they are taken.
 struct HashedChunks {

@@ -1,5 +1,6 @@
 //! Reading a tar stream that arrives as chunks of bytes, without copying file contents: a file's
-//! data is a slice of the chunk it lies in, copied only when it spans two chunks.
+//! data is a slice of the chunk it lies in, copied only when it spans two chunks. Each slice says
+//! which chunk it keeps alive, so that the unpacker can account for the memory it holds.
 //!
 //! It reads what the `tar` crate reads, the same way: headers with verified checksums, GNU long
 //! names (`L`, `K`) and PAX records (`path`, `linkpath`, `size`) applied to the entry that follows
@@ -12,8 +13,8 @@ use bytes::{Buf, Bytes};
 
 const BLOCK: u64 = 512;
 
-/// GNU long names and PAX records larger than this are refused (paths are at most a few KiB).
-const MAX_EXTENSION: u64 = 1024 * 1024;
+/// GNU long names and PAX records larger than this are refused (paths are at most 4 KiB).
+pub const MAX_EXTENSION: u64 = 64 * 1024;
 
 fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
@@ -30,6 +31,23 @@ fn truncated() -> io::Error {
 struct Chunks<I> {
     input: I,
     current: Bytes,
+    /// Which chunk `current` is (counted from 1) and its whole length: what a slice of it keeps
+    /// alive.
+    id: u64,
+    len: usize,
+}
+
+/// A chunk of the stream: its number and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub id: u64,
+    pub len: usize,
+}
+
+/// An entry's data: a slice of one chunk (which it keeps alive whole), or a copy.
+pub struct Data {
+    pub bytes: Bytes,
+    pub chunk: Option<ChunkRef>,
 }
 
 impl<I: Iterator<Item = io::Result<Bytes>>> Chunks<I> {
@@ -37,7 +55,11 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Chunks<I> {
     fn fill(&mut self) -> io::Result<bool> {
         while self.current.is_empty() {
             match self.input.next().transpose()? {
-                Some(chunk) => self.current = chunk,
+                Some(chunk) => {
+                    self.id += 1;
+                    self.len = chunk.len();
+                    self.current = chunk;
+                }
                 None => return Ok(false),
             }
         }
@@ -60,15 +82,24 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Chunks<I> {
     }
 
     /// The next `n` bytes, a slice of one chunk when they lie in one.
-    fn take(&mut self, n: usize) -> io::Result<Bytes> {
+    fn take(&mut self, n: usize) -> io::Result<Data> {
         if n == 0 {
-            return Ok(Bytes::new());
+            return Ok(Data {
+                bytes: Bytes::new(),
+                chunk: None,
+            });
         }
         if !self.fill()? {
             return Err(truncated());
         }
         if self.current.len() >= n {
-            return Ok(self.current.split_to(n));
+            return Ok(Data {
+                bytes: self.current.split_to(n),
+                chunk: Some(ChunkRef {
+                    id: self.id,
+                    len: self.len,
+                }),
+            });
         }
         let mut joined = Vec::with_capacity(n);
         while joined.len() < n {
@@ -79,7 +110,10 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Chunks<I> {
             joined.extend_from_slice(&self.current[..k]);
             self.current.advance(k);
         }
-        Ok(joined.into())
+        Ok(Data {
+            bytes: joined.into(),
+            chunk: None,
+        })
     }
 
     /// Hands the next `n` bytes to `f` piece by piece. The outer error is the stream's, the inner
@@ -129,6 +163,8 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Entries<I> {
             chunks: Chunks {
                 input,
                 current: Bytes::new(),
+                id: 0,
+                len: 0,
             },
             unread: 0,
             padding: 0,
@@ -174,7 +210,10 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Entries<I> {
                 size = parse_pax_size(pax_size)?;
             }
             self.unread = size;
-            self.padding = size.next_multiple_of(BLOCK) - size;
+            self.padding = size
+                .checked_next_multiple_of(BLOCK)
+                .ok_or_else(|| invalid(format!("an entry of {size} bytes")))?
+                - size;
             if !extension {
                 let path = match long_name {
                     Some(name) => without_trailing_nul(name),
@@ -203,7 +242,7 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Entries<I> {
                     "a {kind:?} extension header of {size} bytes (at most {MAX_EXTENSION})"
                 )));
             }
-            let data = self.data()?.to_vec();
+            let data = self.data()?.bytes.to_vec();
             let slot = if kind.is_gnu_longname() {
                 &mut long_name
             } else if kind.is_gnu_longlink() {
@@ -220,7 +259,7 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Entries<I> {
     }
 
     /// The current entry's data, whole.
-    pub fn data(&mut self) -> io::Result<Bytes> {
+    pub fn data(&mut self) -> io::Result<Data> {
         let n = usize::try_from(self.unread).map_err(|_| invalid("entry too large"))?;
         let data = self.chunks.take(n)?;
         self.unread = 0;
@@ -243,7 +282,9 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Entries<I> {
     }
 
     fn skip_unread(&mut self) -> io::Result<()> {
-        let n = std::mem::take(&mut self.unread) + std::mem::take(&mut self.padding);
+        let n = std::mem::take(&mut self.unread)
+            .checked_add(std::mem::take(&mut self.padding))
+            .ok_or_else(|| invalid("an entry larger than any archive"))?;
         self.chunks.pieces(n, |_| Ok::<(), ()>(()))?.ok();
         Ok(())
     }
@@ -344,7 +385,7 @@ mod tests {
         let mut out = Vec::new();
         while let Some(e) = entries.next_entry()? {
             let data = if e.size % 2 == 0 {
-                entries.data()?.to_vec()
+                entries.data()?.bytes.to_vec()
             } else {
                 let mut data = Vec::new();
                 entries

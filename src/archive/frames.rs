@@ -26,12 +26,18 @@ use super::pool::Pool;
 /// 3 looks back 2 MiB at most anyway) and bounds what a frame holds in memory.
 pub const FRAME_INPUT: usize = 4 * 1024 * 1024;
 
-/// A frame that declares more content than this is decoded as a stream, not in one call.
-const MAX_ONE_SHOT: u64 = 64 * 1024 * 1024;
+/// A frame that declares more content than this is decoded as a stream, not in one call: at most
+/// this much is allocated per frame, twice what the writer puts in one.
+pub const MAX_ONE_SHOT: u64 = 2 * FRAME_INPUT as u64;
 
-/// Compressed bytes gathered while looking for the end of a frame, at most; past this the rest
-/// is decoded as a stream.
-const MAX_GATHER: usize = 96 * 1024 * 1024;
+/// Compressed bytes gathered while looking for the end of a frame, at most (a frame of
+/// [`MAX_ONE_SHOT`] bytes compresses to less, whatever the data); past this the rest is decoded
+/// as a stream.
+const MAX_GATHER: usize = MAX_ONE_SHOT as usize + 128 * 1024;
+
+/// The largest window the streaming decoder accepts, as a power of two (16 MiB: the writer uses
+/// 8 MiB at most at level 19): a frame header cannot make it allocate more.
+pub const WINDOW_LOG_MAX: u32 = 24;
 
 /// Decompressed bytes per chunk when decoding as a stream.
 const STREAM_CHUNK: usize = 1024 * 1024;
@@ -199,7 +205,11 @@ pub fn decompress(
         input,
     };
     let mut decoder: Box<dyn Read + '_> = match compression {
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
+        Compression::Zstd => {
+            let mut decoder = zstd::stream::read::Decoder::new(reader)?;
+            decoder.window_log_max(WINDOW_LOG_MAX)?;
+            Box::new(decoder)
+        }
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
     };
     loop {
@@ -230,8 +240,13 @@ fn one_shot_frames(
 ) -> io::Result<Option<Bytes>> {
     let pool = Pool::new(options.threads, "zstd-decompress", || {
         let mut dctx = DCtx::create();
-        dctx.set_parameter(DParameter::ForceIgnoreChecksum(!options.frame_checksums))
-            .map_err(|code| zstd_error("zstd parameters", code))?;
+        for param in [
+            DParameter::ForceIgnoreChecksum(!options.frame_checksums),
+            DParameter::WindowLogMax(WINDOW_LOG_MAX),
+        ] {
+            dctx.set_parameter(param)
+                .map_err(|code| zstd_error("zstd parameters", code))?;
+        }
         Ok(move |(frame, size): (Bytes, u64)| {
             let mut out = Vec::with_capacity(size as usize);
             dctx.decompress(&mut out, &frame)

@@ -136,8 +136,8 @@ impl Object {
                 Some(_) => {}
             }
         }
-        let data = super::read_body(out.body, bucket, key).await?;
         let expected = last - first + 1;
+        let data = super::read_body(out.body, bucket, key, expected).await?;
         if data.len() as u64 != expected {
             return Err(service_error(
                 "ShortRange",

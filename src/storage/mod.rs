@@ -345,22 +345,31 @@ pub async fn get_json<T: DeserializeOwned>(
         })
 }
 
-/// Reads a GET's whole body (a transfer that breaks off is reported as unreachable storage).
+/// Reads a GET's body, which should be `expected` bytes: at most one byte more is read, so a
+/// store that sends more than it said costs nothing (the caller sees the length and refuses). A
+/// transfer that breaks off is reported as unreachable storage.
 async fn read_body(
-    body: ByteStream,
+    mut body: ByteStream,
     bucket: &str,
     key: &str,
+    expected: u64,
 ) -> Result<bytes::Bytes, StorageError> {
-    Ok(body
-        .collect()
-        .await
-        .map_err(|e| StorageError::Unreachable {
+    let cap = usize::try_from(expected).unwrap_or(usize::MAX);
+    let mut out = bytes::BytesMut::with_capacity(cap);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| StorageError::Unreachable {
             op: "GET",
             bucket: bucket.to_owned(),
             key: key.to_owned(),
             message: error_chain(&e),
-        })?
-        .into_bytes())
+        })?;
+        let room = cap.saturating_add(1).saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() > cap {
+            break;
+        }
+    }
+    Ok(out.freeze())
 }
 
 /// Writes a JSON document. With `create_only`, the write fails with

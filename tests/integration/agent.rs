@@ -17,22 +17,22 @@ use crate::support;
 
 /// The `sitecache` binary, pointed at `s3` through the standard AWS environment. Path style is
 /// asked for with `1`, as shell scripts often write booleans (the Jobs write `true`).
-fn sitecache(s3: &S3Server) -> Command {
+pub(crate) fn sitecache(s3: &S3Server) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitecache"));
     cmd.envs(s3.aws_env()).env("SITECACHE_PATH_STYLE", "1");
     cmd
 }
 
-fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run sitecache")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// The JSON result line a command printed on stdout.
-fn result_line(out: &Output) -> Value {
+pub(crate) fn result_line(out: &Output) -> Value {
     let stdout = text(&out.stdout);
     let line = stdout
         .lines()
@@ -41,7 +41,7 @@ fn result_line(out: &Output) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
 }
 
-async fn location(s3: &S3Server) -> Location {
+pub(crate) async fn location(s3: &S3Server) -> Location {
     let bucket = s3.create_bucket("agent").await.unwrap();
     Location::new(&bucket, "shop/").unwrap()
 }
@@ -58,7 +58,12 @@ fn snapshot(s3: &S3Server, loc: &Location, source: &Path, generation: u64) -> Ou
     ]))
 }
 
-fn restore(s3: &S3Server, loc: &Location, dest: &Path, extra: &[&str]) -> (Output, Value) {
+pub(crate) fn restore(
+    s3: &S3Server,
+    loc: &Location,
+    dest: &Path,
+    extra: &[&str],
+) -> (Output, Value) {
     let out = run(sitecache(s3)
         .args([
             "restore",
@@ -337,7 +342,7 @@ async fn replace_archive(s3: &S3Server, loc: &Location, n: u64, data: Vec<u8>) {
 }
 
 /// Writes an object in the location's bucket.
-async fn put(s3: &S3Server, loc: &Location, key: &str, data: Vec<u8>) {
+pub(crate) async fn put(s3: &S3Server, loc: &Location, key: &str, data: Vec<u8>) {
     s3.client()
         .put_object()
         .bucket(&loc.bucket)

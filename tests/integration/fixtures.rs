@@ -172,7 +172,20 @@ fn brief(n: &Node) -> String {
 pub struct RawTar(Vec<u8>);
 
 impl RawTar {
-    pub fn entry(mut self, name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8]) -> Self {
+    pub fn entry(self, name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8]) -> Self {
+        self.sized(name, kind, link, data.len() as u64, data)
+    }
+
+    /// An entry whose header claims `size` bytes, followed by `data` (padded to a block):
+    /// whatever a hostile writer puts.
+    pub fn sized(
+        mut self,
+        name: &[u8],
+        kind: tar::EntryType,
+        link: &[u8],
+        size: u64,
+        data: &[u8],
+    ) -> Self {
         let mut h = tar::Header::new_gnu();
         {
             let gnu = h.as_gnu_mut().unwrap();
@@ -180,7 +193,7 @@ impl RawTar {
             gnu.linkname[..link.len()].copy_from_slice(link);
         }
         h.set_entry_type(kind);
-        h.set_size(data.len() as u64);
+        h.set_size(size);
         h.set_mode(0o644);
         h.set_mtime(1_600_000_000);
         h.set_cksum();
@@ -226,6 +239,18 @@ impl RawTar {
         let mut data = name.as_bytes().to_vec();
         data.push(0);
         self.entry(b"././@LongLink", tar::EntryType::GNULongName, b"", &data)
+    }
+
+    /// A GNU long-link entry giving the next entry's link target.
+    pub fn gnu_long_link(self, target: &[u8]) -> Self {
+        let mut data = target.to_vec();
+        data.push(0);
+        self.entry(b"././@LongLink", tar::EntryType::GNULongLink, b"", &data)
+    }
+
+    /// The stream so far, without the end-of-archive blocks.
+    pub fn into_inner(self) -> Vec<u8> {
+        self.0
     }
 
     pub fn finish(mut self) -> Vec<u8> {

@@ -4,6 +4,7 @@
 
 mod agent;
 mod api;
+mod bounds;
 mod chart;
 mod controller;
 mod fixtures;
