@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::StorageArgs;
-use super::install::{self, Staging};
+use super::install::{self, Layout, Staging};
 use crate::archive::{
     self, Compression, Current, Manifest, Piece, UnpackError, UnpackLimits, Unpacker,
 };
@@ -180,8 +180,8 @@ struct Restored {
     generation: Option<u64>,
     bytes: u64,
     files: u64,
-    /// The tree DEST held before, moved aside, to be removed.
-    old: Option<PathBuf>,
+    /// Where the install's scratch trees are, to sweep.
+    installed: Layout,
 }
 
 /// Decides, once, between the restore putting its checked tree in place and the deadline
@@ -235,7 +235,7 @@ pub async fn run(args: RestoreArgs) -> RestoreReport {
         gate.clone(),
         staging_slot.clone(),
     ));
-    let mut outcome = match tokio::time::timeout(args.timeout, &mut task).await {
+    let outcome = match tokio::time::timeout(args.timeout, &mut task).await {
         Ok(result) => joined(result),
         Err(_) if gate.abandon() => {
             cancel.store(true, Ordering::Relaxed);
@@ -248,13 +248,6 @@ pub async fn run(args: RestoreArgs) -> RestoreReport {
         // stopping could leave DEST half installed.
         Err(_) => joined(task.await),
     };
-    if let Some(old) = outcome.as_mut().ok().and_then(|r| r.old.take()) {
-        // DEST is complete; removing the previous tree is housekeeping, done within the deadline.
-        // What is left (the tree is named after this process) is removed by the next restore.
-        let left = args.timeout.saturating_sub(start.elapsed());
-        let removal = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(old));
-        let _ = tokio::time::timeout(left, removal).await;
-    }
     if outcome.is_err() {
         // The staging directory of a failed or abandoned restore; DEST itself was never touched.
         let staging = staging_slot
@@ -262,8 +255,22 @@ pub async fn run(args: RestoreArgs) -> RestoreReport {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(path) = staging {
-            let cleanup = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path));
+            let cleanup = tokio::task::spawn_blocking(move || install::remove_tree(&path));
             let _ = tokio::time::timeout(Duration::from_secs(2), cleanup).await;
+        }
+    }
+    // Housekeeping within what is left of the deadline: the tree DEST held before, and what
+    // failed or killed restores left. Whatever is not done by then, the next restore does.
+    let left = args.timeout.saturating_sub(start.elapsed());
+    if let Ok(r) = &outcome
+        && !left.is_zero()
+    {
+        let layout = r.installed.clone();
+        let sweep = tokio::task::spawn_blocking(move || install::sweep(&layout));
+        match tokio::time::timeout(left, sweep).await {
+            Ok(Ok(Ok(n))) => tracing::debug!(trees = n, "swept"),
+            Ok(Ok(Err(e))) => tracing::warn!("removing old trees beside --dest: {e}"),
+            _ => {}
         }
     }
     let ms = super::elapsed_ms(start);
@@ -324,14 +331,24 @@ async fn restore(
 
     let staging = on_dest(&args.dest, {
         let dest = args.dest.clone();
-        move || install::prepare(&dest)
+        let cancel = cancel.clone();
+        move || install::prepare(&dest, &cancel)
     })
     .await?;
     *staging_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(staging.path.clone());
 
     let phase = Instant::now();
-    let result =
-        fetch_and_unpack(&client, &loc, &target, size, etag, &args, &staging, cancel).await;
+    let result = fetch_and_unpack(
+        &client,
+        &loc,
+        &target,
+        size,
+        etag,
+        &args,
+        &staging,
+        cancel.clone(),
+    )
+    .await;
     tracing::debug!(
         ms = super::elapsed_ms(phase),
         ok = result.is_ok(),
@@ -349,13 +366,19 @@ async fn restore(
         }
     };
 
+    // Another restore may be installing into DEST: wait for it, within the deadline.
+    let (staging, lock) = on_dest(&args.dest, move || {
+        let lock = staging.lock_install(&cancel)?;
+        Ok((staging, lock))
+    })
+    .await?;
     if !gate.commit() {
         // The deadline passed; `run` reports it and removes the staging directory.
         return Err(RestoreError::Timeout(crate::api::duration::format(
             args.timeout,
         )));
     }
-    let old = on_dest(&args.dest, move || staging.install()).await?;
+    let installed = on_dest(&args.dest, move || staging.install(lock)).await?;
     staging_slot
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -368,7 +391,7 @@ async fn restore(
         generation: target.generation,
         bytes: size,
         files,
-        old,
+        installed,
     })
 }
 

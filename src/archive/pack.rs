@@ -116,7 +116,11 @@ pub fn scan(root: &Path) -> Result<Tree, PackError> {
     let walker = walkdir::WalkDir::new(root)
         .min_depth(1)
         .follow_links(false)
-        .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+        .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
+        // A restore refuses these (its own files when DEST is a mount point, a volume's
+        // `lost+found`): left out, as a restore's scratch left in a snapshotted DEST would be.
+        .into_iter()
+        .filter_entry(|e| e.depth() != 1 || !policy::reserved(Path::new(e.file_name())));
     for item in walker {
         let item = item.map_err(|e| {
             let path = e.path().unwrap_or(root).to_owned();
@@ -285,5 +289,32 @@ impl Read for ExactReader {
         }
         self.remaining -= n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_leaves_out_reserved_top_level_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in [".sitecache-staging-01", "lost+found", "deps/lost+found"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join(".sitecache-lock"), "").unwrap();
+        std::fs::write(root.join(".sitecache-staging-01/f"), "").unwrap();
+        std::fs::write(root.join("deps/.sitecache-lock"), "").unwrap();
+        let tree = scan(root).unwrap();
+        let rels: Vec<&Path> = tree.entries.iter().map(|e| e.rel.as_path()).collect();
+        assert_eq!(
+            rels,
+            [
+                Path::new("deps"),
+                Path::new("deps/.sitecache-lock"),
+                Path::new("deps/lost+found")
+            ]
+        );
     }
 }

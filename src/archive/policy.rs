@@ -21,6 +21,23 @@ pub enum PolicyError {
     AbsoluteLink(String),
     #[error("path contains a NUL byte")]
     Nul,
+    #[error("top-level name reserved for the restore's own files (`.sitecache-*`, `lost+found`)")]
+    Reserved,
+}
+
+/// The start of the top-level names a restore keeps for itself in DEST when DEST is a mount
+/// point (its lock, journal and scratch trees).
+pub const RESERVED_PREFIX: &str = ".sitecache-";
+
+/// Whether a clean relative path is under a reserved top-level name: the restore's own
+/// ([`RESERVED_PREFIX`]) or the filesystem's (`lost+found`, at the root of a volume). Snapshots
+/// leave such entries out and restores refuse them, so a tree never collides with an install's
+/// files and an install never moves a volume's `lost+found`.
+pub fn reserved(rel: &Path) -> bool {
+    rel.components().next().is_some_and(|first| {
+        let name = first.as_os_str().as_bytes();
+        name.starts_with(RESERVED_PREFIX.as_bytes()) || name == b"lost+found"
+    })
 }
 
 /// Checks an entry path (as bytes, from the archive) and returns it as a clean relative path:
@@ -114,6 +131,27 @@ mod tests {
         );
         assert_eq!(entry_path(b"./").unwrap(), None);
         assert_eq!(entry_path(b".").unwrap(), None);
+    }
+
+    #[test]
+    fn reserved_names_are_top_level_ones() {
+        for rel in [
+            ".sitecache-lock",
+            ".sitecache-staging-1/a",
+            "lost+found",
+            "lost+found/x",
+        ] {
+            assert!(reserved(Path::new(rel)), "{rel}");
+        }
+        for rel in [
+            "a/.sitecache-lock",
+            "a/lost+found",
+            ".sitecache",
+            "lost+found2",
+            "deps",
+        ] {
+            assert!(!reserved(Path::new(rel)), "{rel}");
+        }
     }
 
     #[test]

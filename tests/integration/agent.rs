@@ -46,7 +46,7 @@ pub(crate) async fn location(s3: &S3Server) -> Location {
     Location::new(&bucket, "shop/").unwrap()
 }
 
-fn snapshot(s3: &S3Server, loc: &Location, source: &Path, generation: u64) -> Output {
+pub(crate) fn snapshot(s3: &S3Server, loc: &Location, source: &Path, generation: u64) -> Output {
     run(sitecache(s3).args([
         "snapshot",
         "--source",
@@ -701,6 +701,19 @@ async fn refuses_hardlinks_pointing_outside() {
         .entry(b"h", EntryType::Link, b"d", b"")
         .finish();
     assert_refused(not_file, "not a regular file").await;
+}
+
+#[tokio::test]
+async fn refuses_top_level_names_reserved_for_the_install() {
+    // A tree holding these would collide with the install's own files when DEST is a mount
+    // point (or move a volume's lost+found).
+    for name in [
+        ".sitecache-staging-0123/a",
+        ".sitecache-journal",
+        "lost+found/x",
+    ] {
+        assert_refused(RawTar::default().file(name, b"x").finish(), "reserved").await;
+    }
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod bounds;
 mod chart;
 mod controller;
 mod fixtures;
+mod install;
 mod job_runner;
 mod s3;
 mod support;

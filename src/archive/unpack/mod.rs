@@ -249,14 +249,18 @@ impl Unpacker {
         let Some(path) = policy::entry_path(raw).map_err(|e| unsafe_entry(raw, e))? else {
             return Ok(None);
         };
-        match &self.strip_prefix {
-            None => Ok(Some(path)),
+        let rel = match &self.strip_prefix {
+            None => path,
             Some(prefix) => match path.strip_prefix(prefix) {
-                Ok(rest) if rest.as_os_str().is_empty() => Ok(None),
-                Ok(rest) => Ok(Some(rest.to_owned())),
-                Err(_) => Err(unsafe_entry(raw, format!("outside {}/", prefix.display()))),
+                Ok(rest) if rest.as_os_str().is_empty() => return Ok(None),
+                Ok(rest) => rest.to_owned(),
+                Err(_) => return Err(unsafe_entry(raw, format!("outside {}/", prefix.display()))),
             },
+        };
+        if policy::reserved(&rel) {
+            return Err(unsafe_entry(raw, policy::PolicyError::Reserved));
         }
+        Ok(Some(rel))
     }
 }
 

@@ -266,3 +266,23 @@ fn a_tree_within_the_limits_unpacks_whole() {
     );
     assert_eq!(std::fs::read(root.join("a/link")).unwrap(), b"export {}");
 }
+
+#[test]
+fn reserved_top_level_names_are_refused() {
+    for name in [
+        ".sitecache-staging-0123/f",
+        "./.sitecache-lock",
+        "lost+found/x",
+    ] {
+        let archive = Archive::new().file("ok.js", b"1").file(name, b"x").bytes();
+        let (_dir, r) = unpack(&archive, 512, UnpackLimits::default());
+        assert!(refused(r).contains("reserved"), "{name}");
+    }
+    // Below the top level, the names are the tree's own.
+    let archive = Archive::new()
+        .file("a/.sitecache-lock", b"1")
+        .file("a/lost+found", b"2")
+        .bytes();
+    let (_dir, r) = unpack(&archive, 512, UnpackLimits::default());
+    assert_eq!(r.unwrap().files, 2);
+}
