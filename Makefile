@@ -7,7 +7,7 @@ SHELL := /bin/bash
 # Cargo's target directory (CARGO_TARGET_DIR or the configured one), where the binaries are built.
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps --offline | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 
-.PHONY: help test test-assets fmt fmt-check lint unit integration crds crds-check build release dev dev-down bench bench-fleet clean-assets
+.PHONY: help test test-assets fmt fmt-check lint unit integration fuzz crds crds-check build release dev dev-down bench bench-fleet clean-assets
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,10 @@ integration: test-assets ## Tests on a local control plane and a local S3 server
 	$(CARGO) test --locked --test integration
 	$(CARGO) build --locked --bin sitecache
 	SITECACHE_BIN="$(TARGET_DIR)/debug/sitecache" $(CARGO) test --locked -p sitecache -p sitecache-devtools --test dev
+
+FUZZ_CASES ?= 50000
+fuzz: ## The property tests with a long budget: the tar reader, decompression, the unpacker, the install (on demand; FUZZ_CASES=50000)
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked --lib -- props:: corpus::
 
 crds: ## Regenerate crds/ and the chart's copy from the Rust types
 	$(CARGO) run --quiet --locked -- crd > crds/sitecache.yaml

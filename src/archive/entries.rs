@@ -16,6 +16,9 @@ const BLOCK: u64 = 512;
 /// GNU long names and PAX records larger than this are refused (paths are at most 4 KiB).
 pub const MAX_EXTENSION: u64 = 64 * 1024;
 
+/// The most bytes [`Entries::data`] reads whole.
+pub const MAX_WHOLE: usize = 1024 * 1024;
+
 fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
@@ -197,6 +200,12 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Entries<I> {
             let header = tar::Header::from_byte_slice(&block).clone();
             verify_checksum(&header)?;
             let kind = header.entry_type();
+            if kind.is_gnu_sparse() {
+                // Its data is laid out differently (and may continue in further header blocks);
+                // no snapshot writes one, and reading it as a plain entry would read the rest
+                // of the stream otherwise than other readers do.
+                return Err(invalid("a GNU sparse file (not supported)"));
+            }
             let recognized = header.as_gnu().is_some() || header.as_ustar().is_some();
             let extension = recognized
                 && (kind.is_gnu_longname()
@@ -258,9 +267,16 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Entries<I> {
         }
     }
 
-    /// The current entry's data, whole.
+    /// The current entry's data, whole: at most [`MAX_WHOLE`] bytes (larger entries are read
+    /// with [`Entries::data_pieces`]), so that a header's size never decides an allocation.
     pub fn data(&mut self) -> io::Result<Data> {
-        let n = usize::try_from(self.unread).map_err(|_| invalid("entry too large"))?;
+        if self.unread > MAX_WHOLE as u64 {
+            return Err(invalid(format!(
+                "an entry of {} bytes read whole (at most {MAX_WHOLE})",
+                self.unread
+            )));
+        }
+        let n = self.unread as usize;
         let data = self.chunks.take(n)?;
         self.unread = 0;
         Ok(data)
@@ -376,15 +392,41 @@ mod tests {
             .collect()
     }
 
+    /// What the `tar` crate reads, up to its first error.
+    fn with_tar_crate_until_error(bytes: &[u8]) -> io::Result<Vec<Read>> {
+        let mut a = tar::Archive::new(bytes);
+        let mut out = Vec::new();
+        for e in a.entries()? {
+            let mut e = e?;
+            let path = e.path_bytes().into_owned();
+            let link = e.link_name_bytes().map(|l| l.into_owned());
+            let mut data = Vec::new();
+            io::Read::read_to_end(&mut e, &mut data)?;
+            out.push((path, link, e.size(), data));
+        }
+        Ok(out)
+    }
+
     fn with_entries(bytes: &[u8], piece: usize) -> io::Result<Vec<Read>> {
-        let chunks: Vec<io::Result<Bytes>> = bytes
-            .chunks(piece)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
+        with_entries_cut(bytes, &[piece])
+    }
+
+    /// Reads `bytes` cut into chunks of the sizes in `cuts`, in turn.
+    fn with_entries_cut(bytes: &[u8], cuts: &[usize]) -> io::Result<Vec<Read>> {
+        let mut chunks: Vec<io::Result<Bytes>> = Vec::new();
+        let mut rest = bytes;
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, after) = rest.split_at((*cut).clamp(1, rest.len()));
+            chunks.push(Ok(Bytes::copy_from_slice(chunk)));
+            rest = after;
+        }
         let mut entries = Entries::new(chunks.into_iter());
         let mut out = Vec::new();
         while let Some(e) = entries.next_entry()? {
-            let data = if e.size % 2 == 0 {
+            let data = if e.size % 2 == 0 && e.size <= MAX_WHOLE as u64 {
                 entries.data()?.bytes.to_vec()
             } else {
                 let mut data = Vec::new();
@@ -446,5 +488,159 @@ mod tests {
             .unwrap();
         let e = with_entries(&b.into_inner().unwrap(), 1000).unwrap_err();
         assert!(e.to_string().contains("no future member"), "{e}");
+        // A sparse file, in a ustar header (which the tar crate refuses) or a GNU one (whose
+        // layout differs).
+        for mut h in [tar::Header::new_ustar(), tar::Header::new_gnu()] {
+            h.set_entry_type(tar::EntryType::GNUSparse);
+            h.set_size(0);
+            h.set_mode(0o644);
+            let mut b = tar::Builder::new(Vec::new());
+            b.append_data(&mut h, "sparse", io::empty()).unwrap();
+            let e = with_entries(&b.into_inner().unwrap(), 1000).unwrap_err();
+            assert!(e.to_string().contains("sparse"), "{e}");
+        }
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// An entry an honest writer makes: a file, a directory or a link, with names long
+        /// enough for GNU long-name and long-link headers, or PAX records.
+        #[derive(Debug, Clone)]
+        enum Member {
+            File(String, Vec<u8>),
+            Dir(String),
+            Symlink(String, String),
+            Pax(String, Vec<u8>),
+        }
+
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z]{1,12}(/[a-z]{1,12}){0,3}",
+                "[a-z]{90,160}",
+                "[a-z]{1,40}/[a-z]{60,130}",
+            ]
+        }
+
+        fn member() -> impl Strategy<Value = Member> {
+            prop_oneof![
+                (name(), prop::collection::vec(any::<u8>(), 0..1500))
+                    .prop_map(|(n, d)| Member::File(n, d)),
+                name().prop_map(Member::Dir),
+                (name(), name()).prop_map(|(n, t)| Member::Symlink(n, t)),
+                (name(), prop::collection::vec(any::<u8>(), 0..700))
+                    .prop_map(|(n, d)| Member::Pax(n, d)),
+            ]
+        }
+
+        fn build(members: &[Member]) -> Vec<u8> {
+            let mut b = tar::Builder::new(Vec::new());
+            for m in members {
+                let mut h = tar::Header::new_gnu();
+                h.set_mode(0o644);
+                h.set_size(0);
+                match m {
+                    Member::File(n, d) => {
+                        h.set_size(d.len() as u64);
+                        b.append_data(&mut h, n, &d[..]).unwrap()
+                    }
+                    Member::Dir(n) => {
+                        h.set_entry_type(tar::EntryType::Directory);
+                        b.append_data(&mut h, n, io::empty()).unwrap()
+                    }
+                    Member::Symlink(n, t) => {
+                        h.set_entry_type(tar::EntryType::Symlink);
+                        b.append_link(&mut h, n, t).unwrap()
+                    }
+                    Member::Pax(n, d) => {
+                        b.append_pax_extensions([("path", n.as_bytes())]).unwrap();
+                        let mut h = tar::Header::new_ustar();
+                        h.set_mode(0o600);
+                        h.set_size(d.len() as u64);
+                        b.append_data(&mut h, "short", &d[..]).unwrap()
+                    }
+                }
+            }
+            b.into_inner().unwrap()
+        }
+
+        /// Where the headers of an honest archive are, extension headers included.
+        fn header_offsets(bytes: &[u8]) -> Vec<usize> {
+            let mut a = tar::Archive::new(bytes);
+            a.entries()
+                .unwrap()
+                .raw(true)
+                .map(|e| e.unwrap().raw_header_position() as usize)
+                .collect()
+        }
+
+        proptest! {
+            /// On honest archives, cut anywhere, the reader reads what the `tar` crate reads.
+            #[test]
+            fn reads_what_the_tar_crate_reads(
+                members in prop::collection::vec(member(), 0..12),
+                cuts in prop::collection::vec(1usize..1500, 1..8),
+            ) {
+                let bytes = build(&members);
+                let theirs = with_tar_crate_until_error(&bytes).unwrap();
+                prop_assert_eq!(with_entries_cut(&bytes, &cuts).unwrap(), theirs);
+            }
+
+            /// On damaged archives, it never panics; whatever it reads whole, the `tar` crate
+            /// reads the same, and it refuses what the crate reads only on purpose (sparse
+            /// files, oversized extensions): no parser differential for a hostile writer to
+            /// use.
+            #[test]
+            fn agrees_with_the_tar_crate_on_damaged_bytes(
+                members in prop::collection::vec(member(), 1..8),
+                flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+                in_headers in any::<bool>(),
+                cut_at in prop::option::of(any::<prop::sample::Index>()),
+                cuts in prop::collection::vec(1usize..1500, 1..8),
+            ) {
+                let mut bytes = build(&members);
+                if in_headers {
+                    // Damage in header fields, checksums made right again: what gets past the
+                    // first check, as a hostile writer's bytes do.
+                    let headers = header_offsets(&bytes);
+                    for (at, xor) in &flips {
+                        let h = headers[at.index(headers.len())];
+                        let field = at.index(512 - 8);
+                        let i = h + if field >= 148 { field + 8 } else { field };
+                        bytes[i] ^= xor;
+                        let mut header = tar::Header::from_byte_slice(&bytes[h..h + 512]).clone();
+                        header.set_cksum();
+                        bytes[h..h + 512].copy_from_slice(header.as_bytes());
+                    }
+                } else {
+                    for (at, xor) in &flips {
+                        let i = at.index(bytes.len());
+                        bytes[i] ^= xor;
+                    }
+                }
+                if let Some(at) = cut_at {
+                    bytes.truncate(at.index(bytes.len()));
+                }
+                let ours = with_entries_cut(&bytes, &cuts);
+                let theirs = with_tar_crate_until_error(&bytes);
+                match (ours, theirs) {
+                    (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                    (Err(_), Err(_)) => {}
+                    // What this reader refuses on purpose, and the tar crate reads.
+                    (Err(e), Ok(_))
+                        if ["sparse", "extension header of", "read whole"]
+                            .iter()
+                            .any(|why| e.to_string().contains(why)) => {}
+                    (ours, theirs) => prop_assert!(
+                        false,
+                        "differential: ours {:?}, the tar crate's {:?}",
+                        ours.map(|v| v.len()),
+                        theirs.map(|v| v.len())
+                    ),
+                }
+            }
+        }
     }
 }

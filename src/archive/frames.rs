@@ -484,4 +484,122 @@ mod tests {
         let e = decompress(Compression::Zstd, &mut input, options, &mut |_| false).unwrap_err();
         assert!(e.to_string().contains("stopped"), "{e}");
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// One frame of a stream: how its bytes are compressed.
+        #[derive(Debug, Clone)]
+        enum Frame {
+            /// One shot, its content size declared.
+            Sized(Vec<u8>, i32),
+            /// Streamed, no content size (what snapshots wrote before frames were cut).
+            Streamed(Vec<u8>, i32),
+            /// A skippable frame, which decoders pass over.
+            Skippable(Vec<u8>),
+        }
+
+        fn bytes() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..20_000),
+                (0usize..200_000).prop_map(data),
+            ]
+        }
+
+        fn frame() -> impl Strategy<Value = Frame> {
+            prop_oneof![
+                (bytes(), 1..6i32).prop_map(|(b, l)| Frame::Sized(b, l)),
+                (bytes(), 1..6i32).prop_map(|(b, l)| Frame::Streamed(b, l)),
+                prop::collection::vec(any::<u8>(), 0..300).prop_map(Frame::Skippable),
+            ]
+        }
+
+        fn stream(frames: &[Frame]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for f in frames {
+                match f {
+                    Frame::Sized(b, level) => {
+                        out.extend(zstd::bulk::compress(b, *level).unwrap());
+                    }
+                    Frame::Streamed(b, level) => {
+                        out.extend(zstd::stream::encode_all(&b[..], *level).unwrap());
+                    }
+                    Frame::Skippable(b) => {
+                        out.extend(0x184D_2A50u32.to_le_bytes());
+                        out.extend((b.len() as u32).to_le_bytes());
+                        out.extend(b);
+                    }
+                }
+            }
+            out
+        }
+
+        /// `archive` cut into chunks of the sizes in `cuts`, in turn.
+        fn cut(archive: &[u8], cuts: &[usize]) -> Vec<io::Result<Bytes>> {
+            let mut chunks = Vec::new();
+            let mut rest = archive;
+            for c in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, after) = rest.split_at((*c).clamp(1, rest.len()));
+                chunks.push(Ok(Bytes::copy_from_slice(chunk)));
+                rest = after;
+            }
+            chunks
+        }
+
+        fn ours(archive: &[u8], cuts: &[usize], threads: usize) -> io::Result<Vec<u8>> {
+            let options = DecodeOptions {
+                threads,
+                frame_checksums: true,
+            };
+            let mut input = cut(archive, cuts).into_iter();
+            let mut pieces = Vec::new();
+            decompress(Compression::Zstd, &mut input, options, &mut |piece| {
+                pieces.push(piece);
+                true
+            })?;
+            let pieces: Vec<Bytes> = pieces
+                .into_iter()
+                .map(Piece::wait)
+                .collect::<io::Result<_>>()?;
+            Ok(pieces.concat())
+        }
+
+        proptest! {
+            /// Any zstd stream, cut anywhere, decompresses to what `zstd::decode_all` gives.
+            #[test]
+            fn decompresses_as_zstd_does(
+                frames in prop::collection::vec(frame(), 1..5),
+                cuts in prop::collection::vec(1usize..70_000, 1..6),
+                threads in 1usize..4,
+            ) {
+                let archive = stream(&frames);
+                let expected = zstd::stream::decode_all(&archive[..]).unwrap();
+                prop_assert_eq!(ours(&archive, &cuts, threads).unwrap(), expected);
+            }
+
+            /// Damaged, it never panics and never gives other bytes than `zstd::decode_all`:
+            /// either the same, or an error.
+            #[test]
+            fn damage_gives_the_same_bytes_or_an_error(
+                frames in prop::collection::vec(frame(), 1..4),
+                flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+                cuts in prop::collection::vec(1usize..70_000, 1..6),
+            ) {
+                let mut archive = stream(&frames);
+                for (at, xor) in &flips {
+                    let i = at.index(archive.len());
+                    archive[i] ^= xor;
+                }
+                if let Ok(got) = ours(&archive, &cuts, 2) {
+                    let expected = zstd::stream::decode_all(&archive[..]);
+                    prop_assert!(expected.as_ref().is_ok_and(|e| *e == got));
+                }
+            }
+        }
+    }
 }

@@ -88,17 +88,22 @@ fn layout_for(dest: &Path, kind: Dest) -> Layout {
 }
 
 fn scenario(kind: Dest) -> (Run, Staging) {
+    scenario_of(kind, &|p| write_tree(p, "old"), &|p| write_tree(p, "new"))
+}
+
+/// DEST of `kind`, holding what `old` writes, and a staging tree holding what `new` writes.
+fn scenario_of(kind: Dest, old: &dyn Fn(&Path), new: &dyn Fn(&Path)) -> (Run, Staging) {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("deno-dir");
     if !matches!(kind, Dest::Missing) {
-        write_tree(&dest, "old");
+        std::fs::create_dir(&dest).unwrap();
+        old(&dest);
     }
     let layout = layout_for(&dest, kind);
     let old = snapshot(&dest);
     let staging = prepare_in(&layout);
-    write_tree(&staging.path, "new");
+    new(&staging.path);
     let new = snapshot(&staging.path);
-    assert_ne!(old, new);
     (
         Run {
             _dir: dir,
@@ -139,46 +144,61 @@ fn install_killed(staging: Staging, faults: Faults) -> Result<usize, std::io::Er
 /// Kills the install of `kind` under `faults` before each step in turn; checks each outcome and
 /// the recovery after. Returns the steps of a whole install.
 fn every_kill(kind: Dest, faults: Faults) -> usize {
-    for kill_at in 0.. {
-        let (run, staging) = scenario(kind);
-        let outcome = install_killed(
-            staging,
-            Faults {
-                kill_at: Some(kill_at),
-                ..faults
-            },
-        );
-        let whole = snapshot(&run.dest);
-        match outcome {
-            Ok(steps) => {
-                assert_eq!(whole, run.new, "{kind:?} {faults:?}: a whole install");
-                finish(&run);
-                return steps;
-            }
-            Err(e) => assert!(is_kill(&e), "{kind:?} {faults:?} at {kill_at}: {e}"),
+    (0..)
+        .find_map(|kill_at| {
+            let (run, staging) = scenario(kind);
+            killed_at(run, staging, kind, faults, kill_at)
+        })
+        .unwrap()
+}
+
+/// Installs `staging`, killed before step `kill_at`, and checks: DEST wholly old or new (or a
+/// journal to roll forward); after the next restore's recovery, wholly new if there was a
+/// journal; after a sweep, nothing left. Returns the steps taken if the install finished.
+fn killed_at(
+    run: Run,
+    staging: Staging,
+    kind: Dest,
+    faults: Faults,
+    kill_at: usize,
+) -> Option<usize> {
+    let outcome = install_killed(
+        staging,
+        Faults {
+            kill_at: Some(kill_at),
+            ..faults
+        },
+    );
+    let whole = snapshot(&run.dest);
+    match outcome {
+        Ok(steps) => {
+            assert_eq!(whole, run.new, "{kind:?} {faults:?}: a whole install");
+            finish(&run);
+            return Some(steps);
         }
-        let journaled = run.layout.journal().exists();
-        if !journaled {
-            assert!(
-                whole == run.old || whole == run.new,
-                "{kind:?} {faults:?} killed at {kill_at}: DEST is neither tree: {whole:?}"
-            );
-        }
-        // The next restore recovers before anything else.
-        let next = prepare_in(&run.layout);
-        let recovered = snapshot(&run.dest);
-        if journaled {
-            assert_eq!(
-                recovered, run.new,
-                "{kind:?} {faults:?} killed at {kill_at}: rolled forward"
-            );
-        } else {
-            assert_eq!(recovered, whole, "{kind:?} {faults:?} killed at {kill_at}");
-        }
-        next.discard();
-        finish(&run);
+        Err(e) => assert!(is_kill(&e), "{kind:?} {faults:?} at {kill_at}: {e}"),
     }
-    unreachable!()
+    let journaled = run.layout.journal().exists();
+    if !journaled {
+        assert!(
+            whole == run.old || whole == run.new,
+            "{kind:?} {faults:?} killed at {kill_at}: DEST is neither tree: {whole:?}"
+        );
+    }
+    // The next restore recovers before anything else.
+    let next = prepare_in(&run.layout);
+    let recovered = snapshot(&run.dest);
+    if journaled {
+        assert_eq!(
+            recovered, run.new,
+            "{kind:?} {faults:?} killed at {kill_at}: rolled forward"
+        );
+    } else {
+        assert_eq!(recovered, whole, "{kind:?} {faults:?} killed at {kill_at}");
+    }
+    next.discard();
+    finish(&run);
+    None
 }
 
 /// After the sweep, nothing of the install is left but its lock.
@@ -363,4 +383,70 @@ fn a_failed_restore_never_creates_dest() {
         scratch_left(&Layout::of(&dest).unwrap()),
         Vec::<String>::new()
     );
+}
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A top-level entry of a tree: a file, a directory holding a file, a read-only one, a
+    /// link. Names are few, so that old and new trees share some.
+    fn entry() -> impl Strategy<Value = (u8, &'static str)> {
+        (
+            0u8..4,
+            prop::sample::select(&["npm", "deps", "gen", "remote", "x.json", "y"][..]),
+        )
+    }
+
+    fn write(root: &Path, entries: &[(u8, &'static str)], tag: &str) {
+        for (kind, name) in entries {
+            let path = root.join(name);
+            if path.symlink_metadata().is_ok() {
+                continue;
+            }
+            match kind {
+                0 => std::fs::write(&path, tag).unwrap(),
+                1 | 2 => {
+                    std::fs::create_dir(&path).unwrap();
+                    std::fs::write(path.join(tag), tag).unwrap();
+                    if *kind == 2 {
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555))
+                            .unwrap();
+                    }
+                }
+                _ => std::os::unix::fs::symlink(tag, &path).unwrap(),
+            }
+        }
+    }
+
+    fn dest() -> impl Strategy<Value = Dest> {
+        prop_oneof![
+            Just(Dest::Missing),
+            Just(Dest::Directory),
+            Just(Dest::MountPoint)
+        ]
+    }
+
+    proptest! {
+        /// Any trees, any DEST, any filesystem, killed before any step: DEST is wholly one
+        /// tree, and wholly the new one once a journal was rolled forward.
+        #[test]
+        fn any_install_killed_anywhere_leaves_one_whole_tree(
+            old in prop::collection::vec(entry(), 0..6),
+            new in prop::collection::vec(entry(), 0..6),
+            kind in dest(),
+            no_exchange in any::<bool>(),
+            pinned_dest in any::<bool>(),
+            kill_at in 0usize..24,
+        ) {
+            let (run, staging) = scenario_of(
+                kind,
+                &|p| write(p, &old, "old"),
+                &|p| write(p, &new, "new"),
+            );
+            let faults = Faults { kill_at: None, no_exchange, pinned_dest };
+            killed_at(run, staging, kind, faults, kill_at);
+        }
+    }
 }

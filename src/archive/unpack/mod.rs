@@ -36,11 +36,12 @@ use rustix::fs::{Mode, OFlags};
 use super::entries::Entries;
 use super::policy;
 use held::{Claim, HELD_BUDGET, Held};
-use tree::{DIR_BYTES, Seen, Tree};
+use tree::{Seen, Tree};
 use write::{At, kept_by_umask, process_umask, worker, write_file};
 
 /// Files up to this size are read into memory and written by a worker.
 const SMALL_FILE: u64 = 1024 * 1024;
+const _: () = assert!(SMALL_FILE <= super::entries::MAX_WHOLE as u64);
 /// Small files go to the workers in batches (one channel hand-off per batch, not per file: with
 /// tens of thousands of files, per-file hand-offs cost as much as writing them).
 const BATCH_FILES: usize = 64;
@@ -69,17 +70,21 @@ pub struct UnpackLimits {
     pub max_held: usize,
 }
 
+impl UnpackLimits {
+    pub const DEFAULT: UnpackLimits = UnpackLimits {
+        max_bytes: 16 * 1024 * 1024 * 1024,
+        max_entries: 500_000,
+        max_path: 4096,
+        max_depth: 256,
+        max_link: 4095,
+        max_path_bytes: 64 * 1024 * 1024,
+        max_held: HELD_BUDGET,
+    };
+}
+
 impl Default for UnpackLimits {
     fn default() -> Self {
-        Self {
-            max_bytes: 16 * 1024 * 1024 * 1024,
-            max_entries: 500_000,
-            max_path: 4096,
-            max_depth: 256,
-            max_link: 4095,
-            max_path_bytes: 64 * 1024 * 1024,
-            max_held: HELD_BUDGET,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -288,22 +293,6 @@ impl Parse<'_> {
             .is_some()
     }
 
-    /// Counts `n` bytes written (files) or reserved (directories), within the limit.
-    fn count_bytes(&mut self, n: u64) -> Result<(), UnpackError> {
-        let disk = self
-            .stats
-            .bytes
-            .checked_add(n)
-            .and_then(|b| b.checked_add(self.tree.dirs_created.saturating_mul(DIR_BYTES)));
-        match disk {
-            Some(total) if total <= self.limits().max_bytes => Ok(()),
-            _ => Err(UnpackError::TooLarge {
-                what: "the unpacked size limit (bytes, directories at 4 KiB each)",
-                limit: self.limits().max_bytes,
-            }),
-        }
-    }
-
     fn entries<I: Iterator<Item = io::Result<Bytes>>>(
         &mut self,
         entries: &mut Entries<I>,
@@ -355,7 +344,7 @@ impl Parse<'_> {
                 tar::EntryType::Directory => self.directory(&rel, mode, mtime)?,
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let size = entry.size;
-                    self.count_bytes(size)?;
+                    self.tree.count_disk(size, &limits)?;
                     self.stats.bytes += size;
                     self.stats.files += 1;
                     let dest = CString::new(rel).map_err(|_| unsafe_entry(&raw, "NUL"))?;
@@ -471,7 +460,6 @@ impl Parse<'_> {
             }
             path
         };
-        self.count_bytes(0)?;
         self.tree.hold(rel.len(), &limits)?;
         self.deferred.dir_times.push((path, chmod, mtime));
         Ok(())

@@ -41,6 +41,8 @@ pub struct Tree {
     pub dirs_created: u64,
     /// Bytes of the paths held (entries and directories, links' targets).
     path_bytes: u64,
+    /// Bytes on disk: regular files, and [`DIR_BYTES`] per directory.
+    disk_bytes: u64,
 }
 
 impl Tree {
@@ -72,6 +74,21 @@ impl Tree {
             });
         }
         Ok(())
+    }
+
+    /// Counts `n` bytes more on disk, within the unpacked-size limit: called before they are
+    /// written (a file) or made (a directory).
+    pub fn count_disk(&mut self, n: u64, limits: &UnpackLimits) -> Result<(), UnpackError> {
+        match self.disk_bytes.checked_add(n) {
+            Some(total) if total <= limits.max_bytes => {
+                self.disk_bytes = total;
+                Ok(())
+            }
+            _ => Err(UnpackError::TooLarge {
+                what: "the unpacked size limit (bytes, directories at 4 KiB each)",
+                limit: limits.max_bytes,
+            }),
+        }
     }
 
     /// Counts a path of `n` bytes more held in memory (with its bookkeeping).
@@ -154,6 +171,7 @@ impl Tree {
         limits: &UnpackLimits,
     ) -> Result<CString, UnpackError> {
         let path = CString::new(rel).map_err(|_| unsafe_entry(rel, "NUL in the path"))?;
+        self.count_disk(DIR_BYTES, limits)?;
         self.dirs_created += 1;
         rustix::fs::mkdirat(at.fd, path.as_c_str(), Mode::from_raw_mode(mode))
             .map_err(|e| at.error(&path, e))?;

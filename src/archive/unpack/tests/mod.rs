@@ -10,6 +10,9 @@ use bytes::Bytes;
 
 use super::*;
 
+mod corpus;
+mod props;
+
 /// A tar archive built entry by entry.
 struct Archive(tar::Builder<Vec<u8>>);
 
@@ -68,6 +71,16 @@ fn unpack(
     chunk: usize,
     limits: UnpackLimits,
 ) -> (tempfile::TempDir, Result<UnpackStats, UnpackError>) {
+    unpack_cut(archive, &[chunk], limits)
+}
+
+/// Unpacks `archive`, cut into chunks of the sizes in `cuts` in turn, into `root` in a fresh
+/// directory.
+fn unpack_cut(
+    archive: &[u8],
+    cuts: &[usize],
+    limits: UnpackLimits,
+) -> (tempfile::TempDir, Result<UnpackStats, UnpackError>) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
@@ -78,11 +91,17 @@ fn unpack(
         limits,
         cancel: Arc::new(AtomicBool::new(false)),
     };
-    let mut chunks = archive
-        .chunks(chunk)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect::<Vec<io::Result<Bytes>>>()
-        .into_iter();
+    let mut pieces: Vec<io::Result<Bytes>> = Vec::new();
+    let mut rest = archive;
+    for cut in cuts.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, after) = rest.split_at((*cut).clamp(1, rest.len()));
+        pieces.push(Ok(Bytes::copy_from_slice(piece)));
+        rest = after;
+    }
+    let mut chunks = pieces.into_iter();
     let result = unpacker.unpack(&mut chunks);
     (dir, result)
 }
