@@ -59,7 +59,7 @@ pub struct RestoreArgs {
     pub max_bytes: u64,
 
     /// Refuse archives that unpack to more than this (directories count 4 KiB each).
-    #[arg(long, default_value = "32GiB", value_parser = super::parse_size)]
+    #[arg(long, default_value = super::DEFAULT_MAX_UNPACKED_BYTES, value_parser = super::parse_size)]
     pub max_unpacked_bytes: u64,
 
     /// Refuse archives with more entries than this (directories created as missing parents

@@ -15,7 +15,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::StorageArgs;
-use crate::archive::{self, FORMAT_TAR_ZSTD, FORMAT_VERSION, Manifest, PackError, PackStats, Tree};
+use crate::archive::{
+    self, FORMAT_TAR_ZSTD, FORMAT_VERSION, Manifest, PackError, PackStats, Tree, UnpackLimits,
+};
 use crate::storage::{self, Location, Part, StorageError, UploadError, UploadOptions};
 
 /// Size of each uploaded part.
@@ -52,6 +54,17 @@ pub struct SnapshotArgs {
     /// (generations/<n>/legacy.tar.gz; the controller publishes it on promotion).
     #[arg(long, env = "SITECACHE_LEGACY", value_parser = clap::builder::BoolishValueParser::new())]
     pub legacy: bool,
+
+    /// Refuse a tree that unpacks to more than this (directories count 4 KiB each): the
+    /// default is restore's, so that nothing is committed that runners would refuse. Keep it at
+    /// or below the runners' `--max-unpacked-bytes`.
+    #[arg(long, env = "SITECACHE_MAX_UNPACKED_BYTES", default_value = super::DEFAULT_MAX_UNPACKED_BYTES, value_parser = super::parse_size)]
+    pub max_unpacked_bytes: u64,
+
+    /// Refuse a tree with more entries than this (restore's default; keep it at or below the
+    /// runners' `--max-entries`). Path length and depth and link length have restore's limits.
+    #[arg(long, env = "SITECACHE_MAX_ENTRIES", default_value_t = UnpackLimits::DEFAULT.max_entries, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_entries: u64,
 
     /// Parts uploading at once.
     #[arg(long, default_value_t = 4, hide = true)]
@@ -131,7 +144,12 @@ pub struct SnapshotReport {
 /// Runs a snapshot.
 pub async fn run(args: SnapshotArgs) -> Result<SnapshotReport, SnapshotError> {
     let start = Instant::now();
-    let tree = scan_source(&args.source, args.min_files).await?;
+    let limits = UnpackLimits {
+        max_bytes: args.max_unpacked_bytes,
+        max_entries: args.max_entries,
+        ..UnpackLimits::DEFAULT
+    };
+    let tree = scan_source(&args.source, args.min_files, limits).await?;
     tracing::info!(
         source = %args.source.display(),
         files = tree.files,
@@ -254,9 +272,13 @@ pub async fn run(args: SnapshotArgs) -> Result<SnapshotReport, SnapshotError> {
     })
 }
 
-async fn scan_source(source: &Path, min_files: u64) -> Result<Tree, SnapshotError> {
+async fn scan_source(
+    source: &Path,
+    min_files: u64,
+    limits: UnpackLimits,
+) -> Result<Tree, SnapshotError> {
     let path = source.to_owned();
-    let tree = tokio::task::spawn_blocking(move || archive::scan(&path))
+    let tree = tokio::task::spawn_blocking(move || archive::scan(&path, &limits))
         .await
         .map_err(|e| SnapshotError::Internal(e.to_string()))?
         .map_err(|e| match e {

@@ -4,11 +4,16 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{FileType, Mode, OFlags};
+
 use super::policy;
+use super::unpack::UnpackLimits;
+use super::unpack::budget::{Budget, OverLimit, Seen};
 
 /// Why a tree could not be scanned or packed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +31,11 @@ pub enum PackError {
     },
     #[error("{path} changed while it was being packed ({why})")]
     Changed { path: PathBuf, why: &'static str },
+    #[error(
+        "{path}: the tree exceeds {limit}, which a restore applies too \
+         (--max-entries, --max-unpacked-bytes): no runner could restore it"
+    )]
+    OverLimit { path: PathBuf, limit: OverLimit },
     #[error("writing the archive: {0}")]
     Output(io::Error),
 }
@@ -35,6 +45,8 @@ enum Kind {
     Dir,
     File {
         size: u64,
+        /// The file scanned: the one opened must be it.
+        id: (u64, u64),
     },
     Symlink {
         target: PathBuf,
@@ -66,6 +78,8 @@ pub struct Tree {
     pub uncompressed_bytes: u64,
     /// Sockets, FIFOs and device files, which are left out.
     pub skipped: Vec<PathBuf>,
+    /// What a restore of the tree counts against its limits.
+    pub budget: Budget,
 }
 
 impl Tree {
@@ -91,8 +105,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
 }
 
 /// Scans `root` without following symbolic links. Refuses links that could not be restored
-/// safely (absolute, or leaving the tree); leaves out sockets, FIFOs and devices.
-pub fn scan(root: &Path) -> Result<Tree, PackError> {
+/// safely (absolute, or leaving the tree) and trees that a restore with `limits` would refuse
+/// (stopping at the first entry past a limit); leaves out sockets, FIFOs and devices.
+pub fn scan(root: &Path, limits: &UnpackLimits) -> Result<Tree, PackError> {
     let meta = match std::fs::metadata(root) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -111,6 +126,7 @@ pub fn scan(root: &Path) -> Result<Tree, PackError> {
         files: 0,
         uncompressed_bytes: 0,
         skipped: Vec::new(),
+        budget: Budget::default(),
     };
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
     let walker = walkdir::WalkDir::new(root)
@@ -141,18 +157,20 @@ pub fn scan(root: &Path) -> Result<Tree, PackError> {
         let kind = if ft.is_dir() {
             Kind::Dir
         } else if ft.is_file() {
-            if meta.nlink() > 1
-                && let Some(&first) = inodes.get(&(meta.dev(), meta.ino()))
-            {
-                tree.files += 1;
-                Kind::HardLink { first }
-            } else {
-                if meta.nlink() > 1 {
-                    inodes.insert((meta.dev(), meta.ino()), tree.entries.len());
+            tree.files += 1;
+            let id = (meta.dev(), meta.ino());
+            match inodes.get(&id) {
+                Some(&first) if meta.nlink() > 1 => Kind::HardLink { first },
+                _ => {
+                    if meta.nlink() > 1 {
+                        inodes.insert(id, tree.entries.len());
+                    }
+                    tree.uncompressed_bytes += meta.len();
+                    Kind::File {
+                        size: meta.len(),
+                        id,
+                    }
                 }
-                tree.files += 1;
-                tree.uncompressed_bytes += meta.len();
-                Kind::File { size: meta.len() }
             }
         } else if ft.is_symlink() {
             let target = std::fs::read_link(path).map_err(io_err(path))?;
@@ -167,6 +185,22 @@ pub fn scan(root: &Path) -> Result<Tree, PackError> {
             tree.skipped.push(path.to_owned());
             continue;
         };
+        let (seen, target, size): (_, &[u8], _) = match &kind {
+            Kind::Dir => (Seen::Dir, b"", 0),
+            Kind::File { size, .. } => (Seen::File, b"", *size),
+            Kind::Symlink { target } => (Seen::Symlink, target.as_os_str().as_bytes(), 0),
+            Kind::HardLink { first } => (
+                Seen::HardLink,
+                tree.entries[*first].rel.as_os_str().as_bytes(),
+                0,
+            ),
+        };
+        tree.budget
+            .packed_entry(rel.as_os_str().as_bytes(), seen, target, size, limits)
+            .map_err(|limit| PackError::OverLimit {
+                path: path.to_owned(),
+                limit,
+            })?;
         tree.entries.push(Entry {
             rel: rel.to_owned(),
             kind,
@@ -199,6 +233,7 @@ pub fn pack<W: Write>(
             .map_err(PackError::Output)?;
         stats.entries += 1;
     }
+    let mut opener = Opener::new(&tree.root)?;
     for entry in &tree.entries {
         let path = tree.root.join(&entry.rel);
         let target_name = name(&entry.rel);
@@ -209,8 +244,8 @@ pub fn pack<W: Write>(
                     .append_data(&mut h, &target_name, io::empty())
                     .map_err(PackError::Output)?;
             }
-            Kind::File { size } => {
-                let file = File::open(&path).map_err(io_err(&path))?;
+            Kind::File { size, id } => {
+                let file = opener.open(&entry.rel, *id, &path)?;
                 let mut h = header(tar::EntryType::Regular, entry.mode, entry.mtime);
                 h.set_size(*size);
                 let mut reader = ExactReader {
@@ -244,6 +279,79 @@ pub fn pack<W: Write>(
     }
     let out = builder.into_inner().map_err(PackError::Output)?;
     Ok((out, stats))
+}
+
+/// Opens a tree's files without following symbolic links anywhere below the root: each directory
+/// is opened below its parent's descriptor with `O_NOFOLLOW` (kept open while its entries are
+/// packed, which come right after it), and each file below its directory's. A file or directory
+/// swapped for a symbolic link since the scan is refused, not followed; a file swapped for a FIFO
+/// is opened without blocking and refused, as is any file that is not the one scanned.
+struct Opener {
+    root: OwnedFd,
+    /// The directories open, outermost first, each with its path below the root.
+    dirs: Vec<(PathBuf, OwnedFd)>,
+}
+
+impl Opener {
+    fn new(root: &Path) -> Result<Self, PackError> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let root_fd =
+            rustix::fs::open(root, flags, Mode::empty()).map_err(|e| io_err(root)(e.into()))?;
+        Ok(Self {
+            root: root_fd,
+            dirs: Vec::new(),
+        })
+    }
+
+    /// Opens the regular file `rel`, which must be the file `id` (device, inode) scanned.
+    fn open(&mut self, rel: &Path, id: (u64, u64), path: &Path) -> Result<File, PackError> {
+        let changed = |why| PackError::Changed {
+            path: path.to_owned(),
+            why,
+        };
+        let refused = |e: rustix::io::Errno| match e {
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+                changed("a symbolic link or a file is now on its path")
+            }
+            rustix::io::Errno::NOENT => changed("it was removed"),
+            e => io_err(path)(e.into()),
+        };
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        while self
+            .dirs
+            .last()
+            .is_some_and(|(p, _)| !parent.starts_with(p))
+        {
+            self.dirs.pop();
+        }
+        let open_dirs = self.dirs.len();
+        for name in parent.components().skip(open_dirs) {
+            let at = self
+                .dirs
+                .last()
+                .map_or(self.root.as_fd(), |(_, fd)| fd.as_fd());
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd =
+                rustix::fs::openat(at, name.as_os_str(), flags, Mode::empty()).map_err(refused)?;
+            let below = self.dirs.last().map_or(PathBuf::new(), |(p, _)| p.clone());
+            self.dirs.push((below.join(name), fd));
+        }
+        let at = self
+            .dirs
+            .last()
+            .map_or(self.root.as_fd(), |(_, fd)| fd.as_fd());
+        let name = rel.file_name().ok_or_else(|| changed("it has no name"))?;
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(at, name, flags, Mode::empty()).map_err(refused)?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| io_err(path)(e.into()))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile
+            || (stat.st_dev, stat.st_ino) != id
+        {
+            return Err(changed("it was replaced"));
+        }
+        Ok(File::from(fd))
+    }
 }
 
 fn header(kind: tar::EntryType, mode: u32, mtime: u64) -> tar::Header {
@@ -306,7 +414,7 @@ mod tests {
         std::fs::write(root.join(".sitecache-lock"), "").unwrap();
         std::fs::write(root.join(".sitecache-staging-01/f"), "").unwrap();
         std::fs::write(root.join("deps/.sitecache-lock"), "").unwrap();
-        let tree = scan(root).unwrap();
+        let tree = scan(root, &UnpackLimits::DEFAULT).unwrap();
         let rels: Vec<&Path> = tree.entries.iter().map(|e| e.rel.as_path()).collect();
         assert_eq!(
             rels,
@@ -316,5 +424,106 @@ mod tests {
                 Path::new("deps/lost+found")
             ]
         );
+    }
+
+    /// A tree scanned, then changed by `change` before it is packed: the pack's error.
+    fn pack_after(change: impl FnOnce(&Path)) -> PackError {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("deps/x")).unwrap();
+        std::fs::write(root.join("deps/x/mod.js"), "ours").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(outside.join("x")).unwrap();
+        std::fs::write(outside.join("x/mod.js"), "evil").unwrap();
+        let tree = scan(&root, &UnpackLimits::DEFAULT).unwrap();
+        change(&root);
+        // On a thread: a pack that blocks on a FIFO fails the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(pack(&tree, Vec::new(), None).map(|(out, _)| out));
+        });
+        let packed = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the pack blocked");
+        let out = match packed {
+            Err(e) => return e,
+            Ok(out) => out,
+        };
+        panic!(
+            "packed after the change (the outside file inside: {})",
+            out.windows(4).any(|w| w == b"evil")
+        );
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_link_after_the_scan_is_refused_not_followed() {
+        let e = pack_after(|root| {
+            let file = root.join("deps/x/mod.js");
+            std::fs::remove_file(&file).unwrap();
+            std::os::unix::fs::symlink(root.join("../outside/x/mod.js"), &file).unwrap();
+        });
+        assert!(matches!(e, PackError::Changed { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_after_the_scan_is_refused_not_followed() {
+        let e = pack_after(|root| {
+            std::fs::remove_dir_all(root.join("deps")).unwrap();
+            std::os::unix::fs::symlink(root.join("../outside"), root.join("deps")).unwrap();
+        });
+        assert!(
+            matches!(e, PackError::Changed { why, .. } if why.contains("symbolic link")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_fifo_after_the_scan_is_refused_without_blocking() {
+        let e = pack_after(|root| {
+            let file = root.join("deps/x/mod.js");
+            std::fs::remove_file(&file).unwrap();
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &file,
+                FileType::Fifo,
+                Mode::from_raw_mode(0o644),
+                0,
+            )
+            .unwrap();
+        });
+        assert!(
+            matches!(
+                e,
+                PackError::Changed {
+                    why: "it was replaced",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_tree_a_restore_would_refuse_is_refused_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/b/c/d")).unwrap();
+        std::fs::write(root.join("a/b/c/d/f"), "x").unwrap();
+        let limits = |max_depth, max_entries| UnpackLimits {
+            max_depth,
+            max_entries,
+            ..UnpackLimits::DEFAULT
+        };
+        assert!(scan(root, &limits(5, 5)).is_ok());
+        let e = scan(root, &limits(4, 5)).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("the path depth limit (components): 4"),
+            "{text}"
+        );
+        assert!(text.contains("a/b/c/d/f"), "{text}");
+        let e = scan(root, &limits(5, 4)).unwrap_err().to_string();
+        assert!(e.contains("the entry limit"), "{e}");
+        assert!(e.contains("--max-entries"), "{e}");
     }
 }

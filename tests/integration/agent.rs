@@ -258,6 +258,53 @@ async fn snapshot_refuses_an_empty_or_cold_source_before_uploading() {
 }
 
 #[tokio::test]
+async fn snapshot_refuses_a_tree_a_restore_would_refuse_before_uploading() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+
+    // Deeper than a restore's depth limit (256 components).
+    let deep = tmp.path().join("deep");
+    let path = (0..300).fold(deep.clone(), |p, _| p.join("d"));
+    std::fs::create_dir_all(&path).unwrap();
+    std::fs::write(path.join("f"), "x").unwrap();
+    let out = snapshot(s3, &loc, &deep, 1);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("the path depth limit (components): 256")
+            && stderr.contains("no runner could restore it"),
+        "{stderr}"
+    );
+
+    // More entries than --max-entries, as runners would be told.
+    let many = tmp.path().join("many");
+    fixtures::rich_tree(&many, 100);
+    let out = run(sitecache(s3).args([
+        "snapshot",
+        "--source",
+        many.to_str().unwrap(),
+        "--url",
+        &loc.to_string(),
+        "--generation",
+        "1",
+        "--max-entries",
+        "5",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("the entry limit"), "{stderr}");
+
+    assert!(
+        s3.list_keys(&loc.bucket, &loc.prefix)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing may be uploaded for a refused snapshot"
+    );
+}
+
+#[tokio::test]
 async fn generations_are_immutable() {
     let s3 = support::s3().await;
     let loc = location(s3).await;

@@ -17,6 +17,7 @@
 //! Everything is created relative to a descriptor of the staging directory, so the kernel walks
 //! only the entry's own path, not the staging directory's.
 
+pub(super) mod budget;
 mod held;
 mod tree;
 mod write;
@@ -35,8 +36,9 @@ use rustix::fs::{Mode, OFlags};
 
 use super::entries::Entries;
 use super::policy;
+use budget::{Budget, OverLimit, Seen};
 use held::{Claim, HELD_BUDGET, Held};
-use tree::{Seen, Tree};
+use tree::Tree;
 use write::{At, kept_by_umask, process_umask, worker, write_file};
 
 /// Files up to this size are read into memory and written by a worker.
@@ -101,6 +103,8 @@ pub struct UnpackStats {
     pub dirs: u64,
     /// The most memory small files held at once on their way to the writers.
     pub held_peak: usize,
+    /// What the unpack counted against its limits.
+    pub budget: Budget,
 }
 
 /// Why an unpack stopped. The staging directory is then incomplete and must be discarded.
@@ -116,6 +120,15 @@ pub enum UnpackError {
     TooLarge { what: &'static str, limit: u64 },
     #[error("cancelled")]
     Cancelled,
+}
+
+impl From<OverLimit> for UnpackError {
+    fn from(o: OverLimit) -> Self {
+        UnpackError::TooLarge {
+            what: o.what,
+            limit: o.limit,
+        }
+    }
 }
 
 impl UnpackError {
@@ -238,8 +251,9 @@ impl Unpacker {
             "links and directory times applied"
         );
         let stats = UnpackStats {
-            entries: parse.tree.entries,
+            entries: parse.tree.budget.entries,
             dirs: parse.tree.dirs_created,
+            budget: parse.tree.budget,
             held_peak: held.peak(),
             ..parse.stats
         };
@@ -389,12 +403,7 @@ impl Parse<'_> {
                     let target = entry
                         .link
                         .ok_or_else(|| unsafe_entry(&raw, "symbolic link without a target"))?;
-                    if target.len() > limits.max_link {
-                        return Err(UnpackError::TooLarge {
-                            what: "the link target length limit (bytes)",
-                            limit: limits.max_link as u64,
-                        });
-                    }
+                    Budget::link(&target, &limits)?;
                     let link = Path::new(OsStr::from_bytes(&rel));
                     policy::symlink_target(link, &target).map_err(|e| unsafe_entry(&raw, e))?;
                     self.tree.hold(rel.len() + target.len(), &limits)?;

@@ -9,22 +9,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use foldhash::{HashMap, HashSet};
 use rustix::fs::Mode;
 
+use super::budget::{Budget, DIR_BYTES, Seen};
 use super::{At, UnpackError, UnpackLimits, unsafe_entry};
-
-/// What an archive path was, for duplicate, hard-link and below-a-link checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Seen {
-    Dir,
-    File,
-    Symlink,
-    HardLink,
-}
-
-/// Disk space a directory is counted for against the unpacked-size limit.
-pub const DIR_BYTES: u64 = 4096;
-
-/// Memory a path held costs beyond its bytes (a map slot, an allocation).
-const PATH_OVERHEAD: u64 = 64;
 
 #[derive(Default)]
 pub struct Tree {
@@ -35,72 +21,27 @@ pub struct Tree {
     /// Directories on disk, created by an entry or as a missing parent. Each one's ancestors are
     /// directories on disk too, so an entry whose parent is here is not below a link or a file.
     dirs: HashSet<OsString>,
-    /// Entries, implied directories included.
-    pub entries: u64,
     /// Directories created, implied ones included.
     pub dirs_created: u64,
-    /// Bytes of the paths held (entries and directories, links' targets).
-    path_bytes: u64,
-    /// Bytes on disk: regular files, and [`DIR_BYTES`] per directory.
-    disk_bytes: u64,
+    /// What the tree has counted against the limits.
+    pub budget: Budget,
 }
 
 impl Tree {
     /// Checks an entry's clean relative path against the path limits and counts it. Its parent
     /// must then be made ready with [`Tree::parent`].
     pub fn admit(&mut self, rel: &[u8], limits: &UnpackLimits) -> Result<(), UnpackError> {
-        if rel.len() > limits.max_path {
-            return Err(UnpackError::TooLarge {
-                what: "the path length limit (bytes)",
-                limit: limits.max_path as u64,
-            });
-        }
-        let depth = rel.iter().filter(|&&b| b == b'/').count() + 1;
-        if depth > limits.max_depth {
-            return Err(UnpackError::TooLarge {
-                what: "the path depth limit (components)",
-                limit: limits.max_depth as u64,
-            });
-        }
-        self.count_entry(limits)
+        Ok(self.budget.admit(rel, limits)?)
     }
 
-    fn count_entry(&mut self, limits: &UnpackLimits) -> Result<(), UnpackError> {
-        self.entries += 1;
-        if self.entries > limits.max_entries {
-            return Err(UnpackError::TooLarge {
-                what: "the entry limit (implied directories included)",
-                limit: limits.max_entries,
-            });
-        }
-        Ok(())
-    }
-
-    /// Counts `n` bytes more on disk, within the unpacked-size limit: called before they are
-    /// written (a file) or made (a directory).
+    /// Counts `n` bytes more on disk (see [`Budget::count_disk`]).
     pub fn count_disk(&mut self, n: u64, limits: &UnpackLimits) -> Result<(), UnpackError> {
-        match self.disk_bytes.checked_add(n) {
-            Some(total) if total <= limits.max_bytes => {
-                self.disk_bytes = total;
-                Ok(())
-            }
-            _ => Err(UnpackError::TooLarge {
-                what: "the unpacked size limit (bytes, directories at 4 KiB each)",
-                limit: limits.max_bytes,
-            }),
-        }
+        Ok(self.budget.count_disk(n, limits)?)
     }
 
     /// Counts a path of `n` bytes more held in memory (with its bookkeeping).
     pub fn hold(&mut self, n: usize, limits: &UnpackLimits) -> Result<(), UnpackError> {
-        self.path_bytes = self.path_bytes.saturating_add(n as u64 + PATH_OVERHEAD);
-        if self.path_bytes > limits.max_path_bytes {
-            return Err(UnpackError::TooLarge {
-                what: "the limit on the bytes of all paths (memory)",
-                limit: limits.max_path_bytes,
-            });
-        }
-        Ok(())
+        Ok(self.budget.hold(n, limits)?)
     }
 
     /// Records entry `rel` of kind `seen`. A second entry with the same path is refused, and so
@@ -156,7 +97,7 @@ impl Tree {
             end = ancestor.iter().rposition(|&b| b == b'/');
         }
         for &e in missing.iter().rev() {
-            self.count_entry(limits)?;
+            self.budget.count_entry(limits)?;
             self.create_dir(at, &rel[..e], 0o755, limits)?;
         }
         Ok(())

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::*;
 
 mod corpus;
+mod packed;
 mod props;
 
 /// A tar archive built entry by entry.

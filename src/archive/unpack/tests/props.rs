@@ -186,7 +186,7 @@ pub fn check_invariants(dir: &Path, limits: &UnpackLimits) -> Result<(), String>
                 links.entry(meta.ino()).or_insert((meta.nlink(), 0)).1 += 1;
             }
         } else if meta.is_dir() {
-            bytes += tree::DIR_BYTES;
+            bytes += budget::DIR_BYTES;
         } else {
             return Err(format!("{rel:?}: neither a file, a directory nor a link"));
         }
