@@ -419,7 +419,7 @@ async fn resolve(
         // tarball) by its own format's checks.
         let Some(n) = loc
             .generation_of_key(key)
-            .filter(|n| loc.archive_key(*n) == *key)
+            .filter(|n| loc.archive_token(*n, key).is_some())
         else {
             return Ok(Target {
                 key: key.clone(),
@@ -427,7 +427,14 @@ async fn resolve(
                 expected: None,
             });
         };
-        read_manifest(client, loc, n).await?
+        let manifest = read_manifest(client, loc, n).await?;
+        if manifest.archive_key != *key {
+            return Err(RestoreError::NotFound(format!(
+                "{key} is not what generation {n} committed ({} is)",
+                manifest.archive_key
+            )));
+        }
+        manifest
     } else if let Some(n) = args.generation {
         read_manifest(client, loc, n).await?
     } else {

@@ -4,6 +4,13 @@
 //! the tree's size, and the SHA-256 of the archive is computed on the way. The manifest, which
 //! commits the generation, is written last and only if the archive is complete; on any failure
 //! the multipart upload is aborted and nothing is committed.
+//!
+//! Each run is an *attempt* with a random token: it records itself
+//! (`generations/<n>/attempts/<token>`) before uploading, and writes its archive under its own
+//! key (`cache-<token>.tar.zst`), so two attempts of one generation (a Job's retry beside a pod
+//! that is not dead yet) never overwrite each other's bytes; the manifest commits one of them.
+//! What it committed goes to `--report-file` (the container's termination message), which is
+//! what the controller promotes.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +23,8 @@ use tokio::sync::mpsc;
 
 use super::StorageArgs;
 use crate::archive::{
-    self, FORMAT_TAR_ZSTD, FORMAT_VERSION, Manifest, PackError, PackStats, Tree, UnpackLimits,
+    self, FORMAT_TAR_ZSTD, FORMAT_VERSION, Manifest, PackError, PackStats, Report, Tree,
+    UnpackLimits,
 };
 use crate::storage::{self, Location, Part, StorageError, UploadError, UploadOptions};
 
@@ -66,6 +74,12 @@ pub struct SnapshotArgs {
     #[arg(long, env = "SITECACHE_MAX_ENTRIES", default_value_t = UnpackLimits::DEFAULT.max_entries, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_entries: u64,
 
+    /// Where to write what was committed (an [`archive::Report`], one line of JSON) or why
+    /// nothing was: the Job points it at the container's termination message, which only this
+    /// container can write and which the controller trusts over anything in the bucket.
+    #[arg(long, env = "SITECACHE_REPORT_FILE", value_name = "FILE")]
+    pub report_file: Option<PathBuf>,
+
     /// Parts uploading at once.
     #[arg(long, default_value_t = 4, hide = true)]
     pub upload_concurrency: usize,
@@ -105,6 +119,11 @@ pub enum SnapshotError {
     Manifest(StorageError),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    #[error("--report-file {path}: {source}")]
+    Report {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -122,6 +141,7 @@ impl SnapshotError {
             SnapshotError::Upload(_) | SnapshotError::SizeMismatch { .. } => "upload-failed",
             SnapshotError::Manifest(_) => "commit-failed",
             SnapshotError::Storage(_) => "storage-error",
+            SnapshotError::Report { .. } => "report-failed",
             SnapshotError::Internal(_) => "internal-error",
         }
     }
@@ -141,8 +161,32 @@ pub struct SnapshotReport {
     pub ms: u64,
 }
 
-/// Runs a snapshot.
+/// The most a termination message holds (kubelet reads no more).
+const REPORT_LIMIT: usize = 4096;
+
+/// Runs a snapshot and writes its report to `--report-file`.
 pub async fn run(args: SnapshotArgs) -> Result<SnapshotReport, SnapshotError> {
+    let report_file = args.report_file.clone();
+    let result = commit(args).await;
+    let Some(path) = report_file else {
+        return result.map(|(summary, _)| summary);
+    };
+    let line = match &result {
+        Ok((_, report)) => serde_json::to_string(report).expect("serializes"),
+        Err(e) => serde_json::json!({"kind": e.kind(), "error": e.to_string()}).to_string(),
+    };
+    let mut line = line.into_bytes();
+    line.truncate(REPORT_LIMIT);
+    let written = tokio::fs::write(&path, line).await;
+    match (result, written) {
+        (Ok((summary, _)), Ok(())) => Ok(summary),
+        (Ok(_), Err(source)) => Err(SnapshotError::Report { path, source }),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// Packs, uploads and commits; returns the result line and the report.
+async fn commit(args: SnapshotArgs) -> Result<(SnapshotReport, Report), SnapshotError> {
     let start = Instant::now();
     let limits = UnpackLimits {
         max_bytes: args.max_unpacked_bytes,
@@ -175,14 +219,53 @@ pub async fn run(args: SnapshotArgs) -> Result<SnapshotReport, SnapshotError> {
         });
     }
 
+    let token = storage::new_attempt_token();
+    let attempt = loc.attempt_marker_key(args.generation, &token);
+    let note = serde_json::json!({
+        "startedAt": jiff::Timestamp::now(),
+        "host": std::env::var("HOSTNAME").unwrap_or_default(),
+    });
+    storage::put_json(&client, &loc.bucket, &attempt, &note, true).await?;
+    let result = upload_and_commit(&client, &args, tree, &token).await;
+    if result.is_err() {
+        // Nothing of this attempt is committed: its objects go (best effort; retention and the
+        // SiteCache's deletion find what is left through the attempt's record).
+        let keys = [
+            loc.attempt_archive_key(args.generation, &token),
+            loc.attempt_legacy_key(args.generation, &token),
+            attempt,
+        ];
+        for key in keys {
+            if let Err(e) = storage::delete(&client, &loc.bucket, &key).await {
+                // The record stays while anything of the attempt may.
+                tracing::warn!(%key, error = %e, "could not delete this attempt's object");
+                break;
+            }
+        }
+    }
+    let (mut summary, report) = result?;
+    summary.ms = super::elapsed_ms(start);
+    Ok((summary, report))
+}
+
+/// Uploads the archive (and the legacy copy) of attempt `token`, then commits the manifest.
+async fn upload_and_commit(
+    client: &aws_sdk_s3::Client,
+    args: &SnapshotArgs,
+    tree: Tree,
+    token: &str,
+) -> Result<(SnapshotReport, Report), SnapshotError> {
+    let loc = &args.url;
+    let manifest_key = loc.manifest_key(args.generation);
     let tree = std::sync::Arc::new(tree);
-    let archive_key = loc.archive_key(args.generation);
+    let archive_key = loc.attempt_archive_key(args.generation, token);
+    tracing::info!(key = %archive_key, "uploading the archive");
     let level = args.level;
     let upload = UploadOptions {
         concurrency: args.upload_concurrency,
     };
     let (stats, size, sha256) = upload_packed(
-        &client,
+        client,
         &loc.bucket,
         &archive_key,
         "application/zstd",
@@ -201,10 +284,10 @@ pub async fn run(args: SnapshotArgs) -> Result<SnapshotReport, SnapshotError> {
     tracing::info!(key = %archive_key, size, files = stats.files, "archive uploaded");
 
     let legacy_archive_key = if args.legacy {
-        let key = loc.legacy_archive_key(args.generation);
+        let key = loc.attempt_legacy_key(args.generation, token);
         let tree = tree.clone();
         upload_packed(
-            &client,
+            client,
             &loc.bucket,
             &key,
             "application/gzip",
@@ -224,7 +307,7 @@ pub async fn run(args: SnapshotArgs) -> Result<SnapshotReport, SnapshotError> {
     };
 
     // The archive must be there, whole, before the manifest commits it.
-    let found = storage::head(&client, &loc.bucket, &archive_key)
+    let found = storage::head(client, &loc.bucket, &archive_key)
         .await?
         .map(|(size, _)| size)
         .unwrap_or(0);
@@ -250,7 +333,7 @@ pub async fn run(args: SnapshotArgs) -> Result<SnapshotReport, SnapshotError> {
         legacy_archive_key,
         writer: archive::writer(),
     };
-    storage::put_json(&client, &loc.bucket, &manifest_key, &manifest, true)
+    storage::put_json(client, &loc.bucket, &manifest_key, &manifest, true)
         .await
         .map_err(|e| match e {
             StorageError::AlreadyExists { key, .. } => SnapshotError::GenerationExists {
@@ -260,7 +343,7 @@ pub async fn run(args: SnapshotArgs) -> Result<SnapshotReport, SnapshotError> {
             other => SnapshotError::Manifest(other),
         })?;
     tracing::info!(key = %manifest_key, "generation committed");
-    Ok(SnapshotReport {
+    let summary = SnapshotReport {
         ok: true,
         generation: args.generation,
         key: archive_key,
@@ -268,8 +351,9 @@ pub async fn run(args: SnapshotArgs) -> Result<SnapshotReport, SnapshotError> {
         sha256,
         files: stats.files,
         uncompressed_bytes: stats.uncompressed_bytes,
-        ms: super::elapsed_ms(start),
-    })
+        ms: 0,
+    };
+    Ok((summary, Report::of(&manifest)))
 }
 
 async fn scan_source(

@@ -70,6 +70,78 @@ pub struct Manifest {
     pub writer: String,
 }
 
+/// What a snapshot container reports in its termination message when it has committed a
+/// generation: the manifest's fields that say which bytes were committed. The controller promotes
+/// a generation only when the manifest in the bucket says the same, so an object replaced in the
+/// bucket after the snapshot wrote it is never promoted under the snapshot's name. Free-form
+/// fields (the source revision) are left out: a termination message holds 4 KiB at most.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub generation: u64,
+    pub archive_key: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub files: u64,
+    pub entries: u64,
+    pub uncompressed_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_archive_key: Option<String>,
+}
+
+impl Report {
+    /// The report of a committed manifest.
+    pub fn of(m: &Manifest) -> Report {
+        Report {
+            generation: m.generation,
+            archive_key: m.archive_key.clone(),
+            size_bytes: m.size_bytes,
+            sha256: m.sha256.clone(),
+            files: m.files,
+            entries: m.entries,
+            uncompressed_bytes: m.uncompressed_bytes,
+            legacy_archive_key: m.legacy_archive_key.clone(),
+        }
+    }
+
+    /// The first field where `m` says something else than this report: (field, manifest's,
+    /// report's).
+    pub fn differs_from(&self, m: &Manifest) -> Option<(&'static str, String, String)> {
+        let theirs = Report::of(m);
+        let fields: [(&'static str, String, String); 8] = [
+            (
+                "generation",
+                theirs.generation.to_string(),
+                self.generation.to_string(),
+            ),
+            ("archiveKey", theirs.archive_key, self.archive_key.clone()),
+            (
+                "sizeBytes",
+                theirs.size_bytes.to_string(),
+                self.size_bytes.to_string(),
+            ),
+            ("sha256", theirs.sha256, self.sha256.clone()),
+            ("files", theirs.files.to_string(), self.files.to_string()),
+            (
+                "entries",
+                theirs.entries.to_string(),
+                self.entries.to_string(),
+            ),
+            (
+                "uncompressedBytes",
+                theirs.uncompressed_bytes.to_string(),
+                self.uncompressed_bytes.to_string(),
+            ),
+            (
+                "legacyArchiveKey",
+                format!("{:?}", theirs.legacy_archive_key),
+                format!("{:?}", self.legacy_archive_key),
+            ),
+        ];
+        fields.into_iter().find(|(_, a, b)| a != b)
+    }
+}
+
 /// `P/current.json`: the promoted generation, a copy of its manifest plus when it was promoted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::config::{Settings, Target};
 use super::rebuild::RebuildReason;
+use super::report::{REPORT_PATH, SNAPSHOT_CONTAINER};
 use crate::api::SiteCache;
 
 /// `app.kubernetes.io/managed-by` of every snapshot Job: what the controller and tools select.
@@ -182,7 +183,19 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
     if spec.legacy.is_some() {
         args.push("--legacy".into());
     }
-    let snapshot = agent_container("snapshot", inputs.settings, args, storage_env, mount);
+    args.extend(["--report-file".into(), REPORT_PATH.into()]);
+    let snapshot = Container {
+        // What the controller promotes (see `report`).
+        termination_message_path: Some(REPORT_PATH.into()),
+        termination_message_policy: Some("File".into()),
+        ..agent_container(
+            SNAPSHOT_CONTAINER,
+            inputs.settings,
+            args,
+            storage_env,
+            mount,
+        )
+    };
 
     let timeout = inputs.timeout.as_secs().max(1);
     Job {
@@ -334,6 +347,8 @@ pub enum Base {
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobView {
     pub name: String,
+    /// Empty for a Job the status names that is gone.
+    pub uid: String,
     pub generation: u64,
     pub request: Option<String>,
     pub base: Base,
@@ -378,6 +393,7 @@ impl JobView {
         };
         Some(JobView {
             name: job.name_any(),
+            uid: job.uid().unwrap_or_default(),
             generation,
             request: annotation(REQUEST_ANNOTATION),
             base,
@@ -518,7 +534,11 @@ mod tests {
         assert_eq!(
             snap.args.as_ref().unwrap().join(" "),
             "snapshot --source /deno-dir --url s3://caches/shop/ --generation 5 --level 5 \
-             --min-files 100 --source-revision abc --legacy"
+             --min-files 100 --source-revision abc --legacy --report-file /dev/termination-log"
+        );
+        assert_eq!(
+            snap.termination_message_path.as_deref(),
+            Some("/dev/termination-log")
         );
         let env: Vec<_> = snap
             .env

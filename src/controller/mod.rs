@@ -24,6 +24,7 @@ pub mod objects;
 pub mod queue;
 pub mod rebuild;
 mod reconcile;
+pub mod report;
 pub mod schedule;
 mod server;
 pub mod status;

@@ -22,6 +22,18 @@ pub fn claimed_by_marker(key: &str) -> Option<&str> {
     (prefix.is_empty() || prefix.ends_with('/')).then_some(prefix)
 }
 
+/// A new random attempt token: 16 lower-case hex digits.
+pub fn new_attempt_token() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// Whether `t` is an attempt token (16 lower-case hex digits).
+pub fn is_attempt_token(t: &str) -> bool {
+    t.len() == 16
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// A bucket and a key prefix: where one site's objects live.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Location {
@@ -61,9 +73,63 @@ impl Location {
         format!("{}generations/{generation:020}/", self.prefix)
     }
 
-    /// The archive of generation `n`.
+    /// The archive of generation `n` as snapshots before attempt keys wrote it (still read).
     pub fn archive_key(&self, generation: u64) -> String {
         format!("{}cache.tar.zst", self.generation_prefix(generation))
+    }
+
+    /// `P/generations/<n>/attempts/<token>`: written by a snapshot attempt before it uploads
+    /// anything, so that its objects (complete or not) can be found by listing.
+    pub fn attempt_marker_key(&self, generation: u64, token: &str) -> String {
+        format!("{}attempts/{token}", self.generation_prefix(generation))
+    }
+
+    /// The archive that snapshot attempt `token` of generation `n` writes: each attempt writes
+    /// its own, so two attempts of one generation never overwrite each other's bytes.
+    pub fn attempt_archive_key(&self, generation: u64, token: &str) -> String {
+        format!(
+            "{}cache-{token}.tar.zst",
+            self.generation_prefix(generation)
+        )
+    }
+
+    /// The legacy gzip copy that snapshot attempt `token` of generation `n` writes.
+    pub fn attempt_legacy_key(&self, generation: u64, token: &str) -> String {
+        format!(
+            "{}legacy-{token}.tar.gz",
+            self.generation_prefix(generation)
+        )
+    }
+
+    /// The generation and token of an attempt marker's key.
+    pub fn attempt_of_marker<'k>(&self, key: &'k str) -> Option<(u64, &'k str)> {
+        let n = self.generation_of_key(key)?;
+        let token = key
+            .strip_prefix(&self.generation_prefix(n))?
+            .strip_prefix("attempts/")?;
+        is_attempt_token(token).then_some((n, token))
+    }
+
+    /// The attempt token in an archive key of generation `n`: `Some(None)` for the key without
+    /// one (written before attempt keys), `None` if `key` is no archive key of generation `n`.
+    pub fn archive_token<'k>(&self, generation: u64, key: &'k str) -> Option<Option<&'k str>> {
+        if key == self.archive_key(generation) {
+            return Some(None);
+        }
+        let token = key
+            .strip_prefix(&self.generation_prefix(generation))?
+            .strip_prefix("cache-")?
+            .strip_suffix(".tar.zst")?;
+        is_attempt_token(token).then_some(Some(token))
+    }
+
+    /// The legacy key that goes with the archive of the attempt `token` (`None`: the key
+    /// without one).
+    pub fn legacy_key_for(&self, generation: u64, token: Option<&str>) -> String {
+        match token {
+            Some(t) => self.attempt_legacy_key(generation, t),
+            None => self.legacy_archive_key(generation),
+        }
     }
 
     /// The manifest of generation `n`: written last, it commits the generation.
@@ -219,6 +285,26 @@ mod tests {
         assert_eq!(loc.generation_of_key(&loc.archive_key(12)), Some(12));
         assert_eq!(loc.generation_of_key("shop/current.json"), None);
         assert_eq!(loc.generation_of_key("shop/generations/x1/a"), None);
+        let t = "0123456789abcdef";
+        let archive = loc.attempt_archive_key(7, t);
+        assert_eq!(
+            archive,
+            "shop/generations/00000000000000000007/cache-0123456789abcdef.tar.zst"
+        );
+        assert_eq!(loc.archive_token(7, &archive), Some(Some(t)));
+        assert_eq!(loc.archive_token(7, &loc.archive_key(7)), Some(None));
+        assert_eq!(loc.archive_token(8, &archive), None);
+        let other = "shop/generations/00000000000000000007/cache-../../x.tar.zst";
+        assert_eq!(loc.archive_token(7, other), None);
+        assert_eq!(
+            loc.legacy_key_for(7, Some(t)),
+            "shop/generations/00000000000000000007/legacy-0123456789abcdef.tar.gz"
+        );
+        let marker = loc.attempt_marker_key(7, t);
+        assert_eq!(loc.attempt_of_marker(&marker), Some((7, t)));
+        assert_eq!(loc.attempt_of_marker(&archive), None);
+        assert!(is_attempt_token(&new_attempt_token()));
+        assert_ne!(new_attempt_token(), new_attempt_token());
         // Zero-padding makes lexical order numeric order.
         assert!(loc.archive_key(9) < loc.archive_key(10));
     }

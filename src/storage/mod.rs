@@ -19,7 +19,8 @@ use serde::de::DeserializeOwned;
 
 pub use download::{DownloadOptions, ranged_download};
 pub use location::{
-    Location, LocationError, OWNER_MARKER, claimed_by_marker, parent_prefixes, validate_prefix,
+    Location, LocationError, OWNER_MARKER, claimed_by_marker, is_attempt_token, new_attempt_token,
+    parent_prefixes, validate_prefix,
 };
 pub use upload::{Part, UploadError, UploadOptions, multipart_upload};
 
@@ -410,6 +411,21 @@ pub async fn head(
         ))),
         Err(e) => match StorageError::from_sdk("HEAD", bucket, key, e) {
             StorageError::NotFound { .. } => Ok(None),
+            other => Err(other),
+        },
+    }
+}
+
+/// Deletes an object (deleting one that does not exist succeeds).
+pub async fn delete(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<(), StorageError> {
+    match client.delete_object().bucket(bucket).key(key).send().await {
+        Ok(_) => Ok(()),
+        Err(e) => match StorageError::from_sdk("DELETE", bucket, key, e) {
+            StorageError::NotFound { .. } => Ok(()),
             other => Err(other),
         },
     }

@@ -304,6 +304,94 @@ async fn snapshot_refuses_a_tree_a_restore_would_refuse_before_uploading() {
     );
 }
 
+/// Two attempts of one generation, as a Job's retry beside a pod that is not dead yet: attempt A
+/// is paused mid-upload while B commits, then finishes. The committed manifest and the archive it
+/// names are B's, whole: A's bytes went elsewhere and are removed.
+#[tokio::test]
+async fn two_attempts_of_one_generation_never_mix_archive_and_manifest() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    fixtures::rich_tree(&a, 1000);
+    std::fs::write(a.join("large"), fixtures::noise(48 << 20, 7)).unwrap();
+    fixtures::rich_tree(&b, 2000);
+
+    let mut slow = sitecache(s3)
+        .args([
+            "snapshot",
+            "--source",
+            a.to_str().unwrap(),
+            "--url",
+            &loc.to_string(),
+            "--generation",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let uploads = s3
+            .client()
+            .list_multipart_uploads()
+            .bucket(&loc.bucket)
+            .send()
+            .await
+            .unwrap();
+        if !uploads.uploads().is_empty() {
+            break;
+        }
+        assert!(
+            slow.try_wait().unwrap().is_none(),
+            "attempt A ended before it could be paused"
+        );
+        assert!(Instant::now() < deadline, "attempt A started no upload");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = slow.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let out = snapshot(s3, &loc, &b, 1);
+    assert!(out.status.success(), "attempt B: {}", text(&out.stderr));
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = slow.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "attempt A: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let manifest = committed(s3, &loc, 1).await;
+    let keys = s3.list_keys(&loc.bucket, &loc.prefix).await.unwrap();
+    let archives: Vec<_> = keys.iter().filter(|k| k.contains(".tar.")).collect();
+    assert_eq!(archives, [&manifest.archive_key], "A's archive is removed");
+    promote(s3, &loc, 1).await;
+    let dest = tmp.path().join("dest");
+    let (out, line) = restore(s3, &loc, &dest, &["--strict"]);
+    assert_eq!(line["ok"], true, "{line} {}", text(&out.stderr));
+    fixtures::assert_same_tree(&b, &dest);
+}
+
 #[tokio::test]
 async fn generations_are_immutable() {
     let s3 = support::s3().await;
@@ -384,8 +472,17 @@ fn assert_untouched(dest: &Path) {
     assert_eq!(siblings.len(), 1, "staging left beside DEST: {siblings:?}");
 }
 
+/// The manifest generation `n` committed.
+pub(crate) async fn committed(s3: &S3Server, loc: &Location, n: u64) -> Manifest {
+    let bytes = s3
+        .get_bytes(&loc.bucket, &loc.manifest_key(n))
+        .await
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
 async fn replace_archive(s3: &S3Server, loc: &Location, n: u64, data: Vec<u8>) {
-    put(s3, loc, &loc.archive_key(n), data).await;
+    put(s3, loc, &committed(s3, loc, n).await.archive_key, data).await;
 }
 
 /// Writes an object in the location's bucket.
@@ -401,9 +498,8 @@ pub(crate) async fn put(s3: &S3Server, loc: &Location, key: &str, data: Vec<u8>)
 }
 
 async fn archive_bytes(s3: &S3Server, loc: &Location, n: u64) -> Vec<u8> {
-    s3.get_bytes(&loc.bucket, &loc.archive_key(n))
-        .await
-        .unwrap()
+    let key = committed(s3, loc, n).await.archive_key;
+    s3.get_bytes(&loc.bucket, &key).await.unwrap()
 }
 
 #[tokio::test]
@@ -488,7 +584,7 @@ async fn truncated_grown_or_missing_archive_is_refused_and_leaves_dest_untouched
                 s3.client()
                     .delete_object()
                     .bucket(&loc.bucket)
-                    .key(loc.archive_key(1))
+                    .key(committed(s3, &loc, 1).await.archive_key)
                     .send()
                     .await
                     .unwrap();
@@ -615,12 +711,12 @@ async fn s3_killed_mid_upload_commits_nothing() {
     assert!(stderr.contains("snapshot failed"), "{stderr}");
 
     s3.restart().await.unwrap();
+    // The attempt's record may stay (it could not be deleted with the server down): it is how
+    // the controller finds what the attempt left.
+    let keys = s3.list_keys(&loc.bucket, &loc.prefix).await.unwrap();
     assert!(
-        s3.list_keys(&loc.bucket, &loc.prefix)
-            .await
-            .unwrap()
-            .is_empty(),
-        "no archive and no manifest may exist after a failed upload"
+        keys.iter().all(|k| k.contains("/attempts/")),
+        "no archive and no manifest may exist after a failed upload: {keys:?}"
     );
 }
 
@@ -645,7 +741,7 @@ async fn restore_hostile(tar: Vec<u8>) -> (Value, tempfile::TempDir) {
         legacy_archive_key: None,
         writer: "test".into(),
     };
-    replace_archive(s3, &loc, 1, archive).await;
+    put(s3, &loc, &loc.archive_key(1), archive).await;
     sitecache::storage::put_json(
         &s3.client(),
         &loc.bucket,
@@ -849,7 +945,7 @@ async fn legacy_copy_restores_with_the_old_runner_command() {
         "--legacy",
     ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let key = loc.legacy_archive_key(1);
+    let key = committed(s3, &loc, 1).await.legacy_archive_key.unwrap();
     let data = s3.get_bytes(&loc.bucket, &key).await.unwrap();
     // `tar -xzf - -C /` in a scratch root.
     let root = tmp.path().join("root");

@@ -42,6 +42,7 @@ impl Prefix<'_> {
         let mut removed = Removed::default();
         for &n in generations {
             let keys = self.ours(self.list(&self.location.generation_prefix(n)).await?);
+            self.abort_attempts(&keys, &[]).await?;
             removed += self.delete_keys(&keys).await?;
         }
         Ok(removed)
@@ -72,6 +73,7 @@ impl Prefix<'_> {
             self.abort_uploads(&self.location.archive_key(n), &foreign)
                 .await?;
         }
+        self.abort_attempts(&keys, &foreign).await?;
         let mut removed = self.delete_keys(&keys).await?;
         let left = self.ours(self.list(&self.location.prefix).await?);
         if left.iter().any(|(k, _)| *k != marker) {
@@ -85,6 +87,24 @@ impl Prefix<'_> {
             return Ok(None);
         }
         Ok(Some(removed))
+    }
+
+    /// Aborts the unfinished uploads of the snapshot attempts whose records are among `keys`
+    /// (asked by exact key, which every store answers).
+    async fn abort_attempts(
+        &self,
+        keys: &[(String, u64)],
+        foreign: &[String],
+    ) -> Result<(), StorageError> {
+        for (key, _) in keys {
+            if let Some((n, token)) = self.location.attempt_of_marker(key) {
+                self.abort_uploads(&self.location.attempt_archive_key(n, token), foreign)
+                    .await?;
+                self.abort_uploads(&self.location.attempt_legacy_key(n, token), foreign)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Aborts every unfinished multipart upload the store lists for `prefix` (every page), but

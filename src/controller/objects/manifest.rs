@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 
 use super::Prefix;
-use crate::archive::{Current, FORMAT_TAR_ZSTD, FORMAT_VERSION, Manifest};
+use crate::archive::{Current, FORMAT_TAR_ZSTD, FORMAT_VERSION, Manifest, Report};
 use crate::storage::{self, Location, StorageError};
 
 /// Why a finished snapshot is not promoted.
@@ -31,6 +31,23 @@ pub enum Rejection {
         field: &'static str,
         found: String,
         expected: String,
+    },
+    #[error(
+        "Job {job} succeeded, but its snapshot container reported nothing (its pods are gone, or \
+         it wrote no report): nothing in the bucket is promoted on its word alone"
+    )]
+    NotReported { job: String },
+    #[error("the pods of Job {job} reported different commits: none is promoted")]
+    ConflictingReports { job: String },
+    #[error(
+        "the manifest of generation {generation} says {field} {found}, but the snapshot container \
+         reported {reported}: the bucket was changed after the snapshot wrote it"
+    )]
+    NotAsReported {
+        generation: u64,
+        field: &'static str,
+        found: String,
+        reported: String,
     },
     #[error("the archive {key} is missing")]
     NoArchive { key: String },
@@ -56,6 +73,9 @@ impl Rejection {
             Rejection::Malformed { .. } => "ManifestMalformed",
             Rejection::UnknownFormat { .. } => "UnknownFormat",
             Rejection::WrongManifest { .. } => "ManifestMismatch",
+            Rejection::NotReported { .. } => "SnapshotNotReported",
+            Rejection::ConflictingReports { .. } => "SnapshotReportsConflict",
+            Rejection::NotAsReported { .. } => "ManifestNotAsReported",
             Rejection::NoArchive { .. } => "ArchiveMissing",
             Rejection::SizeMismatch { .. } => "ArchiveSizeMismatch",
             Rejection::TooFewFiles { .. } => "TooFewFiles",
@@ -108,12 +128,15 @@ pub fn check_manifest(manifest: &Manifest, location: &Location, n: u64) -> Resul
     if manifest.generation != n {
         return wrong("generation", manifest.generation.to_string(), n.to_string());
     }
-    let archive = location.archive_key(n);
-    if manifest.archive_key != archive {
-        return wrong("archiveKey", manifest.archive_key.clone(), archive);
-    }
+    let Some(token) = location.archive_token(n, &manifest.archive_key) else {
+        return wrong(
+            "archiveKey",
+            manifest.archive_key.clone(),
+            location.attempt_archive_key(n, "<token>"),
+        );
+    };
     if let Some(legacy) = &manifest.legacy_archive_key {
-        let expected = location.legacy_archive_key(n);
+        let expected = location.legacy_key_for(n, token);
         if *legacy != expected {
             return wrong("legacyArchiveKey", legacy.clone(), expected);
         }
@@ -175,16 +198,26 @@ impl Prefix<'_> {
         ))
     }
 
-    /// Checks that generation `n` is committed, complete and big enough to promote.
+    /// Checks that generation `n` is committed as its snapshot container `reported`, complete
+    /// and big enough to promote.
     pub async fn verify(
         &self,
         n: u64,
+        reported: &Report,
         min_files: u64,
     ) -> Result<Result<Manifest, Rejection>, StorageError> {
         let manifest = match self.manifest(n).await? {
             Ok(m) => m,
             Err(rejection) => return Ok(Err(rejection)),
         };
+        if let Some((field, found, reported)) = reported.differs_from(&manifest) {
+            return Ok(Err(Rejection::NotAsReported {
+                generation: n,
+                field,
+                found,
+                reported,
+            }));
+        }
         let key = manifest.archive_key.clone();
         match storage::head(self.client, self.bucket(), &key).await? {
             None => return Ok(Err(Rejection::NoArchive { key })),

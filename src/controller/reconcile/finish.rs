@@ -3,7 +3,10 @@
 //! it, and from then on the Job is behind the status's watermark ([`handled_through`]) however
 //! long it stays in the watch cache and whatever Job runs after it.
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
 
 use super::{Announcement, Run};
@@ -13,6 +16,7 @@ use crate::controller::error::Error;
 use crate::controller::job::{Base, JobState, JobView};
 use crate::controller::objects::{Prefix, Rejection};
 use crate::controller::rebuild::growth_after;
+use crate::controller::report::{JOB_UID_LABEL, Reported, reported};
 use crate::controller::status::generation_info;
 use crate::controller::validate::Validated;
 
@@ -71,6 +75,7 @@ impl Run<'_> {
             Some(view) => view,
             None => JobView {
                 name: last.job.clone(),
+                uid: String::new(),
                 generation: last.generation,
                 request: None,
                 base: Base::Unknown,
@@ -111,38 +116,61 @@ impl Run<'_> {
         let failure = match &job.state {
             JobState::Failed {
                 reason, message, ..
-            } => Some((
-                reason.clone(),
-                format!("Job {} failed: {message}", job.name),
-            )),
-            _ => match prefix
-                .verify(job.generation, self.sc.spec.snapshot.min_files)
-                .await?
-            {
-                Ok(manifest) => {
-                    self.promote(job, &manifest, prefix, spec).await?;
-                    None
-                }
-                Err(Rejection::NoManifest(_)) if job.state == JobState::Vanished => Some((
+            } => {
+                let said = match self.reported(job).await? {
+                    Reported::Failed(error) => format!("; the snapshot said: {error}"),
+                    _ => String::new(),
+                };
+                Some((
+                    reason.clone(),
+                    format!("Job {} failed: {message}{said}", job.name),
+                ))
+            }
+            // Its pods went with it: what it committed cannot be trusted, and is not kept.
+            JobState::Vanished => {
+                self.expire(job.generation);
+                Some((
                     "JobLost".to_owned(),
                     format!(
-                        "Job {} disappeared before it committed generation {}",
+                        "Job {} disappeared before its result was handled; generation {} is not \
+                         promoted",
                         job.name, job.generation
                     ),
-                )),
-                Err(rejection) => {
-                    // Never promoted, never kept: retention deletes a rejected generation's
-                    // objects (step 6).
-                    self.expire(job.generation);
-                    Some((
-                        rejection.reason().to_owned(),
-                        format!(
-                            "generation {} was not promoted: {rejection}",
-                            job.generation
-                        ),
-                    ))
+                ))
+            }
+            _ => {
+                let checked = match self.reported(job).await? {
+                    Reported::Committed(report) => {
+                        prefix
+                            .verify(job.generation, &report, self.sc.spec.snapshot.min_files)
+                            .await?
+                    }
+                    Reported::Conflicting => Err(Rejection::ConflictingReports {
+                        job: job.name.clone(),
+                    }),
+                    Reported::Failed(_) | Reported::Nothing => Err(Rejection::NotReported {
+                        job: job.name.clone(),
+                    }),
+                };
+                match checked {
+                    Ok(manifest) => {
+                        self.promote(job, &manifest, prefix, spec).await?;
+                        None
+                    }
+                    Err(rejection) => {
+                        // Never promoted, never kept: retention deletes a rejected generation's
+                        // objects (step 6).
+                        self.expire(job.generation);
+                        Some((
+                            rejection.reason().to_owned(),
+                            format!(
+                                "generation {} was not promoted: {rejection}",
+                                job.generation
+                            ),
+                        ))
+                    }
                 }
-            },
+            }
         };
         let result = match &failure {
             None => SnapshotResult::Succeeded,
@@ -185,6 +213,23 @@ impl Run<'_> {
             self.status.consecutive_failures = 0;
         }
         Ok(())
+    }
+
+    /// What the Job's snapshot container reported, from its pods' termination messages.
+    async fn reported(&self, job: &JobView) -> Result<Reported, Error> {
+        if job.uid.is_empty() {
+            return Ok(Reported::Nothing);
+        }
+        let pods: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            &self.sc.namespace().unwrap_or_default(),
+        );
+        let selector = format!("{JOB_UID_LABEL}={}", job.uid);
+        let pods = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(Error::kube("list snapshot pods"))?;
+        Ok(reported(&pods.items, &job.uid))
     }
 
     /// Promotes a verified generation (if it is newer than the current one) and lists it first

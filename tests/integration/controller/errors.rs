@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use sitecache::api::{Phase, SnapshotResult};
 
-use super::harness::{Harness, Options, cond, condition, current, warm};
+use super::harness::{Harness, Options, cond, condition, current, report_of, report_script, warm};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -70,10 +70,7 @@ async fn malformed_and_unknown_manifests_are_rejected_not_waited_on() {
     h.create("shop", json!({"site": "shop", "warm": warm("", 2)}))
         .await;
     h.wait_promoted("shop", 1).await;
-    let archive = h
-        .get("shop/generations/00000000000000000001/cache.tar.zst")
-        .await
-        .unwrap();
+    let archive = h.get(&h.archive_key_of("shop/", 1).await).await.unwrap();
     let cases = [
         (
             2,
@@ -92,7 +89,9 @@ async fn malformed_and_unknown_manifests_are_rejected_not_waited_on() {
         h.put(&format!("{prefix}cache.tar.zst"), archive.clone())
             .await;
         h.put(&format!("{prefix}manifest.json"), manifest).await;
-        h.create_job("shop", n, "true").await;
+        let key = format!("{prefix}cache.tar.zst");
+        h.create_job("shop", n, &report_script(&report_of(n, &key, &archive)))
+            .await;
         let sc = h
             .wait("shop", &format!("rejecting generation {n}"), MINUTE, |sc| {
                 sc.status

@@ -364,6 +364,16 @@ impl Harness {
             .unwrap_or_else(|e| panic!("create Job {name}-g{generation}: {e}"));
     }
 
+    /// The archive key generation `n` under `prefix` committed (its manifest's).
+    pub async fn archive_key_of(&self, prefix: &str, n: u64) -> String {
+        let manifest = self
+            .get(&format!("{prefix}generations/{n:020}/manifest.json"))
+            .await
+            .unwrap_or_else(|| panic!("generation {n} under {prefix} is not committed"));
+        let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+        manifest["archiveKey"].as_str().unwrap().to_owned()
+    }
+
     /// Writes an object into the test's bucket.
     pub async fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
         self.s3()
@@ -607,6 +617,22 @@ pub fn condition_reason<'a>(sc: &'a SiteCache, type_: &str) -> Option<&'a str> {
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| c.reason.as_str())
+}
+
+/// A script that reports `report` as a snapshot container does, in its termination message
+/// (the job runner maps `/dev/termination-log` to the container's own file).
+pub fn report_script(report: &Value) -> String {
+    format!("printf '%s' '{report}' > /dev/termination-log")
+}
+
+/// A report of generation `n` as a snapshot of `archive` at `key` would make it.
+pub fn report_of(n: u64, key: &str, archive: &[u8]) -> Value {
+    use sha2::Digest;
+    json!({
+        "generation": n, "archiveKey": key, "sizeBytes": archive.len(),
+        "sha256": hex::encode(sha2::Sha256::digest(archive)),
+        "files": 2, "entries": 3, "uncompressedBytes": 10,
+    })
 }
 
 /// A warm step for the host: writes `files` files into `$DENO_DIR` (the runner maps the cache

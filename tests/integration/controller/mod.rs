@@ -11,3 +11,4 @@ mod lifecycle;
 mod prefixes;
 mod retries;
 mod status_write;
+mod trust;

@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sitecache::api::SnapshotResult;
 
-use super::harness::{Harness, Options, cond, condition, condition_reason, current, warm};
+use super::harness::{
+    Harness, Options, cond, condition, condition_reason, current, report_of, report_script, warm,
+};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -170,14 +172,15 @@ async fn a_manifest_naming_a_key_outside_its_generation_is_rejected() {
     manifest["generation"] = json!(2);
     manifest["archiveKey"] = json!(format!("{g2}cache.tar.zst"));
     manifest["legacyArchiveKey"] = json!("victim/current.json");
-    let archive = h.get(&format!("{g1}cache.tar.zst")).await.unwrap();
-    h.put(&format!("{g2}cache.tar.zst"), archive).await;
+    let archive = h.get(&h.archive_key_of("shop/", 1).await).await.unwrap();
+    h.put(&format!("{g2}cache.tar.zst"), archive.clone()).await;
     h.put(
         &format!("{g2}manifest.json"),
         serde_json::to_vec(&manifest).unwrap(),
     )
     .await;
-    h.create_job("shop", 2, "true").await;
+    let report = report_of(2, &format!("{g2}cache.tar.zst"), &archive);
+    h.create_job("shop", 2, &report_script(&report)).await;
 
     let sc = h
         .wait("shop", "rejecting generation 2", MINUTE, |sc| {

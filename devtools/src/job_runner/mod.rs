@@ -36,6 +36,21 @@
 //!   `DENO_DIR=/cache`, `PATH=/bin:/cache/bin` and `sh -c 'echo hi > /cache/x'` all reach the host
 //!   directory, while `/var/cache` and `/cache-old` are left alone; a program that builds the path
 //!   some other way does not find the volume. Other volume kinds fail the attempt.
+//! - **Termination messages.** Each container gets an empty file of its own that stands for its
+//!   `terminationMessagePath` (default `/dev/termination-log`), which is rewritten like a mount
+//!   path (`attempt-<k>-<container>.termination-log`). When the container exits, its first 4 KiB
+//!   (or, with `FallbackToLogsOnError`, a failure and an empty file, the end of its log) become its
+//!   termination message, as kubelet does.
+//! - **Pods.** Each attempt is a Pod object, as the Job controller creates it: the template's labels
+//!   plus `batch.kubernetes.io/controller-uid`, `batch.kubernetes.io/job-name` (and the legacy
+//!   `controller-uid`, `job-name`), a controller reference to the Job, `generateName: <job>-`, and
+//!   `spec.nodeName: sitecache-job-runner` (no Node object exists). Its status is written as kubelet
+//!   would: `Running` with `startTime`, then `Succeeded` or `Failed` with a terminated state per
+//!   container that ran (exit code, 128 + the signal for a killed one, the termination message),
+//!   before the Job's status counts it. A pod of an attempt stopped by the deadline or of a Job
+//!   that is deleted is deleted (the Job controller and the garbage collector do that); a pod the
+//!   API server refuses (an admission plugin) fails the attempt, where the Job controller would
+//!   retry creating it.
 //! - **Logs.** stdout and stderr go to `<work_dir>/<namespace>/<job>/attempt-<k>-<container>.log`
 //!   ([`JobRunner::log_dir`]); the runner appends its own notes (why it killed a process, why an
 //!   attempt could not start) as lines starting with `[job runner]`. Pod-level problems go to
@@ -78,24 +93,24 @@
 //! `successPolicy`, `backoffLimitPerIndex`, `ttlSecondsAfterFinished` (ignored: no TTL controller
 //! deletes finished Jobs; a warning is logged for the others); `restartPolicy: OnFailure` (run as `Never`: each failure is a new
 //! attempt and counts in `failed`); suspending a running Job (the running attempt goes on); no
-//! Pod objects and no Events are created; resources, probes, security contexts, service accounts
+//! Events are created; resources, probes, security contexts, service accounts
 //! and image pulls are ignored.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -104,6 +119,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::process::{TiedGroup, spawn_tied_async};
+
+mod plan;
+mod pod;
+
+use plan::{Prepared, plan_pod};
+use pod::ContainerEnd;
 
 /// Delay between a failed attempt and the next one.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -474,6 +495,7 @@ async fn run_job(shared: Arc<Shared>, job: Arc<Job>, rx: watch::Receiver<Update>
     };
     let mut task = JobTask {
         api: Api::namespaced(shared.client.clone(), &namespace),
+        pods: Api::namespaced(shared.client.clone(), &namespace),
         dir: job_dir(&shared.config.work_dir, &namespace, &name),
         shared,
         namespace,
@@ -526,6 +548,7 @@ async fn run_job(shared: Arc<Shared>, job: Arc<Job>, rx: watch::Receiver<Update>
 struct JobTask {
     shared: Arc<Shared>,
     api: Api<Job>,
+    pods: Api<Pod>,
     namespace: String,
     name: String,
     uid: String,
@@ -682,7 +705,7 @@ impl JobTask {
         }
     }
 
-    /// Runs attempt `k` of the current pod template.
+    /// Runs attempt `k` of the current pod template, as a Pod object whose status follows it.
     async fn attempt(&mut self, k: i32, start: Timestamp) -> Result<AttemptEnd, End> {
         let job = self.w.job.clone();
         if let Err(e) = std::fs::create_dir_all(&self.dir) {
@@ -700,12 +723,135 @@ impl JobTask {
                 return Ok(AttemptEnd::Failed(e.message));
             }
         };
+        let pod = match self.create_pod(&job).await? {
+            Ok(pod) => pod,
+            Err(message) => {
+                note(&self.dir.join(format!("attempt-{k}-pod.log")), &message);
+                return Ok(AttemptEnd::Failed(message));
+            }
+        };
+        let result = self.run_pod(&plan, &pod, start).await;
+        if matches!(result, Err(_) | Ok(AttemptEnd::Stopped(_))) {
+            // Deleted, as the Job controller deletes the pods of a Job past its deadline and
+            // the garbage collector those of a deleted Job.
+            self.delete_pod(&pod).await;
+        }
+        result
+    }
+
+    /// Runs the attempt's containers with `pod`'s status following them.
+    async fn run_pod(
+        &mut self,
+        plan: &plan::Plan,
+        pod: &Pod,
+        start: Timestamp,
+    ) -> Result<AttemptEnd, End> {
+        let pod_start = now();
+        self.write_pod(pod, pod::running(pod_start)).await?;
+        let mut ends = Vec::new();
+        let end = self.run_containers(plan, start, &mut ends).await?;
+        let phase = match &end {
+            AttemptEnd::Succeeded => "Succeeded",
+            AttemptEnd::Failed(_) => "Failed",
+            AttemptEnd::Stopped(_) => return Ok(end),
+        };
+        // Before the Job's status: the Job controller counts a pod only once it has finished.
+        self.write_pod(pod, pod::finished(pod, phase, pod_start, &ends))
+            .await?;
+        Ok(end)
+    }
+
+    /// Creates the attempt's Pod. `Ok(Err(_))`: the API server refuses it (the attempt fails).
+    async fn create_pod(&mut self, job: &Job) -> Result<Result<Pod, String>, End> {
+        let pod = match pod::pod_for(job, &self.uid) {
+            Ok(pod) => pod,
+            Err(e) => return Ok(Err(format!("cannot make the attempt's pod: {e}"))),
+        };
+        let mut pause = Duration::from_millis(200);
+        loop {
+            if self.w.is_gone() {
+                return Err(End::Gone);
+            }
+            match self.pods.create(&PostParams::default(), &pod).await {
+                Ok(created) => return Ok(Ok(created)),
+                Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => {
+                    return Ok(Err(format!(
+                        "the API server refused the attempt's pod: {}",
+                        s.message
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(job = %self.name, error = %e, "creating a pod failed; retrying")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.w.gone() => return Err(End::Gone),
+            }
+            pause = (pause * 2).min(MAX_WRITE_BACKOFF);
+        }
+    }
+
+    /// Writes a pod's status, retrying until it is written, the pod is gone (left alone) or
+    /// the Job is.
+    async fn write_pod(&mut self, pod: &Pod, status: Value) -> Result<(), End> {
+        let name = pod.name_any();
+        let patch = json!({ "status": status });
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let error = match self
+                .pods
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 400 || s.code == 422 => {
+                    return Err(End::Broken(format!(
+                        "the API server refused the pod status {patch}: {}",
+                        s.message
+                    )));
+                }
+                Err(e) => e,
+            };
+            tracing::warn!(pod = %name, error = %error, "writing a pod status failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.w.gone() => return Err(End::Gone),
+            }
+            pause = (pause * 2).min(MAX_WRITE_BACKOFF);
+        }
+    }
+
+    /// Deletes a pod (best effort: a pod left behind is logged). At once, as kubelet confirms
+    /// the deletion of a pod whose containers are dead: the runner has killed them.
+    async fn delete_pod(&self, pod: &Pod) {
+        let name = pod.name_any();
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        match self.pods.delete(&name, &now).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => tracing::warn!(pod = %name, error = %e, "could not delete a pod"),
+        }
+    }
+
+    /// Runs the init containers one after another, then the main ones together; records how
+    /// each one that ran ended.
+    async fn run_containers(
+        &mut self,
+        plan: &plan::Plan,
+        start: Timestamp,
+        ends: &mut Vec<ContainerEnd>,
+    ) -> Result<AttemptEnd, End> {
         for init in &plan.init {
             let mut procs = match spawn(init).await {
                 Ok(p) => vec![p],
                 Err(message) => return Ok(AttemptEnd::Failed(message)),
             };
-            match self.wait_all(&mut procs, start).await {
+            match self.wait_all(&mut procs, start, ends).await {
                 Ok(()) => {}
                 Err(end) => return Ok(end),
             }
@@ -728,7 +874,7 @@ impl JobTask {
             kill_all(&mut procs, "the Job is gone").await;
             return Err(end);
         }
-        match self.wait_all(&mut procs, start).await {
+        match self.wait_all(&mut procs, start, ends).await {
             Ok(()) => Ok(AttemptEnd::Succeeded),
             Err(end) => Ok(end),
         }
@@ -740,6 +886,7 @@ impl JobTask {
         &mut self,
         procs: &mut [Running],
         start: Timestamp,
+        ends: &mut Vec<ContainerEnd>,
     ) -> Result<(), AttemptEnd> {
         let outcome = {
             let exits = futures::future::join_all(procs.iter_mut().map(|p| async move {
@@ -755,6 +902,11 @@ impl JobTask {
         };
         match outcome {
             Ok(statuses) => {
+                for (p, status) in procs.iter().zip(&statuses) {
+                    if let Ok(status) = status {
+                        ends.push(ContainerEnd::of(&p.prepared, *status, p.started));
+                    }
+                }
                 let failures: Vec<String> = procs
                     .iter()
                     .zip(statuses)
@@ -858,308 +1010,11 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// A container made ready to run as a process.
-#[derive(Debug)]
-struct Prepared {
-    container: String,
-    program: String,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    working_dir: Option<String>,
-    log: PathBuf,
-}
-
-/// An attempt's processes, in order.
-struct Plan {
-    init: Vec<Prepared>,
-    main: Vec<Prepared>,
-}
-
-/// Why an attempt cannot run, and the log to say it in.
-struct PlanError {
-    log: PathBuf,
-    message: String,
-}
-
-/// Checks the pod template, creates the attempt's emptyDir directories and prepares each
-/// container.
-fn plan_pod(
-    job: &Job,
-    config: &JobRunnerConfig,
-    dir: &Path,
-    k: i32,
-    volumes_dir: &Path,
-) -> Result<Plan, PlanError> {
-    let pod_log = dir.join(format!("attempt-{k}-pod.log"));
-    let pod_error = |message: String| PlanError {
-        log: pod_log.clone(),
-        message,
-    };
-    let Some(spec) = job.spec.as_ref() else {
-        return Err(pod_error("the Job has no spec".into()));
-    };
-    let completions = spec.completions.unwrap_or(1);
-    let parallelism = spec.parallelism.unwrap_or(1);
-    if completions != 1 || (spec.completions.is_none() && parallelism > 1) {
-        return Err(pod_error(format!(
-            "completions {:?} and parallelism {:?}: the local job runner runs Jobs of one \
-             completion and one pod only",
-            spec.completions, spec.parallelism
-        )));
-    }
-    if spec.completion_mode.as_deref() == Some("Indexed") {
-        return Err(pod_error(
-            "Indexed completion mode is not supported by the local job runner".into(),
-        ));
-    }
-    let Some(pod) = spec.template.spec.as_ref() else {
-        return Err(pod_error("the Job's pod template has no spec".into()));
-    };
-
-    let _ = std::fs::remove_dir_all(volumes_dir);
-    let mut volumes = HashMap::new();
-    for v in pod.volumes.iter().flatten() {
-        if v.empty_dir.is_none() {
-            return Err(pod_error(format!(
-                "volume {}: only emptyDir volumes are supported by the local job runner",
-                v.name
-            )));
-        }
-        let host = volumes_dir.join(&v.name);
-        std::fs::create_dir_all(&host).map_err(|e| {
-            pod_error(format!(
-                "volume {}: cannot create {}: {e}",
-                v.name,
-                host.display()
-            ))
-        })?;
-        volumes.insert(v.name.clone(), host);
-    }
-
-    let prepare_all = |containers: &[Container], init: bool| -> Result<Vec<Prepared>, PlanError> {
-        containers
-            .iter()
-            .map(|c| {
-                let log = dir.join(format!("attempt-{k}-{}.log", c.name));
-                if init && c.restart_policy.as_deref() == Some("Always") {
-                    return Err(PlanError {
-                        log,
-                        message: format!(
-                            "init container {}: sidecar containers (restartPolicy: Always) are not \
-                             supported by the local job runner",
-                            c.name
-                        ),
-                    });
-                }
-                prepare(c, config, &volumes, log.clone()).map_err(|message| PlanError {
-                    log,
-                    message: format!("container {}: {message}", c.name),
-                })
-            })
-            .collect()
-    };
-    let init = prepare_all(pod.init_containers.as_deref().unwrap_or_default(), true)?;
-    let main = prepare_all(&pod.containers, false)?;
-    if main.is_empty() {
-        return Err(pod_error("the pod template has no containers".into()));
-    }
-    Ok(Plan { init, main })
-}
-
-/// Turns a container into a process: program, arguments, environment, working directory.
-fn prepare(
-    c: &Container,
-    config: &JobRunnerConfig,
-    volumes: &HashMap<String, PathBuf>,
-    log: PathBuf,
-) -> Result<Prepared, String> {
-    let mut mounts = Vec::new();
-    for m in c.volume_mounts.iter().flatten() {
-        let Some(host) = volumes.get(&m.name) else {
-            return Err(format!("volume mount {}: no such emptyDir volume", m.name));
-        };
-        if m.sub_path_expr.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(format!(
-                "volume mount {}: subPathExpr is not supported",
-                m.name
-            ));
-        }
-        let mut host = host.clone();
-        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            let sub = Path::new(sub);
-            if !sub.components().all(|c| matches!(c, Component::Normal(_))) {
-                return Err(format!(
-                    "volume mount {}: bad subPath {}",
-                    m.name,
-                    sub.display()
-                ));
-            }
-            host = host.join(sub);
-            std::fs::create_dir_all(&host).map_err(|e| {
-                format!(
-                    "volume mount {}: cannot create {}: {e}",
-                    m.name,
-                    host.display()
-                )
-            })?;
-        }
-        let path = m.mount_path.trim_end_matches('/');
-        if !path.starts_with('/') {
-            return Err(format!(
-                "volume mount {}: mount path {:?} cannot be simulated (it must be absolute and not /)",
-                m.name, m.mount_path
-            ));
-        }
-        mounts.push((path.to_owned(), host.to_string_lossy().into_owned()));
-    }
-    // Longest first, so that a mount inside another mount wins.
-    mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
-
-    if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err("envFrom is not supported by the local job runner".into());
-    }
-    let mut vars: HashMap<String, String> = HashMap::new();
-    let mut env: Vec<(String, String)> = Vec::new();
-    for (name, value) in &config.env {
-        vars.insert(name.clone(), value.clone());
-        env.push((name.clone(), value.clone()));
-    }
-    for e in c.env.iter().flatten() {
-        if e.value_from.is_some() {
-            return Err(format!(
-                "env var {} uses valueFrom, which the local job runner does not support (only \
-                 plain values)",
-                e.name
-            ));
-        }
-        let value = expand(e.value.as_deref().unwrap_or_default(), &vars);
-        vars.insert(e.name.clone(), value.clone());
-        env.push((e.name.clone(), value));
-    }
-    let env = env
-        .into_iter()
-        .map(|(name, value)| (name, rewrite_mounts(&value, &mounts)))
-        .collect();
-    let rewrite = |s: &String| rewrite_mounts(&expand(s, &vars), &mounts);
-    let command: Vec<String> = c.command.iter().flatten().map(rewrite).collect();
-    let args: Vec<String> = c.args.iter().flatten().map(rewrite).collect();
-
-    let image = c.image.as_deref().unwrap_or_default();
-    let (program, args) = match config.images.get(image) {
-        Some(binary) => {
-            let mut all: Vec<String> = command.into_iter().skip(1).collect();
-            all.extend(args);
-            (binary.to_string_lossy().into_owned(), all)
-        }
-        None => {
-            let mut all = command.into_iter();
-            let Some(program) = all.next() else {
-                return Err(format!(
-                    "no command, and image {image:?} is not mapped to a local binary \
-                     (JobRunnerConfig::images): the image's entrypoint is unknown here"
-                ));
-            };
-            let mut rest: Vec<String> = all.collect();
-            rest.extend(args);
-            (program, rest)
-        }
-    };
-    Ok(Prepared {
-        container: c.name.clone(),
-        program,
-        args,
-        env,
-        working_dir: c
-            .working_dir
-            .as_deref()
-            .filter(|d| !d.is_empty())
-            .map(|d| rewrite_mounts(d, &mounts)),
-        log,
-    })
-}
-
-/// Expands `$(NAME)` references to variables of `vars` as kubelet does: `$$` is a `$`, a reference
-/// to an unknown variable and any other `$` stay as they are.
-fn expand(input: &str, vars: &HashMap<String, String>) -> String {
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(inner) = after.strip_prefix('(') {
-            match inner.find(')') {
-                Some(end) => {
-                    let name = &inner[..end];
-                    match vars.get(name) {
-                        Some(value) => out.push_str(value),
-                        None => {
-                            out.push_str("$(");
-                            out.push_str(name);
-                            out.push(')');
-                        }
-                    }
-                    rest = &inner[end + 1..];
-                }
-                None => {
-                    out.push_str(&rest[i..]);
-                    rest = "";
-                }
-            }
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Replaces each mount path (`(path, host)`, longest first) occurring as a whole path in `s` by
-/// its host directory (see the module documentation for what "whole" means).
-fn rewrite_mounts(s: &str, mounts: &[(String, String)]) -> String {
-    if mounts.is_empty() {
-        return s.to_owned();
-    }
-    let starts_path = |prev: Option<char>| match prev {
-        None => true,
-        Some(c) => c.is_whitespace() || "'\"=:<>(;|&,".contains(c),
-    };
-    let ends_path = |next: Option<char>| match next {
-        None => true,
-        Some(c) => c == '/' || !(c.is_alphanumeric() || "._-".contains(c)),
-    };
-    let mut out = String::with_capacity(s.len());
-    let mut copied = 0;
-    let mut prev: Option<char> = None;
-    let mut skip_to = 0;
-    for (i, ch) in s.char_indices() {
-        if i < skip_to {
-            prev = Some(ch);
-            continue;
-        }
-        if ch == '/' && starts_path(prev) {
-            let found = mounts.iter().find(|(path, _)| {
-                s[i..].starts_with(path.as_str()) && ends_path(s[i + path.len()..].chars().next())
-            });
-            if let Some((path, host)) = found {
-                out.push_str(&s[copied..i]);
-                out.push_str(host);
-                copied = i + path.len();
-                skip_to = copied;
-            }
-        }
-        prev = Some(ch);
-    }
-    out.push_str(&s[copied..]);
-    out
-}
-
 /// A started container process.
 struct Running {
     container: String,
+    prepared: Prepared,
+    started: Timestamp,
     log: PathBuf,
     child: tokio::process::Child,
     group: TiedGroup,
@@ -1192,6 +1047,8 @@ async fn spawn(p: &Prepared) -> Result<Running, String> {
             .ok_or_else(|| format!("{} has no process id", p.program))?;
         Ok(Running {
             container: p.container.clone(),
+            prepared: p.clone(),
+            started: now(),
             log: p.log.clone(),
             child,
             group: TiedGroup::new(pid),
@@ -1219,45 +1076,5 @@ async fn kill_all(procs: &mut [Running], why: &str) {
         if running {
             note(&p.log, why);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expansion_follows_kubelet() {
-        let vars = HashMap::from([("A".to_owned(), "x".to_owned())]);
-        assert_eq!(expand("$(A)/y", &vars), "x/y");
-        assert_eq!(expand("$(B)/y", &vars), "$(B)/y");
-        assert_eq!(expand("$$(A) $a $", &vars), "$(A) $a $");
-        assert_eq!(expand("$(A", &vars), "$(A");
-    }
-
-    #[test]
-    fn mount_paths_are_rewritten_as_whole_paths_only() {
-        let mounts = vec![
-            ("/cache/inner".to_owned(), "/h/inner".to_owned()),
-            ("/cache".to_owned(), "/h/cache".to_owned()),
-        ];
-        let r = |s: &str| rewrite_mounts(s, &mounts);
-        assert_eq!(r("/cache"), "/h/cache");
-        assert_eq!(r("/cache/x"), "/h/cache/x");
-        assert_eq!(r("/cache/inner/y"), "/h/inner/y");
-        assert_eq!(r("--source=/cache/x"), "--source=/h/cache/x");
-        assert_eq!(r("PATH=/bin:/cache/bin"), "PATH=/bin:/h/cache/bin");
-        assert_eq!(r("echo hi > /cache/x"), "echo hi > /h/cache/x");
-        assert_eq!(
-            r("cat '/cache/x' \"/cache\""),
-            "cat '/h/cache/x' \"/h/cache\""
-        );
-        assert_eq!(r("/var/cache/x"), "/var/cache/x");
-        assert_eq!(
-            r("/cache-old /cachex /cache.d"),
-            "/cache-old /cachex /cache.d"
-        );
-        assert_eq!(r("x/cache"), "x/cache");
-        assert_eq!(r("é /cache"), "é /h/cache");
     }
 }
