@@ -315,6 +315,26 @@ pub struct SnapshotSpec {
     /// without rebuilds a cache only grows, and every restore with it.
     #[serde(default)]
     pub rebuild: RebuildSpec,
+
+    /// A Secret in the SiteCache's namespace whose keys `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and (optional) `AWS_SESSION_TOKEN` become the storage credentials
+    /// of the Job's agent containers (`restore-previous` and `snapshot`) only: the warm container,
+    /// which runs the site's own code, never gets them. Without it, the agent containers use the
+    /// pod's identity (IRSA, EKS Pod Identity), which every container of the pod shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<SecretRef>,
+}
+
+/// A Secret in the SiteCache's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// The Secret's name.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
 }
 
 impl Default for SnapshotSpec {
@@ -325,6 +345,7 @@ impl Default for SnapshotSpec {
             min_files: default_min_files(),
             compression_level: default_compression_level(),
             rebuild: RebuildSpec::default(),
+            credentials_secret: None,
         }
     }
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -118,7 +118,10 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
         mount_path: cache_dir.clone(),
         ..Default::default()
     }];
-    let storage_env = storage_env(inputs.target);
+    let mut storage_env = storage_env(inputs.target);
+    if let Some(secret) = &spec.snapshot.credentials_secret {
+        storage_env.extend(credentials_env(&secret.name));
+    }
 
     let mut init = Vec::new();
     if let Ok(previous) = inputs.base {
@@ -259,6 +262,27 @@ fn storage_env(target: &Target) -> Vec<EnvVar> {
         env.push(var("SITECACHE_PATH_STYLE", "true".into()));
     }
     env
+}
+
+/// The AWS credential variables of the agent containers, from the keys of Secret `name`.
+fn credentials_env(name: &str) -> Vec<EnvVar> {
+    let key = |var: &str, optional: bool| EnvVar {
+        name: var.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: name.to_owned(),
+                key: var.to_owned(),
+                optional: optional.then_some(true),
+            }),
+            ..Default::default()
+        }),
+    };
+    vec![
+        key("AWS_ACCESS_KEY_ID", false),
+        key("AWS_SECRET_ACCESS_KEY", false),
+        key("AWS_SESSION_TOKEN", true),
+    ]
 }
 
 /// Requests and limits of the agent containers. The snapshot streams with bounded memory (tens
@@ -558,6 +582,57 @@ mod tests {
         assert_eq!(annotations[REQUEST_ANNOTATION], "tok");
         assert_eq!(annotations[BASE_ANNOTATION], "4");
         assert_eq!(JobView::of(&job).unwrap().base, Base::Generation(4));
+    }
+
+    #[test]
+    fn credentials_from_a_secret_reach_the_agent_containers_only() {
+        let s = settings();
+        let t = target();
+        let mut sc = site();
+        sc.spec.snapshot.credentials_secret = Some(crate::api::SecretRef {
+            name: "shop-s3".into(),
+        });
+        let job = snapshot_job(
+            &sc,
+            &JobInputs {
+                settings: &s,
+                target: &t,
+                generation: 5,
+                base: Ok(4),
+                request: None,
+                timeout: Duration::from_secs(900),
+            },
+        );
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let init = pod.init_containers.unwrap();
+        let secret_vars = |c: &Container| -> Vec<String> {
+            c.env
+                .iter()
+                .flatten()
+                .filter_map(|e| {
+                    let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+                    Some(format!("{}={}/{}", e.name, r.name, r.key))
+                })
+                .collect()
+        };
+        let expected = [
+            "AWS_ACCESS_KEY_ID=shop-s3/AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY=shop-s3/AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN=shop-s3/AWS_SESSION_TOKEN",
+        ];
+        assert_eq!(init[0].name, "restore-previous");
+        assert_eq!(secret_vars(&init[0]), expected);
+        assert_eq!(secret_vars(&pod.containers[0]), expected);
+        assert_eq!(init[1].name, "warm");
+        assert!(
+            init[1]
+                .env
+                .iter()
+                .flatten()
+                .all(|e| !e.name.starts_with("AWS_") && e.value_from.is_none()),
+            "{:?}",
+            init[1].env
+        );
     }
 
     #[test]

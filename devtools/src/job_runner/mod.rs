@@ -21,11 +21,12 @@
 //!   other image, `command` + `args` run as they are (the program looked up in `PATH`); a container
 //!   without `command` then fails the attempt, since an image's entrypoint is unknown here.
 //! - **Environment.** The runner's own environment (`PATH`, `HOME`…), then
-//!   [`JobRunnerConfig::env`], then the container's `env` (plain `value`s). As kubelet does,
+//!   [`JobRunnerConfig::env`], then the container's `env`. As kubelet does,
 //!   `$(VAR)` in env values, `command` and `args` is replaced by the value of `VAR` if the config or
 //!   the container (earlier in the list, for env values) defines it, and `$$` becomes `$` (so a
-//!   shell script that needs `$$` writes `$$$$`). `valueFrom` and `envFrom` are not supported: the
-//!   attempt fails with a message in the container's log.
+//!   shell script that needs `$$` writes `$$$$`). `valueFrom.secretKeyRef` is read from the Secret
+//!   (a missing Secret or key fails the attempt unless `optional`); other `valueFrom` kinds and
+//!   `envFrom` are not supported: the attempt fails with a message in the container's log.
 //! - **Volumes.** Each `emptyDir` volume is a fresh directory per attempt, under
 //!   `<work_dir>/<namespace>/<job>/attempt-<k>-volumes/` and removed when the attempt ends. There
 //!   is no mount: a container's mounts are *simulated by rewriting strings*. In `command`, `args`,
@@ -107,7 +108,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -716,7 +717,15 @@ impl JobTask {
         }
         let volumes_dir = self.dir.join(format!("attempt-{k}-volumes"));
         let _volumes = RemoveOnDrop(volumes_dir.clone());
-        let plan = match plan_pod(&job, &self.shared.config, &self.dir, k, &volumes_dir) {
+        let secrets = self.secrets(&job).await?;
+        let plan = match plan_pod(
+            &job,
+            &self.shared.config,
+            &secrets,
+            &self.dir,
+            k,
+            &volumes_dir,
+        ) {
             Ok(plan) => plan,
             Err(e) => {
                 note(&e.log, &e.message);
@@ -759,6 +768,38 @@ impl JobTask {
         self.write_pod(pod, pod::finished(pod, phase, pod_start, &ends))
             .await?;
         Ok(end)
+    }
+
+    /// The Secrets the pod template's env refers to, read as kubelet reads them (retrying API
+    /// errors until the Job is gone).
+    async fn secrets(&mut self, job: &Job) -> Result<plan::Secrets, End> {
+        let api: Api<Secret> = Api::namespaced(self.shared.client.clone(), &self.namespace);
+        let mut found = plan::Secrets::new();
+        for name in plan::secret_names(job) {
+            let mut pause = Duration::from_millis(200);
+            let secret = loop {
+                match api.get_opt(&name).await {
+                    Ok(secret) => break secret,
+                    Err(e) => {
+                        tracing::warn!(secret = %name, error = %e, "reading a Secret failed; retrying")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = self.w.gone() => return Err(End::Gone),
+                }
+                pause = (pause * 2).min(MAX_WRITE_BACKOFF);
+            };
+            let data = secret.map(|s| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect()
+            });
+            found.insert(name, data);
+        }
+        Ok(found)
     }
 
     /// Creates the attempt's Pod. `Ok(Err(_))`: the API server refuses it (the attempt fails).

@@ -2,13 +2,30 @@
 //! container's program, arguments and environment, with mount paths and termination-message
 //! paths rewritten to host paths (see the [module documentation](super) for the rules).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Container;
 
 use super::JobRunnerConfig;
+
+/// The Secrets a pod's env refers to, by name, with their data (`None`: not found).
+pub(super) type Secrets = HashMap<String, Option<BTreeMap<String, String>>>;
+
+/// The names of the Secrets that `job`'s containers take env values from.
+pub(super) fn secret_names(job: &Job) -> BTreeSet<String> {
+    let Some(pod) = job.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        return BTreeSet::new();
+    };
+    pod.init_containers
+        .iter()
+        .flatten()
+        .chain(&pod.containers)
+        .flat_map(|c| c.env.iter().flatten())
+        .filter_map(|e| Some(e.value_from.as_ref()?.secret_key_ref.as_ref()?.name.clone()))
+        .collect()
+}
 
 /// A container made ready to run as a process.
 #[derive(Clone, Debug)]
@@ -42,6 +59,7 @@ pub(super) struct PlanError {
 pub(super) fn plan_pod(
     job: &Job,
     config: &JobRunnerConfig,
+    secrets: &Secrets,
     dir: &Path,
     k: i32,
     volumes_dir: &Path,
@@ -107,7 +125,7 @@ pub(super) fn plan_pod(
                         ),
                     });
                 }
-                prepare(c, config, &volumes, log.clone()).map_err(|message| PlanError {
+                prepare(c, config, secrets, &volumes, log.clone()).map_err(|message| PlanError {
                     log,
                     message: format!("container {}: {message}", c.name),
                 })
@@ -126,6 +144,7 @@ pub(super) fn plan_pod(
 fn prepare(
     c: &Container,
     config: &JobRunnerConfig,
+    secrets: &Secrets,
     volumes: &HashMap<String, PathBuf>,
     log: PathBuf,
 ) -> Result<Prepared, String> {
@@ -194,14 +213,34 @@ fn prepare(
         env.push((name.clone(), value.clone()));
     }
     for e in c.env.iter().flatten() {
-        if e.value_from.is_some() {
-            return Err(format!(
-                "env var {} uses valueFrom, which the local job runner does not support (only \
-                 plain values)",
-                e.name
-            ));
-        }
-        let value = expand(e.value.as_deref().unwrap_or_default(), &vars);
+        let value = match &e.value_from {
+            None => expand(e.value.as_deref().unwrap_or_default(), &vars),
+            Some(from) => {
+                let Some(r) = &from.secret_key_ref else {
+                    return Err(format!(
+                        "env var {} uses a valueFrom other than secretKeyRef, which the local \
+                         job runner does not support",
+                        e.name
+                    ));
+                };
+                match secrets.get(&r.name).and_then(|s| s.as_ref()) {
+                    Some(data) => match data.get(&r.key) {
+                        Some(v) => v.clone(),
+                        None if r.optional == Some(true) => continue,
+                        None => {
+                            return Err(format!(
+                                "env var {}: secret {:?} has no key {:?}",
+                                e.name, r.name, r.key
+                            ));
+                        }
+                    },
+                    None if r.optional == Some(true) => continue,
+                    None => {
+                        return Err(format!("env var {}: secret {:?} not found", e.name, r.name));
+                    }
+                }
+            }
+        };
         vars.insert(e.name.clone(), value.clone());
         env.push((e.name.clone(), value));
     }

@@ -42,6 +42,9 @@ pub struct Options {
     /// More environment for the controller (after the S3 server's; for example other
     /// credentials).
     pub controller_env: Vec<(String, String)>,
+    /// Give every container of the snapshot pods the storage credentials, as a pod identity
+    /// would; without, only what the pod spec gives them (a Secret).
+    pub pod_credentials: bool,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             start_controller: true,
             extra_args: Vec::new(),
             controller_env: Vec::new(),
+            pod_credentials: true,
         }
     }
 }
@@ -126,7 +130,10 @@ impl Harness {
     }
 
     fn start_runner(&mut self) {
-        let env = self.s3().job_env();
+        let mut env = self.s3().job_env();
+        if !self.opts.pod_credentials {
+            env.retain(|(k, _)| k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY");
+        }
         self.runner = Some(JobRunner::start(
             self.client.clone(),
             JobRunnerConfig {

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sitecache::api::{SiteCache, SnapshotResult};
@@ -123,5 +125,38 @@ async fn a_generation_no_snapshot_container_reported_is_not_promoted() {
         assert!(Instant::now() < deadline, "generation 2 was not deleted");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn storage_credentials_from_a_secret_reach_the_agent_containers_only() {
+    let h = Harness::start(Options {
+        pod_credentials: false,
+        ..Options::default()
+    })
+    .await;
+    let env: std::collections::HashMap<_, _> = h.s3().aws_env().into_iter().collect();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "shop-s3"},
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+        },
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(h.client.clone(), &h.ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    // The warm step (the site's own code) fails if it can see any credentials.
+    let check = r#"if [ -n "${AWS_ACCESS_KEY_ID:-}${AWS_SECRET_ACCESS_KEY:-}" ]; then echo "credentials in the warm container" >&2; exit 3; fi"#;
+    h.create(
+        "shop",
+        json!({"site": "shop", "warm": warm(check, 2),
+               "snapshot": {"credentialsSecret": {"name": "shop-s3"}}}),
+    )
+    .await;
+    let sc = h.wait_promoted("shop", 1).await;
+    assert_eq!(current(&sc), Some(1));
     h.shutdown().await;
 }
