@@ -5,17 +5,20 @@
 //! (a real S3-compatible server). The binaries come from `hack/test-assets.sh`, which builds them
 //! from pinned Go modules and caches them under `~/.cache/sitecache/assets`. A local job runner
 //! ([`JobRunner`]) stands in for kubelet and the Job controller: it runs `batch/v1` Jobs as host
-//! processes. [`dev`] is `sitecache-dev`, the local dev environment of `make dev`.
+//! processes. [`FaultProxy`] sits between S3 clients and MinIO and injects storage faults. [`dev`]
+//! is `sitecache-dev`, the local dev environment of `make dev`.
 
 pub mod assets;
 pub mod control_plane;
 pub mod dev;
+pub mod fault_proxy;
 pub mod job_runner;
 mod pki;
 pub mod process;
 pub mod s3;
 
 pub use control_plane::ControlPlane;
+pub use fault_proxy::FaultProxy;
 pub use job_runner::{JobRunner, JobRunnerConfig};
 pub use s3::S3Server;
 

@@ -45,11 +45,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::api::duration::parse(s).map_err(|e| e.to_string())
 }
 
-/// Parses a size flag (`500MiB`, `2GB`, `1048576`).
 /// The most a restore unpacks by default, and what a snapshot admits by default (so that nothing
 /// is committed that a restore with its defaults refuses).
 pub const DEFAULT_MAX_UNPACKED_BYTES: &str = "32GiB";
 
+/// Parses a size flag (`500MiB`, `2GB`, `1048576`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     s.trim()
         .parse::<bytesize::ByteSize>()

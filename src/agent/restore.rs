@@ -307,7 +307,8 @@ async fn restore(
         .parse()
         .map_err(|e: storage::LocationError| RestoreError::BadUrl(e.to_string()))?;
     let attempt = args.timeout.min(Duration::from_secs(15));
-    let client = storage::client(&args.storage.options(Some(attempt), 3)).await;
+    // Throttling and failed requests are retried within the deadline (`--timeout` bounds it all).
+    let client = storage::client(&args.storage.options(Some(attempt), 5)).await;
     let phase = Instant::now();
     let target = resolve(&client, &loc, &args).await?;
     tracing::debug!(ms = super::elapsed_ms(phase), key = %target.key, "resolved");

@@ -1,6 +1,7 @@
 //! Parallel ranged download: an object as an ordered stream of chunks, several ranges in flight.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -85,8 +86,43 @@ struct Object {
     seen_etag: Mutex<Option<String>>,
 }
 
+/// Tries of one range. Ranges are idempotent: one whose body was cut short or stalled, or whose
+/// request was throttled or failed after the client's own retries, is tried again; one that
+/// found the object changed, missing or of another size is not.
+const RANGE_TRIES: u32 = 4;
+/// No byte of a range's body for this long abandons the try (and the range is tried again).
+const STALL: Duration = Duration::from_secs(10);
+
+/// Whether a range that failed so is worth another try.
+fn retryable(e: &StorageError) -> bool {
+    match e {
+        StorageError::Unreachable { .. } | StorageError::Timeout { .. } => true,
+        StorageError::Service { code, .. } => matches!(
+            code.as_str(),
+            "ShortRange" | "SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout"
+        ),
+        _ => false,
+    }
+}
+
 impl Object {
-    async fn fetch_range(&self, (first, last): (u64, u64)) -> Result<Bytes, StorageError> {
+    async fn fetch_range(&self, range: (u64, u64)) -> Result<Bytes, StorageError> {
+        let mut pause = Duration::from_millis(100);
+        let mut tries = 1;
+        loop {
+            match self.fetch_range_once(range).await {
+                Err(e) if tries < RANGE_TRIES && retryable(&e) => {
+                    tracing::debug!(error = %e, tries, "a range failed; trying it again");
+                    tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
+                    pause *= 2;
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn fetch_range_once(&self, (first, last): (u64, u64)) -> Result<Bytes, StorageError> {
         let (bucket, key) = (self.bucket.as_str(), self.key.as_str());
         let service_error = |code: &str, message: String| StorageError::Service {
             op: "GET",
@@ -137,7 +173,7 @@ impl Object {
             }
         }
         let expected = last - first + 1;
-        let data = super::read_body(out.body, bucket, key, expected).await?;
+        let data = super::read_body(out.body, bucket, key, expected, Some(STALL)).await?;
         if data.len() as u64 != expected {
             return Err(service_error(
                 "ShortRange",

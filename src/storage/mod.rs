@@ -354,10 +354,24 @@ async fn read_body(
     bucket: &str,
     key: &str,
     expected: u64,
+    stall: Option<Duration>,
 ) -> Result<bytes::Bytes, StorageError> {
     let cap = usize::try_from(expected).unwrap_or(usize::MAX);
     let mut out = bytes::BytesMut::with_capacity(cap);
-    while let Some(chunk) = body.next().await {
+    loop {
+        let next = match stall {
+            Some(limit) => tokio::time::timeout(limit, body.next())
+                .await
+                .map_err(|_| StorageError::Timeout {
+                    op: "GET",
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                })?,
+            None => body.next().await,
+        };
+        let Some(chunk) = next else {
+            break;
+        };
         let chunk = chunk.map_err(|e| StorageError::Unreachable {
             op: "GET",
             bucket: bucket.to_owned(),

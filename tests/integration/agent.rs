@@ -78,7 +78,7 @@ pub(crate) fn restore(
 }
 
 /// Promotes generation `n` the way the controller does: current.json from the manifest.
-async fn promote(s3: &S3Server, loc: &Location, n: u64) {
+pub(crate) async fn promote(s3: &S3Server, loc: &Location, n: u64) {
     let manifest: Manifest =
         sitecache::storage::get_json(&s3.client(), &loc.bucket, &loc.manifest_key(n))
             .await

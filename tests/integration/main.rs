@@ -7,6 +7,7 @@ mod api;
 mod bounds;
 mod chart;
 mod controller;
+mod faults;
 mod fixtures;
 mod install;
 mod job_runner;

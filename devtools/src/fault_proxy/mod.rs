@@ -1,0 +1,219 @@
+//! An S3 fault proxy: an HTTP/1.1 proxy on loopback between S3 clients and the S3 server, that
+//! injects faults on a seeded schedule ([`schedule`]): `503 SlowDown` and `500 InternalError`
+//! answered in the server's stead, latency before forwarding, connections reset before the
+//! response, response bodies reset (RST) or closed (FIN) part-way and bodies that stall
+//! ([`body`]).
+//!
+//! **Test tooling, not part of the operator.** Clients talk to it as to the server: it forwards
+//! each request as it came (the `Host` header included, so SigV4 signatures hold) on a fresh
+//! upstream connection, and streams both bodies. [`FaultProxy::set_enabled`] turns the faults
+//! on and off; [`FaultProxy::injected`] counts the faults that took effect, by kind.
+
+mod body;
+pub mod schedule;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use body::{BodyPlan, FaultBody};
+pub use schedule::{Fault, FaultKind, FaultRates, Schedule};
+
+type ProxyBody = BoxBody<Bytes, std::io::Error>;
+
+/// What the connections share.
+pub struct State {
+    upstream: SocketAddr,
+    schedule: Mutex<Schedule>,
+    enabled: AtomicBool,
+    injected: Mutex<BTreeMap<FaultKind, u64>>,
+    requests: AtomicU64,
+}
+
+impl State {
+    fn count(&self, kind: FaultKind) {
+        *self
+            .injected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+    }
+}
+
+/// A running proxy; stops when dropped.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `upstream` (`http://host:port` or
+    /// `host:port`), with faults drawn from `seed` at `rates`, enabled.
+    pub async fn start(upstream: &str, seed: u64, rates: FaultRates) -> Result<Self> {
+        let authority = upstream.trim_start_matches("http://").trim_end_matches('/');
+        let upstream: SocketAddr = authority
+            .parse()
+            .with_context(|| format!("upstream {upstream:?} is not http://IP:PORT"))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            upstream,
+            schedule: Mutex::new(Schedule::new(seed, rates)),
+            enabled: AtomicBool::new(true),
+            injected: Mutex::new(BTreeMap::new()),
+            requests: AtomicU64::new(0),
+        });
+        let task = tokio::spawn(accept(listener, state.clone()));
+        Ok(FaultProxy { addr, state, task })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.state.enabled.store(on, Ordering::SeqCst);
+    }
+
+    /// The faults that took effect, by kind.
+    pub fn injected(&self) -> BTreeMap<FaultKind, u64> {
+        self.state
+            .injected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Requests received.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let fd = stream.as_raw_fd();
+            let service = hyper::service::service_fn(move |req| handle(req, state.clone(), fd));
+            // A connection ends with an error whenever a fault cuts it: nothing to report.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn full(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+         <Message>{message}</Message><RequestId>fault-proxy</RequestId></Error>"
+    );
+    let mut resp = Response::new(
+        Full::new(Bytes::from(xml))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        "content-type",
+        "application/xml".parse().expect("a header value"),
+    );
+    resp
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    fd: RawFd,
+) -> Result<Response<ProxyBody>, std::io::Error> {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let fault = if state.enabled.load(Ordering::SeqCst) {
+        state
+            .schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next(req.method() == Method::GET)
+    } else {
+        Fault::None
+    };
+    match fault {
+        Fault::SlowDown => {
+            state.count(FaultKind::SlowDown);
+            return Ok(full(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SlowDown",
+                "Please reduce your request rate.",
+            ));
+        }
+        Fault::InternalError => {
+            state.count(FaultKind::InternalError);
+            return Ok(full(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "We encountered an internal error. Please try again.",
+            ));
+        }
+        Fault::ResetBeforeResponse => {
+            state.count(FaultKind::ResetBeforeResponse);
+            body::set_reset_on_close(fd);
+            return Err(std::io::Error::other("injected: connection reset"));
+        }
+        Fault::Latency(d) => {
+            state.count(FaultKind::Latency);
+            tokio::time::sleep(d).await;
+        }
+        _ => {}
+    }
+    let upstream = TcpStream::connect(state.upstream).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(upstream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    let (mut parts, body) = req.into_parts();
+    // The client's `Expect: 100-continue` was answered here already.
+    parts.headers.remove("expect");
+    let resp = sender
+        .send_request(Request::from_parts(parts, body))
+        .await
+        .map_err(std::io::Error::other)?;
+    let (parts, body) = resp.into_parts();
+    let len = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(64 * 1024);
+    let at = |fraction: f64| ((len as f64 * fraction) as u64).min(len.saturating_sub(1));
+    let plan = match fault {
+        Fault::Cut { at: f, rst } if len > 0 => BodyPlan::Cut { at: at(f), rst },
+        Fault::Stall { at: f, pause } if len > 0 => BodyPlan::Stall { at: at(f), pause },
+        _ => BodyPlan::Pass,
+    };
+    Ok(Response::from_parts(
+        parts,
+        FaultBody::new(body, plan, fd, state).boxed(),
+    ))
+}
