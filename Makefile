@@ -7,7 +7,7 @@ SHELL := /bin/bash
 # Cargo's target directory (CARGO_TARGET_DIR or the configured one), where the binaries are built.
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps --offline | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 
-.PHONY: help test test-assets fmt fmt-check lint unit integration fuzz crds crds-check build release dev dev-down bench bench-fleet clean-assets
+.PHONY: help test test-assets fmt fmt-check lint unit integration fuzz soak crds crds-check build release dev dev-down bench bench-fleet clean-assets
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,13 @@ integration: test-assets ## Tests on a local control plane and a local S3 server
 	$(CARGO) test --locked --test integration
 	$(CARGO) build --locked --bin sitecache
 	SITECACHE_BIN="$(TARGET_DIR)/debug/sitecache" $(CARGO) test --locked -p sitecache -p sitecache-devtools --test dev
+	SOAK_MINUTES=1 SOAK_SITECACHES=12 $(CARGO) test --locked --test integration -- --ignored soak:: --nocapture
+
+SOAK_MINUTES ?= 20
+SOAK_SITECACHES ?= 100
+SOAK_SEED ?= 1
+soak: test-assets ## The fault soak: SOAK_SITECACHES SiteCaches for SOAK_MINUTES under storage faults and restarts (on demand)
+	SOAK_MINUTES=$(SOAK_MINUTES) SOAK_SITECACHES=$(SOAK_SITECACHES) SOAK_SEED=$(SOAK_SEED) $(CARGO) test --locked --test integration -- --ignored soak:: --nocapture
 
 FUZZ_CASES ?= 50000
 fuzz: ## The property tests with a long budget: the tar reader, decompression, the unpacker, the install (on demand; FUZZ_CASES=50000)

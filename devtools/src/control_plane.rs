@@ -28,6 +28,10 @@ pub struct ControlPlane {
     dir: PathBuf,
     kubeconfig: PathBuf,
     server: String,
+    /// How each process was started, to start it again ([`ControlPlane::restart_apiserver`],
+    /// [`ControlPlane::restart_etcd`]).
+    apiserver_cmd: (PathBuf, Vec<String>),
+    etcd_cmd: (PathBuf, Vec<String>, u16),
     // Field order is drop order: the API server goes before its storage.
     apiserver: ManagedProcess,
     etcd: ManagedProcess,
@@ -65,11 +69,10 @@ impl ControlPlane {
                     continue;
                 }
             };
-            let (etcd, etcd_url) = etcd;
+            let (etcd, etcd_url, etcd_cmd) = etcd;
             let port = crate::free_port()?;
             let server = format!("https://127.0.0.1:{port}");
-            let mut cmd = Command::new(&apiserver_bin);
-            cmd.args([
+            let args: Vec<String> = [
                 "--advertise-address=127.0.0.1",
                 "--bind-address=127.0.0.1",
                 &format!("--secure-port={port}"),
@@ -90,7 +93,12 @@ impl ControlPlane {
                 // pods whose service account has no token controller behind it.
                 "--disable-admission-plugins=ServiceAccount",
                 "--v=1",
-            ]);
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+            let mut cmd = Command::new(&apiserver_bin);
+            cmd.args(&args);
             let apiserver =
                 ManagedProcess::spawn("kube-apiserver", cmd, &dir.join("kube-apiserver.log"))?;
             let kubeconfig = dir.join("kubeconfig");
@@ -102,6 +110,8 @@ impl ControlPlane {
                 dir: dir.to_owned(),
                 kubeconfig,
                 server,
+                apiserver_cmd: (apiserver_bin.clone(), args),
+                etcd_cmd,
                 apiserver,
                 etcd,
             };
@@ -171,6 +181,30 @@ impl ControlPlane {
         [self.etcd.pid(), self.apiserver.pid()]
     }
 
+    /// Kills kube-apiserver and starts it again with the same flags (same port, same etcd);
+    /// returns once it is ready. Clients reconnect as they would to a restarted API server.
+    pub async fn restart_apiserver(&mut self) -> Result<()> {
+        self.apiserver.kill();
+        let (bin, args) = &self.apiserver_cmd;
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        self.apiserver =
+            ManagedProcess::spawn("kube-apiserver", cmd, &self.dir.join("kube-apiserver.log"))?;
+        self.wait_ready().await
+    }
+
+    /// Kills etcd and starts it again on its data (same ports); returns once it is healthy and
+    /// the API server is ready again.
+    pub async fn restart_etcd(&mut self) -> Result<()> {
+        self.etcd.kill();
+        let (bin, args, port) = &self.etcd_cmd;
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        self.etcd = ManagedProcess::spawn("etcd", cmd, &self.dir.join("etcd.log"))?;
+        wait_etcd(&mut self.etcd, *port).await?;
+        self.wait_ready().await
+    }
+
     /// An error with the end of its log if etcd or kube-apiserver has exited.
     pub fn check_running(&mut self) -> Result<()> {
         if self.etcd.exited().is_some() {
@@ -183,35 +217,45 @@ impl ControlPlane {
     }
 }
 
-async fn start_etcd(bin: &Path, dir: &Path) -> Result<(ManagedProcess, String)> {
+/// Starts etcd on fresh data; returns it, its client URL and how to start it again.
+async fn start_etcd(
+    bin: &Path,
+    dir: &Path,
+) -> Result<(ManagedProcess, String, (PathBuf, Vec<String>, u16))> {
     let client_port = crate::free_port()?;
     let peer_port = crate::free_port()?;
     let client_url = format!("http://127.0.0.1:{client_port}");
     let peer_url = format!("http://127.0.0.1:{peer_port}");
     let data = dir.join("etcd-data");
     let _ = std::fs::remove_dir_all(&data);
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "--name=default",
-        &format!("--data-dir={}", data.display()),
-        &format!("--listen-client-urls={client_url}"),
-        &format!("--advertise-client-urls={client_url}"),
-        &format!("--listen-peer-urls={peer_url}"),
-        &format!("--initial-advertise-peer-urls={peer_url}"),
-        &format!("--initial-cluster=default={peer_url}"),
-        "--listen-metrics-urls=",
+    let args: Vec<String> = vec![
+        "--name=default".into(),
+        format!("--data-dir={}", data.display()),
+        format!("--listen-client-urls={client_url}"),
+        format!("--advertise-client-urls={client_url}"),
+        format!("--listen-peer-urls={peer_url}"),
+        format!("--initial-advertise-peer-urls={peer_url}"),
+        format!("--initial-cluster=default={peer_url}"),
+        "--listen-metrics-urls=".into(),
         // Test data: durability is not worth the fsync latency.
-        "--unsafe-no-fsync",
-        "--log-level=warn",
-    ]);
+        "--unsafe-no-fsync".into(),
+        "--log-level=warn".into(),
+    ];
+    let mut cmd = Command::new(bin);
+    cmd.args(&args);
     let mut etcd = ManagedProcess::spawn("etcd", cmd, &dir.join("etcd.log"))?;
+    wait_etcd(&mut etcd, client_port).await?;
+    Ok((etcd, client_url, (bin.to_owned(), args, client_port)))
+}
+
+async fn wait_etcd(etcd: &mut ManagedProcess, client_port: u16) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if etcd.exited().is_some() {
             return Err(etcd.failure("exited during start-up"));
         }
         if let Ok(true) = etcd_healthy(client_port).await {
-            return Ok((etcd, client_url));
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(etcd.failure("not healthy in time"));

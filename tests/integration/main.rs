@@ -12,4 +12,5 @@ mod fixtures;
 mod install;
 mod job_runner;
 mod s3;
+mod soak;
 mod support;
