@@ -2,7 +2,7 @@
 //! own control plane and MinIO, with the S3 fault proxy between MinIO and everything sitecache
 //! runs (the controller and the snapshot Jobs), two controller replicas with leader election, and
 //! on a seeded schedule: revision changes, on-demand requests, deletions under both policies,
-//! SiteCaches whose prefixes overlap others', and restarts of the leader, MinIO,
+//! SiteCaches whose prefixes lie inside others', and restarts of the leader, MinIO,
 //! kube-apiserver and etcd. When the faults stop, every invariant is checked and every violation
 //! printed; there must be none.
 //!
@@ -244,34 +244,49 @@ async fn soak() {
     let mut ops: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut disruptions: BTreeMap<&'static str, u64> = BTreeMap::new();
 
-    // The fleet: every tenth SiteCache's prefix lies inside another's, and is refused.
+    // The fleet; then one in ten more, each with its prefix inside one of theirs, made once that
+    // one has claimed its prefix (the claim that comes first stands), and refused.
     let mut next_id = 0usize;
-    let mut add = |made: &mut BTreeMap<String, Made>, rng: &mut fastrand::Rng| {
-        let name = format!("s{next_id:04}");
-        next_id += 1;
-        let overlapping = next_id.is_multiple_of(10) && !made.is_empty();
-        let prefix = if overlapping {
-            let live: Vec<_> = made.iter().filter(|(_, m)| !m.overlapping).collect();
-            let (_, outer) = live[rng.usize(..live.len())];
-            format!("{}nested-{name}/", outer.prefix)
-        } else {
-            format!("{name}/")
+    let mut add =
+        |made: &mut BTreeMap<String, Made>, rng: &mut fastrand::Rng, outer: Option<&str>| {
+            let name = format!("s{next_id:04}");
+            next_id += 1;
+            let prefix = match outer {
+                Some(outer) => format!("{}nested-{name}/", made[outer].prefix),
+                None => format!("{name}/"),
+            };
+            let m = Made {
+                prefix,
+                retain: rng.bool(),
+                overlapping: outer.is_some(),
+                deleted: false,
+                revision: 1,
+                request: None,
+            };
+            made.insert(name.clone(), m.clone());
+            (name, m)
         };
-        let m = Made {
-            prefix,
-            retain: rng.bool(),
-            overlapping,
-            deleted: false,
-            revision: 1,
-            request: None,
-        };
-        made.insert(name.clone(), m.clone());
-        (name, m)
-    };
     for _ in 0..cfg.sitecaches {
-        let (name, m) = add(&mut made, &mut rng);
+        let (name, m) = add(&mut made, &mut rng, None);
         create(&world, &name, &m).await;
         *ops.entry("create").or_default() += 1;
+    }
+    let outers: Vec<String> = made.keys().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for outer in &outers {
+        while !claimed(&world, &made[outer].prefix).await {
+            assert!(
+                Instant::now() < deadline,
+                "{outer} never claimed its prefix"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    for _ in 0..cfg.sitecaches.div_ceil(10) {
+        let outer = &outers[rng.usize(..outers.len())];
+        let (name, m) = add(&mut made, &mut rng, Some(outer));
+        create(&world, &name, &m).await;
+        *ops.entry("create-overlapping").or_default() += 1;
     }
 
     // The faults and the disruptions, for SOAK_MINUTES.
@@ -345,7 +360,7 @@ async fn soak() {
                 }
             }
             8 => {
-                let (name, m) = add(&mut made, &mut rng);
+                let (name, m) = add(&mut made, &mut rng, None);
                 create(&world, &name, &m).await;
                 *ops.entry("create").or_default() += 1;
             }
@@ -417,6 +432,7 @@ async fn soak() {
         .map(|n| format!("{n}: did not converge within 600 s after the faults stopped"))
         .collect();
     check(&world, &made, &mut violations).await;
+    let failures = failures_counted_once(&world, &mut violations).await;
     let live = made
         .values()
         .filter(|m| !m.deleted && !m.overlapping)
@@ -443,6 +459,7 @@ async fn soak() {
     println!("soak: faults injected by kind: {injected:?}");
     println!("soak: disruptions: {disruptions:?}");
     println!("soak: operations: {ops:?}");
+    println!("soak: snapshot failures and rejections recorded: {failures}");
     println!(
         "soak: S3 requests through the proxy: {} ({:.0} per SiteCache-hour over the run), {} at \
          rest in {}s; API requests at rest: {}; converged {}s after the faults stopped",
@@ -473,6 +490,41 @@ async fn soak() {
     }
 }
 
+/// Every snapshot failure or rejection is announced once (one Warning Event, never repeated),
+/// through the leader handovers and restarts: the Events come from the same announcements as the
+/// metrics. Returns how many were announced.
+async fn failures_counted_once(world: &World, violations: &mut Vec<String>) -> usize {
+    use k8s_openapi::api::events::v1::Event;
+    let events: Api<Event> = Api::namespaced(world.client.clone(), &world.ns);
+    let list = retry("list Events", || {
+        let events = events.clone();
+        async move { events.list(&Default::default()).await }
+    })
+    .await;
+    let mut counts: BTreeMap<String, i32> = BTreeMap::new();
+    for e in list.items {
+        if e.type_.as_deref() != Some("Warning") || e.action.as_deref() != Some("Snapshot") {
+            continue;
+        }
+        let note = e.note.clone().unwrap_or_default();
+        let regarding = e.regarding.as_ref().and_then(|r| r.name.clone());
+        let mut words = note.split_whitespace();
+        // "Job <name> failed: …", "Job <name> disappeared …", "generation <n> was not promoted: …"
+        let key = match (words.next(), words.next(), regarding) {
+            (Some("Job"), Some(job), _) => job.to_owned(),
+            (Some("generation"), Some(n), Some(sc)) => format!("{sc}-g{n}"),
+            _ => continue,
+        };
+        *counts.entry(key).or_default() += e.series.map_or(1, |s| s.count);
+    }
+    for (job, n) in &counts {
+        if *n > 1 {
+            violations.push(format!("the failure of {job} was announced {n} times"));
+        }
+    }
+    counts.len()
+}
+
 /// Requests the API server has served (every client), from its metrics.
 async fn api_requests(world: &World) -> u64 {
     let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
@@ -481,6 +533,16 @@ async fn api_requests(world: &World) -> u64 {
         .filter(|l| l.starts_with("apiserver_request_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// Whether a SiteCache's ownership marker is at `prefix` (read from MinIO, without faults).
+async fn claimed(world: &World, prefix: &str) -> bool {
+    let loc = Location::new(&world.bucket, prefix).unwrap();
+    world
+        .s3
+        .get_bytes(&world.bucket, &loc.owner_key())
+        .await
+        .is_ok()
 }
 
 /// Whether a SiteCache reached the state its last changes call for.
