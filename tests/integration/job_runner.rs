@@ -587,3 +587,58 @@ async fn finished_jobs_are_not_run_again_by_a_new_runner() {
         );
     }
 }
+
+#[tokio::test]
+async fn each_attempt_is_a_pod_with_its_containers_exit_codes_and_termination_messages() {
+    use k8s_openapi::api::core::v1::Pod;
+    let (client, ns) = support::kube().await;
+    let (runner, _) = runner(&client, &ns, HashMap::new(), vec![]);
+    let api: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let pod = json!({
+        "restartPolicy": "Never",
+        "containers": [
+            {"name": "says", "image": "busybox", "command": ["sh", "-c",
+             "printf done > /dev/termination-log; exit 3"]},
+            {"name": "logs", "image": "busybox", "terminationMessagePolicy": "FallbackToLogsOnError",
+             "command": ["sh", "-c", "echo from the log; exit 4"]},
+        ],
+    });
+    create(&api, &job("pods", pod, json!({ "backoffLimit": 0 }))).await;
+    let done = wait_finished(&api, &runner, &ns, "pods", Duration::from_secs(30)).await;
+    assert!(is_true(&done, "Failed"));
+    let uid = done.metadata.uid.clone().unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let list = pods
+        .list(
+            &kube::api::ListParams::default()
+                .labels(&format!("batch.kubernetes.io/controller-uid={uid}")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1, "one pod for the one attempt");
+    let pod = &list.items[0];
+    let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("Job", uid.as_str())
+    );
+    let status = pod.status.as_ref().unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    let ended: HashMap<_, _> = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .map(|c| {
+            let t = c.state.as_ref().unwrap().terminated.clone().unwrap();
+            (c.name.clone(), (t.exit_code, t.message.unwrap_or_default()))
+        })
+        .collect();
+    assert_eq!(ended["says"], (3, "done".to_owned()));
+    assert_eq!(ended["logs"], (4, "from the log".to_owned()));
+
+    // Deleting the Job removes its pods, as the garbage collector would.
+    api.delete("pods", &DeleteParams::background())
+        .await
+        .unwrap();
+    runner.stop().await;
+}

@@ -49,7 +49,8 @@
 //!   would: `Running` with `startTime`, then `Succeeded` or `Failed` with a terminated state per
 //!   container that ran (exit code, 128 + the signal for a killed one, the termination message),
 //!   before the Job's status counts it. A pod of an attempt stopped by the deadline or of a Job
-//!   that is deleted is deleted (the Job controller and the garbage collector do that); a pod the
+//!   that is deleted while it runs is deleted (the Job controller and the garbage collector do
+//!   that); the pods of a finished Job stay when the Job is deleted (no garbage collector); a pod the
 //!   API server refuses (an admission plugin) fails the attempt, where the Job controller would
 //!   retry creating it.
 //! - **Logs.** stdout and stderr go to `<work_dir>/<namespace>/<job>/attempt-<k>-<container>.log`
