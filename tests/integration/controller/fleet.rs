@@ -132,10 +132,15 @@ async fn waiting_sitecaches_start_in_due_order_one_per_freed_slot_without_pollin
         ..Options::default()
     })
     .await;
-    // Two long snapshots take both slots.
-    for name in ["long-1", "long-2"] {
-        h.create(name, json!({"site": name, "warm": warm("sleep 35", 1)}))
-            .await;
+    // Two long snapshots take both slots; they end 10 s apart, so that the waiters start one after
+    // another in one freed slot (starts are compared by their Events, which are published after
+    // the status write that records them: two starts in the same instant could swap).
+    for (name, sleep) in [("long-1", 35), ("long-2", 45)] {
+        h.create(
+            name,
+            json!({"site": name, "warm": warm(&format!("sleep {sleep}"), 1)}),
+        )
+        .await;
     }
     for name in ["long-1", "long-2"] {
         h.wait(name, "snapshotting", MINUTE, |sc| {

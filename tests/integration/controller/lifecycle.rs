@@ -282,12 +282,20 @@ async fn failing_warm_step_degrades_keeps_current_and_backs_off() {
     assert_eq!(last.result, Some(SnapshotResult::Failed));
     assert_eq!(last.reason.as_deref(), Some("BackoffLimitExceeded"));
     assert_eq!(condition_reason(&sc, "Progressing"), Some("BackingOff"));
-    assert!(
-        h.event_reasons("shop")
-            .await
-            .iter()
-            .any(|r| r == "BackoffLimitExceeded")
-    );
+    // Events are published once the status that records them is written and seen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !h
+        .event_reasons("shop")
+        .await
+        .iter()
+        .any(|r| r == "BackoffLimitExceeded")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no BackoffLimitExceeded Event"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let sc = h
         .wait("shop", "failed twice in a row", MINUTE, |sc| {
