@@ -62,7 +62,15 @@ fn make(root: &Path, spec: &[(Vec<&str>, Make)]) {
     for (parts, what) in spec {
         let rel: PathBuf = parts.iter().collect();
         let path = root.join(&rel);
-        if std::fs::create_dir_all(path.parent().unwrap()).is_err()
+        // Never through a link made earlier: what is made must be where the spec says.
+        let through_a_link = (1..parts.len()).any(|i| {
+            let above: PathBuf = parts[..i].iter().collect();
+            root.join(above)
+                .symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink())
+        });
+        if through_a_link
+            || std::fs::create_dir_all(path.parent().unwrap()).is_err()
             || path.symlink_metadata().is_ok()
         {
             continue;
