@@ -720,12 +720,9 @@ async fn s3_killed_mid_upload_commits_nothing() {
     );
 }
 
-/// Uploads `tar` (zstd-compressed) as generation 1 with an honest manifest, so that only the
-/// unpacker's checks stand between the archive and the disk, and restores it.
-async fn restore_hostile(tar: Vec<u8>) -> (Value, tempfile::TempDir) {
-    let s3 = support::s3().await;
-    let loc = location(s3).await;
-    let archive = zstd::encode_all(&tar[..], 3).unwrap();
+/// Uploads `archive` (compressed already) as generation 1 of `loc`, with a manifest whose size
+/// and SHA-256 are the archive's: whatever it holds, only the restore's own checks judge it.
+pub(crate) async fn commit_honestly(s3: &S3Server, loc: &Location, archive: Vec<u8>) {
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         generation: 1,
@@ -741,16 +738,18 @@ async fn restore_hostile(tar: Vec<u8>) -> (Value, tempfile::TempDir) {
         legacy_archive_key: None,
         writer: "test".into(),
     };
-    put(s3, &loc, &loc.archive_key(1), archive).await;
-    sitecache::storage::put_json(
-        &s3.client(),
-        &loc.bucket,
-        &loc.manifest_key(1),
-        &manifest,
-        false,
-    )
-    .await
-    .unwrap();
+    put(s3, loc, &loc.archive_key(1), archive).await;
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    put(s3, loc, &loc.manifest_key(1), manifest).await;
+}
+
+/// Uploads `tar` (zstd-compressed) as generation 1 with an honest manifest, so that only the
+/// unpacker's checks stand between the archive and the disk, and restores it.
+async fn restore_hostile(tar: Vec<u8>) -> (Value, tempfile::TempDir) {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let archive = zstd::encode_all(&tar[..], 3).unwrap();
+    commit_honestly(s3, &loc, archive).await;
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("deep/deno-dir");
     let (_, line) = restore(s3, &loc, &dest, &["--generation", "1"]);

@@ -7,12 +7,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use sitecache::archive::{FORMAT_TAR_ZSTD, FORMAT_VERSION, Manifest};
 use sitecache::storage::Location;
 use tar::EntryType;
 
-use crate::agent::{location, put, sitecache};
+use crate::agent::{commit_honestly, location, sitecache};
 use crate::fixtures::RawTar;
 use crate::support;
 
@@ -30,29 +28,7 @@ struct Measured {
 async fn upload(archive: Vec<u8>) -> Location {
     let s3 = support::s3().await;
     let loc = location(s3).await;
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        generation: 1,
-        archive_key: loc.archive_key(1),
-        format: FORMAT_TAR_ZSTD.into(),
-        size_bytes: archive.len() as u64,
-        sha256: hex::encode(Sha256::digest(&archive)),
-        files: 1,
-        entries: 1,
-        uncompressed_bytes: 1,
-        created_at: jiff::Timestamp::now(),
-        source_revision: None,
-        legacy_archive_key: None,
-        writer: "test".into(),
-    };
-    put(s3, &loc, &loc.archive_key(1), archive).await;
-    put(
-        s3,
-        &loc,
-        &loc.manifest_key(1),
-        serde_json::to_vec(&manifest).unwrap(),
-    )
-    .await;
+    commit_honestly(s3, &loc, archive).await;
     loc
 }
 
