@@ -7,11 +7,15 @@
 //!   generations and status;
 //! - [`agent`]: `sitecache snapshot` and `sitecache restore`;
 //! - [`archive`]: the archive format; [`storage`]: S3 access and the key layout;
-//! - [`telemetry`]: logging and metrics.
+//! - [`telemetry`]: logging and metrics;
+//! - [`plugin`]: `kubectl sitecache`, the kubectl plugin.
+
+#![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod api;
 pub mod archive;
 pub mod controller;
+pub mod plugin;
 pub mod storage;
 pub mod telemetry;

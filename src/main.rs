@@ -1,10 +1,14 @@
-//! The `sitecache` binary: controller, snapshot and restore agents, and CRD generation.
+//! The `sitecache` binary: controller, snapshot and restore agents, CRD generation, and (called
+//! as `kubectl-sitecache`) the kubectl plugin.
+
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sitecache::agent::{restore, snapshot};
+use sitecache::plugin;
 use sitecache::telemetry::{self, LogFormat};
 
 /// Keeps Deno module caches of storefront sites in S3-compatible object storage.
@@ -35,15 +39,42 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Print the SiteCache CustomResourceDefinition as YAML (what crds/ holds).
     Crd,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Called as the kubectl plugin (a link named kubectl-sitecache), or for its completion.
+    let called_as = raw
+        .first()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if called_as == plugin::COMPLETION_NAME {
+        let words: Vec<String> = raw[1..]
+            .iter()
+            .map(|w| w.to_string_lossy().into_owned())
+            .collect();
+        return plugin::complete::kubectl(&words);
+    }
+    if called_as == plugin::PLUGIN_NAME {
+        return plugin::main(plugin::PluginCli::parse_from(&raw));
+    }
     let cli = match Cli::try_parse_from(&raw) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e, &raw),
     };
     match cli.command {
+        Command::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "sitecache", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Crd => {
             let mut out = std::io::stdout().lock();
             match out.write_all(sitecache::api::crd_yaml().as_bytes()) {

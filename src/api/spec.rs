@@ -61,6 +61,35 @@ pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnig
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    // `-o wide` only (priority 1): where runners restore from and what the controller does next.
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        priority = 1
+    ),
+    printcolumn(
+        name = "URL",
+        type_ = "string",
+        json_path = ".status.url",
+        description = "The storage location runners pass to sitecache restore --url",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Active job",
+        type_ = "string",
+        json_path = ".status.activeJob",
+        description = "The snapshot Job running now",
+        priority = 1
+    ),
+    // A string: a `date` column prints a time to come as `<invalid>` (it shows ages only).
+    printcolumn(
+        name = "Next snapshot",
+        type_ = "string",
+        json_path = ".status.nextSnapshotTime",
+        description = "When the next scheduled snapshot is due",
+        priority = 1
     )
 )]
 #[serde(rename_all = "camelCase")]

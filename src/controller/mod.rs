@@ -84,7 +84,10 @@ pub async fn main(args: ControllerArgs) -> anyhow::Result<()> {
     ));
 
     let result = match args.election() {
-        None => run(client, settings, metrics, ready, stopping).await,
+        None => {
+            metrics.leader.set(1);
+            run(client, settings, metrics.clone(), ready, stopping).await
+        }
         Some(election) => {
             // A standby serves and is ready; the leader turns ready again once its watches sync.
             ready.store(true, Ordering::Release);
@@ -92,9 +95,10 @@ pub async fn main(args: ControllerArgs) -> anyhow::Result<()> {
                 None => Ok(()),
                 Some(mut leadership) => {
                     ready.store(false, Ordering::Release);
+                    metrics.leader.set(1);
                     let (stop_run, run_stopping) = watch::channel(false);
                     let mut outer = stopping.clone();
-                    let controller = run(client, settings, metrics, ready, run_stopping);
+                    let controller = run(client, settings, metrics.clone(), ready, run_stopping);
                     tokio::pin!(controller);
                     let lost = tokio::select! {
                         r = &mut controller => return r,
@@ -116,6 +120,8 @@ pub async fn main(args: ControllerArgs) -> anyhow::Result<()> {
             }
         }
     };
+    // Whatever ended the run, this replica reconciles no more.
+    metrics.leader.set(0);
     let _ = stop.send(true);
     server.await??;
     result

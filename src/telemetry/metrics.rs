@@ -1,4 +1,5 @@
-//! The controller's Prometheus metrics (`/metrics`), in one registry per controller instance.
+//! The controller's Prometheus metrics (`/metrics`), in one registry per controller instance:
+//! its own, prefixed `sitecache_`, and the standard `process_*` ones ([`super::process`]).
 
 use std::sync::atomic::AtomicU64;
 
@@ -8,6 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use super::process::ProcessCollector;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -29,9 +32,17 @@ pub struct OperationLabel {
     pub operation: String,
 }
 
-/// Every metric the controller exports, prefixed `sitecache_`.
+/// `sitecache_build_info`'s labels: what is running, for dashboards and upgrade checks.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+/// Every metric the controller exports.
 pub struct Metrics {
     pub registry: Registry,
+    /// 1 while this replica reconciles: it holds the Lease, or runs without leader election.
+    pub leader: Gauge,
     pub reconciles: Counter,
     pub reconcile_errors: Family<KindLabel, Counter>,
     pub reconcile_duration: Histogram,
@@ -52,7 +63,27 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("sitecache");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("sitecache");
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The running build: always 1, its version in the labels",
+            build_info,
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica reconciles (holds the leader-election Lease, or runs without \
+             election), 0 while it stands by",
+            leader.clone(),
+        );
         let reconciles = Counter::default();
         registry.register(
             "reconciles",
@@ -152,7 +183,8 @@ impl Default for Metrics {
             snapshot_queue_wakeups.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
+            leader,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -234,6 +266,17 @@ mod tests {
             "sitecache_status_writes_total",
             "sitecache_cache_growth_percent_bucket",
             "sitecache_snapshot_queue_wakeups_total",
+            concat!(
+                "sitecache_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\"} 1"
+            ),
+            "sitecache_leader 0",
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -2,6 +2,7 @@
 //! result line. Metrics ([`metrics`]) are the controller's, served on `/metrics`.
 
 pub mod metrics;
+pub mod process;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 

@@ -343,6 +343,10 @@ async fn kubectl_get_shows_printer_columns() {
                      "sha256": "ab".repeat(32), "createdAt": "2026-11-23T10:00:00Z" },
         "size": "184.3 MiB",
         "freshness": "Fresh",
+        "phase": "Snapshotting",
+        "url": "s3://caches/shop/",
+        "activeJob": "shop-snapshot-8",
+        "nextSnapshotTime": "2126-11-23T10:00:00Z",
         "lastSnapshot": { "generation": 7, "job": "shop-snapshot-7", "completionTime": "2026-11-23T10:00:00Z",
                           "result": "Succeeded" },
         "conditions": [{ "type": "Ready", "status": "True", "reason": "GenerationPromoted",
@@ -389,6 +393,33 @@ async fn kubectl_get_shows_printer_columns() {
         "{out}"
     );
     assert_eq!(row[row.len() - 2], "True", "{out}");
+
+    // `-o wide` adds where runners restore from and what the controller does next.
+    let out = kubectl(&["get", "scache", "-n", &ns, "-o", "wide"]);
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap()
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(
+        header[8..],
+        ["PHASE", "URL", "ACTIVE JOB", "NEXT SNAPSHOT"],
+        "{out}"
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[row.len() - 4..],
+        [
+            "Snapshotting",
+            "s3://caches/shop/",
+            "shop-snapshot-8",
+            "2126-11-23T10:00:00Z"
+        ],
+        "{out}"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,111 @@
+//! `kubectl sitecache restore NAME --dest DIR`: restores a SiteCache's generation with the code
+//! of `sitecache restore`, from the location in its status. Unlike a runner's restore it is
+//! strict: a failure exits non-zero.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser};
+
+use super::Kube;
+use crate::agent::restore::{self as agent, RestoreArgs as AgentArgs};
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The SiteCache.
+    pub name: String,
+    /// The directory to restore into (created; an existing cache there is replaced whole, only
+    /// once the new one is complete).
+    #[arg(long, value_name = "DIR")]
+    pub dest: PathBuf,
+    /// A retained generation instead of the current one (`kubectl sitecache generations` lists
+    /// them).
+    #[arg(long, value_name = "N")]
+    pub generation: Option<u64>,
+    /// How long the whole restore may take.
+    #[arg(long, default_value = "10m", value_parser = crate::agent::parse_duration)]
+    pub timeout: Duration,
+    /// S3 endpoint URL (default: the SiteCache's spec.storage.endpoint, else AWS_ENDPOINT_URL_S3,
+    /// AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Region (default: the SiteCache's spec.storage.region, else the AWS environment).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Path-style addressing (default: the SiteCache's spec.storage.forcePathStyle).
+    #[arg(long)]
+    pub path_style: bool,
+}
+
+/// `sitecache restore`'s arguments, parsed the way that command parses them so that every
+/// default is its own.
+#[derive(Parser)]
+struct Agent {
+    #[command(flatten)]
+    args: AgentArgs,
+}
+
+pub async fn run(kube: &Kube, args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let name = &args.name;
+    let ns = &kube.namespace;
+    let sc = kube.sitecache(name).await?;
+    let status = sc.status.clone().unwrap_or_default();
+    let url = status.url.clone().with_context(|| {
+        format!("SiteCache {ns}/{name} has no storage location yet (status.url): the controller has not reconciled it")
+    })?;
+    if args.generation.is_none() && status.current.is_none() {
+        anyhow::bail!(
+            "SiteCache {ns}/{name} has no current generation yet (its phase: {:?})",
+            status.phase
+        );
+    }
+    let storage = &sc.spec.storage;
+    let mut argv: Vec<String> = vec![
+        "restore".into(),
+        "--strict".into(),
+        "--url".into(),
+        url.clone(),
+        "--dest".into(),
+        args.dest.to_string_lossy().into_owned(),
+        "--timeout".into(),
+        format!("{}ms", args.timeout.as_millis()),
+    ];
+    if let Some(n) = args.generation {
+        argv.extend(["--generation".into(), n.to_string()]);
+    }
+    if let Some(endpoint) = args.endpoint.clone().or_else(|| storage.endpoint.clone()) {
+        argv.extend(["--endpoint".into(), endpoint]);
+    }
+    if let Some(region) = args.region.clone().or_else(|| storage.region.clone()) {
+        argv.extend(["--region".into(), region]);
+    }
+    if args.path_style || storage.force_path_style == Some(true) {
+        argv.push("--path-style".into());
+    }
+    let agent_args = Agent::try_parse_from(&argv)
+        .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim()))?
+        .args;
+    let report = agent::run(agent_args).await;
+    if !report.ok {
+        anyhow::bail!(
+            "restoring SiteCache {ns}/{name} from {url} failed ({}): {}",
+            report.reason,
+            report.message
+        );
+    }
+    writeln!(
+        out,
+        "Restored generation {} of SiteCache {ns}/{name} into {}: {} files, {} in {:.1} s.",
+        report
+            .generation
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "?".into()),
+        args.dest.display(),
+        report.files,
+        bytesize::ByteSize(report.bytes).display().iec(),
+        report.ms as f64 / 1000.0
+    )?;
+    Ok(())
+}
