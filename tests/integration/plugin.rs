@@ -1,0 +1,363 @@
+//! `kubectl sitecache`, run by the real kubectl (plugin discovery on PATH) against the real
+//! control plane, a running controller and MinIO: each command's output is checked line by line.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::json;
+use sitecache_devtools::assets::Asset;
+
+use crate::controller::harness::{Harness, Options, warm};
+use crate::support;
+
+/// A directory on PATH with the plugin's two names linked to the sitecache binary.
+fn plugin_dir(h: &Harness) -> PathBuf {
+    let dir = h.dir.join("plugin-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["kubectl-sitecache", "kubectl_complete-sitecache"] {
+        let link = dir.join(name);
+        if !link.exists() {
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sitecache"), &link).unwrap();
+        }
+    }
+    dir
+}
+
+/// Runs `kubectl ARGS` as a user would: the plugin found on PATH, the kubeconfig from
+/// KUBECONFIG, storage settings from the AWS environment.
+async fn kubectl(h: &Harness, args: &[&str]) -> Output {
+    let kubectl = Asset::Kubectl.path().expect("kubectl (make test-assets)");
+    let path = format!(
+        "{}:{}",
+        plugin_dir(h).display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    tokio::process::Command::new(kubectl)
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", support::kubeconfig_path())
+        .envs(h.s3().aws_env())
+        .output()
+        .await
+        .expect("run kubectl")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+fn ok(out: &Output) -> Vec<String> {
+    assert!(
+        out.status.success(),
+        "failed ({}):\n{}\n{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+    stdout(out).lines().map(str::to_owned).collect()
+}
+
+/// The cells of a table line (columns are at least three spaces apart).
+fn cells(line: &str) -> Vec<&str> {
+    line.split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_sitecache_snapshots_lists_restores_and_reports_the_fleet() {
+    // Failed snapshots wait an hour before the next scheduled one: only requests run them.
+    let h = Harness::start(Options {
+        failure_backoff: "1h",
+        ..Options::default()
+    })
+    .await;
+    let ns = h.ns.as_str();
+    h.create(
+        "shop",
+        json!({"site": "shop", "warm": warm("", 4), "source": {"revision": "r1"},
+               "schedule": {"maxAge": "24h"}}),
+    )
+    .await;
+    h.wait_promoted("shop", 1).await;
+
+    // snapshot --wait: the request, then the generation it promoted.
+    let out = kubectl(
+        &h,
+        &[
+            "sitecache",
+            "snapshot",
+            "shop",
+            "-n",
+            ns,
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+    )
+    .await;
+    let lines = ok(&out);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let request = lines[0]
+        .strip_prefix(&format!(
+            "Requested a snapshot of SiteCache {ns}/shop (request "
+        ))
+        .and_then(|r| r.strip_suffix(")."))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(request.starts_with("kubectl-"), "{request}");
+    let sc = h.api().get("shop").await.unwrap();
+    let status = sc.status.unwrap();
+    assert_eq!(status.last_handled_request.as_deref(), Some(request));
+    let current = status.current.unwrap();
+    assert_eq!(current.generation, 2);
+    assert_eq!(
+        lines[1],
+        format!(
+            "Generation 2 promoted (Job shop-g2, {} files, {}).",
+            current.files,
+            bytesize::ByteSize(current.size_bytes).display().iec()
+        )
+    );
+
+    // generations: newest first, the current one marked.
+    let lines = ok(&kubectl(&h, &["sitecache", "generations", "shop", "-n", ns]).await);
+    assert_eq!(
+        cells(&lines[0]),
+        [
+            "GENERATION",
+            "CURRENT",
+            "SIZE",
+            "UNPACKED",
+            "FILES",
+            "AGE",
+            "REVISION"
+        ]
+    );
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (line, n) in lines[1..].iter().zip([2u64, 1]) {
+        let c = cells(line);
+        assert_eq!(c[0], n.to_string(), "{line}");
+        let g = status
+            .generations
+            .iter()
+            .find(|g| g.generation == n)
+            .unwrap();
+        let current_cell = if n == 2 { vec!["yes"] } else { vec![] };
+        let expected: Vec<String> = [n.to_string()]
+            .into_iter()
+            .chain(current_cell.into_iter().map(str::to_owned))
+            .chain([
+                bytesize::ByteSize(g.size_bytes).display().iec().to_string(),
+                bytesize::ByteSize(g.uncompressed_bytes)
+                    .display()
+                    .iec()
+                    .to_string(),
+                g.files.to_string(),
+            ])
+            .collect();
+        assert_eq!(c[..expected.len()], expected, "{line}");
+        assert!(
+            c[expected.len()].ends_with('s'),
+            "an age in seconds: {line}"
+        );
+        assert_eq!(c[expected.len() + 1], "r1", "{line}");
+    }
+
+    // restore: the current generation into a directory, with the status's URL.
+    let dest = h.dir.join("restored");
+    let out = kubectl(
+        &h,
+        &[
+            "sitecache",
+            "restore",
+            "shop",
+            "-n",
+            ns,
+            "--dest",
+            dest.to_str().unwrap(),
+            "--path-style",
+        ],
+    )
+    .await;
+    let lines = ok(&out);
+    let prefix = format!(
+        "Restored generation 2 of SiteCache {ns}/shop into {}: ",
+        dest.display()
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with(&prefix), "{lines:?}");
+    assert!(
+        lines[0].contains(&format!(" {} files, ", current.files)),
+        "{lines:?}"
+    );
+    assert!(dest.join("warmed").is_file() && dest.join("deps/m4.js").is_file());
+    // --generation: a retained one, replacing the tree.
+    let out = kubectl(
+        &h,
+        &[
+            "sitecache",
+            "restore",
+            "shop",
+            "-n",
+            ns,
+            "--dest",
+            dest.to_str().unwrap(),
+            "--path-style",
+            "--generation",
+            "1",
+        ],
+    )
+    .await;
+    assert!(ok(&out)[0].starts_with(&format!("Restored generation 1 of SiteCache {ns}/shop")));
+
+    // A SiteCache that fails: snapshot --wait exits non-zero and says why.
+    h.create(
+        "broken",
+        json!({"site": "broken", "warm": {"image": "site:test", "command": ["sh", "-c", "echo no registry >&2; exit 3"]},
+               "snapshot": {"backoffLimit": 0}}),
+    )
+    .await;
+    let out = kubectl(
+        &h,
+        &[
+            "sitecache",
+            "snapshot",
+            "broken",
+            "-n",
+            ns,
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+    )
+    .await;
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("Requested a snapshot of SiteCache {ns}/broken")),
+        "{}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "error: the snapshot of SiteCache {ns}/broken failed (generation "
+        )),
+        "{err}"
+    );
+    assert!(err.contains("BackoffLimitExceeded"), "{err}");
+
+    // status: counts, the stalest, the failing one.
+    let sc = h.api().get("broken").await.unwrap();
+    let degraded = sc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .cloned()
+        .unwrap();
+    let lines = ok(&kubectl(&h, &["sitecache", "status", "-n", ns]).await);
+    assert_eq!(
+        lines[0],
+        format!("SiteCaches: 2 in namespace {ns}"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines[1], "Freshness: Fresh 1, Stale 0, Missing 1",
+        "{lines:?}"
+    );
+    assert_eq!(lines[2], "Phase: Ready 1, Failed 1", "{lines:?}");
+    assert_eq!(
+        lines[3], "Snapshot Jobs: 0 running, 0 waiting for a slot",
+        "{lines:?}"
+    );
+    assert_eq!(lines[4], "");
+    assert_eq!(lines[5], "Stalest caches:");
+    assert_eq!(
+        cells(&lines[6]),
+        ["NAME", "GENERATION", "AGE", "FRESHNESS", "WHY"]
+    );
+    assert_eq!(
+        cells(&lines[7])[..4],
+        ["broken", "-", "-", "Missing"],
+        "{lines:?}"
+    );
+    assert_eq!(cells(&lines[8])[..2], ["shop", "2"], "{lines:?}");
+    assert_eq!(lines[9], "");
+    assert_eq!(lines[10], "Degraded:");
+    assert_eq!(cells(&lines[11]), ["NAME", "REASON", "SINCE", "MESSAGE"]);
+    let row = cells(&lines[12]);
+    assert_eq!(
+        (row[0], row[1]),
+        ("broken", degraded.reason.as_str()),
+        "{lines:?}"
+    );
+    assert_eq!(row[3], degraded.message, "{lines:?}");
+    assert_eq!(lines.len(), 13, "{lines:?}");
+
+    // Errors name what is wrong.
+    let out = kubectl(&h, &["sitecache", "generations", "nope", "-n", ns]).await;
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "error: SiteCache nope not found in namespace {ns} (kubectl get scache -n {ns} lists them)"
+        )
+    );
+    let out = kubectl(&h, &["sitecache", "restore", "shop", "-n", ns]).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--dest <DIR>"), "{}", stderr(&out));
+
+    // kubectl's own completion reaches the plugin's: commands, then SiteCache names.
+    let lines = ok(&kubectl(&h, &["__complete", "sitecache", "gen"]).await);
+    assert!(lines[0].starts_with("generations\t"), "{lines:?}");
+    let lines = ok(&kubectl(&h, &["__complete", "sitecache", "snapshot", "-n", ns, ""]).await);
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|l| l.as_str())
+        .take_while(|l| !l.starts_with(':'))
+        .collect();
+    assert_eq!(names, ["broken", "shop"], "{lines:?}");
+    h.shutdown().await;
+}
+
+#[test]
+fn completion_scripts_name_both_binaries() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_sitecache"));
+    let out = std::process::Command::new(bin)
+        .args(["completion", "bash"])
+        .output()
+        .unwrap();
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success() && script.contains("complete -F _sitecache"),
+        "{script}"
+    );
+    assert!(
+        script.contains("restore") && script.contains("--max-unpacked-bytes"),
+        "{script}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("kubectl-sitecache");
+    std::os::unix::fs::symlink(bin, &link).unwrap();
+    let out = std::process::Command::new(&link)
+        .args(["completion", "zsh"])
+        .output()
+        .unwrap();
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success() && script.starts_with("#compdef kubectl-sitecache"),
+        "{script}"
+    );
+    assert!(script.contains("generations"), "{script}");
+    let out = std::process::Command::new(&link)
+        .args(["completion", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'tcsh' for '<SHELL>'"));
+}
