@@ -34,11 +34,20 @@ async fn wait_holder(h: &Harness, who: &str, timeout: Duration) -> Duration {
 }
 
 fn reconciles(metrics: &str) -> u64 {
+    sample(metrics, "sitecache_reconciles_total")
+}
+
+/// Whether the replica says it leads (`sitecache_leader`).
+fn leads(metrics: &str) -> bool {
+    sample(metrics, "sitecache_leader") == 1
+}
+
+fn sample(metrics: &str, name: &str) -> u64 {
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("sitecache_reconciles_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sitecache_reconciles_total in:\n{metrics}"))
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
 }
 
 #[tokio::test]
@@ -64,6 +73,8 @@ async fn two_replicas_one_leader_and_a_handover_within_the_lease() {
         0,
         "the standby never acted"
     );
+    assert!(leads(&h.metrics().await), "a says it leads");
+    assert!(!leads(&metrics_at(b_port).await), "b says it stands by");
 
     // The leader dies without releasing the Lease: b takes over once it expires (4 s).
     h.stop_controller();
@@ -80,6 +91,7 @@ async fn two_replicas_one_leader_and_a_handover_within_the_lease() {
         reconciles(&metrics_at(b_port).await) > 0,
         "the new leader acts"
     );
+    assert!(leads(&metrics_at(b_port).await), "b says it leads now");
     wait_ready_at(b_port).await;
     h.shutdown().await;
 }
