@@ -2,12 +2,13 @@
 # Obtains the real parts that sitecache's tests and `make dev` start as local processes:
 # etcd, kube-apiserver, kubectl (a local control plane, envtest-style), MinIO (a real
 # S3-compatible server) with minio-admin (its users and policies, through madmin-go) and Deno
-# (from its npm package); with them Helm (the chart's tests) and hadolint (the Dockerfile's
-# lint). Test and dev tooling only.
+# (from its npm package); with them Helm and promtool (the chart's tests and its alert rules'
+# unit tests) and hadolint (the Dockerfile's lint). Test and dev tooling only.
 #
 # Resolution order for each binary:
 #   1. TEST_ASSET_ETCD / TEST_ASSET_KUBE_APISERVER / TEST_ASSET_KUBECTL / TEST_ASSET_MINIO /
-#      TEST_ASSET_MINIO_ADMIN / TEST_ASSET_DENO / TEST_ASSET_HELM / TEST_ASSET_HADOLINT
+#      TEST_ASSET_MINIO_ADMIN / TEST_ASSET_DENO / TEST_ASSET_HELM / TEST_ASSET_HADOLINT /
+#      TEST_ASSET_PROMTOOL
 #   2. KUBEBUILDER_ASSETS/<name> (etcd, kube-apiserver, kubectl)
 #   3. ~/.cache/sitecache/assets/<name>-<version>/<name>, built here from the pinned Go modules
 #      (hack/versions.env) through the Go module proxy the first time, then reused; Deno is
@@ -136,6 +137,18 @@ build_helm() {
   log "helm cached in $final"
 }
 
+build_promtool() {
+  local final="$cache_root/promtool-$PROMETHEUS_VERSION"
+  [ -x "$final/promtool" ] && return 0
+  local tmp; tmp=$(new_tmp promtool); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "building promtool $PROMETHEUS_VERSION from Go modules (first run only: about 5 minutes on 2 cores)"
+  with_heartbeat promtool env CGO_ENABLED=0 GOBIN="$tmp/out" GOFLAGS=-mod=mod \
+    go install -trimpath -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+  "$tmp/out/promtool" --version >/dev/null || die "the built promtool does not run"
+  publish "$tmp/out" "$final"
+  log "promtool cached in $final"
+}
+
 install_deno() {
   local final="$cache_root/deno-$DENO_VERSION"
   [ -x "$final/deno" ] && return 0
@@ -186,6 +199,7 @@ resolve() {
     deno) install_deno; echo "$cache_root/deno-$DENO_VERSION/deno" ;;
     hadolint) install_hadolint; echo "$cache_root/hadolint-$HADOLINT_VERSION/hadolint" ;;
     helm) build_helm; echo "$cache_root/helm-$HELM_VERSION/helm" ;;
+    promtool) build_promtool; echo "$cache_root/promtool-$PROMETHEUS_VERSION/promtool" ;;
     *) die "unknown asset $name" ;;
   esac
 }
@@ -199,6 +213,7 @@ all_env() {
   echo "TEST_ASSET_DENO=$(resolve deno TEST_ASSET_DENO)"
   echo "TEST_ASSET_HADOLINT=$(resolve hadolint TEST_ASSET_HADOLINT)"
   echo "TEST_ASSET_HELM=$(resolve helm TEST_ASSET_HELM)"
+  echo "TEST_ASSET_PROMTOOL=$(resolve promtool TEST_ASSET_PROMTOOL)"
 }
 
 case "${1:-ensure}" in

@@ -17,6 +17,8 @@ pub enum Asset {
     MinioAdmin,
     Deno,
     Helm,
+    /// Prometheus' rule checker and unit tester (the chart's alerts).
+    Promtool,
 }
 
 impl Asset {
@@ -30,6 +32,7 @@ impl Asset {
             Asset::MinioAdmin => "minio-admin",
             Asset::Deno => "deno",
             Asset::Helm => "helm",
+            Asset::Promtool => "promtool",
         }
     }
 
@@ -42,6 +45,7 @@ impl Asset {
             Asset::MinioAdmin => "TEST_ASSET_MINIO_ADMIN",
             Asset::Deno => "TEST_ASSET_DENO",
             Asset::Helm => "TEST_ASSET_HELM",
+            Asset::Promtool => "TEST_ASSET_PROMTOOL",
         }
     }
 
@@ -54,6 +58,7 @@ impl Asset {
             Asset::MinioAdmin => ("minio-admin", "MADMIN_VERSION"),
             Asset::Deno => ("deno", "DENO_VERSION"),
             Asset::Helm => ("helm", "HELM_VERSION"),
+            Asset::Promtool => ("promtool", "PROMETHEUS_VERSION"),
         };
         Ok(format!("{package}-{}", pinned_version(key)?))
     }

@@ -1,7 +1,10 @@
 //! The Helm chart (`charts/sitecache`) with the real Helm, on the real control plane: it lints,
 //! renders with default and non-default values, and applies with a server-side dry run; its RBAC
 //! grants only what the controller uses; and the controller, acting as the chart's ServiceAccount
-//! (impersonation) with the chart's configuration, completes a SiteCache's lifecycle.
+//! (impersonation) with the chart's configuration, completes a SiteCache's lifecycle. It works as
+//! a subchart and aggregates users' access into the default roles; its alerts pass `promtool`'s
+//! checks and unit tests, and they and its dashboard use only metrics a running controller
+//! exports; its PrometheusRule, dashboard and NetworkPolicy render as designed and apply.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -13,7 +16,7 @@ use kube::api::Api;
 use serde_json::{Value, json};
 use sitecache_devtools::assets::Asset;
 
-use crate::controller::harness::{AGENT_IMAGE, Harness, Options, condition, current};
+use crate::controller::harness::{AGENT_IMAGE, Harness, Options, condition, counter_sum, current};
 use crate::support;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -89,6 +92,17 @@ fn numbers_as_floats(value: &Value) -> Value {
 
 fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+/// Whether a ClusterRole is one of the users' roles aggregated into the default ones.
+fn is_aggregated(role: &Value) -> bool {
+    role["metadata"]["labels"]
+        .as_object()
+        .is_some_and(|labels| {
+            labels
+                .keys()
+                .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+        })
 }
 
 fn server_side_apply(manifest: &str, dry_run: bool) -> String {
@@ -300,8 +314,13 @@ async fn chart_with_non_default_values_applies_with_a_server_side_dry_run() {
     );
     assert_eq!(env["SITECACHE_LEADER_ELECTION_LEASE"], "sitecache-leader");
     assert_eq!(env["AWS_STS_REGIONAL_ENDPOINTS"], "regional");
-    // Watching two namespaces: Roles there, nothing cluster-wide but the CRD.
-    assert!(of_kind(&objects, "ClusterRole").is_empty());
+    // Watching two namespaces: Roles there, nothing cluster-wide but the CRD and the users'
+    // aggregated roles.
+    assert!(
+        of_kind(&objects, "ClusterRole")
+            .into_iter()
+            .all(is_aggregated)
+    );
     assert!(of_kind(&objects, "ClusterRoleBinding").is_empty());
     let snapshot_accounts: BTreeSet<&str> = of_kind(&objects, "ServiceAccount")
         .into_iter()
@@ -393,9 +412,13 @@ async fn chart_rbac_grants_only_what_the_controller_uses() {
     let (_, other) = support::kube().await;
     let expected = controller_permissions();
 
-    // Cluster-wide (the default): one ClusterRole with exactly the controller's permissions.
+    // Cluster-wide (the default): one ClusterRole with exactly the controller's permissions
+    // (besides the users' aggregated roles).
     let objects = parse_objects(&render(&format!("{ns}-all"), &ns, None));
-    let cluster_roles = of_kind(&objects, "ClusterRole");
+    let cluster_roles: Vec<_> = of_kind(&objects, "ClusterRole")
+        .into_iter()
+        .filter(|r| !is_aggregated(r))
+        .collect();
     assert_eq!(cluster_roles.len(), 1);
     assert_eq!(granted(&cluster_roles[0]["rules"]), expected);
 
@@ -406,7 +429,11 @@ async fn chart_rbac_grants_only_what_the_controller_uses() {
     );
     let manifest = render("sitecache", &ns, Some(&values));
     let objects = parse_objects(&manifest);
-    assert!(of_kind(&objects, "ClusterRole").is_empty());
+    assert!(
+        of_kind(&objects, "ClusterRole")
+            .into_iter()
+            .all(is_aggregated)
+    );
     let roles = of_kind(&objects, "Role");
     let (lease_roles, roles): (Vec<_>, Vec<_>) = roles.into_iter().partition(|r| {
         r["metadata"]["name"]
@@ -579,4 +606,1011 @@ async fn controller_with_only_the_chart_rbac_completes_a_lifecycle() {
         "the controller was refused something:\n{log}"
     );
     h.shutdown().await;
+}
+
+#[tokio::test]
+async fn chart_works_as_a_subchart_with_global_values() {
+    let chart = chart_dir();
+    // The chart's own lint, with values a parent chart would share.
+    let global = json!({"global": {
+        "imageRegistry": "registry.example.com",
+        "imagePullSecrets": [{"name": "registry-credentials"}],
+        "labels": {"example.com/team": "platform"}
+    }});
+    let values = values_file("global", &global);
+    ok(
+        "helm lint --strict (global values)",
+        helm(&[
+            "lint",
+            "--strict",
+            chart.to_str().unwrap(),
+            "--values",
+            values.to_str().unwrap(),
+        ]),
+    );
+
+    // A parent chart with sitecache as its dependency: Helm hands it the parent's `global`.
+    let parent = support::run_dir().join("chart").join("parent");
+    let _ = std::fs::remove_dir_all(&parent);
+    copy_dir(&chart, &parent.join("charts").join("sitecache"));
+    std::fs::create_dir_all(parent.join("templates")).unwrap();
+    std::fs::write(
+        parent.join("Chart.yaml"),
+        "apiVersion: v2\nname: platform\nversion: 1.0.0\nicon: https://example.com/icon.png\n\
+         dependencies:\n  - name: sitecache\n    version: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        parent.join("templates").join("registry.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-registry\n\
+         data:\n  registry: {{ .Values.global.imageRegistry | quote }}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        parent.join("values.yaml"),
+        serde_json::to_string(&json!({
+            "global": global["global"],
+            "sitecache": {"storage": {"defaultBucket": "site-caches"}}
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let parent_dir = parent.to_str().unwrap();
+    ok(
+        "helm lint --strict (parent chart)",
+        helm(&["lint", "--strict", parent_dir]),
+    );
+    let objects = parse_objects(&ok(
+        "helm template (parent chart)",
+        helm(&["template", "platform", parent_dir]),
+    ));
+    let deployment = of_kind(&objects, "Deployment")[0];
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "SITECACHE_DEFAULT_BUCKET" && e["value"] == "site-caches"),
+        "the parent's values reach the subchart: {env}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn chart_aggregates_sitecache_access_into_the_default_roles() {
+    let (_, ns) = support::kube().await;
+    let release = format!("{ns}-agg");
+    let aggregated = |values: Option<Value>| -> Vec<Value> {
+        let file = values.map(|v| values_file(&format!("{ns}-agg"), &v));
+        let objects = parse_objects(&render(&release, &ns, file.as_deref()));
+        of_kind(&objects, "ClusterRole")
+            .into_iter()
+            .filter(|r| is_aggregated(r))
+            .cloned()
+            .collect()
+    };
+    let label = |k: &str| format!("rbac.authorization.k8s.io/aggregate-to-{k}");
+    let check = |roles: &[Value]| {
+        assert_eq!(roles.len(), 2, "{roles:?}");
+        let view = roles
+            .iter()
+            .find(|r| r["metadata"]["name"] == format!("{release}-sitecache-view"))
+            .expect("the view role");
+        let edit = roles
+            .iter()
+            .find(|r| r["metadata"]["name"] == format!("{release}-sitecache-edit"))
+            .expect("the edit role");
+        for k in ["view", "edit", "admin"] {
+            assert_eq!(view["metadata"]["labels"][label(k)], "true", "{view}");
+        }
+        assert_eq!(edit["metadata"]["labels"][label("edit")], "true", "{edit}");
+        assert_eq!(edit["metadata"]["labels"][label("admin")], "true", "{edit}");
+        assert!(
+            edit["metadata"]["labels"].get(label("view")).is_none(),
+            "viewers may not change SiteCaches: {edit}"
+        );
+        let grants = |rules: &[(&str, &[&str])]| {
+            rules
+                .iter()
+                .map(|(r, v)| {
+                    (
+                        ("sitecache.dev".to_owned(), r.to_string()),
+                        v.iter().map(|s| s.to_string()).collect(),
+                    )
+                })
+                .collect::<BTreeMap<_, BTreeSet<_>>>()
+        };
+        assert_eq!(
+            granted(&view["rules"]),
+            grants(&[
+                ("sitecaches", &["get", "list", "watch"]),
+                ("sitecaches/status", &["get", "list", "watch"]),
+            ])
+        );
+        assert_eq!(
+            granted(&edit["rules"]),
+            grants(&[(
+                "sitecaches",
+                &["create", "update", "patch", "delete", "deletecollection"]
+            )])
+        );
+    };
+    // By default, also with watched namespaces (users' access does not depend on them).
+    check(&aggregated(None));
+    check(&aggregated(Some(
+        json!({"controller": {"watchNamespaces": [ns]}}),
+    )));
+    assert!(aggregated(Some(json!({"rbac": {"aggregateToDefaultRoles": false}}))).is_empty());
+    assert!(aggregated(Some(json!({"rbac": {"create": false}}))).is_empty());
+}
+
+// ---------------------------------------------------------------- alerts and dashboard
+
+fn promtool(args: &[&str]) -> Output {
+    let promtool = Asset::Promtool.path().expect("promtool (make test-assets)");
+    support::run_with_input(&promtool, args, None)
+}
+
+fn read_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn rules_path() -> PathBuf {
+    chart_dir().join("files").join("prometheus-rules.yaml")
+}
+
+fn rules_tests_path() -> PathBuf {
+    chart_dir().join("tests").join("prometheus-rules.test.yaml")
+}
+
+fn rules_file() -> Value {
+    serde_saphyr::from_str(&read_text(&rules_path())).expect("files/prometheus-rules.yaml")
+}
+
+fn dashboard_file() -> Value {
+    serde_json::from_str(&read_text(
+        &chart_dir().join("files").join("dashboard.json"),
+    ))
+    .expect("files/dashboard.json is JSON")
+}
+
+/// Every rule of a rule file, through its groups.
+fn rules_of(file: &Value) -> Vec<&Value> {
+    rules_of_groups(&file["groups"])
+}
+
+fn alert_names(file: &Value) -> Vec<String> {
+    rules_of(file)
+        .into_iter()
+        .filter_map(|r| Some(r.get("alert")?.as_str()?.to_owned()))
+        .collect()
+}
+
+/// A vector selector of a PromQL expression: its metric name and its label matchers as written
+/// (between the braces; empty without braces).
+#[derive(Debug, PartialEq)]
+struct Selector {
+    metric: String,
+    matchers: String,
+}
+
+/// Words of PromQL that are not metric names when they are not followed by `(`: aggregations
+/// (followed by `by`/`without`), binary operators and literals.
+const PROMQL_WORDS: &[&str] = &[
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+    "and",
+    "or",
+    "unless",
+    "atan2",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+];
+
+/// Words followed by a list of label names in parentheses.
+const PROMQL_LABEL_LISTS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+
+/// The vector selectors of a PromQL expression (Grafana's `$variables` allowed), by a small
+/// lexer: strings, comments, ranges, numbers and durations, label lists, functions and keywords
+/// are skipped; every other word is a metric name.
+fn selectors(expr: &str) -> Vec<Selector> {
+    let c: Vec<char> = expr.chars().collect();
+    fn after_string(c: &[char], mut i: usize) -> usize {
+        let quote = c[i];
+        i += 1;
+        while i < c.len() && c[i] != quote {
+            if c[i] == '\\' && quote != '`' {
+                i += 1;
+            }
+            i += 1;
+        }
+        i + 1
+    }
+    fn after_group(c: &[char], mut i: usize, close: char) -> usize {
+        let open = c[i];
+        let mut depth = 0;
+        while i < c.len() {
+            match c[i] {
+                '"' | '\'' | '`' => {
+                    i = after_string(c, i);
+                    continue;
+                }
+                x if x == open => depth += 1,
+                x if x == close => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return i + 1;
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        panic!("unbalanced {open} in {}", c.iter().collect::<String>())
+    }
+    let word_char = |x: char| x.is_ascii_alphanumeric() || x == '_' || x == ':';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        match c[i] {
+            '"' | '\'' | '`' => i = after_string(&c, i),
+            '#' => {
+                while i < c.len() && c[i] != '\n' {
+                    i += 1;
+                }
+            }
+            '[' => i = after_group(&c, i, ']'),
+            '{' => panic!("a selector without a metric name in {expr}"),
+            '$' => {
+                i += 1;
+                if c.get(i) == Some(&'{') {
+                    i = after_group(&c, i, '}');
+                } else {
+                    while i < c.len() && word_char(c[i]) {
+                        i += 1;
+                    }
+                }
+            }
+            x if x.is_ascii_digit() || x == '.' => {
+                while i < c.len() && (word_char(c[i]) || c[i] == '.') {
+                    i += 1;
+                }
+            }
+            x if x.is_ascii_alphabetic() || x == '_' || x == ':' => {
+                let start = i;
+                while i < c.len() && word_char(c[i]) {
+                    i += 1;
+                }
+                let word: String = c[start..i].iter().collect();
+                let mut j = i;
+                while j < c.len() && c[j].is_whitespace() {
+                    j += 1;
+                }
+                let next = c.get(j).copied();
+                if PROMQL_LABEL_LISTS.contains(&word.as_str()) {
+                    if next == Some('(') {
+                        i = after_group(&c, j, ')');
+                    }
+                } else if next == Some('(') || PROMQL_WORDS.contains(&word.to_lowercase().as_str())
+                {
+                    // A function, an aggregation, an operator or a literal.
+                } else if next == Some('{') {
+                    let end = after_group(&c, j, '}');
+                    out.push(Selector {
+                        metric: word,
+                        matchers: c[j + 1..end - 1].iter().collect(),
+                    });
+                    i = end;
+                } else {
+                    out.push(Selector {
+                        metric: word,
+                        matchers: String::new(),
+                    });
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+#[test]
+fn selectors_are_found_in_promql() {
+    let expr = r#"
+        histogram_quantile(0.9, sum by (le) (rate(a_bucket{job="$job",le=~"1.*"}[5m] offset 1h)))
+          > on (job) group_left(version) max without (instance) (b_info{job="x"}) * 1e3
+        and ignoring(kind) sum(increase(c_total{kind="{not}a_metric"}[$__rate_interval]))
+        or vector(1) unless d # e_comment{job="y"}
+        / count(f:recorded) + inf
+    "#;
+    let found: Vec<(String, String)> = selectors(expr)
+        .into_iter()
+        .map(|s| (s.metric, s.matchers))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("a_bucket", r#"job="$job",le=~"1.*""#),
+            ("b_info", r#"job="x""#),
+            ("c_total", r#"kind="{not}a_metric""#),
+            ("d", ""),
+            ("f:recorded", ""),
+        ]
+        .map(|(m, l)| (m.to_owned(), l.to_owned()))
+    );
+}
+
+/// Asserts that every selector of a controller metric in `expr` has `job` (as written, for
+/// example `job="sitecache"`) as its only job matcher, and that kube-state-metrics' series have
+/// none (their job is kube-state-metrics').
+fn assert_job_matchers(expr: &str, job: &str, extra: &[&str]) {
+    for s in selectors(expr) {
+        let matchers: Vec<&str> = s
+            .matchers
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .collect();
+        let jobs: Vec<&str> = matchers
+            .iter()
+            .copied()
+            .filter(|m| m.starts_with("job"))
+            .collect();
+        if s.metric.starts_with("kube_sitecache_") {
+            assert!(jobs.is_empty(), "{s:?} in {expr}");
+            continue;
+        }
+        assert_eq!(jobs, vec![job], "the job matcher of {s:?} in {expr}");
+        for m in extra {
+            assert!(matchers.contains(m), "no {m} in {s:?} in {expr}");
+        }
+    }
+}
+
+#[test]
+fn every_controller_selector_of_the_alerts_and_the_dashboard_names_the_job() {
+    let rules = rules_file();
+    for rule in rules_of(&rules) {
+        assert_job_matchers(rule["expr"].as_str().unwrap(), r#"job="sitecache""#, &[]);
+    }
+    for (whence, expr) in dashboard_queries(&dashboard_file()) {
+        if whence == r#"variable "job""# {
+            continue; // it lists the jobs
+        }
+        // Panels show the replicas chosen; the variables list them.
+        let replicas: &[&str] = if whence.starts_with("panel") {
+            &[r#"instance=~"$instance""#]
+        } else {
+            &[]
+        };
+        assert_job_matchers(&expr, r#"job="$job""#, replicas);
+    }
+}
+
+/// The PromQL of a dashboard: its panels' targets and its variables' `label_values` selectors,
+/// each with where it is.
+fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            out.push((
+                format!("panel {:?} {}", panel["title"], target["refId"]),
+                target["expr"].as_str().expect("a target's expr").to_owned(),
+            ));
+        }
+    }
+    for var in dashboard["templating"]["list"].as_array().unwrap() {
+        if var["type"] == "query" {
+            let query = var["query"]["query"].as_str().unwrap();
+            let inner = query
+                .strip_prefix("label_values(")
+                .and_then(|q| q.strip_suffix(')'))
+                .and_then(|q| Some(q.rsplit_once(',')?.0))
+                .unwrap_or_else(|| panic!("variable {}: {query}", var["name"]));
+            out.push((format!("variable {}", var["name"]), inner.to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboard_is_a_grafana_dashboard_with_a_datasource_job_and_replica_variables() {
+    let dashboard = dashboard_file();
+    assert!(dashboard["uid"].as_str().is_some_and(|u| !u.is_empty()));
+    assert!(dashboard["schemaVersion"].as_u64().is_some());
+    let vars: BTreeMap<&str, &Value> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v))
+        .collect();
+    assert_eq!(vars["datasource"]["type"], "datasource");
+    assert_eq!(vars["datasource"]["query"], "prometheus");
+    assert!(
+        vars["job"]["query"]["query"]
+            .as_str()
+            .unwrap()
+            .ends_with(", job)")
+    );
+    assert!(
+        vars["instance"]["query"]["query"]
+            .as_str()
+            .unwrap()
+            .contains(r#"{job="$job"}"#)
+    );
+    assert_eq!(vars["instance"]["includeAll"], true);
+    let mut ids = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert!(ids.insert(panel["id"].as_u64().unwrap()), "{panel}");
+        let pos = &panel["gridPos"];
+        assert!(
+            pos["x"].as_u64().unwrap() + pos["w"].as_u64().unwrap() <= 24,
+            "{pos}"
+        );
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{panel}");
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{panel}");
+        for t in targets {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{panel}");
+        }
+    }
+    let titles: BTreeSet<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    for title in [
+        "Leader",
+        "Reconciles",
+        "Snapshot Jobs finished",
+        "Snapshot Job duration (succeeded, last hour)",
+        "Generations promoted",
+        "Stale SiteCaches",
+        "Storage requests",
+        "CPU",
+        "Memory",
+        "File descriptors",
+    ] {
+        assert!(titles.contains(title), "no panel {title:?}: {titles:?}");
+    }
+}
+
+/// `promtool` with the chart's rules: `check rules` counts them all, `test rules` passes, and
+/// the dashboard's queries parse.
+#[tokio::test]
+async fn promtool_checks_the_alerts_and_the_dashboard_queries_and_runs_the_alert_unit_tests() {
+    let rules = rules_file();
+    let path = rules_path();
+    let out = ok(
+        "promtool check rules",
+        promtool(&["check", "rules", path.to_str().unwrap()]),
+    );
+    assert!(
+        out.contains(&format!("SUCCESS: {} rules found", rules_of(&rules).len())),
+        "{out}"
+    );
+    // The unit tests run on the chart's file itself.
+    let tests: Value = serde_saphyr::from_str(&read_text(&rules_tests_path())).unwrap();
+    assert_eq!(
+        tests["rule_files"],
+        json!(["../files/prometheus-rules.yaml"])
+    );
+    let tests_path = rules_tests_path();
+    let out = ok(
+        "promtool test rules",
+        promtool(&["test", "rules", tests_path.to_str().unwrap()]),
+    );
+    assert!(out.contains("SUCCESS"), "{out}");
+
+    // The dashboard's queries are PromQL (Grafana's variables replaced by values).
+    let dashboard_rules: Vec<Value> = dashboard_queries(&dashboard_file())
+        .into_iter()
+        .enumerate()
+        .map(|(n, (_, expr))| {
+            let expr = expr
+                .replace("$__rate_interval", "5m")
+                .replace("$__interval", "1m")
+                .replace("$__range", "6h")
+                .replace("$job", "sitecache")
+                .replace("$instance", ".*");
+            assert!(!expr.contains('$'), "an unknown variable in {expr}");
+            json!({"record": format!("sitecache_dashboard:query_{n}"), "expr": expr})
+        })
+        .collect();
+    let dir = support::run_dir().join("chart").join("promtool");
+    std::fs::create_dir_all(&dir).unwrap();
+    let queries = dir.join("dashboard-queries.json");
+    std::fs::write(
+        &queries,
+        serde_json::to_vec(&json!({"groups": [{"name": "dashboard", "rules": dashboard_rules}]}))
+            .unwrap(),
+    )
+    .unwrap();
+    ok(
+        "promtool check rules (the dashboard's queries)",
+        promtool(&["check", "rules", queries.to_str().unwrap()]),
+    );
+}
+
+/// Each alert's unit tests can fail: with the alert's expression replaced by one that is always
+/// true, its "stays quiet" tests fail; by one that is never true, its "fires" tests fail.
+#[tokio::test]
+async fn every_alert_fires_on_its_problem_and_stays_quiet_when_healthy() {
+    let rules = rules_file();
+    let tests: Value = serde_saphyr::from_str(&read_text(&rules_tests_path())).unwrap();
+    let groups: Vec<&str> = tests["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    let dir = support::run_dir().join("chart").join("promtool");
+    std::fs::create_dir_all(&dir).unwrap();
+    let alerts = alert_names(&rules);
+    assert!(alerts.len() >= 15, "{alerts:?}");
+    for alert in &alerts {
+        for (kind, expr) in [("fires", "vector(1) < 0"), ("stays quiet", "vector(1)")] {
+            let prefix = format!("{alert} {kind}");
+            assert!(
+                groups.iter().any(|g| g.starts_with(&prefix)),
+                "no unit test named \"{prefix} …\""
+            );
+            let mut mutated = rules.clone();
+            for group in mutated["groups"].as_array_mut().unwrap() {
+                for rule in group["rules"].as_array_mut().unwrap() {
+                    if rule["alert"] == alert.as_str() {
+                        rule["expr"] = json!(expr);
+                    }
+                }
+            }
+            let stem = format!("{alert}-{}", kind.replace(' ', "-"));
+            let rules_path = dir.join(format!("{stem}.rules.json"));
+            std::fs::write(&rules_path, serde_json::to_vec(&mutated).unwrap()).unwrap();
+            let mut tests = tests.clone();
+            tests["rule_files"] = json!([rules_path]);
+            let tests_path = dir.join(format!("{stem}.test.json"));
+            std::fs::write(&tests_path, serde_json::to_vec(&tests).unwrap()).unwrap();
+            let out = promtool(&[
+                "test",
+                "rules",
+                "--run",
+                &format!("^{prefix} "),
+                tests_path.to_str().unwrap(),
+            ]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && text.contains("FAILED") && text.contains(alert.as_str()),
+                "with {alert}'s expression replaced by `{expr}`, its \"{kind}\" tests still pass:\n{text}"
+            );
+        }
+    }
+}
+
+/// The sample names a scrape's `# TYPE` lines announce: what PromQL can select. Checks that every
+/// sample in the scrape is one of them.
+fn exported_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+        match kind {
+            // OpenMetrics names a counter's family without the suffix its samples carry.
+            "counter" if name.ends_with("_total") => {
+                names.insert(name.to_owned());
+            }
+            "counter" => {
+                names.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+            "summary" => {
+                for suffix in ["", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+            "info" => {
+                names.insert(format!("{name}_info"));
+            }
+            "gauge" | "unknown" | "untyped" | "stateset" => {
+                names.insert(name.to_owned());
+            }
+            other => panic!("an unknown metric type {other}: {line}"),
+        }
+    }
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap();
+        assert!(
+            names.contains(name)
+                || name
+                    .strip_suffix("_created")
+                    .is_some_and(|base| names.iter().any(|n| n.starts_with(base))),
+            "sample {name} of no announced family (the suffixes above are wrong):\n{text}"
+        );
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_alerts_and_the_dashboard_use_only_metrics_the_controller_exports() {
+    // Every name the rules and the dashboard select, and where.
+    let mut used: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for rule in rules_of(&rules_file()) {
+        let whence = format!(
+            "rule {}",
+            rule.get("alert")
+                .or_else(|| rule.get("record"))
+                .unwrap()
+                .as_str()
+                .unwrap()
+        );
+        for s in selectors(rule["expr"].as_str().unwrap()) {
+            used.entry(s.metric).or_default().insert(whence.clone());
+        }
+    }
+    for (whence, expr) in dashboard_queries(&dashboard_file()) {
+        for s in selectors(&expr) {
+            used.entry(s.metric).or_default().insert(whence.clone());
+        }
+    }
+    for name in [
+        "sitecache_reconciles_total",
+        "sitecache_snapshot_job_duration_seconds_bucket",
+        "kube_sitecache_status_condition",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(used.contains_key(name), "{name} not found in {used:?}");
+    }
+
+    // A running controller. A family with labels is exported from its first sample on: one
+    // SiteCache is promoted (Jobs by result, rebuilds, storage requests) and another fails on
+    // a missing bucket (reconcile errors).
+    let missing = format!("missing-{}", std::process::id());
+    let h = Harness::start(Options {
+        extra_args: vec!["--allowed-buckets".into(), missing.clone()],
+        ..Options::default()
+    })
+    .await;
+    h.wait_ready().await;
+    let warm = crate::controller::harness::warm("", 3);
+    h.create("shop", json!({"site": "shop", "warm": warm}))
+        .await;
+    h.create(
+        "broken",
+        json!({"site": "broken", "warm": warm, "storage": {"bucket": missing}}),
+    )
+    .await;
+    h.wait_promoted("shop", 1).await;
+    let deadline = std::time::Instant::now() + MINUTE;
+    let scrape = loop {
+        let scrape = h.metrics().await;
+        if counter_sum(&scrape, "sitecache_reconcile_errors_total") > 0.0 {
+            break scrape;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconcile error counted:\n{scrape}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let exported = exported_names(&scrape);
+    let missing: Vec<String> = used
+        .iter()
+        // `up` is Prometheus' own; kube_sitecache_* come from kube-state-metrics.
+        .filter(|(name, _)| *name != "up" && !name.starts_with("kube_sitecache_"))
+        .filter(|(name, _)| !exported.contains(*name))
+        .map(|(name, whence)| format!("{name} (used by {whence:?})"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the alerts or the dashboard use metrics the controller does not export:\n  {}\n\
+         exported: {exported:?}",
+        missing.join("\n  ")
+    );
+    h.shutdown().await;
+}
+
+/// A minimal stand-in for prometheus-operator's PrometheusRule CRD (like [`SERVICE_MONITOR_CRD`]),
+/// so that a chart that renders one applies; its schema is not what these tests check (promtool
+/// checks the rules).
+const PROMETHEUS_RULE_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: prometheusrules.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  names: {kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          x-kubernetes-preserve-unknown-fields: true
+"#;
+
+/// The rule groups of files/prometheus-rules.yaml as the chart should render them: `job`
+/// matching the controller's series, `alert_labels` added to the alerts (their own win).
+fn expected_rule_groups(job: &str, alert_labels: &Value) -> Value {
+    let mut file = rules_file();
+    for group in file["groups"].as_array_mut().unwrap() {
+        for rule in group["rules"].as_array_mut().unwrap() {
+            let expr = rule["expr"].as_str().unwrap();
+            rule["expr"] = json!(expr.replace(r#"job="sitecache""#, &format!(r#"job="{job}""#)));
+            if rule.get("alert").is_some() {
+                let labels = rule["labels"].as_object_mut().unwrap();
+                for (k, v) in alert_labels.as_object().unwrap() {
+                    labels.entry(k.clone()).or_insert(v.clone());
+                }
+            }
+        }
+    }
+    file["groups"].take()
+}
+
+/// Asserts rendered rule groups equal the expected ones, rule by rule (for a readable failure).
+fn assert_groups(rendered: &Value, expected: &Value) {
+    let names = |groups: &Value| -> Vec<Value> {
+        groups
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].clone())
+            .collect()
+    };
+    assert_eq!(names(rendered), names(expected));
+    let (rendered, expected) = (rules_of_groups(rendered), rules_of_groups(expected));
+    assert_eq!(rendered.len(), expected.len());
+    for (r, e) in rendered.iter().zip(&expected) {
+        assert_eq!(r, e, "rule {}", e.get("alert").unwrap_or(&e["record"]));
+    }
+}
+
+fn rules_of_groups(groups: &Value) -> Vec<&Value> {
+    groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn chart_renders_alerts_a_dashboard_and_a_network_policy_that_apply() {
+    let (_, ns) = support::kube().await;
+    let (_, monitoring) = support::kube().await;
+    server_side_apply(SERVICE_MONITOR_CRD, false);
+    server_side_apply(PROMETHEUS_RULE_CRD, false);
+    ok(
+        "kubectl wait (CRDs established)",
+        support::kubectl(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/servicemonitors.monitoring.coreos.com",
+                "crd/prometheusrules.monitoring.coreos.com",
+            ],
+            None,
+        ),
+    );
+    let metrics_from = json!([{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": monitoring}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    }]);
+    let egress = json!([
+        {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+        {"to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}], "ports": [{"port": 443, "protocol": "TCP"}]},
+        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}], "ports": [{"port": 443, "protocol": "TCP"}]}
+    ]);
+    let values = values_file(
+        &format!("{ns}-monitoring"),
+        &json!({
+            "metrics": {
+                "port": 9090,
+                "serviceMonitor": {"enabled": true},
+                "prometheusRule": {
+                    "enabled": true,
+                    "labels": {"release": "prometheus"},
+                    "alertLabels": {"team": "platform", "severity": "page"}
+                },
+                "grafanaDashboard": {
+                    "enabled": true,
+                    "namespace": monitoring,
+                    "annotations": {"grafana_folder": "Operators"}
+                }
+            },
+            "networkPolicy": {"enabled": true, "metricsFrom": metrics_from, "egress": egress}
+        }),
+    );
+    let chart = chart_dir();
+    ok(
+        "helm lint --strict (alerts, dashboard, network policy)",
+        helm(&[
+            "lint",
+            "--strict",
+            chart.to_str().unwrap(),
+            "--values",
+            values.to_str().unwrap(),
+        ]),
+    );
+    let manifest = render(&format!("{ns}-rel"), &ns, Some(&values));
+    let objects = parse_objects(&manifest);
+
+    // The alerts select the job the ServiceMonitor gives the controller's series: the Service's
+    // name (prometheus-operator's default job label).
+    let service = of_kind(&objects, "Service")[0];
+    let job = service["metadata"]["name"].as_str().unwrap();
+    let monitor = of_kind(&objects, "ServiceMonitor")[0];
+    assert!(monitor["spec"].get("jobLabel").is_none(), "{monitor}");
+    let rule = of_kind(&objects, "PrometheusRule");
+    assert_eq!(rule.len(), 1);
+    let rule = rule[0];
+    assert_eq!(rule["metadata"]["namespace"], ns.as_str());
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    assert_groups(
+        &rule["spec"]["groups"],
+        &expected_rule_groups(job, &json!({"team": "platform", "severity": "page"})),
+    );
+    for r in rules_of(&rule["spec"]) {
+        assert_job_matchers(r["expr"].as_str().unwrap(), &format!(r#"job="{job}""#), &[]);
+    }
+    // Prometheus' templates reach the PrometheusRule untouched by Helm.
+    for template in [
+        "{{ $labels.instance }}",
+        "{{ $value | humanizeDuration }}",
+        "{{ $labels.namespace }}/{{ $labels.name }}",
+    ] {
+        assert!(
+            rules_of(&rule["spec"])
+                .iter()
+                .any(|r| r["annotations"]["summary"]
+                    .as_str()
+                    .is_some_and(|s| s.contains(template))),
+            "no annotation with {template}"
+        );
+    }
+
+    // The dashboard, for the sidecar in the monitoring namespace.
+    let dashboards = of_kind(&objects, "ConfigMap");
+    assert_eq!(dashboards.len(), 1);
+    let dashboard = dashboards[0];
+    assert_eq!(dashboard["metadata"]["namespace"], monitoring.as_str());
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(
+        dashboard["metadata"]["annotations"]["grafana_folder"],
+        "Operators"
+    );
+    let json: Value = serde_json::from_str(
+        dashboard["data"]["sitecache.json"]
+            .as_str()
+            .expect("data.sitecache.json"),
+    )
+    .expect("the ConfigMap holds JSON");
+    assert_eq!(json, dashboard_file());
+
+    // The NetworkPolicy: the controller pods; in, only the metrics port from the peers given;
+    // out, the rules given.
+    let deployment = of_kind(&objects, "Deployment")[0];
+    let policy = of_kind(&objects, "NetworkPolicy");
+    assert_eq!(policy.len(), 1);
+    let policy = &policy[0]["spec"];
+    assert_eq!(
+        policy["podSelector"], deployment["spec"]["selector"],
+        "the policy selects the controller pods"
+    );
+    assert_eq!(policy["policyTypes"], json!(["Ingress", "Egress"]));
+    let ports = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert_eq!(
+        ports,
+        &json!([{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        policy["ingress"],
+        json!([{"ports": [{"port": 9090, "protocol": "TCP"}], "from": metrics_from}])
+    );
+    assert_eq!(policy["egress"], egress);
+
+    let out = server_side_apply(&manifest, true);
+    for kind in [
+        "prometheusrule.monitoring.coreos.com/",
+        "configmap/",
+        "networkpolicy.networking.k8s.io/",
+        "servicemonitor.monitoring.coreos.com/",
+    ] {
+        assert!(out.contains(kind), "{kind} not applied:\n{out}");
+    }
+
+    // Defaults: the alerts as written but for the job; any source may scrape; all egress.
+    let values = values_file(
+        &format!("{ns}-monitoring-defaults"),
+        &json!({
+            "metrics": {"prometheusRule": {"enabled": true}, "grafanaDashboard": {"enabled": true}},
+            "networkPolicy": {"enabled": true}
+        }),
+    );
+    let objects = parse_objects(&render(&format!("{ns}-rel"), &ns, Some(&values)));
+    let rule = of_kind(&objects, "PrometheusRule")[0];
+    assert_groups(
+        &rule["spec"]["groups"],
+        &expected_rule_groups(&format!("{ns}-rel-sitecache-metrics"), &json!({})),
+    );
+    let dashboard = of_kind(&objects, "ConfigMap")[0];
+    assert_eq!(dashboard["metadata"]["namespace"], ns.as_str());
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let policy = &of_kind(&objects, "NetworkPolicy")[0]["spec"];
+    assert_eq!(
+        policy["ingress"],
+        json!([{"ports": [{"port": 8080, "protocol": "TCP"}]}])
+    );
+    assert_eq!(policy["egress"], json!([{}]));
+
+    // A job of the user's own scrape configuration.
+    let values = values_file(
+        &format!("{ns}-monitoring-job"),
+        &json!({"metrics": {"prometheusRule": {"enabled": true, "job": "kubernetes-pods/sitecache"}}}),
+    );
+    let objects = parse_objects(&render(&format!("{ns}-rel"), &ns, Some(&values)));
+    let rule = of_kind(&objects, "PrometheusRule")[0];
+    assert_groups(
+        &rule["spec"]["groups"],
+        &expected_rule_groups("kubernetes-pods/sitecache", &json!({})),
+    );
+
+    // None of them unless asked for.
+    let objects = parse_objects(&render(&format!("{ns}-rel"), &ns, None));
+    for kind in ["PrometheusRule", "ConfigMap", "NetworkPolicy"] {
+        assert!(
+            of_kind(&objects, kind).is_empty(),
+            "{kind} rendered by default"
+        );
+    }
 }
