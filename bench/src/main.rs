@@ -9,6 +9,8 @@
 //! Commands alternate run by run (the machine is noisy); each extraction goes into a fresh empty
 //! directory; medians are reported with ratios against the baselines measured in the same run.
 
+#![deny(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -114,8 +116,7 @@ fn process_cpu(pid: u32) -> Duration {
         .iter()
         .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
         .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
     Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
@@ -144,10 +145,18 @@ fn measure(cmd: &mut Command) -> Result<Sample> {
     })
 }
 
+/// Waits for the child `pid` and returns its wait status and its resource usage: wait4(2) is
+/// the one call that gives a single child's peak RSS and CPU time while other children run.
+/// Neither std (`Child::wait` discards the rusage) nor rustix (`waitpid` passes no rusage; no
+/// `getrusage`, and `RUSAGE_CHILDREN` would mix the children) offers it, so this is libc's.
+#[allow(unsafe_code)]
 fn wait4(pid: u32) -> Result<(i32, libc::rusage)> {
     let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid out-parameter; pid is our child, not yet reaped.
+    // SAFETY: `rusage` is plain integers and `timeval`s, for which all zero bytes are valid.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: both out-pointers are to live, writable locals of the right types; `pid` is a
+    // child of this process that nothing else waits for (its `Child` is never waited on), so
+    // its pid cannot have been reused.
     let rc = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
     if rc < 0 {
         return Err(std::io::Error::last_os_error().into());

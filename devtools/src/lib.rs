@@ -8,6 +8,10 @@
 //! processes. [`FaultProxy`] sits between S3 clients and MinIO and injects storage faults. [`dev`]
 //! is `sitecache-dev`, the local dev environment of `make dev`.
 
+// `unsafe` is allowed only on the spot where std has no safe form: `Command::pre_exec` (the
+// hooks of `process` and `dev::up`, whose calls are rustix's).
+#![deny(unsafe_code)]
+
 pub mod assets;
 pub mod control_plane;
 pub mod dev;

@@ -13,6 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
 
 use anyhow::{Context, Result};
+use rustix::process::{Pid, Signal};
 
 type SpawnerTask = Box<dyn FnOnce() + Send>;
 
@@ -42,18 +43,12 @@ fn on_spawner_thread(task: SpawnerTask) -> io::Result<()> {
 
 /// The `pre_exec` hook of tied children: the kernel sends them `SIGKILL` when this process ends.
 fn die_with_parent() -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
-    let parent = std::process::id() as libc::pid_t;
+    let parent = rustix::process::getpid();
     move || {
-        // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent; the
-        // error values allocate nothing.
-        unsafe {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // This process may have died between the fork and the prctl: no signal would come.
-            if libc::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
+        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+        // This process may have died between the fork and the prctl: no signal would come.
+        if rustix::process::getppid() != Some(parent) {
+            return Err(rustix::io::Errno::SRCH.into());
         }
         Ok(())
     }
@@ -61,7 +56,11 @@ fn die_with_parent() -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
 
 /// Spawns `cmd` from the spawner thread with `PR_SET_PDEATHSIG`.
 fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
-    // SAFETY: the hook only makes async-signal-safe calls (see `die_with_parent`).
+    // SAFETY: `pre_exec` runs the hook in the forked child before exec, where only
+    // async-signal-safe work is sound: `die_with_parent` makes two raw system calls through
+    // rustix (prctl, getppid) and builds its error from an errno, allocating nothing and taking
+    // no lock.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(die_with_parent());
     }
@@ -80,7 +79,11 @@ pub(crate) async fn spawn_tied_async(
     mut cmd: tokio::process::Command,
 ) -> io::Result<tokio::process::Child> {
     let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-    // SAFETY: the hook only makes async-signal-safe calls (see `die_with_parent`).
+    // SAFETY: `pre_exec` runs the hook in the forked child before exec, where only
+    // async-signal-safe work is sound: `die_with_parent` makes two raw system calls through
+    // rustix (prctl, getppid) and builds its error from an errno, allocating nothing and taking
+    // no lock.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(die_with_parent());
     }
@@ -104,30 +107,30 @@ pub(crate) async fn spawn_tied_async(
 /// Dropping it kills the group with `SIGKILL`.
 #[derive(Debug)]
 pub(crate) struct TiedGroup {
-    pgid: libc::pid_t,
+    pgid: Pid,
 }
 
 impl TiedGroup {
     /// Registers the group led by `pid`.
     pub(crate) fn new(pid: u32) -> Self {
-        let pgid = pid as libc::pid_t;
-        watchdog_send(&format!("{pgid}\n"));
+        let pgid = i32::try_from(pid)
+            .ok()
+            .and_then(Pid::from_raw)
+            .expect("a child's process id is a positive pid_t");
+        watchdog_send(&format!("{pid}\n"));
         Self { pgid }
     }
 
     /// Sends `SIGKILL` to every process of the group (harmless once they are gone).
     pub(crate) fn kill(&self) {
-        // SAFETY: kill(2) with a negative pid signals that process group only.
-        unsafe {
-            libc::kill(-self.pgid, libc::SIGKILL);
-        }
+        let _ = rustix::process::kill_process_group(self.pgid, Signal::KILL);
     }
 }
 
 impl Drop for TiedGroup {
     fn drop(&mut self) {
         self.kill();
-        watchdog_send(&format!("-{}\n", self.pgid));
+        watchdog_send(&format!("-{}\n", self.pgid.as_raw_pid()));
     }
 }
 
@@ -227,14 +230,16 @@ impl ManagedProcess {
         let _ = self.child.wait();
     }
 
-    /// Sends a signal (for example `libc::SIGSTOP` to make a server stop answering).
+    /// Sends the signal numbered `signal` (for example `libc::SIGSTOP`, or
+    /// `rustix::process::Signal::STOP.as_raw()`, to make a server stop answering). Like
+    /// `Child::kill`, meant for a process that has not exited: once [`exited`](Self::exited) has
+    /// reaped it, its pid may be another process's.
     pub fn signal(&self, signal: i32) -> Result<()> {
-        // SAFETY: kill(2) on a pid we own and have not reaped.
-        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error()).context(format!("signal {}", self.name));
-        }
-        Ok(())
+        let signal = Signal::from_named_raw(signal)
+            .with_context(|| format!("signal {}: no signal numbered {signal}", self.name))?;
+        rustix::process::kill_process(Pid::from_child(&self.child), signal)
+            .map_err(io::Error::from)
+            .with_context(|| format!("signal {}", self.name))
     }
 
     /// The last `max` bytes of the log, for error messages.

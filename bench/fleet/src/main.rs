@@ -14,6 +14,8 @@
 //! Targets (bench/README.md): adoption ≤ 120 s at 10,000; at rest ≤ 1 API request and 0 S3
 //! requests per SiteCache-hour; peak RSS ≤ 128 MiB; backlog traffic independent of W.
 
+#![forbid(unsafe_code)]
+
 mod metrics;
 mod world;
 

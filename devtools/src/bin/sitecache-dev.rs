@@ -1,6 +1,8 @@
 //! `sitecache-dev`: the local dev environment (`make dev`, `make dev-down`). See
 //! [`sitecache_devtools::dev`].
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -52,7 +54,10 @@ enum Cmd {
 
 fn main() -> ExitCode {
     // Output piped into `head` ends this program quietly, as it does any command-line tool.
+    // Neither std (`-Zon-broken-pipe` is unstable) nor rustix (only its unsafe `runtime`
+    // sigaction) has a safe way to restore SIGPIPE's default, so this is libc's signal(3).
     // SAFETY: called before any thread starts; SIG_DFL is a valid disposition for SIGPIPE.
+    #[allow(unsafe_code)]
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }

@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use rustix::process::Signal;
 
-use super::{ProcessFacts, StateDir, is_serve, pid_alive, runs, signal};
+use super::{ProcessFacts, StateDir, is_serve, pid_alive, runs, signal, signal_group};
 
 /// How long `serve` gets to stop everything after `SIGTERM` before its process group is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,14 +46,14 @@ pub fn down(dir: &StateDir) -> Result<()> {
     match dir.read_serve_pid().filter(|pid| is_serve(*pid)) {
         Some(pid) => {
             println!("stopping the dev environment in {root} (sitecache-dev serve, pid {pid})");
-            signal(pid as i32, libc::SIGTERM);
+            signal(pid, Signal::TERM);
             if !wait_until(STOP_TIMEOUT, || !pid_alive(pid)) {
                 println!(
                     "it did not stop within {}s: killing its process group",
                     STOP_TIMEOUT.as_secs()
                 );
-                signal(-(pid as i32), libc::SIGKILL);
-                signal(pid as i32, libc::SIGKILL);
+                signal_group(pid, Signal::KILL);
+                signal(pid, Signal::KILL);
                 if !wait_until(Duration::from_secs(10), || !pid_alive(pid)) {
                     bail!("sitecache-dev serve (pid {pid}) is still alive after SIGKILL");
                 }
@@ -72,7 +73,7 @@ pub fn down(dir: &StateDir) -> Result<()> {
     let mut killed = Vec::new();
     for p in &processes {
         if !wait_until(Duration::from_secs(5), || !runs(p.pid, &p.program)) {
-            signal(p.pid as i32, libc::SIGKILL);
+            signal(p.pid, Signal::KILL);
             killed.push(p.clone());
         }
     }

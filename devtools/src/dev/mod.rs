@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use rustix::process::{Pid, Signal};
 use serde::{Deserialize, Serialize};
 
 /// The image the controller puts in its Jobs' agent containers (`--agent-image`); the job runner
@@ -286,10 +287,18 @@ pub fn is_serve(pid: u32) -> bool {
     runs(pid, "sitecache-dev") && cmdline(pid).get(1).is_some_and(|a| a == "serve")
 }
 
-/// Sends `signal` to `pid` (negative: a process group); false if there was no such process.
-pub fn signal(pid: i32, signal: i32) -> bool {
-    // SAFETY: kill(2) has no memory effects on this process.
-    unsafe { libc::kill(pid, signal) == 0 }
+/// Sends `signal` to process `pid`; false if there was no such process.
+pub fn signal(pid: u32, signal: Signal) -> bool {
+    raw_pid(pid).is_some_and(|pid| rustix::process::kill_process(pid, signal).is_ok())
+}
+
+/// Sends `signal` to every process of the group `pgid`; false if there was no such group.
+pub fn signal_group(pgid: u32, signal: Signal) -> bool {
+    raw_pid(pgid).is_some_and(|pgid| rustix::process::kill_process_group(pgid, signal).is_ok())
+}
+
+fn raw_pid(pid: u32) -> Option<Pid> {
+    i32::try_from(pid).ok().and_then(Pid::from_raw)
 }
 
 /// A path as a shell word: as it is if it needs no quoting, else single-quoted.

@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use rustix::process::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{
@@ -114,8 +115,7 @@ async fn parent_gone(parent: Option<u32>) -> u32 {
         return std::future::pending().await;
     };
     loop {
-        // SAFETY: getppid(2) cannot fail and has no memory effects.
-        if unsafe { libc::getppid() } as u32 != parent {
+        if rustix::process::getppid().map(|p| p.as_raw_pid() as u32) != Some(parent) {
             return parent;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -157,7 +157,7 @@ impl Env {
             self.controller.pid()
         ));
         if self.controller.exited().is_none() {
-            let _ = self.controller.signal(libc::SIGTERM);
+            let _ = self.controller.signal(Signal::TERM.as_raw());
             let deadline = Instant::now() + CONTROLLER_GRACE;
             while self.controller.exited().is_none() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;

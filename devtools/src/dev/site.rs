@@ -48,7 +48,7 @@ fn output(cmd: &mut Command, what: &str) -> Result<Output> {
     let out = cmd
         .output()
         .with_context(|| format!("run {what} ({})", cmd.get_program().to_string_lossy()))?;
-    if out.status.signal() == Some(libc::SIGINT) {
+    if out.status.signal() == Some(rustix::process::Signal::INT.as_raw()) {
         super::exit_interrupted();
     }
     Ok(out)

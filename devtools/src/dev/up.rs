@@ -1,15 +1,15 @@
 //! `sitecache-dev up` (`make dev`): starts the environment in the background (or reuses the one
 //! that runs), then shows the example site going through it, and prints where everything is.
 
-use std::fs::File;
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use rustix::process::Signal;
 
 use super::example::Example;
 use super::site::{self, Promoted};
@@ -110,23 +110,23 @@ fn preflight(opts: &UpOptions) -> Result<Example> {
 fn lock(dir: &StateDir) -> Result<File> {
     let path = dir.lock();
     let file = File::create(&path).with_context(|| format!("create {}", path.display()))?;
-    // SAFETY: flock(2) on a descriptor this function owns.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        bail!(
+    // `flock(LOCK_EX | LOCK_NB)` on Linux.
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => bail!(
             "another `sitecache-dev up` is starting the environment in {}; wait for it, or stop \
              it with make dev-down",
             dir.root.display()
-        );
+        ),
+        Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("lock {}", path.display())),
     }
-    Ok(file)
 }
 
 /// Stops a `serve` that is still starting (it would stop by itself once it sees `up` gone; this
 /// waits until it has).
 fn stop_starting(dir: &StateDir) {
     if let Some(pid) = dir.read_serve_pid().filter(|pid| is_serve(*pid)) {
-        super::signal(pid as i32, libc::SIGTERM);
+        super::signal(pid, Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(30);
         while super::pid_alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
@@ -198,13 +198,17 @@ async fn start(opts: &UpOptions, clock: &Clock) -> Result<Ready> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: setsid(2) is async-signal-safe. Its own session: the terminal's Ctrl-C and hang-up
-    // do not reach it, and it outlives this process.
+    // Its own session rather than only its own process group (`CommandExt::process_group`): a
+    // new session has no controlling terminal, so nothing the terminal sends (Ctrl-C, the
+    // hang-up when it closes) can reach it, and it outlives this process and its shell. It leads
+    // its process group too, which `down` kills as a whole.
+    // SAFETY: `pre_exec` runs the hook in the forked child before exec, where only
+    // async-signal-safe work is sound: the hook makes one raw system call through rustix
+    // (setsid) and builds its error from an errno, allocating nothing and taking no lock.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            rustix::process::setsid()?;
             Ok(())
         });
     }
@@ -255,13 +259,13 @@ async fn follow_serve(opts: &UpOptions, child: &mut Child, clock: &Clock) -> Res
             );
         }
         if Instant::now() > deadline {
-            super::signal(child.id() as i32, libc::SIGTERM);
+            super::signal(child.id(), Signal::TERM);
             let stop_deadline = Instant::now() + Duration::from_secs(30);
             while child.try_wait()?.is_none() && Instant::now() < stop_deadline {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             if child.try_wait()?.is_none() {
-                super::signal(-(child.id() as i32), libc::SIGKILL);
+                super::signal_group(child.id(), Signal::KILL);
                 let _ = child.wait();
             }
             bail!(

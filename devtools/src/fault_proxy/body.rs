@@ -1,7 +1,7 @@
 //! A response body passed through with a fault part-way: cut (the connection closed, or reset
 //! with `SO_LINGER` 0 so the kernel sends RST), or paused.
 
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -26,8 +26,8 @@ pub struct FaultBody {
     inner: Incoming,
     plan: BodyPlan,
     sent: u64,
-    /// The client connection's socket, to reset.
-    fd: RawFd,
+    /// The client connection's socket (a duplicate of its descriptor), to reset.
+    socket: Arc<OwnedFd>,
     state: Arc<State>,
     /// Bytes held back while the body pauses, or to send before a cut.
     held: Option<Bytes>,
@@ -37,12 +37,12 @@ pub struct FaultBody {
 }
 
 impl FaultBody {
-    pub fn new(inner: Incoming, plan: BodyPlan, fd: RawFd, state: Arc<State>) -> Self {
+    pub fn new(inner: Incoming, plan: BodyPlan, socket: Arc<OwnedFd>, state: Arc<State>) -> Self {
         FaultBody {
             inner,
             plan,
             sent: 0,
-            fd,
+            socket,
             state,
             held: None,
             sleep: None,
@@ -55,7 +55,7 @@ impl FaultBody {
             unreachable!("cut without a cut plan")
         };
         if rst {
-            set_reset_on_close(self.fd);
+            set_reset_on_close(&self.socket);
             self.state.count(FaultKind::ResetMidBody);
         } else {
             self.state.count(FaultKind::TruncatedBody);
@@ -65,24 +65,11 @@ impl FaultBody {
     }
 }
 
-/// Makes the socket's close send RST (linger on, zero seconds).
-pub(super) fn set_reset_on_close(fd: RawFd) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: `fd` is the connection's socket, open while its response is being written (the
-    // body is polled by the connection that owns the socket); the option value is a valid
-    // `linger` of the size given.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+/// Makes the socket's close send RST (linger on, zero seconds). The option belongs to the
+/// socket, not to the descriptor: it holds for the connection's own descriptor, whose close
+/// (with the duplicate's, as the connection ends) sends the RST.
+pub(super) fn set_reset_on_close(socket: &OwnedFd) {
+    let _ = rustix::net::sockopt::set_socket_linger(socket, Some(Duration::ZERO));
 }
 
 impl Body for FaultBody {

@@ -14,7 +14,7 @@ pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -117,8 +117,14 @@ async fn accept(listener: TcpListener, state: Arc<State>) {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let fd = stream.as_raw_fd();
-            let service = hyper::service::service_fn(move |req| handle(req, state.clone(), fd));
+            // A duplicate of the socket's descriptor, for the faults that reset the connection
+            // (hyper owns the stream); it closes with the connection.
+            let Ok(socket) = stream.as_fd().try_clone_to_owned() else {
+                return;
+            };
+            let socket = Arc::new(socket);
+            let service =
+                hyper::service::service_fn(move |req| handle(req, state.clone(), socket.clone()));
             // A connection ends with an error whenever a fault cuts it: nothing to report.
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -148,7 +154,7 @@ fn full(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
 async fn handle(
     req: Request<Incoming>,
     state: Arc<State>,
-    fd: RawFd,
+    socket: Arc<OwnedFd>,
 ) -> Result<Response<ProxyBody>, std::io::Error> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let fault = if state.enabled.load(Ordering::SeqCst) {
@@ -179,7 +185,7 @@ async fn handle(
         }
         Fault::ResetBeforeResponse => {
             state.count(FaultKind::ResetBeforeResponse);
-            body::set_reset_on_close(fd);
+            body::set_reset_on_close(&socket);
             return Err(std::io::Error::other("injected: connection reset"));
         }
         Fault::Latency(d) => {
@@ -214,6 +220,83 @@ async fn handle(
     };
     Ok(Response::from_parts(
         parts,
-        FaultBody::new(body, plan, fd, state).boxed(),
+        FaultBody::new(body, plan, socket, state).boxed(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An upstream that answers every request on a connection with 200 and `len` bytes.
+    async fn upstream(len: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                    let _ = conn.write_all(head.as_bytes()).await;
+                    let _ = conn.write_all(&vec![b'x'; len]).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// Sends one GET through a proxy that injects `kind` on every request, and reads until the
+    /// connection ends: the error that ended it (`None`: a clean end of stream), and the bytes.
+    async fn one_get(kind: FaultKind) -> (Option<ErrorKind>, usize) {
+        let upstream = upstream(256 * 1024).await;
+        let rates = FaultRates {
+            rates: vec![(kind, 1.0)],
+            max_latency: Duration::ZERO,
+            max_stall: Duration::ZERO,
+        };
+        let proxy = FaultProxy::start(&format!("http://{upstream}"), 1, rates)
+            .await
+            .unwrap();
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        client
+            .write_all(b"GET /bucket/key HTTP/1.1\r\nhost: s3\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf)).await {
+                Err(_) => panic!("{kind:?}: the connection neither ended nor failed"),
+                Ok(Ok(0)) => break None,
+                Ok(Ok(n)) => got += n,
+                Ok(Err(e)) => break Some(e.kind()),
+            }
+        };
+        assert_eq!(proxy.injected().get(&kind), Some(&1), "{kind:?}");
+        (end, got)
+    }
+
+    #[tokio::test]
+    async fn resets_reach_the_client_as_rst_and_truncation_as_fin() {
+        let (end, got) = one_get(FaultKind::ResetBeforeResponse).await;
+        assert_eq!((end, got), (Some(ErrorKind::ConnectionReset), 0));
+        let (end, got) = one_get(FaultKind::ResetMidBody).await;
+        assert_eq!(end, Some(ErrorKind::ConnectionReset));
+        assert!(got < 256 * 1024, "{got} bytes");
+        let (end, got) = one_get(FaultKind::TruncatedBody).await;
+        assert_eq!(end, None);
+        assert!(got < 256 * 1024, "{got} bytes");
+    }
 }

@@ -8,21 +8,20 @@
 //! - Each scratch tree a restore is working in is locked by it while it lives: a tree nobody
 //!   holds is stale, and any restore may remove it.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use rustix::fs::{Mode, OFlags};
 
 /// How often a restore waiting for the install lock looks again.
 const POLL: Duration = Duration::from_millis(5);
 
 fn open_dir(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(path, flags, Mode::empty())?.into())
 }
 
 /// Takes the install lock on the directory `path`, waiting while another restore holds it, until `cancel`.

@@ -51,7 +51,7 @@ impl Ops {
     #[cfg(test)]
     fn pinned(&self) -> io::Result<()> {
         if self.faults.pinned_dest {
-            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+            return Err(rustix::io::Errno::XDEV.into());
         }
         Ok(())
     }
@@ -71,7 +71,7 @@ impl Ops {
         self.step()?;
         #[cfg(test)]
         if self.faults.no_exchange {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            return Err(rustix::io::Errno::INVAL.into());
         }
         self.pinned()?;
         rustix::fs::renameat_with(

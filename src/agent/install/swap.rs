@@ -20,6 +20,8 @@ use std::ffi::OsString;
 use std::io;
 use std::path::Path;
 
+use rustix::io::Errno;
+
 use super::journal::{self, Journal, Phase};
 use super::layout::{Layout, OLD, STAGING};
 use super::ops::Ops;
@@ -55,9 +57,9 @@ pub fn install(layout: &Layout, token: &str, ops: &mut Ops) -> io::Result<()> {
         ))),
         Ok(_) => match ops.exchange(&staging, &layout.dest) {
             Ok(()) => Ok(()),
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EINVAL | libc::ENOSYS) => renames(layout, ops, token),
-                Some(libc::EXDEV | libc::EBUSY) => entries(layout, ops, token),
+            Err(e) => match Errno::from_io_error(&e) {
+                Some(Errno::INVAL | Errno::NOSYS) => renames(layout, ops, token),
+                Some(Errno::XDEV | Errno::BUSY) => entries(layout, ops, token),
                 _ => Err(e),
             },
         },
@@ -136,7 +138,7 @@ fn finish_entries(
                 // Cannot be moved (an overlayfs lower directory), or the old tree is gone:
                 // removed in place. A kill during the removal leaves a part of an old entry,
                 // which the recovery removes.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::ENOENT)) => {
+                Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::XDEV | Errno::NOENT)) => {
                     ops.remove_tree(&from)?
                 }
                 Err(e) => return Err(e),
