@@ -1,6 +1,15 @@
 //! A few threads that each apply their own function to jobs from one queue; each job's result
 //! comes back on a receiver of its own, so results can be taken in the order the jobs were given
 //! whatever order they finish in. Used to compress and decompress archive frames on every core.
+//!
+//! Why not rayon or tokio's blocking pool: the frame coders need three things together. Each thread
+//! keeps its own state (a zstd context with its buffers, made once by `make`, not per frame); the
+//! queue is bounded, so a producer faster than the coders waits instead of buffering the archive;
+//! and results come back in submission order while input still streams in. rayon's ordered parallel
+//! iterators want their input collected first (`par_bridge` streams but loses the order), and it is
+//! not otherwise a dependency; tokio's blocking pool is sized for blocking I/O (up to 512 threads),
+//! queues without bound and keeps no per-thread state. What is here is a few dozen lines on std's
+//! channels.
 
 use std::io;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};

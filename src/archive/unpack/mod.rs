@@ -16,6 +16,22 @@
 //!
 //! Everything is created relative to a descriptor of the staging directory, so the kernel walks
 //! only the entry's own path, not the staging directory's.
+//!
+//! Why not `tar::Archive::unpack`, which is made for archives one trusts:
+//! - it creates one entry at a time on one thread, and a restore's time goes to creating tens of
+//!   thousands of small files, which the workers here do side by side;
+//! - it has no bounds: an archive can make it write any number of bytes and entries, and the
+//!   checksum that would expose a hostile archive is only known at the end of the stream;
+//! - it works by path: it creates symbolic links to anywhere as they come, and keeps later
+//!   entries inside the destination by canonicalizing their parent directories first, a check
+//!   by path that is easy to get wrong (RUSTSEC-2026-0067: a chmod through a symbolic link).
+//!   Here each entry and link target is judged before it is written ([`tree`], `policy`),
+//!   files are created with `openat(O_CREAT | O_EXCL | O_NOFOLLOW)` and the other
+//!   *at() calls below the staging directory's descriptor, and links are made last, when no
+//!   entry can be written through them.
+//!
+//! The tar format itself is read by `super::entries` (the `tar` crate's header and PAX types),
+//! which also lets a small file's data stay a slice of the chunk it arrived in.
 
 pub(super) mod budget;
 mod held;
