@@ -9,8 +9,8 @@ use kube::CustomResourceExt;
 
 pub use spec::{
     BUCKET_PATTERN, CRON_PATTERN, DeletionPolicy, LegacySpec, RebuildSpec, RetentionSpec,
-    SITE_PATTERN, ScheduleSpec, SecretRef, SiteCache, SiteCacheSpec, SnapshotSpec, SourceSpec,
-    StorageSpec, WarmSpec,
+    SITE_PATTERN, ScheduleSpec, SecretRef, SiteCache, SiteCacheSpec, SnapshotPodSpec, SnapshotSpec,
+    SourceSpec, StorageSpec, WarmSpec,
 };
 pub use status::{
     CacheGrowth, Freshness, GenerationInfo, LastSnapshot, Phase, SiteCacheStatus, SnapshotResult,

@@ -6,7 +6,12 @@
 // clippy reads the repeated `printcolumn(type_ = ...)` arguments of the derive as duplicates.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements,
+    SecurityContext, Toleration,
+};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -223,6 +228,16 @@ pub struct WarmSpec {
         length(max = 253)
     )]
     pub service_account_name: Option<String>,
+
+    /// Security context of the warm container. A warm container declared non-root (here or in
+    /// `spec.snapshot.pod.securityContext`: `runAsNonRoot`, or a `runAsUser` other than 0) gets
+    /// the Pod Security `restricted` settings for the fields left unset (no privilege
+    /// escalation, every capability dropped), and the Job's agent containers run as its
+    /// `runAsUser`/`runAsGroup`, so that the cache `restore-previous` fills is the warm
+    /// container's own to write. Such a container must therefore say which user it runs as
+    /// (`runAsUser`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
 }
 
 fn default_cache_dir() -> String {
@@ -352,6 +367,59 @@ pub struct SnapshotSpec {
     /// pod's identity (IRSA, EKS Pod Identity), which every container of the pod shares.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<SecretRef>,
+
+    /// Settings of the snapshot Job's pod: where it may run, how it pulls images, its labels and
+    /// annotations, its security context.
+    #[serde(default, skip_serializing_if = "SnapshotPodSpec::is_empty")]
+    pub pod: SnapshotPodSpec,
+}
+
+/// Settings of the snapshot Job's pod. The controller's own labels (`app.kubernetes.io/*` it
+/// sets, `sitecache.dev/*`) cannot be set or overridden here.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotPodSpec {
+    /// Labels added to the pod (for example for network policies or cost reports).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Annotations of the pod (for example `sidecar.istio.io/inject: "false"` to keep a
+    /// service-mesh sidecar, which would keep the Job from completing, out of it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// The pod's security context. Unset, the pod gets `seccompProfile: RuntimeDefault`; `fsGroup`
+    /// here makes the cache volume group-owned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+
+    /// Secrets holding credentials for pulling the warm image (and the agent image) from private
+    /// registries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Node labels the pod must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints the pod tolerates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Node and pod affinity of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Priority class of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub priority_class_name: Option<String>,
+}
+
+impl SnapshotPodSpec {
+    pub fn is_empty(&self) -> bool {
+        *self == SnapshotPodSpec::default()
+    }
 }
 
 /// A Secret in the SiteCache's namespace.
@@ -375,6 +443,7 @@ impl Default for SnapshotSpec {
             compression_level: default_compression_level(),
             rebuild: RebuildSpec::default(),
             credentials_secret: None,
+            pod: SnapshotPodSpec::default(),
         }
     }
 }

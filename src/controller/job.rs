@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 use super::config::{Settings, Target};
+use super::podspec::{self, RunAs};
 use super::rebuild::RebuildReason;
 use super::report::{REPORT_PATH, SNAPSHOT_CONTAINER};
 use crate::api::SiteCache;
@@ -81,6 +82,8 @@ pub struct JobInputs<'a> {
     pub request: Option<&'a str>,
     /// The Job's deadline.
     pub timeout: Duration,
+    /// The warm container's declared non-root user, which the agent containers run as.
+    pub run_as: Option<RunAs>,
 }
 
 /// The snapshot Job for generation `inputs.generation` of `sc`.
@@ -201,6 +204,32 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
     };
 
     let timeout = inputs.timeout.as_secs().max(1);
+    // The Job carries the controller's labels; its pod the user's too.
+    let mut pod_labels = labels.clone();
+    let mut pod_annotations = BTreeMap::new();
+    let mut pod = PodSpec {
+        restart_policy: Some("Never".into()),
+        service_account_name: spec
+            .warm
+            .service_account_name
+            .clone()
+            .or_else(|| inputs.settings.job_service_account.clone()),
+        init_containers: Some(init),
+        containers: vec![snapshot],
+        volumes: Some(vec![Volume {
+            name: CACHE_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    podspec::apply(
+        sc,
+        inputs.run_as,
+        &mut pod,
+        &mut pod_labels,
+        &mut pod_annotations,
+    );
     Job {
         metadata: ObjectMeta {
             name: Some(name),
@@ -218,25 +247,11 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
             ),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels),
+                    labels: Some(pod_labels),
+                    annotations: (!pod_annotations.is_empty()).then_some(pod_annotations),
                     ..Default::default()
                 }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    service_account_name: spec
-                        .warm
-                        .service_account_name
-                        .clone()
-                        .or_else(|| inputs.settings.job_service_account.clone()),
-                    init_containers: Some(init),
-                    containers: vec![snapshot],
-                    volumes: Some(vec![Volume {
-                        name: CACHE_VOLUME.into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
+                spec: Some(pod),
             },
             ..Default::default()
         }),
@@ -432,12 +447,12 @@ impl JobView {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::SiteCacheSpec;
     use crate::storage::Location;
 
-    fn settings() -> Settings {
+    pub(crate) fn settings() -> Settings {
         crate::controller::config::settings_from(&[
             "--default-bucket",
             "caches",
@@ -464,7 +479,7 @@ mod tests {
         sc
     }
 
-    fn target() -> Target {
+    pub(crate) fn target() -> Target {
         Target {
             location: Location::new("caches", "shop/").unwrap(),
             region: Some("eu-west-1".into()),
@@ -501,6 +516,7 @@ mod tests {
                 base: Ok(4),
                 request: Some("tok"),
                 timeout: Duration::from_secs(900),
+                run_as: None,
             },
         );
         assert_eq!(job.metadata.name.as_deref(), Some("shop-cache-g5"));
@@ -601,6 +617,7 @@ mod tests {
                 base: Ok(4),
                 request: None,
                 timeout: Duration::from_secs(900),
+                run_as: None,
             },
         );
         let pod = job.spec.unwrap().template.spec.unwrap();
@@ -648,6 +665,7 @@ mod tests {
                 base: Err(&RebuildReason::FirstGeneration),
                 request: None,
                 timeout: Duration::from_secs(900),
+                run_as: None,
             },
         );
         let pod = job.spec.clone().unwrap().template.spec.unwrap();

@@ -5,7 +5,8 @@
 //! - [`validate`]: a SiteCache's spec checked against the configuration and parsed once;
 //! - [`schedule`], [`rebuild`], [`job`], [`status`]: pure functions that decide (when a snapshot
 //!   is due, whether it starts from an empty cache, the snapshot Job, the status), unit-tested
-//!   without a cluster;
+//!   without a cluster; [`podspec`]: the snapshot pod's settings from the spec (who the warm
+//!   container and the agents run as, where the pod runs);
 //! - [`objects`]: the storage work on a SiteCache's prefix (ownership, inventory, verification,
 //!   promotion, retention, deletion);
 //! - [`reconcile`] and [`cleanup`]: the numbered steps for a live and a deleted SiteCache;
@@ -21,6 +22,7 @@ mod error;
 pub mod job;
 mod leader;
 pub mod objects;
+pub mod podspec;
 pub mod queue;
 pub mod rebuild;
 mod reconcile;

@@ -1,6 +1,6 @@
 //! A SiteCache's spec checked against the controller's configuration and parsed once, into the
 //! [`Validated`] value every later step of a reconcile takes: storage target, schedule, Job
-//! deadline, legacy publish key, rebuild policy. Pure: no call leaves the process.
+//! deadline, legacy publish key, rebuild policy, the snapshot pod's settings. Pure: no call leaves the process.
 //!
 //! The API server's schema already refuses most bad input; what is left here is what only the
 //! controller knows (its allow-lists, its defaults) or what a pattern cannot say (a cron that
@@ -13,6 +13,7 @@ use crate::api::{RebuildSpec, SiteCache, duration};
 use crate::storage::Location;
 
 use super::config::{Settings, Target, TargetError};
+use super::podspec::{self, RunAs};
 use super::schedule::Schedule;
 
 /// What a reconcile acts on: the spec, checked and parsed.
@@ -25,6 +26,8 @@ pub struct Validated {
     /// Where promotion publishes the legacy copy, if anywhere.
     pub legacy_key: Option<String>,
     pub rebuild: RebuildSpec,
+    /// The warm container's declared non-root user, which the agent containers run as.
+    pub run_as: Option<RunAs>,
 }
 
 /// Why the controller cannot act on a SiteCache until its spec or the controller's configuration
@@ -44,6 +47,8 @@ pub enum Invalid {
     Timeout(String),
     #[error("spec.legacy.publishKey {key:?} {why}")]
     LegacyKey { key: String, why: String },
+    #[error("{0}")]
+    PodSettings(String),
 }
 
 impl Invalid {
@@ -55,6 +60,7 @@ impl Invalid {
             Invalid::Schedule(_) => "InvalidSchedule",
             Invalid::Timeout(_) => "InvalidSnapshotTimeout",
             Invalid::LegacyKey { .. } => "InvalidLegacyKey",
+            Invalid::PodSettings(_) => "InvalidPodSettings",
         }
     }
 }
@@ -92,12 +98,14 @@ pub fn validate(sc: &SiteCache, settings: &Settings) -> Result<Validated, Invali
             Some(key.clone())
         }
     };
+    let run_as = podspec::check(sc).map_err(Invalid::PodSettings)?;
     Ok(Validated {
         target,
         schedule,
         timeout,
         legacy_key,
         rebuild: spec.snapshot.rebuild.clone(),
+        run_as,
     })
 }
 

@@ -103,9 +103,8 @@ fn analyse(typed: &[String], partial: &str) -> (Want, KubeArgs) {
     let cmd = PluginCli::command();
     let mut kube = KubeArgs::default();
     let mut positionals: Vec<&str> = Vec::new();
-    let mut words = typed.iter().peekable();
     let mut pending: Option<String> = None;
-    while let Some(word) = words.next() {
+    for word in typed {
         if let Some(flag) = pending.take() {
             set(&mut kube, &flag, word);
             continue;

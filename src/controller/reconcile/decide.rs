@@ -141,6 +141,7 @@ impl Run<'_> {
                 base: plan.as_ref().map(|b| *b),
                 request: request.as_deref(),
                 timeout: spec.timeout,
+                run_as: spec.run_as,
             },
         );
         let created = async {
