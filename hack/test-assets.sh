@@ -142,7 +142,7 @@ build_promtool() {
   local final="$cache_root/promtool-$PROMETHEUS_VERSION"
   [ -x "$final/promtool" ] && return 0
   local tmp; tmp=$(new_tmp promtool); tmpdirs+=("$tmp"); trap cleanup EXIT
-  log "building promtool $PROMETHEUS_VERSION from Go modules (first run only: about 5 minutes on 2 cores)"
+  log "building promtool $PROMETHEUS_VERSION from Go modules (first run only: about 7 minutes on 2 cores)"
   with_heartbeat promtool env CGO_ENABLED=0 GOBIN="$tmp/out" GOFLAGS=-mod=mod \
     go install -trimpath -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
   "$tmp/out/promtool" --version >/dev/null || die "the built promtool does not run"
