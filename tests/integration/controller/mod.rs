@@ -8,6 +8,7 @@ mod fleet;
 pub(crate) mod harness;
 mod leader;
 mod lifecycle;
+mod pod_settings;
 mod prefixes;
 mod retries;
 mod status_write;
