@@ -3,12 +3,17 @@
 # etcd, kube-apiserver, kubectl (a local control plane, envtest-style), MinIO (a real
 # S3-compatible server) with minio-admin (its users and policies, through madmin-go) and Deno
 # (from its npm package); with them Helm and promtool (the chart's tests and its alert rules'
-# unit tests) and hadolint (the Dockerfile's lint). Test and dev tooling only.
+# unit tests) and hadolint (the Dockerfile's lint). For the real-node tier: kubelet,
+# kube-scheduler and kube-controller-manager (one binary, hack/node/kube-node), and Debian's
+# containerd, runc and CNI plugins (installed with apt-get at the versions of versions.env).
+# Test and dev tooling only.
 #
 # Resolution order for each binary:
 #   1. TEST_ASSET_ETCD / TEST_ASSET_KUBE_APISERVER / TEST_ASSET_KUBECTL / TEST_ASSET_MINIO /
 #      TEST_ASSET_MINIO_ADMIN / TEST_ASSET_DENO / TEST_ASSET_HELM / TEST_ASSET_HADOLINT /
-#      TEST_ASSET_CARGO_DENY / TEST_ASSET_PROMTOOL
+#      TEST_ASSET_CARGO_DENY / TEST_ASSET_PROMTOOL / TEST_ASSET_KUBELET /
+#      TEST_ASSET_KUBE_SCHEDULER / TEST_ASSET_KUBE_CONTROLLER_MANAGER / TEST_ASSET_CONTAINERD /
+#      TEST_ASSET_CTR / TEST_ASSET_RUNC / TEST_ASSET_CNI_PLUGINS (a directory)
 #   2. KUBEBUILDER_ASSETS/<name> (etcd, kube-apiserver, kubectl)
 #   3. ~/.cache/sitecache/assets/<name>-<version>/<name>, built here from the pinned Go modules
 #      (hack/versions.env) through the Go module proxy the first time, then reused; Deno is
@@ -61,20 +66,17 @@ publish() {
   fi
 }
 
-build_kubernetes() {
-  local final="$cache_root/kubernetes-$KUBERNETES_VERSION"
-  [ -x "$final/kube-apiserver" ] && [ -x "$final/kubectl" ] && return 0
-  local tmp; tmp=$(new_tmp kubernetes); tmpdirs+=("$tmp"); trap cleanup EXIT
-  log "building kube-apiserver and kubectl $KUBERNETES_VERSION from Go modules (first run only: about 10-15 minutes on 2 cores)"
-  local src="$tmp/src"; mkdir -p "$src"
+# kubernetes_wrapper_module DIR NAME: writes DIR/go.mod, a module that requires k8s.io/kubernetes
+# at KUBERNETES_VERSION. k8s.io/kubernetes replaces its staging modules with local paths, which Go
+# ignores in a dependency: this wrapper module replaces each of them with its published version.
+kubernetes_wrapper_module() {
+  local src=$1 name=$2
   local staging="v0.${KUBERNETES_VERSION#v1.}"
-  # k8s.io/kubernetes replaces its staging modules with local paths, which Go ignores in a
-  # dependency: this wrapper module replaces each of them with its published version instead.
   local modfile
   modfile=$(cd "$src" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
   [ -f "$modfile" ] || die "could not download k8s.io/kubernetes@$KUBERNETES_VERSION's go.mod"
   {
-    echo "module sitecache.dev/test-assets/kubernetes"
+    echo "module sitecache.dev/test-assets/$name"
     echo
     echo "go $(sed -n 's/^go \(.*\)/\1/p' "$modfile")"
     echo
@@ -82,10 +84,25 @@ build_kubernetes() {
     echo
     sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#replace \1 => \1 '"$staging"'#p' "$modfile"
   } > "$src/go.mod"
+}
+
+# The version stamp of the Kubernetes binaries (what `--version` prints).
+kubernetes_ldflags() {
   local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION"
   ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
   ldflags+=" -X k8s.io/component-base/version.gitMinor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2)"
   ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+  echo "$ldflags"
+}
+
+build_kubernetes() {
+  local final="$cache_root/kubernetes-$KUBERNETES_VERSION"
+  [ -x "$final/kube-apiserver" ] && [ -x "$final/kubectl" ] && return 0
+  local tmp; tmp=$(new_tmp kubernetes); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "building kube-apiserver and kubectl $KUBERNETES_VERSION from Go modules (first run only: about 10-15 minutes on 2 cores)"
+  local src="$tmp/src"; mkdir -p "$src"
+  kubernetes_wrapper_module "$src" kubernetes
+  local ldflags; ldflags=$(kubernetes_ldflags)
   (
     cd "$src"
     log "resolving modules"
@@ -197,6 +214,65 @@ install_cargo_deny() {
   log "cargo-deny cached in $final"
 }
 
+# The node tier's Kubernetes components (kubelet, kube-scheduler, kube-controller-manager) as one
+# multi-call binary, hack/node/kube-node (they share most of their code: one compile, one link),
+# in its own cache directory so that kube-apiserver's and kubectl's stays valid. The three names
+# are symlinks to it.
+build_kubernetes_node() {
+  local final="$cache_root/kubernetes-node-$KUBERNETES_VERSION"
+  [ -x "$final/kube-node" ] && [ -L "$final/kubelet" ] && return 0
+  local tmp; tmp=$(new_tmp kubernetes-node); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "building kubelet, kube-scheduler and kube-controller-manager $KUBERNETES_VERSION (one binary) from Go modules (first run only: about 20 minutes on 2 cores, less after kube-apiserver's build)"
+  local src="$tmp/src"; mkdir -p "$src"
+  cp "$here/node/kube-node/main.go" "$src/"
+  kubernetes_wrapper_module "$src" kube-node
+  local ldflags; ldflags=$(kubernetes_ldflags)
+  (
+    cd "$src"
+    log "resolving modules"
+    go get "k8s.io/kubernetes/cmd/kubelet/app@$KUBERNETES_VERSION" >&2
+    go mod tidy >&2
+    log "compiling kube-node"
+    with_heartbeat kube-node env CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/out/kube-node" .
+  )
+  local c
+  for c in kubelet kube-scheduler kube-controller-manager; do
+    ln -s kube-node "$tmp/out/$c"
+    "$tmp/out/$c" --version >/dev/null || die "the built $c does not run"
+  done
+  publish "$tmp/out" "$final"
+  log "kube-node cached in $final"
+}
+
+# The node's container runtime and CNI plugins, from Debian's packages at the versions pinned in
+# versions.env (installed with apt-get when missing; a different installed version is an error:
+# the pin says which one the tests were made with).
+node_packages() {
+  echo "containerd=$CONTAINERD_DEB_VERSION runc=$RUNC_DEB_VERSION containernetworking-plugins=$CNI_PLUGINS_DEB_VERSION"
+}
+ensure_node_packages() {
+  local missing=() wrong=() pv pkg want have
+  for pv in $(node_packages); do
+    pkg=${pv%%=*} want=${pv#*=}
+    have=$(dpkg-query -W -f '${db:Status-Abbrev} ${Version}' "$pkg" 2>/dev/null || true)
+    case $have in
+      "ii  $want") ;;
+      ii*) wrong+=("$pkg ${have#ii  } (versions.env pins $want)") ;;
+      *) missing+=("$pv") ;;
+    esac
+  done
+  [ ${#wrong[@]} -eq 0 ] || die "installed with another version than pinned: ${wrong[*]}; change hack/versions.env or install the pinned ones"
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null 2>&1 || die "apt-get is required to install ${missing[*]} (Debian packages of the real node)"
+  log "installing ${missing[*]} (Debian packages)"
+  # No service is started: the tests run their own containerd.
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
+    apt-get update >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 \
+      || die "could not install ${missing[*]}: if Debian no longer has these versions, pin the ones it has in hack/versions.env"
+  fi
+}
+
 # resolve NAME ENVVAR: prints the binary to use, building the cached one if needed.
 resolve() {
   local name=$1 var=$2
@@ -218,6 +294,10 @@ resolve() {
     cargo-deny) install_cargo_deny; echo "$cache_root/cargo-deny-$CARGO_DENY_VERSION/cargo-deny" ;;
     helm) build_helm; echo "$cache_root/helm-$HELM_VERSION/helm" ;;
     promtool) build_promtool; echo "$cache_root/promtool-$PROMETHEUS_VERSION/promtool" ;;
+    kubelet|kube-scheduler|kube-controller-manager) build_kubernetes_node; echo "$cache_root/kubernetes-node-$KUBERNETES_VERSION/$name" ;;
+    containerd|ctr) ensure_node_packages; echo "/usr/bin/$name" ;;
+    runc) ensure_node_packages; echo "/usr/sbin/runc" ;;
+    cni-plugins) ensure_node_packages; echo "/usr/lib/cni" ;;
     *) die "unknown asset $name" ;;
   esac
 }
@@ -233,6 +313,13 @@ all_env() {
   echo "TEST_ASSET_CARGO_DENY=$(resolve cargo-deny TEST_ASSET_CARGO_DENY)"
   echo "TEST_ASSET_HELM=$(resolve helm TEST_ASSET_HELM)"
   echo "TEST_ASSET_PROMTOOL=$(resolve promtool TEST_ASSET_PROMTOOL)"
+  echo "TEST_ASSET_KUBELET=$(resolve kubelet TEST_ASSET_KUBELET)"
+  echo "TEST_ASSET_KUBE_SCHEDULER=$(resolve kube-scheduler TEST_ASSET_KUBE_SCHEDULER)"
+  echo "TEST_ASSET_KUBE_CONTROLLER_MANAGER=$(resolve kube-controller-manager TEST_ASSET_KUBE_CONTROLLER_MANAGER)"
+  echo "TEST_ASSET_CONTAINERD=$(resolve containerd TEST_ASSET_CONTAINERD)"
+  echo "TEST_ASSET_CTR=$(resolve ctr TEST_ASSET_CTR)"
+  echo "TEST_ASSET_RUNC=$(resolve runc TEST_ASSET_RUNC)"
+  echo "TEST_ASSET_CNI_PLUGINS=$(resolve cni-plugins TEST_ASSET_CNI_PLUGINS)"
 }
 
 case "${1:-ensure}" in
