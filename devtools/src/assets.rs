@@ -19,6 +19,19 @@ pub enum Asset {
     Helm,
     /// Prometheus' rule checker and unit tester (the chart's alerts).
     Promtool,
+    /// The real node's Kubernetes components: one binary, `hack/node/kube-node`, under three
+    /// names.
+    Kubelet,
+    KubeScheduler,
+    KubeControllerManager,
+    /// The real node's runtime, from Debian's packages (`hack/test-assets.sh` installs the
+    /// versions pinned in `hack/versions.env`).
+    Containerd,
+    /// containerd's client.
+    Ctr,
+    Runc,
+    /// The directory of the CNI plugins (Debian's `containernetworking-plugins`).
+    CniPlugins,
 }
 
 impl Asset {
@@ -33,6 +46,13 @@ impl Asset {
             Asset::Deno => "deno",
             Asset::Helm => "helm",
             Asset::Promtool => "promtool",
+            Asset::Kubelet => "kubelet",
+            Asset::KubeScheduler => "kube-scheduler",
+            Asset::KubeControllerManager => "kube-controller-manager",
+            Asset::Containerd => "containerd",
+            Asset::Ctr => "ctr",
+            Asset::Runc => "runc",
+            Asset::CniPlugins => "cni-plugins",
         }
     }
 
@@ -46,12 +66,36 @@ impl Asset {
             Asset::Deno => "TEST_ASSET_DENO",
             Asset::Helm => "TEST_ASSET_HELM",
             Asset::Promtool => "TEST_ASSET_PROMTOOL",
+            Asset::Kubelet => "TEST_ASSET_KUBELET",
+            Asset::KubeScheduler => "TEST_ASSET_KUBE_SCHEDULER",
+            Asset::KubeControllerManager => "TEST_ASSET_KUBE_CONTROLLER_MANAGER",
+            Asset::Containerd => "TEST_ASSET_CONTAINERD",
+            Asset::Ctr => "TEST_ASSET_CTR",
+            Asset::Runc => "TEST_ASSET_RUNC",
+            Asset::CniPlugins => "TEST_ASSET_CNI_PLUGINS",
+        }
+    }
+
+    /// Where Debian's package puts it (the node's runtime), `None` for a built asset.
+    fn system_path(self) -> Option<&'static str> {
+        match self {
+            Asset::Containerd => Some("/usr/bin/containerd"),
+            Asset::Ctr => Some("/usr/bin/ctr"),
+            Asset::Runc => Some("/usr/sbin/runc"),
+            Asset::CniPlugins => Some("/usr/lib/cni"),
+            _ => None,
         }
     }
 
     /// The cache directory `hack/test-assets.sh` builds this binary into.
     fn cache_dir(self) -> Result<String> {
         let (package, key) = match self {
+            Asset::Kubelet | Asset::KubeScheduler | Asset::KubeControllerManager => {
+                ("kubernetes-node", "KUBERNETES_VERSION")
+            }
+            Asset::Containerd | Asset::Ctr | Asset::Runc | Asset::CniPlugins => {
+                bail!("{} is installed from a Debian package", self.name())
+            }
             Asset::Etcd => ("etcd", "ETCD_VERSION"),
             Asset::KubeApiserver | Asset::Kubectl => ("kubernetes", "KUBERNETES_VERSION"),
             Asset::Minio => ("minio", "MINIO_VERSION"),
@@ -64,12 +108,20 @@ impl Asset {
     }
 
     /// Resolves the binary: `TEST_ASSET_<NAME>`, then `KUBEBUILDER_ASSETS/<name>` (control-plane binaries),
-    /// then the cache of `hack/test-assets.sh`.
+    /// then the cache of `hack/test-assets.sh` (or the path of the Debian package).
     pub fn path(self) -> Result<PathBuf> {
         if let Some(p) = std::env::var_os(self.env_var()) {
             let p = PathBuf::from(p);
-            if !p.is_file() {
-                bail!("{}={} is not a file", self.env_var(), p.display());
+            let kind_ok = match self {
+                Asset::CniPlugins => p.is_dir(),
+                _ => p.is_file(),
+            };
+            if !kind_ok {
+                bail!(
+                    "{}={} is not a file (a directory for CNI plugins)",
+                    self.env_var(),
+                    p.display()
+                );
             }
             return Ok(p);
         }
@@ -82,6 +134,19 @@ impl Asset {
                     "KUBEBUILDER_ASSETS has no {} ({})",
                     self.name(),
                     p.display()
+                );
+            }
+            return Ok(p);
+        }
+        if let Some(p) = self.system_path() {
+            let p = PathBuf::from(p);
+            if !p.exists() {
+                bail!(
+                    "{} not found at {}: run `hack/test-assets.sh` (or `make test-assets`), which \
+                     installs the real node's Debian packages, or set {}",
+                    self.name(),
+                    p.display(),
+                    self.env_var()
                 );
             }
             return Ok(p);

@@ -23,6 +23,16 @@ use crate::process::ManagedProcess;
 /// How long etcd and kube-apiserver get to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// How to start a control plane ([`ControlPlane::start_with`]).
+#[derive(Clone, Debug, Default)]
+pub struct ControlPlaneOptions {
+    /// Admit pods through the ServiceAccount admission plugin (each pod gets its service
+    /// account's token volume): for a control plane with a real node
+    /// ([`crate::node::Node`]), whose controller-manager creates the service accounts and whose
+    /// kubelet mounts the tokens. Off by default: nothing else here creates service accounts.
+    pub service_account_admission: bool,
+}
+
 /// A running etcd + kube-apiserver pair. Dropping it stops both.
 pub struct ControlPlane {
     dir: PathBuf,
@@ -41,6 +51,11 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver with their state and logs in `dir` (created, emptied
     /// first), and waits until the API server is ready.
     pub async fn start(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, &ControlPlaneOptions::default()).await
+    }
+
+    /// [`ControlPlane::start`] with `options`.
+    pub async fn start_with(dir: &Path, options: &ControlPlaneOptions) -> Result<Self> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let etcd_bin = Asset::Etcd.path()?;
@@ -72,7 +87,7 @@ impl ControlPlane {
             let (etcd, etcd_url, etcd_cmd) = etcd;
             let port = crate::free_port()?;
             let server = format!("https://127.0.0.1:{port}");
-            let args: Vec<String> = [
+            let mut args: Vec<String> = [
                 "--advertise-address=127.0.0.1",
                 "--bind-address=127.0.0.1",
                 &format!("--secure-port={port}"),
@@ -89,14 +104,16 @@ impl ControlPlane {
                 "--allow-privileged=true",
                 // No kubernetes Service endpoints for a loopback address.
                 "--endpoint-reconciler-type=none",
-                // Nothing here issues service account tokens into pods; the plugin would refuse
-                // pods whose service account has no token controller behind it.
-                "--disable-admission-plugins=ServiceAccount",
                 "--v=1",
             ]
             .iter()
             .map(|a| a.to_string())
             .collect();
+            if !options.service_account_admission {
+                // Nothing here issues service account tokens into pods; the plugin would refuse
+                // pods whose service account has no token controller behind it.
+                args.push("--disable-admission-plugins=ServiceAccount".to_owned());
+            }
             let mut cmd = Command::new(&apiserver_bin);
             cmd.args(&args);
             let apiserver =
@@ -159,6 +176,18 @@ impl ControlPlane {
     /// The admin kubeconfig file (for kubectl and for processes under test).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// The cluster's CA certificate (it signed the API server's serving certificate and the
+    /// admin's client certificate).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// The private key that signs service account tokens (the API server verifies them with its
+    /// public half): kube-controller-manager's `--service-account-private-key-file`.
+    pub fn service_account_key_file(&self) -> PathBuf {
+        self.dir.join("service-account.key")
     }
 
     /// The API server's URL.

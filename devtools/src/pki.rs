@@ -34,6 +34,9 @@ impl Pki {
             "127.0.0.1".to_owned(),
             "localhost".to_owned(),
             "kubernetes.default.svc".to_owned(),
+            // The `kubernetes` Service's address (the first of --service-cluster-ip-range),
+            // where a real node's pods reach the API server (crate::node).
+            "10.0.0.1".to_owned(),
         ])?;
         serving
             .distinguished_name
