@@ -17,6 +17,7 @@ pub mod control_plane;
 pub mod dev;
 pub mod fault_proxy;
 pub mod job_runner;
+pub mod node;
 mod pki;
 pub mod process;
 pub mod s3;

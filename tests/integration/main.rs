@@ -11,6 +11,7 @@ mod faults;
 mod fixtures;
 mod install;
 mod job_runner;
+mod node;
 mod plugin;
 mod s3;
 mod soak;

@@ -1,0 +1,368 @@
+//! The node's images, built locally (no registry is reachable and no image builder runs here):
+//! the sandbox ("pause") image, the agent image (this project's `sitecache` binary laid out as
+//! the Dockerfile's final stage lays it out) and a Deno image. Each is an OCI archive
+//! (`oci`) imported into containerd under a full reference, so that nothing is ever pulled.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use super::oci::{ImageConfig, Layer};
+
+/// The repository part of every local image's reference.
+const REPOSITORY: &str = "docker.io/sitecache-test";
+/// The tag of the images built from this checkout (never `latest`, which kubelet would pull).
+const LOCAL_TAG: &str = "local";
+
+/// The references of the node's images, as pods name them (already normalized: containerd
+/// stores them under exactly these names).
+#[derive(Clone, Debug)]
+pub struct Images {
+    /// The sandbox image (containerd's `sandbox_image`).
+    pub pause: String,
+    /// `sitecache` as the Dockerfile's final stage has it: user 65532:65532, entrypoint
+    /// `/usr/local/bin/sitecache`, command `controller`.
+    pub agent: String,
+    /// The pinned Deno (`hack/versions.env`) as `/usr/local/bin/deno`, user 1000:1000.
+    pub deno: String,
+}
+
+impl Images {
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            pause: format!("{REPOSITORY}/pause:{LOCAL_TAG}"),
+            agent: format!("{REPOSITORY}/sitecache:{LOCAL_TAG}"),
+            deno: format!(
+                "{REPOSITORY}/deno:{}",
+                crate::assets::pinned_version("DENO_VERSION")?
+            ),
+        })
+    }
+}
+
+/// The uid and gid of the Deno image's user: non-root, and not the agent's 65532.
+pub const DENO_UID: u64 = 1000;
+/// The agent image's user (distroless' `nonroot`).
+pub const NONROOT_UID: u64 = 65532;
+
+/// The source of the pause program (`hack/node/pause.c`).
+const PAUSE_C: &str = include_str!("../../../hack/node/pause.c");
+
+/// Builds the three archives into `dir` and returns them with their references.
+pub fn build(
+    dir: &Path,
+    images: &Images,
+    sitecache_bin: &Path,
+    dockerfile: &Path,
+) -> Result<Vec<(String, PathBuf)>> {
+    std::fs::create_dir_all(dir)?;
+    let work = dir.join("work");
+    let mut out = Vec::new();
+
+    // pause: a static C program, so the image holds one file.
+    let src = dir.join("pause.c");
+    std::fs::write(&src, PAUSE_C)?;
+    let pause_bin = dir.join("pause");
+    run(Command::new("cc")
+        .args(["-static", "-Os", "-s", "-o"])
+        .arg(&pause_bin)
+        .arg(&src))
+    .context("compile hack/node/pause.c (a C compiler and static glibc, libc6-dev, are needed)")?;
+    let mut layer = Layer::new();
+    layer.file("/pause", &pause_bin, 0o755);
+    let archive = dir.join("pause.tar");
+    super::oci::write_archive(
+        &archive,
+        &images.pause,
+        &layer,
+        &ImageConfig {
+            user: "65535:65535".into(),
+            entrypoint: vec!["/pause".into()],
+            ..Default::default()
+        },
+        &work,
+    )?;
+    out.push((images.pause.clone(), archive));
+
+    // The agent: the Dockerfile's final stage over a base like its distroless one.
+    let stage = DockerfileStage::parse(
+        &std::fs::read_to_string(dockerfile)
+            .with_context(|| format!("read {}", dockerfile.display()))?,
+    )?;
+    let mut layer = distroless_like_base();
+    for (source, dest) in &stage.copies {
+        if Path::new(source).file_name() != Some("sitecache".as_ref()) {
+            bail!(
+                "{}: COPY {source} {dest}: only the sitecache binary is known to the local image",
+                dockerfile.display()
+            );
+        }
+        layer.file(dest, sitecache_bin, 0o755);
+    }
+    add_libraries(&mut layer, sitecache_bin)?;
+    let archive = dir.join("agent.tar");
+    let mut env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt".to_owned(),
+    ];
+    env.extend(stage.env.iter().cloned());
+    super::oci::write_archive(
+        &archive,
+        &images.agent,
+        &layer,
+        &ImageConfig {
+            user: stage.user.clone(),
+            entrypoint: stage.entrypoint.clone(),
+            cmd: stage.cmd.clone(),
+            env,
+            working_dir: stage
+                .workdir
+                .clone()
+                .unwrap_or_else(|| "/home/nonroot".into()),
+        },
+        &work,
+    )?;
+    out.push((images.agent.clone(), archive));
+
+    // Deno: the pinned binary and its libraries, as uid 1000.
+    let deno = crate::assets::Asset::Deno.path()?;
+    let deno = deno
+        .canonicalize()
+        .with_context(|| format!("resolve {}", deno.display()))?;
+    let mut layer = Layer::new();
+    layer
+        .file("/usr/local/bin/deno", &deno, 0o755)
+        .bytes(
+            "/etc/passwd",
+            format!("root:x:0:0:root:/root:/sbin/nologin\ndeno:x:{DENO_UID}:{DENO_UID}:deno:/home/deno:/sbin/nologin\n").as_bytes(),
+            0o644,
+        )
+        .bytes(
+            "/etc/group",
+            format!("root:x:0:\ndeno:x:{DENO_UID}:\n").as_bytes(),
+            0o644,
+        )
+        .dir("/home/deno", 0o755, (DENO_UID, DENO_UID))
+        .dir("/tmp", 0o1777, (0, 0));
+    add_libraries(&mut layer, &deno)?;
+    let archive = dir.join("deno.tar");
+    super::oci::write_archive(
+        &archive,
+        &images.deno,
+        &layer,
+        &ImageConfig {
+            user: format!("{DENO_UID}:{DENO_UID}"),
+            entrypoint: vec!["/usr/local/bin/deno".into()],
+            env: vec![
+                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+                "HOME=/home/deno".into(),
+                "DENO_NO_UPDATE_CHECK=1".into(),
+            ],
+            working_dir: "/home/deno".into(),
+            ..Default::default()
+        },
+        &work,
+    )?;
+    out.push((images.deno.clone(), archive));
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(out)
+}
+
+/// What the agent image has besides the binary, like distroless' `cc-debian12:nonroot`: the
+/// users (root, nobody, nonroot 65532), a home for nonroot and `/tmp`. glibc comes with the
+/// binary's libraries.
+fn distroless_like_base() -> Layer {
+    let mut l = Layer::new();
+    l.bytes(
+        "/etc/passwd",
+        b"root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
+        0o644,
+    )
+    .bytes(
+        "/etc/group",
+        b"root:x:0:\nnobody:x:65534:\nnonroot:x:65532:\n",
+        0o644,
+    )
+    .dir("/home/nonroot", 0o700, (NONROOT_UID, NONROOT_UID))
+    .dir("/root", 0o700, (0, 0))
+    .dir("/tmp", 0o1777, (0, 0));
+    l
+}
+
+/// Adds the shared libraries `binary` loads (as `ldd` resolves them on this machine, the loader
+/// included) at the paths `ldd` gives.
+fn add_libraries(layer: &mut Layer, binary: &Path) -> Result<()> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("run ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        if text.contains("not a dynamic executable") {
+            return Ok(());
+        }
+        bail!(
+            "ldd {}: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for path in ldd_paths(&text) {
+        let real = Path::new(&path)
+            .canonicalize()
+            .with_context(|| format!("resolve {path}"))?;
+        if !layer.contains(&path) {
+            layer.file(&path, &real, 0o755);
+        }
+    }
+    Ok(())
+}
+
+/// The library paths of `ldd`'s output (`name => /path (addr)` and `/path (addr)`; the vDSO has
+/// none).
+fn ldd_paths(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.trim(),
+                None => l,
+            };
+            let path = path.split_whitespace().next()?;
+            path.starts_with('/').then(|| path.to_owned())
+        })
+        .collect()
+}
+
+/// The final stage of a Dockerfile, as far as an image's contents and config go.
+#[derive(Debug, Default, PartialEq)]
+pub struct DockerfileStage {
+    /// The stage's `FROM`.
+    pub from: String,
+    /// `COPY` sources and destinations (flags such as `--from` dropped).
+    pub copies: Vec<(String, String)>,
+    pub user: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+}
+
+impl DockerfileStage {
+    /// Parses the last stage of `text` (continuation lines joined, comments skipped). Only the
+    /// instructions of a simple final stage are understood: FROM, COPY, USER, ENTRYPOINT and
+    /// CMD in their JSON form, ENV, WORKDIR; anything else there is an error, so that the local
+    /// image cannot silently differ from the Dockerfile's.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut lines = Vec::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            let t = line.trim();
+            if t.starts_with('#') && current.is_empty() {
+                continue;
+            }
+            if let Some(head) = t.strip_suffix('\\') {
+                current.push_str(head);
+                current.push(' ');
+                continue;
+            }
+            current.push_str(t);
+            if !current.trim().is_empty() {
+                lines.push(std::mem::take(&mut current));
+            }
+            current.clear();
+        }
+        let last_from = lines
+            .iter()
+            .rposition(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|w| w.eq_ignore_ascii_case("FROM"))
+            })
+            .context("no FROM in the Dockerfile")?;
+        let mut stage = Self::default();
+        for line in &lines[last_from..] {
+            let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            let rest = rest.trim();
+            match word.to_ascii_uppercase().as_str() {
+                "FROM" => stage.from = rest.split_whitespace().next().unwrap_or("").to_owned(),
+                "COPY" => {
+                    let args: Vec<&str> = rest
+                        .split_whitespace()
+                        .filter(|a| !a.starts_with("--"))
+                        .collect();
+                    let Some((dest, sources)) = args.split_last() else {
+                        bail!("COPY without arguments: {line}");
+                    };
+                    for s in sources {
+                        stage.copies.push(((*s).to_owned(), (*dest).to_owned()));
+                    }
+                }
+                "USER" => stage.user = rest.to_owned(),
+                "ENTRYPOINT" => {
+                    stage.entrypoint = serde_json::from_str(rest)
+                        .with_context(|| format!("ENTRYPOINT is not a JSON array: {line}"))?
+                }
+                "CMD" => {
+                    stage.cmd = serde_json::from_str(rest)
+                        .with_context(|| format!("CMD is not a JSON array: {line}"))?
+                }
+                // `ENV K=V` (one pair) or the older `ENV K V`.
+                "ENV" if rest.contains('=') => stage.env.push(rest.to_owned()),
+                "ENV" => stage.env.push(rest.replacen(' ', "=", 1)),
+                "WORKDIR" => stage.workdir = Some(rest.to_owned()),
+                other => bail!("the local agent image does not know {other} (in {line})"),
+            }
+        }
+        Ok(stage)
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("run {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repository_dockerfile_final_stage() {
+        let text = include_str!("../../../Dockerfile");
+        let stage = DockerfileStage::parse(text).unwrap();
+        assert_eq!(stage.user, "65532:65532");
+        assert_eq!(stage.entrypoint, ["/usr/local/bin/sitecache"]);
+        assert_eq!(stage.cmd, ["controller"]);
+        assert_eq!(
+            stage.copies,
+            [(
+                "/out/sitecache".to_owned(),
+                "/usr/local/bin/sitecache".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn ldd_output() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        assert_eq!(
+            ldd_paths(text),
+            [
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+    }
+}

@@ -1,0 +1,420 @@
+//! OCI image archives built without an image builder: one uncompressed tar layer of given files
+//! and an image config (user, entrypoint, command, environment, working directory), written as an
+//! OCI image layout in a tar (`oci-layout`, `index.json`, `blobs/sha256/…`) that
+//! `ctr images import` reads.
+//!
+//! Every entry is written with a fixed modification time and numeric owners, so the same inputs
+//! give the same image.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// What a container of the image runs as and with (the `config` of the OCI image config).
+#[derive(Clone, Debug, Default)]
+pub struct ImageConfig {
+    /// `uid:gid`.
+    pub user: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `NAME=value`.
+    pub env: Vec<String>,
+    pub working_dir: String,
+}
+
+#[derive(Clone, Debug)]
+enum Contents {
+    Dir,
+    File(PathBuf),
+    Bytes(Vec<u8>),
+    Symlink(String),
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    /// Relative to the image's root, without a leading `/`.
+    path: String,
+    contents: Contents,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+}
+
+/// The files of a one-layer image. Parent directories are added as `0755 root:root` when not
+/// given.
+#[derive(Clone, Debug, Default)]
+pub struct Layer {
+    entries: Vec<Entry>,
+}
+
+impl Layer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn push(&mut self, path: &str, contents: Contents, mode: u32, owner: (u64, u64)) {
+        let path = path
+            .trim_start_matches('/')
+            .trim_end_matches('/')
+            .to_owned();
+        self.entries.retain(|e| e.path != path);
+        self.entries.push(Entry {
+            path,
+            contents,
+            mode,
+            uid: owner.0,
+            gid: owner.1,
+        });
+    }
+
+    /// A directory with `mode`, owned by `owner` (uid, gid).
+    pub fn dir(&mut self, path: &str, mode: u32, owner: (u64, u64)) -> &mut Self {
+        self.push(path, Contents::Dir, mode, owner);
+        self
+    }
+
+    /// A copy of the host file `source`, owned by root.
+    pub fn file(&mut self, path: &str, source: &Path, mode: u32) -> &mut Self {
+        self.push(path, Contents::File(source.to_owned()), mode, (0, 0));
+        self
+    }
+
+    /// A file with the given contents, owned by root.
+    pub fn bytes(&mut self, path: &str, contents: &[u8], mode: u32) -> &mut Self {
+        self.push(path, Contents::Bytes(contents.to_vec()), mode, (0, 0));
+        self
+    }
+
+    /// A symbolic link to `target`.
+    pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
+        self.push(path, Contents::Symlink(target.to_owned()), 0o777, (0, 0));
+        self
+    }
+
+    /// Whether the layer has an entry at `path`.
+    pub fn contains(&self, path: &str) -> bool {
+        let path = path.trim_start_matches('/').trim_end_matches('/');
+        self.entries.iter().any(|e| e.path == path)
+    }
+
+    /// The entries in tar order: every directory before what it holds, missing parents added.
+    fn ordered(&self) -> Vec<Entry> {
+        let mut all: Vec<Entry> = self.entries.clone();
+        // Missing parents, until none is.
+        loop {
+            let missing: Vec<String> = all
+                .iter()
+                .filter_map(|e| Path::new(&e.path).parent())
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(|p| p.to_string_lossy().into_owned())
+                .filter(|p| !all.iter().any(|x| &x.path == p))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            for p in missing {
+                if !all.iter().any(|x| x.path == p) {
+                    all.push(Entry {
+                        path: p,
+                        contents: Contents::Dir,
+                        mode: 0o755,
+                        uid: 0,
+                        gid: 0,
+                    });
+                }
+            }
+        }
+        // A path sorts after its parent: compare component lists.
+        all.sort_by(|a, b| Path::new(&a.path).cmp(Path::new(&b.path)));
+        all
+    }
+
+    /// Writes the layer as a tar to `out`.
+    fn write_tar<W: Write>(&self, out: W) -> Result<W> {
+        let mut tar = tar::Builder::new(out);
+        tar.mode(tar::HeaderMode::Deterministic);
+        for e in self.ordered() {
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(e.mode);
+            h.set_uid(e.uid);
+            h.set_gid(e.gid);
+            h.set_mtime(0);
+            match &e.contents {
+                Contents::Dir => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    tar.append_data(&mut h, format!("{}/", e.path), io::empty())?;
+                }
+                Contents::File(source) => {
+                    let f =
+                        File::open(source).with_context(|| format!("open {}", source.display()))?;
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(f.metadata()?.len());
+                    tar.append_data(&mut h, &e.path, f)
+                        .with_context(|| format!("add {} to a layer", source.display()))?;
+                }
+                Contents::Bytes(b) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(b.len() as u64);
+                    tar.append_data(&mut h, &e.path, b.as_slice())?;
+                }
+                Contents::Symlink(target) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    tar.append_link(&mut h, &e.path, target)?;
+                }
+            }
+        }
+        Ok(tar.into_inner()?)
+    }
+}
+
+/// A writer that hashes and counts what goes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A content-addressed blob: `sha256:<hex>` and its size.
+struct Blob {
+    digest: String,
+    size: u64,
+}
+
+fn blob_of(bytes: &[u8]) -> Blob {
+    Blob {
+        digest: format!("sha256:{:x}", Sha256::digest(bytes)),
+        size: bytes.len() as u64,
+    }
+}
+
+/// Writes an OCI image archive of `layer` and `config` to `out`, named `reference` (a full
+/// reference such as `docker.io/sitecache-test/agent:local`: the name containerd files it under).
+/// `work` holds the layer while the archive is written (removed after).
+pub fn write_archive(
+    out: &Path,
+    reference: &str,
+    layer: &Layer,
+    config: &ImageConfig,
+    work: &Path,
+) -> Result<()> {
+    let Some((_, tag)) = reference.rsplit_once(':').filter(|(_, t)| !t.contains('/')) else {
+        bail!("image reference {reference} has no tag");
+    };
+    std::fs::create_dir_all(work)?;
+    let layer_path = work.join(format!(
+        "layer-{}.tar",
+        out.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let hashing = layer.write_tar(Hashing {
+        inner: BufWriter::new(
+            File::create(&layer_path)
+                .with_context(|| format!("create {}", layer_path.display()))?,
+        ),
+        hash: Sha256::new(),
+        len: 0,
+    })?;
+    let layer_blob = Blob {
+        digest: format!("sha256:{:x}", hashing.hash.finalize()),
+        size: hashing.len,
+    };
+    hashing
+        .inner
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+
+    let mut cfg = serde_json::Map::new();
+    if !config.user.is_empty() {
+        cfg.insert("User".into(), json!(config.user));
+    }
+    if !config.env.is_empty() {
+        cfg.insert("Env".into(), json!(config.env));
+    }
+    if !config.entrypoint.is_empty() {
+        cfg.insert("Entrypoint".into(), json!(config.entrypoint));
+    }
+    if !config.cmd.is_empty() {
+        cfg.insert("Cmd".into(), json!(config.cmd));
+    }
+    if !config.working_dir.is_empty() {
+        cfg.insert("WorkingDir".into(), json!(config.working_dir));
+    }
+    let image_config = serde_json::to_vec(&json!({
+        "created": "1970-01-01T00:00:00Z",
+        "architecture": "amd64",
+        "os": "linux",
+        "config": cfg,
+        // Uncompressed: the layer's digest is its diff id.
+        "rootfs": { "type": "layers", "diff_ids": [layer_blob.digest] },
+        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "sitecache-devtools node::oci" }],
+    }))?;
+    let config_blob = blob_of(&image_config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_blob.digest,
+            "size": config_blob.size,
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": layer_blob.digest,
+            "size": layer_blob.size,
+        }],
+    }))?;
+    let manifest_blob = blob_of(&manifest);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_blob.digest,
+            "size": manifest_blob.size,
+            "platform": { "architecture": "amd64", "os": "linux" },
+            "annotations": {
+                "io.containerd.image.name": reference,
+                "org.opencontainers.image.ref.name": tag,
+            },
+        }],
+    }))?;
+
+    let file = File::create(out).with_context(|| format!("create {}", out.display()))?;
+    let mut tar = tar::Builder::new(BufWriter::new(file));
+    let mut add = |name: &str, bytes: &[u8]| -> io::Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_size(bytes.len() as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, name, bytes)
+    };
+    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    add("index.json", &index)?;
+    for (blob, bytes) in [(&config_blob, &image_config), (&manifest_blob, &manifest)] {
+        add(&blob_path(&blob.digest), bytes)?;
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_size(layer_blob.size);
+    h.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(
+        &mut h,
+        blob_path(&layer_blob.digest),
+        File::open(&layer_path)?,
+    )?;
+    tar.into_inner()?.into_inner().map_err(|e| e.into_error())?;
+    std::fs::remove_file(&layer_path)?;
+    Ok(())
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("blobs/{}", digest.replacen(':', "/", 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(tar_bytes: &[u8]) -> Vec<(String, u32, u64, u64)> {
+        let mut a = tar::Archive::new(tar_bytes);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                    h.gid().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layer_lists_parents_first_with_owners() {
+        let mut l = Layer::new();
+        l.bytes("/usr/local/bin/tool", b"x", 0o755)
+            .dir("/home/app", 0o700, (1000, 1000))
+            .symlink("/bin", "usr/bin");
+        let bytes = l.write_tar(Vec::new()).unwrap();
+        let got = entries(&bytes);
+        let names: Vec<&str> = got.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "home/",
+                "home/app/",
+                "usr/",
+                "usr/local/",
+                "usr/local/bin/",
+                "usr/local/bin/tool"
+            ]
+        );
+        let home = got.iter().find(|e| e.0 == "home/app/").unwrap();
+        assert_eq!((home.1, home.2, home.3), (0o700, 1000, 1000));
+    }
+
+    #[test]
+    fn archive_is_an_oci_layout_with_matching_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Layer::new();
+        l.bytes("/hello", b"hi", 0o644);
+        let cfg = ImageConfig {
+            user: "1000:1000".into(),
+            entrypoint: vec!["/hello".into()],
+            ..Default::default()
+        };
+        let out = dir.path().join("image.tar");
+        write_archive(&out, "docker.io/x/y:t", &l, &cfg, dir.path()).unwrap();
+        let mut files = std::collections::HashMap::new();
+        let mut a = tar::Archive::new(File::open(&out).unwrap());
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut buf = Vec::new();
+            io::Read::read_to_end(&mut e, &mut buf).unwrap();
+            files.insert(name, buf);
+        }
+        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        let m = &index["manifests"][0];
+        assert_eq!(
+            m["annotations"]["io.containerd.image.name"],
+            "docker.io/x/y:t"
+        );
+        let digest = m["digest"].as_str().unwrap();
+        let manifest = &files[&blob_path(digest)];
+        assert_eq!(blob_of(manifest).digest, digest);
+        let manifest: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+        let config = &files[&blob_path(manifest["config"]["digest"].as_str().unwrap())];
+        let config: serde_json::Value = serde_json::from_slice(config).unwrap();
+        assert_eq!(config["config"]["User"], "1000:1000");
+        let layer_digest = manifest["layers"][0]["digest"].as_str().unwrap();
+        assert_eq!(config["rootfs"]["diff_ids"][0], layer_digest);
+        let layer = &files[&blob_path(layer_digest)];
+        assert_eq!(blob_of(layer).digest, layer_digest);
+        assert_eq!(entries(layer)[0].0, "hello");
+    }
+}
