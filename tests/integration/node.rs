@@ -76,6 +76,15 @@ fn container_log(node: &Node, pod: &Pod, container: &str) -> String {
     })
 }
 
+fn ip(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Restricted-profile security settings for a container of the local images.
 fn restricted() -> serde_json::Value {
     json!({
@@ -133,8 +142,12 @@ async fn pods_and_jobs_run_on_the_real_node() {
     );
 
     // A Job (run by the real Job controller) whose pod is the Deno image as uid 1000: it checks
-    // its uid and that the API server answers at the `kubernetes` Service's address, inside the
-    // node's network namespace. The TTL controller deletes it once finished.
+    // its uid, that the API server answers at the `kubernetes` Service's address and MinIO at
+    // the address the node forwards it to, both inside the node's network namespace. The TTL
+    // controller deletes the Job once finished.
+    let s3 = support::s3().await;
+    let minio: std::net::SocketAddr = s3.endpoint().trim_start_matches("http://").parse().unwrap();
+    let minio_in_node = node.forward(minio).unwrap();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let script = r#"
         if (Deno.uid() !== 1000) throw new Error(`running as uid ${Deno.uid()}`);
@@ -143,6 +156,11 @@ async fn pods_and_jobs_run_on_the_real_node() {
         const conn = await Deno.connect({ hostname: host, port });
         conn.close();
         console.log(`uid ${Deno.uid()} reached ${host}:${port}`);
+        const minio = Deno.env.get("MINIO");
+        const res = await fetch(`http://${minio}/minio/health/live`);
+        await res.body?.cancel();
+        if (res.status !== 200) throw new Error(`MinIO at ${minio} answered ${res.status}`);
+        console.log(`MinIO answered at ${minio}`);
     "#;
     let job: Job = serde_json::from_value(json!({
         "metadata": { "name": "deno" },
@@ -160,6 +178,7 @@ async fn pods_and_jobs_run_on_the_real_node() {
                         "env": [
                             { "name": "NO_COLOR", "value": "1" },
                             { "name": "DENO_DIR", "value": "/work/deno-dir" },
+                            { "name": "MINIO", "value": minio_in_node.to_string() },
                         ],
                         "volumeMounts": [{ "name": "work", "mountPath": "/work" }],
                         "securityContext": restricted(),
@@ -211,8 +230,26 @@ async fn pods_and_jobs_run_on_the_real_node() {
         finished.1.status, job_pod.status
     );
     assert!(
-        log.contains("uid 1000 reached 10.0.0.1:443"),
+        log.contains("uid 1000 reached 10.0.0.1:443")
+            && log.contains(&format!("MinIO answered at {minio_in_node}")),
         "the Deno pod printed: {log}"
+    );
+
+    // Nothing links the node's namespace to the host's network: its only devices are loopback,
+    // the CNI bridge and the pods' veths, and it has no default route.
+    let links = ip(&["-n", node.netns(), "-o", "link", "show"]);
+    for line in links.lines() {
+        let dev = line.split(':').nth(1).unwrap_or("").trim();
+        let dev = dev.split('@').next().unwrap();
+        assert!(
+            dev == "lo" || dev == "cni0" || dev.starts_with("veth"),
+            "unexpected device {dev} in the node's namespace:\n{links}"
+        );
+    }
+    let routes = ip(&["-n", node.netns(), "route", "show"]);
+    assert!(
+        !routes.contains("default"),
+        "the node's namespace has a default route:\n{routes}"
     );
 
     // The TTL-after-finished controller deletes the finished Job.
