@@ -89,6 +89,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = "{runc}"
+        # runc's state under the node's directory, not the host's /run/containerd/runc.
+        Root = "{runc_root}"
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin}"
@@ -100,6 +102,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 socket = socket.display(),
                 opt = dir.join("opt").display(),
                 runc = runc.display(),
+                runc_root = dir.join("runc").display(),
                 cni_bin = cni_bin.display(),
                 cni_conf = cni_conf.display(),
             ),

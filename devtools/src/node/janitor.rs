@@ -7,7 +7,9 @@
 //! of these exist, in its own process group and deaf to terminal signals, that waits for the end
 //! of a pipe whose other end this process holds: when the node is dropped, or when this process
 //! ends (a panic, a failed test, a kill), it kills every process of the node's cgroup, unmounts
-//! what is mounted under the node's directory, and removes the cgroups and the namespace.
+//! what is mounted under the node's directory, removes the cgroups, the namespace and what
+//! containerd keeps of the node's pods outside its directory (the CNI results cache, the shims'
+//! sockets).
 //!
 //! It is the one process of the node that is deliberately not a `ManagedProcess`: it must
 //! outlive this process. Should it be killed too (a supervisor that kills every process of a
@@ -37,6 +39,15 @@ while [ $i -lt 200 ]; do
   i=$((i + 1))
 done
 [ -n "$pids" ] && echo "still in the cgroup after 10 s: $pids"
+# What containerd keeps outside the node's directory, per pod sandbox: the CNI plugins' cached
+# results and the shim's socket (/run/containerd/s/<sha256 of address/namespace/id>).
+c="$dir/containerd"
+for p in "$c"/root/io.containerd.grpc.v1.cri/sandboxes/*; do
+  [ -e "$p" ] || continue
+  id=${p##*/}
+  rm -f /var/lib/cni/results/*-"$id"-*
+  rm -f "/run/containerd/s/$(printf '%s' "$c/containerd.sock/k8s.io/$id" | sha256sum | cut -d' ' -f1)"
+done
 awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
   while read -r m; do umount -l "$m" || echo "umount $m failed"; done
 find /sys/fs/cgroup/*/"$name" -depth -type d -exec rmdir {} \; 2>/dev/null
