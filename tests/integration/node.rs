@@ -142,8 +142,9 @@ async fn pods_and_jobs_run_on_the_real_node() {
     );
 
     // A Job (run by the real Job controller) whose pod is the Deno image as uid 1000: it checks
-    // its uid, that the API server answers at the `kubernetes` Service's address and MinIO at
-    // the address the node forwards it to, both inside the node's network namespace. The TTL
+    // its uid, that the API server answers at the `kubernetes` Service's address (TLS, its
+    // service account's token) and MinIO at the address the node forwards it to, both inside
+    // the node's network namespace. The TTL
     // controller deletes the Job once finished.
     let s3 = support::s3().await;
     let minio: std::net::SocketAddr = s3.endpoint().trim_start_matches("http://").parse().unwrap();
@@ -156,6 +157,20 @@ async fn pods_and_jobs_run_on_the_real_node() {
         const conn = await Deno.connect({ hostname: host, port });
         conn.close();
         console.log(`uid ${Deno.uid()} reached ${host}:${port}`);
+        // In-cluster credentials: the service account token kubelet mounted, over TLS checked
+        // with the cluster's CA (DENO_CERT), at the Service's address.
+        const sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+        const token = (await Deno.readTextFile(`${sa}/token`)).trim();
+        const review = await fetch(
+            `https://${host}:${port}/apis/authentication.k8s.io/v1/selfsubjectreviews`,
+            {
+                method: "POST",
+                headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+                body: JSON.stringify({ apiVersion: "authentication.k8s.io/v1", kind: "SelfSubjectReview" }),
+            },
+        );
+        const who = await review.json();
+        console.log(`the API server says I am ${who.status?.userInfo?.username}`);
         const minio = Deno.env.get("MINIO");
         const res = await fetch(`http://${minio}/minio/health/live`);
         await res.body?.cancel();
@@ -179,6 +194,10 @@ async fn pods_and_jobs_run_on_the_real_node() {
                             { "name": "NO_COLOR", "value": "1" },
                             { "name": "DENO_DIR", "value": "/work/deno-dir" },
                             { "name": "MINIO", "value": minio_in_node.to_string() },
+                            {
+                                "name": "DENO_CERT",
+                                "value": "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+                            },
                         ],
                         "volumeMounts": [{ "name": "work", "mountPath": "/work" }],
                         "securityContext": restricted(),
@@ -231,6 +250,9 @@ async fn pods_and_jobs_run_on_the_real_node() {
     );
     assert!(
         log.contains("uid 1000 reached 10.0.0.1:443")
+            && log.contains(&format!(
+                "the API server says I am system:serviceaccount:{ns}:default"
+            ))
             && log.contains(&format!("MinIO answered at {minio_in_node}")),
         "the Deno pod printed: {log}"
     );
