@@ -51,6 +51,8 @@ done
 awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
   while read -r m; do umount -l "$m" || echo "umount $m failed"; done
 find /sys/fs/cgroup/*/"$name" -depth -type d -exec rmdir {} \; 2>/dev/null
+# Image blobs and snapshots (hundreds of MB, of no use once the node is gone; the logs stay).
+rm -rf --one-file-system "$c/root" "$c/state" "$dir/images"
 ip netns delete "$netns" 2>/dev/null
 rm -f "/run/sitecache-node/$name"
 echo "done"
