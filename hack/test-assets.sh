@@ -215,9 +215,10 @@ install_cargo_deny() {
 }
 
 # The node tier's Kubernetes components (kubelet, kube-scheduler, kube-controller-manager) as one
-# multi-call binary, hack/node/kube-node (they share most of their code: one compile, one link),
-# in its own cache directory so that kube-apiserver's and kubectl's stays valid. The three names
-# are symlinks to it.
+# multi-call binary, hack/node/kube-node, in its own cache directory so that kube-apiserver's and
+# kubectl's stays valid; the three names are symlinks to it. Measured: the shared packages are
+# compiled once either way (Go's build cache), so one binary saves little time (one link of
+# ~10 s instead of three of ~5 s each) but 160 MB of cache (119 MB instead of 278 MB).
 build_kubernetes_node() {
   local final="$cache_root/kubernetes-node-$KUBERNETES_VERSION"
   [ -x "$final/kube-node" ] && [ -L "$final/kubelet" ] && return 0

@@ -1,6 +1,7 @@
 // kube-node: kubelet, kube-scheduler and kube-controller-manager in one multi-call binary, for
 // the real-node test tier (hack/test-assets.sh builds it from the k8s.io/kubernetes module).
-// The three share most of their code: one binary compiles it and links it once.
+// The three share most of their code: one binary holds it once (119 MB instead of 278 MB for
+// three; the compile is shared through Go's build cache either way).
 //
 // The component is the name it is called by (a symlink named kubelet, kube-scheduler or
 // kube-controller-manager) or, failing that, the first argument: `kube-node kubelet --help`.
