@@ -223,7 +223,7 @@ build_kubernetes_node() {
   local final="$cache_root/kubernetes-node-$KUBERNETES_VERSION"
   [ -x "$final/kube-node" ] && [ -L "$final/kubelet" ] && return 0
   local tmp; tmp=$(new_tmp kubernetes-node); tmpdirs+=("$tmp"); trap cleanup EXIT
-  log "building kubelet, kube-scheduler and kube-controller-manager $KUBERNETES_VERSION (one binary) from Go modules (first run only: about 20 minutes on 2 cores, less after kube-apiserver's build)"
+  log "building kubelet, kube-scheduler and kube-controller-manager $KUBERNETES_VERSION (one binary) from Go modules (first run only: about 2-3 minutes on 2 cores after kube-apiserver's build, which compiles most of it)"
   local src="$tmp/src"; mkdir -p "$src"
   cp "$here/node/kube-node/main.go" "$src/"
   kubernetes_wrapper_module "$src" kube-node
