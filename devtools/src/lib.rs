@@ -20,6 +20,7 @@ pub mod job_runner;
 pub mod node;
 mod pki;
 pub mod process;
+pub mod registry_proxy;
 pub mod s3;
 
 pub use control_plane::ControlPlane;
