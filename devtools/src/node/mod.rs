@@ -83,10 +83,11 @@ impl Node {
         if !rustix::process::geteuid().is_root() {
             bail!("the real node needs root (kubelet, containerd, network namespaces)");
         }
+        // Nodes of runs that ended with their janitor (their mounts may be under `dir`).
+        janitor::sweep_stale();
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let dir = dir.canonicalize()?;
-        janitor::sweep_stale();
         let name = node_id();
         // First, so that whatever is made next is torn down however this ends.
         let janitor = janitor::Janitor::start(&name, &dir, &name)?;
