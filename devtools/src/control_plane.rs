@@ -1,7 +1,8 @@
 //! A local Kubernetes control plane: etcd and kube-apiserver as processes on loopback.
 //!
 //! There is no kubelet, scheduler or controller-manager: objects are stored and validated (OpenAPI
-//! schemas, CEL rules, RBAC, server-side apply) exactly as in a cluster, but nothing runs pods.
+//! schemas, CEL rules, RBAC, server-side apply) exactly as in a cluster, but nothing runs pods
+//! ([`crate::node::Node`] adds them on a control plane of its own).
 //! The admin user is authenticated by a client certificate in `system:masters`.
 
 use std::path::{Path, PathBuf};
