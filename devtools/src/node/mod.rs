@@ -11,9 +11,8 @@
 //! - [`cgroups`]: the node's cgroup (kubelet's `cgroupRoot`, containerd and its shims in it).
 //! - [`janitor`]: kills and unmounts whatever the node left, when the node is dropped or this
 //!   process ends however it ends.
-//! - [`containerd`], [`kubelet`], [`controllers`]: the parts, each a
-//!   [`ManagedProcess`](crate::process::ManagedProcess) logging to a file in the node's
-//!   directory.
+//! - [`containerd`], [`kubelet`], [`controllers`]: the parts, each a [`ManagedProcess`] logging
+//!   to a file in the node's directory.
 //! - [`images`] and [`oci`]: the local images as OCI archives, imported into containerd.
 //!
 //! Needs root (kubelet, containerd, network namespaces), cgroups, overlayfs, and the assets of
