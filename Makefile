@@ -14,7 +14,7 @@ help: ## List the targets
 
 test: test-assets fmt-check lint unit integration ## Everything CI runs: formatting, clippy, unit and real-part tests
 
-test-assets: ## Build (first run) or find etcd, kube-apiserver, kubectl and MinIO
+test-assets: ## Build or install (first run) or find the real parts: control plane, node (kubelet, containerd, runc), MinIO, Helm, promtool, Deno, linters
 	hack/test-assets.sh ensure
 
 fmt: ## Format the code

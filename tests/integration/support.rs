@@ -15,6 +15,9 @@ pub fn run_dir() -> PathBuf {
     let dir = root.join(format!("run-{}", std::process::id()));
     static CLEANED: std::sync::Once = std::sync::Once::new();
     CLEANED.call_once(|| {
+        // A real node of a run killed with its janitor left mounts and files under its run
+        // directory: tear it down from its record first, then remove the directory.
+        sitecache_devtools::node::janitor::sweep_stale();
         // Earlier runs' state is of no use; their logs are overwritten run by run.
         if let Ok(entries) = std::fs::read_dir(&root) {
             for e in entries.flatten() {
