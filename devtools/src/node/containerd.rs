@@ -1,7 +1,8 @@
 //! containerd (Debian's package) with its CRI plugin, runc and the CNI plugins, started inside the
-//! node's network namespace with all of its state under the node's directory: its root, state,
-//! sockets, the pods' network namespaces (`netns_mounts_under_state_dir`) and the CNI
-//! configuration and address allocations.
+//! node's network namespace with its state under the node's directory: its root, state, the pods'
+//! network namespaces (`netns_mounts_under_state_dir`) and the CNI configuration and address
+//! allocations. Its sockets are in the node's short directory (`janitor::short_dir`): a socket's
+//! path has at most 104 bytes, which a node's directory under a target directory may exceed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,10 +26,11 @@ pub struct Containerd {
 
 impl Containerd {
     /// Writes the configuration (CNI included) under `dir` and starts containerd in `netns`,
-    /// moved into the node's cgroup (`<cgroup>/runtime`) so that its shims and containers are
-    /// in it too; returns once it answers on its socket.
+    /// with its sockets in `sockets`, moved into the node's cgroup (`<cgroup>/runtime`) so that
+    /// its shims and containers are in it too; returns once it answers on its socket.
     pub async fn start(
         dir: &Path,
+        sockets: &Path,
         netns: &NetNs,
         cgroup: &NodeCgroup,
         sandbox_image: &str,
@@ -43,7 +45,9 @@ impl Containerd {
         for d in [&root, &state, &cni_conf] {
             std::fs::create_dir_all(d)?;
         }
-        let socket = dir.join("containerd.sock");
+        std::fs::create_dir_all(sockets)
+            .with_context(|| format!("create {}", sockets.display()))?;
+        let socket = sockets.join("containerd.sock");
         std::fs::write(
             cni_conf.join("10-sitecache.conflist"),
             cni_config(&dir.join("cni").join("ipam")),
@@ -165,14 +169,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
 
     /// Imports an OCI archive for the CRI (unpacked for the default snapshotter) and checks that
-    /// containerd lists it under `reference`.
-    pub fn import(&self, reference: &str, archive: &Path) -> Result<()> {
+    /// containerd lists each of its images under its reference (`references`).
+    pub fn import(&self, references: &[String], archive: &Path) -> Result<()> {
         let path = archive.to_string_lossy();
-        self.ctr(&["images", "import", &path])
-            .with_context(|| format!("import {} as {reference}", archive.display()))?;
+        self.ctr(&["images", "import", &path]).with_context(|| {
+            format!("import {} as {}", archive.display(), references.join(", "))
+        })?;
         let list = self.ctr(&["images", "list", "--quiet"])?;
-        if !list.lines().any(|l| l.trim() == reference) {
-            bail!("containerd has no image {reference} after importing it; it lists:\n{list}");
+        for reference in references {
+            if !list.lines().any(|l| l.trim() == reference) {
+                bail!(
+                    "containerd has no image {reference} after importing {}; it lists:\n{list}",
+                    archive.display()
+                );
+            }
         }
         Ok(())
     }

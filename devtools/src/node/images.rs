@@ -1,14 +1,15 @@
 //! The node's images, built locally (no registry is reachable and no image builder runs here):
 //! the sandbox ("pause") image, the agent image (this project's `sitecache` binary laid out as
-//! the Dockerfile's final stage lays it out) and a Deno image. Each is an OCI archive
-//! (`oci`) imported into containerd under a full reference, so that nothing is ever pulled.
+//! the Dockerfile's final stage lays it out), a Deno image and a site image (Deno plus the example
+//! storefront). They are OCI archives (`oci`) imported into containerd under full references, so
+//! that nothing is ever pulled; the Deno and site images share their Deno layer.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::oci::{ImageConfig, Layer};
+use super::oci::{ImageConfig, ImageSpec, Layer};
 
 /// The repository part of every local image's reference.
 const REPOSITORY: &str = "docker.io/sitecache-test";
@@ -24,8 +25,12 @@ pub struct Images {
     /// `sitecache` as the Dockerfile's final stage has it: user 65532:65532, entrypoint
     /// `/usr/local/bin/sitecache`, command `controller`.
     pub agent: String,
-    /// The pinned Deno (`hack/versions.env`) as `/usr/local/bin/deno`, user 1000:1000.
+    /// The pinned Deno (`hack/versions.env`) as `/usr/local/bin/deno`, user 1000:1000, trusting
+    /// this machine's CA certificates (`DENO_TLS_CA_STORE=system`).
     pub deno: String,
+    /// A site's image: the Deno image plus `examples/storefront/` at `/site` (owned by root),
+    /// user 1000:1000, working directory `/site`, entrypoint `deno`.
+    pub site: String,
 }
 
 impl Images {
@@ -37,6 +42,7 @@ impl Images {
                 "{REPOSITORY}/deno:{}",
                 crate::assets::pinned_version("DENO_VERSION")?
             ),
+            site: format!("{REPOSITORY}/site:{LOCAL_TAG}"),
         })
     }
 }
@@ -49,13 +55,16 @@ pub const NONROOT_UID: u64 = 65532;
 /// The source of the pause program (`hack/node/pause.c`).
 const PAUSE_C: &str = include_str!("../../../hack/node/pause.c");
 
-/// Builds the three archives into `dir` and returns them with their references.
+/// The example site that the site image holds at `/site`.
+const SITE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/storefront");
+
+/// Builds the archives into `dir` and returns each with the references of its images.
 pub fn build(
     dir: &Path,
     images: &Images,
     sitecache_bin: &Path,
     dockerfile: &Path,
-) -> Result<Vec<(String, PathBuf)>> {
+) -> Result<Vec<(Vec<String>, PathBuf)>> {
     std::fs::create_dir_all(dir)?;
     let work = dir.join("work");
     let mut out = Vec::new();
@@ -83,14 +92,14 @@ pub fn build(
         },
         &work,
     )?;
-    out.push((images.pause.clone(), archive));
+    out.push((vec![images.pause.clone()], archive));
 
     // The agent: the Dockerfile's final stage over a base like its distroless one.
+    let mut layer = distroless_like_base()?;
     let stage = DockerfileStage::parse(
         &std::fs::read_to_string(dockerfile)
             .with_context(|| format!("read {}", dockerfile.display()))?,
     )?;
-    let mut layer = distroless_like_base();
     for (source, dest) in &stage.copies {
         if Path::new(source).file_name() != Some("sitecache".as_ref()) {
             bail!(
@@ -123,9 +132,9 @@ pub fn build(
         },
         &work,
     )?;
-    out.push((images.agent.clone(), archive));
+    out.push((vec![images.agent.clone()], archive));
 
-    // Deno: the pinned binary and its libraries, as uid 1000.
+    // Deno: the pinned binary and its libraries, as uid 1000; the site adds its files on top.
     let deno = crate::assets::Asset::Deno.path()?;
     let deno = deno
         .canonicalize()
@@ -144,36 +153,89 @@ pub fn build(
             0o644,
         )
         .dir("/home/deno", 0o755, (DENO_UID, DENO_UID))
-        .dir("/tmp", 0o1777, (0, 0));
+        .dir("/tmp", 0o1777, (0, 0))
+        // As a Debian-based image has them: Deno reads them with DENO_TLS_CA_STORE=system (its
+        // bundled roots do not know a TLS-intercepting egress proxy this machine may trust).
+        .file(CA_CERTIFICATES, Path::new(CA_CERTIFICATES), 0o644);
     add_libraries(&mut layer, &deno)?;
+    let deno_config = ImageConfig {
+        user: format!("{DENO_UID}:{DENO_UID}"),
+        entrypoint: vec!["/usr/local/bin/deno".into()],
+        env: vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+            "HOME=/home/deno".into(),
+            "DENO_NO_UPDATE_CHECK=1".into(),
+            "DENO_TLS_CA_STORE=system".into(),
+        ],
+        working_dir: "/home/deno".into(),
+        ..Default::default()
+    };
+    let site_layer = site_layer(Path::new(SITE_DIR))?;
+    let site_config = ImageConfig {
+        working_dir: "/site".into(),
+        ..deno_config.clone()
+    };
     let archive = dir.join("deno.tar");
-    super::oci::write_archive(
+    super::oci::write_images(
         &archive,
-        &images.deno,
-        &layer,
-        &ImageConfig {
-            user: format!("{DENO_UID}:{DENO_UID}"),
-            entrypoint: vec!["/usr/local/bin/deno".into()],
-            env: vec![
-                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
-                "HOME=/home/deno".into(),
-                "DENO_NO_UPDATE_CHECK=1".into(),
-            ],
-            working_dir: "/home/deno".into(),
-            ..Default::default()
-        },
+        &[
+            ImageSpec {
+                reference: &images.deno,
+                layers: vec![&layer],
+                config: &deno_config,
+            },
+            ImageSpec {
+                reference: &images.site,
+                layers: vec![&layer, &site_layer],
+                config: &site_config,
+            },
+        ],
         &work,
     )?;
-    out.push((images.deno.clone(), archive));
+    out.push((vec![images.deno.clone(), images.site.clone()], archive));
     let _ = std::fs::remove_dir_all(&work);
     Ok(out)
 }
 
+/// The files of `site` (the example storefront) at `/site`, owned by root and readable by all:
+/// the site's user can read its code but not change it.
+fn site_layer(site: &Path) -> Result<Layer> {
+    let mut layer = Layer::new();
+    layer.dir("/site", 0o755, (0, 0));
+    let mut pending = vec![(site.to_owned(), "/site".to_owned())];
+    while let Some((from, to)) = pending.pop() {
+        for entry in std::fs::read_dir(&from).with_context(|| format!("read {}", from.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let dest = format!("{to}/{name}");
+            if entry.file_type()?.is_dir() {
+                layer.dir(&dest, 0o755, (0, 0));
+                pending.push((entry.path(), dest));
+            } else {
+                layer.file(&dest, &entry.path(), 0o644);
+            }
+        }
+    }
+    if !layer.contains("/site/main.ts") {
+        bail!("{}: no main.ts", site.display());
+    }
+    Ok(layer)
+}
+
+/// Where distroless (and Debian) keep the CA certificates, which `SSL_CERT_FILE` names: the
+/// agent image has this machine's.
+const CA_CERTIFICATES: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// What the agent image has besides the binary, like distroless' `cc-debian12:nonroot`: the
-/// users (root, nobody, nonroot 65532), a home for nonroot and `/tmp`. glibc comes with the
-/// binary's libraries.
-fn distroless_like_base() -> Layer {
+/// users (root, nobody, nonroot 65532), a home for nonroot, `/tmp` and the CA certificates
+/// (without them the S3 client's TLS set-up panics, even for an `http://` endpoint). glibc comes
+/// with the binary's libraries.
+fn distroless_like_base() -> Result<Layer> {
+    if !Path::new(CA_CERTIFICATES).is_file() {
+        bail!("{CA_CERTIFICATES} is missing (Debian's ca-certificates package)");
+    }
     let mut l = Layer::new();
+    l.file(CA_CERTIFICATES, Path::new(CA_CERTIFICATES), 0o644);
     l.bytes(
         "/etc/passwd",
         b"root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
@@ -187,7 +249,7 @@ fn distroless_like_base() -> Layer {
     .dir("/home/nonroot", 0o700, (NONROOT_UID, NONROOT_UID))
     .dir("/root", 0o700, (0, 0))
     .dir("/tmp", 0o1777, (0, 0));
-    l
+    Ok(l)
 }
 
 /// Adds the shared libraries `binary` loads (as `ldd` resolves them on this machine, the loader

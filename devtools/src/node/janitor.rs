@@ -7,9 +7,9 @@
 //! of these exist, in its own process group and deaf to terminal signals, that waits for the end
 //! of a pipe whose other end this process holds: when the node is dropped, or when this process
 //! ends (a panic, a failed test, a kill), it kills every process of the node's cgroup, unmounts
-//! what is mounted under the node's directory, removes the cgroups, the namespace and what
-//! containerd keeps of the node's pods outside its directory (the CNI results cache, the shims'
-//! sockets).
+//! what is mounted under the node's directory and its [`short_dir`], removes the cgroups, the
+//! namespace, the short directory and what containerd keeps of the node's pods outside its
+//! directory (the CNI results cache, the shims' sockets).
 //!
 //! It is the one process of the node that is deliberately not a `ManagedProcess`: it must
 //! outlive this process. Should it be killed too (a supervisor that kills every process of a
@@ -19,7 +19,7 @@
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,17 +42,19 @@ done
 # What containerd keeps outside the node's directory, per pod sandbox: the CNI plugins' cached
 # results and the shim's socket (/run/containerd/s/<sha256 of address/namespace/id>).
 c="$dir/containerd"
+short="/run/sitecache-nodes/$name"
 for p in "$c"/root/io.containerd.grpc.v1.cri/sandboxes/*; do
   [ -e "$p" ] || continue
   id=${p##*/}
   rm -f /var/lib/cni/results/*-"$id"-*
-  rm -f "/run/containerd/s/$(printf '%s' "$c/containerd.sock/k8s.io/$id" | sha256sum | cut -d' ' -f1)"
+  rm -f "/run/containerd/s/$(printf '%s' "$short/containerd.sock/k8s.io/$id" | sha256sum | cut -d' ' -f1)"
 done
-awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+awk -v d="$dir/" -v s="$short/" 'index($5, d) == 1 || index($5, s) == 1 { print $5 }' \
+  /proc/self/mountinfo | sort -r |
   while read -r m; do umount -l "$m" || echo "umount $m failed"; done
 find /sys/fs/cgroup/*/"$name" -depth -type d -exec rmdir {} \; 2>/dev/null
 # Image blobs and snapshots (hundreds of MB, of no use once the node is gone; the logs stay).
-rm -rf --one-file-system "$c/root" "$c/state" "$dir/images"
+rm -rf --one-file-system "$c/root" "$c/state" "$dir/images" "$short"
 ip netns delete "$netns" 2>/dev/null
 rm -f "/run/sitecache-node/$name"
 echo "done"
@@ -60,6 +62,18 @@ echo "done"
 
 /// Where each node records its directory (a tmpfs: gone at reboot, with what it describes).
 const RECORDS: &str = "/run/sitecache-node";
+
+/// Where each node has its short directory (see [`short_dir`]).
+const SHORT_DIRS: &str = "/run/sitecache-nodes";
+
+/// The short directory of node `name`: containerd's sockets and kubelet's root directory (its
+/// sockets, the pods' volumes). A Unix socket's path has at most 107 bytes (containerd allows
+/// 104), which a node's directory under a target directory can exceed (kubelet's
+/// `pod-resources/<random>` under its root added 41 bytes to a 66-byte directory). The janitor
+/// unmounts what is mounted there and removes it.
+pub fn short_dir(name: &str) -> PathBuf {
+    Path::new(SHORT_DIRS).join(name)
+}
 
 pub struct Janitor {
     child: Child,
@@ -139,5 +153,18 @@ pub fn sweep_stale() {
 impl Drop for Janitor {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_script_tears_down_the_short_directory_of_the_node() {
+        let line = format!("short=\"{}/$name\"", super::SHORT_DIRS);
+        assert!(super::SCRIPT.contains(&line), "{line}");
+        assert_eq!(
+            super::short_dir("scnode-1-0"),
+            std::path::Path::new("/run/sitecache-nodes/scnode-1-0")
+        );
     }
 }

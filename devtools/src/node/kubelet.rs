@@ -1,4 +1,6 @@
-//! kubelet, inside the node's network namespace, with its state under the node's directory.
+//! kubelet, inside the node's network namespace, with its configuration, logs and the pods' logs
+//! under the node's directory and its root directory (sockets, the pods' volumes) in the node's
+//! short directory (`janitor::short_dir`).
 
 use std::path::Path;
 
@@ -11,19 +13,20 @@ use crate::process::ManagedProcess;
 /// The node's name.
 pub const NODE_NAME: &str = "sitecache-node";
 
-/// Writes kubelet's configuration under `dir` and starts it. `kubeconfig` reaches the API server
-/// from inside the namespace; `ca` is the cluster's CA (client certificates it accepts).
+/// Writes kubelet's configuration under `dir` and starts it with its root directory at `root`.
+/// `kubeconfig` reaches the API server from inside the namespace; `ca` is the cluster's CA
+/// (client certificates it accepts).
 pub fn start(
     dir: &Path,
+    root: &Path,
     netns: &NetNs,
     kubeconfig: &Path,
     ca: &Path,
     runtime_endpoint: &str,
     cgroup_root: &str,
 ) -> Result<ManagedProcess> {
-    let root = dir.join("root");
     let pod_logs = dir.join("pod-logs");
-    for d in [&root, &pod_logs] {
+    for d in [root, &pod_logs] {
         std::fs::create_dir_all(d)?;
     }
     // No cluster DNS: pods get an empty resolv.conf rather than the host's (whose servers are

@@ -10,10 +10,13 @@
 //!   ([`Node::forward`]), through forwarders of this process.
 //! - [`cgroups`]: the node's cgroup (kubelet's `cgroupRoot`, containerd and its shims in it).
 //! - [`janitor`]: kills and unmounts whatever the node left, when the node is dropped or this
-//!   process ends however it ends.
+//!   process ends however it ends. Besides the node's directory, each node has a short one
+//!   ([`janitor::short_dir`], `/run/sitecache-nodes/<node>`) for containerd's sockets and
+//!   kubelet's root directory, whose sockets' paths must stay short.
 //! - [`containerd`], [`kubelet`], [`controllers`]: the parts, each a [`ManagedProcess`] logging
 //!   to a file in the node's directory.
-//! - [`images`] and [`oci`]: the local images as OCI archives, imported into containerd.
+//! - [`images`] and [`oci`]: the local images as OCI archives, imported into containerd (the
+//!   agent, pause, Deno, and a site: Deno plus `examples/storefront/` at `/site`).
 //!
 //! Needs root (kubelet, containerd, network namespaces), cgroups, overlayfs, and the assets of
 //! `hack/test-assets.sh` (kube-node, Debian's containerd, runc and CNI plugins); a C compiler
@@ -118,11 +121,13 @@ impl Node {
         };
         let containerd_dir = dir.join("containerd");
         std::fs::create_dir_all(&containerd_dir)?;
+        let short = janitor::short_dir(&name);
         let containerd =
-            containerd::Containerd::start(&containerd_dir, &netns, &cgroup, &images.pause).await?;
+            containerd::Containerd::start(&containerd_dir, &short, &netns, &cgroup, &images.pause)
+                .await?;
         let archives = archives.await.context("building the images")??;
-        for (reference, archive) in &archives {
-            containerd.import(reference, archive)?;
+        for (references, archive) in &archives {
+            containerd.import(references, archive)?;
         }
 
         let kubelet_dir = dir.join("kubelet");
@@ -139,6 +144,7 @@ impl Node {
         let scheduler = controllers::start_scheduler(&controllers_dir, &control_plane)?;
         let kubelet = kubelet::start(
             &kubelet_dir,
+            &short.join("kubelet"),
             &netns,
             &kubelet_kubeconfig,
             &control_plane.ca_file(),

@@ -205,6 +205,14 @@ fn blob_of(bytes: &[u8]) -> Blob {
     }
 }
 
+/// One image of an archive: its full reference (such as `docker.io/sitecache-test/agent:local`:
+/// the name containerd files it under), its layers (the first at the bottom) and its config.
+pub struct ImageSpec<'a> {
+    pub reference: &'a str,
+    pub layers: Vec<&'a Layer>,
+    pub config: &'a ImageConfig,
+}
+
 /// Writes an OCI image archive of `layer` and `config` to `out`, named `reference` (a full
 /// reference such as `docker.io/sitecache-test/agent:local`: the name containerd files it under).
 /// `work` holds the layer while the archive is written (removed after).
@@ -215,86 +223,115 @@ pub fn write_archive(
     config: &ImageConfig,
     work: &Path,
 ) -> Result<()> {
-    let Some((_, tag)) = reference.rsplit_once(':').filter(|(_, t)| !t.contains('/')) else {
-        bail!("image reference {reference} has no tag");
-    };
-    std::fs::create_dir_all(work)?;
-    let layer_path = work.join(format!(
-        "layer-{}.tar",
-        out.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let hashing = layer.write_tar(Hashing {
-        inner: BufWriter::new(
-            File::create(&layer_path)
-                .with_context(|| format!("create {}", layer_path.display()))?,
-        ),
-        hash: Sha256::new(),
-        len: 0,
-    })?;
-    let layer_blob = Blob {
-        digest: format!("sha256:{:x}", hashing.hash.finalize()),
-        size: hashing.len,
-    };
-    hashing
-        .inner
-        .into_inner()
-        .map_err(|e| e.into_error())?
-        .sync_all()?;
-
-    let mut cfg = serde_json::Map::new();
-    if !config.user.is_empty() {
-        cfg.insert("User".into(), json!(config.user));
-    }
-    if !config.env.is_empty() {
-        cfg.insert("Env".into(), json!(config.env));
-    }
-    if !config.entrypoint.is_empty() {
-        cfg.insert("Entrypoint".into(), json!(config.entrypoint));
-    }
-    if !config.cmd.is_empty() {
-        cfg.insert("Cmd".into(), json!(config.cmd));
-    }
-    if !config.working_dir.is_empty() {
-        cfg.insert("WorkingDir".into(), json!(config.working_dir));
-    }
-    let image_config = serde_json::to_vec(&json!({
-        "created": "1970-01-01T00:00:00Z",
-        "architecture": "amd64",
-        "os": "linux",
-        "config": cfg,
-        // Uncompressed: the layer's digest is its diff id.
-        "rootfs": { "type": "layers", "diff_ids": [layer_blob.digest] },
-        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "sitecache-devtools node::oci" }],
-    }))?;
-    let config_blob = blob_of(&image_config);
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_blob.digest,
-            "size": config_blob.size,
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": layer_blob.digest,
-            "size": layer_blob.size,
+    write_images(
+        out,
+        &[ImageSpec {
+            reference,
+            layers: vec![layer],
+            config,
         }],
-    }))?;
-    let manifest_blob = blob_of(&manifest);
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
+        work,
+    )
+}
+
+/// Writes an OCI image archive holding every image of `images` to `out`. A layer that several
+/// images share (the same [`Layer`]) is written once: containerd stores and unpacks it once.
+/// `work` holds the layers while the archive is written (removed after).
+pub fn write_images(out: &Path, images: &[ImageSpec], work: &Path) -> Result<()> {
+    std::fs::create_dir_all(work)?;
+    // Each distinct layer (by address), written to `work` once: (layer, its file, its blob).
+    let mut layers: Vec<(*const Layer, PathBuf, Blob)> = Vec::new();
+    let mut blobs: Vec<(Blob, Vec<u8>)> = Vec::new();
+    let mut manifests = Vec::new();
+    for image in images {
+        let Some((_, tag)) = image
+            .reference
+            .rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+        else {
+            bail!("image reference {} has no tag", image.reference);
+        };
+        let mut diff_ids = Vec::new();
+        let mut descriptors = Vec::new();
+        for layer in &image.layers {
+            let key: *const Layer = *layer;
+            if !layers.iter().any(|(k, _, _)| *k == key) {
+                let path = work.join(format!(
+                    "layer-{}-{}.tar",
+                    out.file_name().unwrap_or_default().to_string_lossy(),
+                    layers.len()
+                ));
+                let blob = write_layer(layer, &path)?;
+                layers.push((key, path, blob));
+            }
+            let (_, _, blob) = layers.iter().find(|(k, _, _)| *k == key).unwrap();
+            // Uncompressed: a layer's digest is its diff id.
+            diff_ids.push(json!(blob.digest));
+            descriptors.push(json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": blob.digest,
+                "size": blob.size,
+            }));
+        }
+        let config = image.config;
+        let mut cfg = serde_json::Map::new();
+        if !config.user.is_empty() {
+            cfg.insert("User".into(), json!(config.user));
+        }
+        if !config.env.is_empty() {
+            cfg.insert("Env".into(), json!(config.env));
+        }
+        if !config.entrypoint.is_empty() {
+            cfg.insert("Entrypoint".into(), json!(config.entrypoint));
+        }
+        if !config.cmd.is_empty() {
+            cfg.insert("Cmd".into(), json!(config.cmd));
+        }
+        if !config.working_dir.is_empty() {
+            cfg.insert("WorkingDir".into(), json!(config.working_dir));
+        }
+        let history: Vec<_> = image
+            .layers
+            .iter()
+            .map(|_| json!({ "created": "1970-01-01T00:00:00Z", "created_by": "sitecache-devtools node::oci" }))
+            .collect();
+        let image_config = serde_json::to_vec(&json!({
+            "created": "1970-01-01T00:00:00Z",
+            "architecture": "amd64",
+            "os": "linux",
+            "config": cfg,
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
+            "history": history,
+        }))?;
+        let config_blob = blob_of(&image_config);
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_blob.digest,
+                "size": config_blob.size,
+            },
+            "layers": descriptors,
+        }))?;
+        let manifest_blob = blob_of(&manifest);
+        manifests.push(json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": manifest_blob.digest,
             "size": manifest_blob.size,
             "platform": { "architecture": "amd64", "os": "linux" },
             "annotations": {
-                "io.containerd.image.name": reference,
+                "io.containerd.image.name": image.reference,
                 "org.opencontainers.image.ref.name": tag,
             },
-        }],
+        }));
+        blobs.push((config_blob, image_config));
+        blobs.push((manifest_blob, manifest));
+    }
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
     }))?;
 
     let file = File::create(out).with_context(|| format!("create {}", out.display()))?;
@@ -309,22 +346,50 @@ pub fn write_archive(
     };
     add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     add("index.json", &index)?;
-    for (blob, bytes) in [(&config_blob, &image_config), (&manifest_blob, &manifest)] {
-        add(&blob_path(&blob.digest), bytes)?;
+    let mut written = std::collections::BTreeSet::new();
+    for (blob, bytes) in &blobs {
+        if written.insert(blob.digest.clone()) {
+            add(&blob_path(&blob.digest), bytes)?;
+        }
     }
-    let mut h = tar::Header::new_ustar();
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_size(layer_blob.size);
-    h.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(
-        &mut h,
-        blob_path(&layer_blob.digest),
-        File::open(&layer_path)?,
-    )?;
+    for (_, path, blob) in &layers {
+        // Two layers with the same files are one blob.
+        if !written.insert(blob.digest.clone()) {
+            continue;
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_size(blob.size);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, blob_path(&blob.digest), File::open(path)?)?;
+    }
     tar.into_inner()?.into_inner().map_err(|e| e.into_error())?;
-    std::fs::remove_file(&layer_path)?;
+    for (_, path, _) in &layers {
+        std::fs::remove_file(path)?;
+    }
     Ok(())
+}
+
+/// Writes `layer` as a tar at `path`; returns its blob (digest and size).
+fn write_layer(layer: &Layer, path: &Path) -> Result<Blob> {
+    let hashing = layer.write_tar(Hashing {
+        inner: BufWriter::new(
+            File::create(path).with_context(|| format!("create {}", path.display()))?,
+        ),
+        hash: Sha256::new(),
+        len: 0,
+    })?;
+    let blob = Blob {
+        digest: format!("sha256:{:x}", hashing.hash.finalize()),
+        size: hashing.len,
+    };
+    hashing
+        .inner
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    Ok(blob)
 }
 
 fn blob_path(digest: &str) -> String {
@@ -416,5 +481,76 @@ mod tests {
         let layer = &files[&blob_path(layer_digest)];
         assert_eq!(blob_of(layer).digest, layer_digest);
         assert_eq!(entries(layer)[0].0, "hello");
+    }
+
+    #[test]
+    fn images_of_one_archive_share_their_common_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut base = Layer::new();
+        base.bytes("/bin/tool", b"tool", 0o755);
+        let mut top = Layer::new();
+        top.bytes("/site/main.ts", b"main", 0o644);
+        let cfg = ImageConfig {
+            user: "1000:1000".into(),
+            ..Default::default()
+        };
+        let out = dir.path().join("images.tar");
+        write_images(
+            &out,
+            &[
+                ImageSpec {
+                    reference: "docker.io/x/base:t",
+                    layers: vec![&base],
+                    config: &cfg,
+                },
+                ImageSpec {
+                    reference: "docker.io/x/site:t",
+                    layers: vec![&base, &top],
+                    config: &cfg,
+                },
+            ],
+            dir.path(),
+        )
+        .unwrap();
+        let mut files = std::collections::HashMap::new();
+        let mut a = tar::Archive::new(File::open(&out).unwrap());
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut buf = Vec::new();
+            io::Read::read_to_end(&mut e, &mut buf).unwrap();
+            assert!(files.insert(name.clone(), buf).is_none(), "{name} twice");
+        }
+        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        let layers_of = |n: usize| -> Vec<String> {
+            let m = &index["manifests"][n];
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&files[&blob_path(m["digest"].as_str().unwrap())]).unwrap();
+            let config: serde_json::Value = serde_json::from_slice(
+                &files[&blob_path(manifest["config"]["digest"].as_str().unwrap())],
+            )
+            .unwrap();
+            let layers: Vec<String> = manifest["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["digest"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(config["rootfs"]["diff_ids"], json!(layers));
+            for l in &layers {
+                assert_eq!(&blob_of(&files[&blob_path(l)]).digest, l);
+            }
+            layers
+        };
+        let (first, second) = (layers_of(0), layers_of(1));
+        assert_eq!(first.len(), 1);
+        assert_eq!(second.len(), 2);
+        assert_eq!(first[0], second[0]);
+        assert_eq!(
+            index["manifests"][1]["annotations"]["io.containerd.image.name"],
+            "docker.io/x/site:t"
+        );
+        // oci-layout, index.json, two configs, two manifests, two layers.
+        assert_eq!(files.len(), 8, "{:?}", files.keys().collect::<Vec<_>>());
     }
 }
