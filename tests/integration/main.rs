@@ -6,6 +6,7 @@ mod agent;
 mod api;
 mod bounds;
 mod chart;
+mod cluster;
 mod controller;
 mod faults;
 mod fixtures;
