@@ -44,7 +44,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use sitecache::api::{SiteCache, SnapshotResult};
 use sitecache_devtools::assets::Asset;
-use sitecache_devtools::node::{Node, NodeConfig};
+use sitecache_devtools::node::{NODE_NAME, Node, NodeConfig};
 use sitecache_devtools::process::tail;
 use sitecache_devtools::registry_proxy::{PACKAGE_REGISTRIES, RegistryProxy};
 use tokio::sync::OnceCell;
@@ -755,6 +755,37 @@ fn quick_warm(image: &str, files: u32) -> Value {
     json!({"image": image, "command": ["deno", "eval", script]})
 }
 
+/// Fails the scenario `$s` (with its logs, see [`Scenario::fail`]) unless `$cond` holds.
+macro_rules! ensure {
+    ($s:expr, $cond:expr $(,)?) => {
+        ensure!($s, $cond, "")
+    };
+    ($s:expr, $cond:expr, $($msg:tt)+) => {{
+        let holds: bool = $cond;
+        if !holds {
+            $s.fail(&format!("not {}: {}", stringify!($cond), format!($($msg)+))).await
+        }
+    }};
+}
+
+/// Fails the scenario `$s` (with its logs) unless `$left == $right`.
+macro_rules! ensure_eq {
+    ($s:expr, $left:expr, $right:expr $(,)?) => {
+        ensure_eq!($s, $left, $right, "")
+    };
+    ($s:expr, $left:expr, $right:expr, $($msg:tt)+) => {{
+        let (left, right) = (&$left, &$right);
+        if left != right {
+            $s.fail(&format!(
+                "{} is {left:?}, not {right:?} {}",
+                stringify!($left),
+                format!($($msg)+)
+            ))
+            .await
+        }
+    }};
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_runs_two_replicas_with_one_leader() {
     let s = Scenario::release().await;
@@ -824,8 +855,9 @@ async fn the_chart_runs_two_replicas_with_one_leader() {
         let spec = pod.spec.as_ref().unwrap();
         // The chart's ServiceAccount, whose token kubelet projected: what the API server
         // authenticates the controller by, and the chart's RBAC authorizes.
-        assert_eq!(spec.service_account_name.as_deref(), Some(RELEASE));
-        assert!(
+        ensure_eq!(s, spec.service_account_name.as_deref(), Some(RELEASE));
+        ensure!(
+            s,
             spec.volumes
                 .iter()
                 .flatten()
@@ -845,8 +877,8 @@ async fn the_chart_runs_two_replicas_with_one_leader() {
                 .and_then(|p| p.http_get.as_ref()?.path.clone())
                 .unwrap_or_default()
         };
-        assert_eq!(probe_path(&controller.liveness_probe), "/healthz");
-        assert_eq!(probe_path(&controller.readiness_probe), "/readyz");
+        ensure_eq!(s, probe_path(&controller.liveness_probe), "/healthz");
+        ensure_eq!(s, probe_path(&controller.readiness_probe), "/readyz");
     }
     // Kubelet reported no liveness probe failure (a readiness probe may fail once, before the
     // controller listens: the pod is not Ready yet).
@@ -890,7 +922,8 @@ async fn the_chart_runs_two_replicas_with_one_leader() {
         .flatten()
         .filter_map(|f| f.manager.clone())
         .collect();
-    assert!(
+    ensure!(
+        s,
         managers.iter().any(|m| m == "sitecache-controller"),
         "the Lease was not written by the controller: {managers:?}"
     );
@@ -965,8 +998,7 @@ async fn a_deno_site_in_a_restricted_namespace() {
                 .any(|c| c.type_ == "Complete" && c.status == "True")
         });
     let pod = s.job_pod(site, 1).await;
-    if !complete || pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some("sitecache-node")
-    {
+    if !complete || pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(NODE_NAME) {
         s.fail(&format!(
             "Job {site}-g1: {:?}; its pod: {:?}",
             job.status,
@@ -975,13 +1007,15 @@ async fn a_deno_site_in_a_restricted_namespace() {
         .await;
     }
     let warm_log = s.log(&pod, "warm").await;
-    assert!(
+    ensure!(
+        s,
         warm_log.contains("Download https://registry.npmjs.org/preact"),
         "the warm step did not download preact: {warm_log}"
     );
 
     // A runner pod: an init container restores the generation into an emptyDir, then the site
-    // runs from it alone (--cached-only), both admitted under `restricted`.
+    // runs from it alone (--cached-only), both admitted under `restricted`. The restore runs as
+    // the agent image's user (65532), the site as its own (1000): it only reads the tree.
     let runner = |name: &str, extra: Vec<Value>| {
         let mut containers = vec![json!({
             "name": "site",
@@ -1035,12 +1069,12 @@ async fn a_deno_site_in_a_restricted_namespace() {
     .await;
     let sc = s.wait_promoted(site, 2, Duration::from_secs(240)).await;
     let second = sc.status.as_ref().unwrap().current.clone().unwrap();
-    assert_eq!(second.base_generation, Some(1), "{second:?}");
-    assert!(second.files > first.files, "{first:?} then {second:?}");
+    ensure_eq!(s, second.base_generation, Some(1), "{second:?}");
+    ensure!(s, second.files > first.files, "{first:?} then {second:?}");
     let pod = s.job_pod(site, 2).await;
-    assert_eq!(run_as_user(&pod, "restore-previous"), Some(1000));
-    assert_eq!(run_as_user(&pod, "warm"), Some(1000));
-    assert_eq!(run_as_user(&pod, "snapshot"), Some(1000));
+    ensure_eq!(s, run_as_user(&pod, "restore-previous"), Some(1000));
+    ensure_eq!(s, run_as_user(&pod, "warm"), Some(1000));
+    ensure_eq!(s, run_as_user(&pod, "snapshot"), Some(1000));
     let warm_log = s.log(&pod, "warm").await;
     // What generation 1 held came from restore-previous: only the new package was downloaded.
     if !warm_log.contains("Download https://registry.npmjs.org/is-number")
@@ -1082,7 +1116,11 @@ async fn a_deno_site_in_a_restricted_namespace() {
         ))
         .await;
     }
-    assert!(proxy.tunnels() > 0, "no tunnel through the registry proxy");
+    ensure!(
+        s,
+        proxy.tunnels() > 0,
+        "no tunnel through the registry proxy"
+    );
     s.done("the Deno site in a restricted namespace");
 }
 
@@ -1137,13 +1175,19 @@ async fn a_warm_step_that_hangs() {
         )
         .await;
     let degraded = cond(&sc, "Degraded");
-    assert_eq!(
+    ensure_eq!(
+        s,
         (degraded.status.as_str(), degraded.reason.as_str()),
         ("True", "DeadlineExceeded"),
         "{degraded:?}"
     );
-    assert_eq!(current(&sc), Some(1), "the current generation was not kept");
-    assert_eq!(condition(&sc, "Ready"), Some("True"));
+    ensure_eq!(
+        s,
+        current(&sc),
+        Some(1),
+        "the current generation was not kept"
+    );
+    ensure_eq!(s, condition(&sc, "Ready"), Some("True"));
     // The real Job controller failed the Job (`Failed` once its pod has terminated; the
     // controller acted on `FailureTarget` already).
     let job_name = format!("{name}-g2");
@@ -1169,8 +1213,12 @@ async fn a_warm_step_that_hangs() {
             },
         )
         .await;
-    assert_eq!(failed.reason.as_deref(), Some("DeadlineExceeded"));
-    assert_eq!(job.spec.as_ref().unwrap().active_deadline_seconds, Some(20));
+    ensure_eq!(s, failed.reason.as_deref(), Some("DeadlineExceeded"));
+    ensure_eq!(
+        s,
+        job.spec.as_ref().unwrap().active_deadline_seconds,
+        Some(20)
+    );
     let failed_at = failed.last_transition_time.expect("a transition time").0;
 
     // The TTL controller removes generation 1's finished Job while its SiteCache lives.
@@ -1209,11 +1257,17 @@ async fn a_warm_step_that_hangs() {
         },
     )
     .await;
-    let ttl_due = failed_at + JOB_TTL;
-    assert!(
-        jiff::Timestamp::now() < ttl_due,
-        "Job {name}-g2 went after its TTL would have removed it ({ttl_due}): not proved to be \
-         the garbage collector's doing"
+    let gone_after = jiff::Timestamp::now().duration_since(failed_at);
+    eprintln!(
+        "cluster: {name}-g2 and its pods were gone {:.1}s after it failed (its TTL: {}s)",
+        gone_after.as_secs_f64(),
+        JOB_TTL.as_secs()
+    );
+    ensure!(
+        s,
+        gone_after.as_secs_f64() < JOB_TTL.as_secs_f64(),
+        "Job {name}-g2 went {gone_after} after it failed, when its TTL would have removed it: \
+         not proved to be the garbage collector's doing"
     );
     s.done("the warm step that hangs");
 }
@@ -1269,7 +1323,8 @@ async fn credentials_come_from_a_secret_only() {
         .generation;
     let pod = s.job_pod(name, failed_generation).await;
     let spec = pod.spec.clone().unwrap();
-    assert_eq!(
+    ensure_eq!(
+        s,
         spec.service_account_name.as_deref(),
         Some("sitecache-snapshot")
     );
@@ -1281,7 +1336,7 @@ async fn credentials_come_from_a_secret_only() {
         .filter(|v| v.projected.is_some())
         .map(|v| v.name.clone())
         .collect();
-    assert!(tokens.is_empty(), "token volumes: {tokens:?}");
+    ensure!(s, tokens.is_empty(), "token volumes: {tokens:?}");
     for c in spec
         .init_containers
         .iter()
@@ -1289,7 +1344,8 @@ async fn credentials_come_from_a_secret_only() {
         .chain(&spec.containers)
     {
         let names = env_names(c);
-        assert!(
+        ensure!(
+            s,
             !names
                 .iter()
                 .any(|n| n.starts_with("AWS_ACCESS") || n.starts_with("AWS_SECRET")),
@@ -1343,7 +1399,7 @@ async fn credentials_come_from_a_secret_only() {
         .wait_promoted(name, first + 1, Duration::from_secs(120))
         .await;
     let info = sc.status.as_ref().unwrap().current.clone().unwrap();
-    assert_eq!(info.base_generation, Some(first), "{info:?}");
+    ensure_eq!(s, info.base_generation, Some(first), "{info:?}");
     let pod = s.job_pod(name, first + 1).await;
     for agent in ["restore-previous", "snapshot"] {
         let c = container(&pod, agent);
@@ -1359,7 +1415,8 @@ async fn credentials_come_from_a_secret_only() {
             })
             .map(|e| e.name.clone())
             .collect();
-        assert!(
+        ensure!(
+            s,
             from_secret.contains(&"AWS_ACCESS_KEY_ID".to_owned())
                 && from_secret.contains(&"AWS_SECRET_ACCESS_KEY".to_owned()),
             "{agent}: {from_secret:?}"
@@ -1367,18 +1424,22 @@ async fn credentials_come_from_a_secret_only() {
     }
     let warm = container(&pod, "warm");
     let names = env_names(warm);
-    assert!(
+    ensure!(
+        s,
         !names.iter().any(|n| n.starts_with("AWS_")),
         "the warm container's variables: {names:?}"
     );
-    assert!(warm.env_from.is_none(), "{:?}", warm.env_from);
+    ensure!(s, warm.env_from.is_none(), "{:?}", warm.env_from);
     // What the warm step saw at run time.
     let log = s.log(&pod, "warm").await;
-    let seen = log
+    let Some(seen) = log
         .lines()
         .find_map(|l| l.split_once("warm env: ").map(|(_, v)| v.to_owned()))
-        .unwrap_or_else(|| panic!("the warm step printed no environment: {log}"));
-    assert!(!seen.contains("AWS_"), "the warm step saw: {seen}");
-    assert!(seen.contains("DENO_DIR"), "{seen}");
+    else {
+        s.fail(&format!("the warm step printed no environment: {log}"))
+            .await
+    };
+    ensure!(s, !seen.contains("AWS_"), "the warm step saw: {seen}");
+    ensure!(s, seen.contains("DENO_DIR"), "{seen}");
     s.done("credentials from a Secret");
 }
