@@ -65,6 +65,13 @@ struct Entry {
     mtime: u64,
 }
 
+/// Top-level directories of a `DENO_DIR` that belong to the machine that warmed it, left out of
+/// snapshots: `node_compat_bin/` holds Deno's `node` shim, a link to the absolute path of the
+/// warming machine's `deno` (made by `deno run`/`deno eval` where no `node` is on `PATH`), which a
+/// restore must refuse (it points outside the cache) and which Deno makes again where it needs
+/// it.
+pub const MACHINE_LOCAL: [&[u8]; 1] = [b"node_compat_bin"];
+
 /// A scanned tree: every entry to pack, in order, and what it adds up to.
 #[derive(Debug)]
 pub struct Tree {
@@ -135,8 +142,13 @@ pub fn scan(root: &Path, limits: &UnpackLimits) -> Result<Tree, PackError> {
         .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
         // A restore refuses these (its own files when DEST is a mount point, a volume's
         // `lost+found`): left out, as a restore's scratch left in a snapshotted DEST would be.
+        // So are the warming machine's own shims (see `MACHINE_LOCAL`).
         .into_iter()
-        .filter_entry(|e| e.depth() != 1 || !policy::reserved(Path::new(e.file_name())));
+        .filter_entry(|e| {
+            e.depth() != 1
+                || !(policy::reserved(Path::new(e.file_name()))
+                    || MACHINE_LOCAL.contains(&e.file_name().as_bytes()))
+        });
     for item in walker {
         let item = item.map_err(|e| {
             let path = e.path().unwrap_or(root).to_owned();
@@ -422,6 +434,28 @@ mod tests {
                 Path::new("deps"),
                 Path::new("deps/.sitecache-lock"),
                 Path::new("deps/lost+found")
+            ]
+        );
+    }
+
+    #[test]
+    fn scan_leaves_out_denos_node_shim_of_the_warming_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("node_compat_bin")).unwrap();
+        std::os::unix::fs::symlink("/usr/local/bin/deno", root.join("node_compat_bin/node"))
+            .unwrap();
+        // Only the top-level one: a package's own directory of that name is the package's.
+        std::fs::create_dir_all(root.join("npm/node_compat_bin")).unwrap();
+        std::fs::write(root.join("npm/node_compat_bin/x.js"), "").unwrap();
+        let tree = scan(root, &UnpackLimits::DEFAULT).unwrap();
+        let rels: Vec<&Path> = tree.entries.iter().map(|e| e.rel.as_path()).collect();
+        assert_eq!(
+            rels,
+            [
+                Path::new("npm"),
+                Path::new("npm/node_compat_bin"),
+                Path::new("npm/node_compat_bin/x.js")
             ]
         );
     }

@@ -741,16 +741,13 @@ fn run_as_user(pod: &Pod, name: &str) -> Option<i64> {
 /// A warm step (the site image's `deno eval`) that writes `files` small files into the cache and
 /// prints the names of its environment variables.
 ///
-/// `deno run` and `deno eval` (not `deno cache`) leave `node_compat_bin/node` in `DENO_DIR` when
-/// no `node` is on `PATH` (as in this image and the official ones): a symbolic link to the Deno
-/// binary's absolute path, which the snapshot refuses (`cannot be restored safely`). The step
-/// removes it, as a site's warm script that runs code must today.
+/// `deno eval` leaves `node_compat_bin/node` in `DENO_DIR` (no `node` is on `PATH`): a link to
+/// this machine's Deno, which the snapshot leaves out (`archive::pack::MACHINE_LOCAL`).
 fn quick_warm(image: &str, files: u32) -> Value {
     let script = format!(
         "const dir = Deno.env.get('DENO_DIR');\n\
          for (let i = 0; i < {files}; i++) Deno.writeTextFileSync(`${{dir}}/file-${{i}}.txt`, 'x'.repeat(i));\n\
-         console.log(`warm env: ${{Object.keys(Deno.env.toObject()).sort().join(' ')}}`);\n\
-         Deno.removeSync(`${{dir}}/node_compat_bin`, {{ recursive: true }});"
+         console.log(`warm env: ${{Object.keys(Deno.env.toObject()).sort().join(' ')}}`);"
     );
     json!({"image": image, "command": ["deno", "eval", script]})
 }
