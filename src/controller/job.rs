@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::config::{Settings, Target};
 use super::podspec::{self, RunAs};
 use super::rebuild::RebuildReason;
-use super::report::{REPORT_PATH, SNAPSHOT_CONTAINER};
+use super::report::{REPORT_PATH, SNAPSHOT_CONTAINER, WARM_CONTAINER};
 use crate::api::SiteCache;
 
 /// `app.kubernetes.io/managed-by` of every snapshot Job: what the controller and tools select.
@@ -160,8 +160,11 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
             .cloned(),
     );
     init.push(Container {
-        name: "warm".into(),
+        name: WARM_CONTAINER.into(),
         image: Some(spec.warm.image.clone()),
+        // The end of its log becomes its termination message when it fails: the status quotes
+        // it (see `report`).
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         command: spec.warm.command.clone(),
         args: spec.warm.args.clone(),
         env: Some(warm_env),

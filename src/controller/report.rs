@@ -11,6 +11,9 @@ use crate::archive::Report;
 
 /// The container of a snapshot Job whose termination message is read.
 pub const SNAPSHOT_CONTAINER: &str = "snapshot";
+/// The init container that runs the site's warm step; its termination message (the end of its
+/// log, `FallbackToLogsOnError`) is quoted when it fails, never trusted for anything else.
+pub const WARM_CONTAINER: &str = "warm";
 
 /// Where the snapshot container writes its report (the Kubernetes default path, set explicitly).
 pub const REPORT_PATH: &str = "/dev/termination-log";
@@ -27,6 +30,9 @@ pub enum Reported {
     Conflicting,
     /// The snapshot container of the latest failed pod said why it failed.
     Failed(String),
+    /// The warm container of the latest pod that got that far failed (its exit code, and the end
+    /// of its log, which kubelet keeps as its termination message): the snapshot never ran.
+    WarmFailed(String),
     /// No pod of the Job says anything (gone, or not written by a snapshot container).
     Nothing,
 }
@@ -40,11 +46,7 @@ struct FailureLine {
 /// Reads the report from the pods of the Job with uid `job_uid`: pods it controls (the owner
 /// reference, not only labels, which anyone creating pods could copy).
 pub fn reported(pods: &[Pod], job_uid: &str) -> Reported {
-    let owned = pods.iter().filter(|p| {
-        p.owner_references()
-            .iter()
-            .any(|o| o.uid == job_uid && o.controller == Some(true) && o.kind == "Job")
-    });
+    let owned = pods_of(pods, job_uid);
     let mut commits: Vec<Report> = Vec::new();
     let mut failures: Vec<(Option<String>, String)> = Vec::new();
     for pod in owned {
@@ -69,20 +71,71 @@ pub fn reported(pods: &[Pod], job_uid: &str) -> Reported {
         _ => return Reported::Conflicting,
     }
     failures.sort();
-    match failures.pop() {
-        Some((_, error)) => Reported::Failed(error),
+    if let Some((_, error)) = failures.pop() {
+        return Reported::Failed(error);
+    }
+    let mut warm: Vec<(Option<String>, String)> = pods_of(pods, job_uid)
+        .filter_map(|pod| container_end(pod, WARM_CONTAINER, true))
+        .filter(|done| done.exit_code != 0)
+        .map(|done| {
+            let at = done.finished_at.as_ref().map(|t| t.0.to_string());
+            (at, warm_failure(done))
+        })
+        .collect();
+    warm.sort();
+    match warm.pop() {
+        Some((_, said)) => Reported::WarmFailed(said),
         None => Reported::Nothing,
     }
 }
 
+/// The longest part of a warm container's log quoted in a status message.
+const WARM_LOG_QUOTE: usize = 400;
+
+/// "the warm container exited with code N: <the end of its log, on one line>".
+fn warm_failure(done: &ContainerStateTerminated) -> String {
+    let log = done.message.as_deref().unwrap_or_default();
+    let line = log.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut start = line.len().saturating_sub(WARM_LOG_QUOTE);
+    while !line.is_char_boundary(start) {
+        start += 1;
+    }
+    let quote = match (start, line.is_empty()) {
+        (_, true) => String::new(),
+        (0, _) => format!(": {line}"),
+        _ => format!(": …{}", &line[start..]),
+    };
+    format!(
+        "the warm container exited with code {}{quote}",
+        done.exit_code
+    )
+}
+
 /// How the pod's snapshot container ended, if it did.
 fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
+    container_end(pod, SNAPSHOT_CONTAINER, false)
+}
+
+/// The pods the Job with uid `job_uid` controls.
+fn pods_of<'a>(pods: &'a [Pod], job_uid: &'a str) -> impl Iterator<Item = &'a Pod> {
+    pods.iter().filter(move |p| {
+        p.owner_references()
+            .iter()
+            .any(|o| o.uid == job_uid && o.controller == Some(true) && o.kind == "Job")
+    })
+}
+
+/// How container `name` (an init container when `init`) of the pod ended, if it did.
+fn container_end<'a>(pod: &'a Pod, name: &str, init: bool) -> Option<&'a ContainerStateTerminated> {
+    let status = pod.status.as_ref()?;
+    let statuses = if init {
+        status.init_container_statuses.as_ref()
+    } else {
+        status.container_statuses.as_ref()
+    };
+    statuses?
         .iter()
-        .find(|c| c.name == SNAPSHOT_CONTAINER)?
+        .find(|c| c.name == name)?
         .state
         .as_ref()?
         .terminated
@@ -168,5 +221,58 @@ mod tests {
             failed("first", "2026-12-01T10:00:00Z"),
         ];
         assert_eq!(reported(&pods, "j"), Reported::Failed("second".into()));
+    }
+
+    fn warm_failed(owner: &str, exit: i32, log: &str, finished: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "ownerReferences": [{
+                "apiVersion": "batch/v1", "kind": "Job", "name": "shop-g1", "uid": owner,
+                "controller": true,
+            }]},
+            "status": {"initContainerStatuses": [{
+                "name": "warm", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": exit, "message": log, "finishedAt": finished}},
+            }]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_failed_warm_step_is_quoted_from_the_end_of_its_log() {
+        let pods = [
+            warm_failed("u", 1, "old attempt", "2026-01-01T00:00:00Z"),
+            warm_failed(
+                "u",
+                3,
+                "Download https://registry.npmjs.org/x\nerror: npm registry\n  unreachable\n",
+                "2026-01-01T00:01:00Z",
+            ),
+            warm_failed("someone-else", 9, "not ours", "2026-01-01T00:02:00Z"),
+        ];
+        assert_eq!(
+            reported(&pods, "u"),
+            Reported::WarmFailed(
+                "the warm container exited with code 3: Download https://registry.npmjs.org/x \
+                 error: npm registry unreachable"
+                    .into()
+            )
+        );
+        // A long log: its end, whole characters, bounded.
+        let long = format!("start {} é end", "x".repeat(2000));
+        let Reported::WarmFailed(said) =
+            reported(&[warm_failed("u", 2, &long, "2026-01-01T00:00:00Z")], "u")
+        else {
+            panic!("not a warm failure");
+        };
+        assert!(
+            said.starts_with("the warm container exited with code 2: …x"),
+            "{said}"
+        );
+        assert!(said.ends_with("x é end") && said.len() < 500, "{said}");
+        // A warm step that succeeded, or a snapshot that said something, is not quoted.
+        assert_eq!(
+            reported(&[warm_failed("u", 0, "fine", "2026-01-01T00:00:00Z")], "u"),
+            Reported::Nothing
+        );
     }
 }

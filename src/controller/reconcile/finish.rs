@@ -119,6 +119,7 @@ impl Run<'_> {
             } => {
                 let said = match self.reported(job).await? {
                     Reported::Failed(error) => format!("; the snapshot said: {error}"),
+                    Reported::WarmFailed(said) => format!("; {said}"),
                     _ => String::new(),
                 };
                 Some((
@@ -148,9 +149,11 @@ impl Run<'_> {
                     Reported::Conflicting => Err(Rejection::ConflictingReports {
                         job: job.name.clone(),
                     }),
-                    Reported::Failed(_) | Reported::Nothing => Err(Rejection::NotReported {
-                        job: job.name.clone(),
-                    }),
+                    Reported::Failed(_) | Reported::WarmFailed(_) | Reported::Nothing => {
+                        Err(Rejection::NotReported {
+                            job: job.name.clone(),
+                        })
+                    }
                 };
                 match checked {
                     Ok(manifest) => {

@@ -281,6 +281,12 @@ async fn failing_warm_step_degrades_keeps_current_and_backs_off() {
     let last = status.last_snapshot.as_ref().unwrap();
     assert_eq!(last.result, Some(SnapshotResult::Failed));
     assert_eq!(last.reason.as_deref(), Some("BackoffLimitExceeded"));
+    // What the warm step printed last says why, in the status.
+    let message = last.message.as_deref().unwrap_or_default();
+    assert!(
+        message.ends_with("; the warm container exited with code 3: npm registry unreachable"),
+        "{message}"
+    );
     assert_eq!(condition_reason(&sc, "Progressing"), Some("BackingOff"));
     // Events are published once the status that records them is written and seen.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
