@@ -1,0 +1,186 @@
+//! A Deno site in a namespace that enforces Pod Security `restricted`: generations warmed by
+//! Deno from real `npm:` packages (the second as uid 1000 on top of `restore-previous`), and
+//! runner pods that serve the site from the restored cache alone.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deno_site_in_a_restricted_namespace() {
+    let s = Scenario::new("deno").await;
+    s.enforce_restricted().await;
+    let images = s.node().images().clone();
+    // The warm step reaches the npm registry through the proxy; nothing else leaves the node.
+    let proxy = RegistryProxy::start(&PACKAGE_REGISTRIES).await.unwrap();
+    let proxy_in_node = s.node().forward(proxy.addr()).unwrap();
+    let site = "storefront";
+    s.storage_secret("snapshot-storage", snapshot_policy(&s.bucket, site))
+        .await;
+    s.storage_secret("runner-storage", runner_policy(&s.bucket, site))
+        .await;
+
+    // Generation 1: the site's image caches main.ts's npm: imports as its user, 1000, declared
+    // so that the pod is admitted (the agents then run as 1000 too).
+    let warm_env = json!([
+        {"name": "HTTPS_PROXY", "value": format!("http://{proxy_in_node}")},
+        {"name": "NO_COLOR", "value": "1"},
+    ]);
+    s.create(
+        site,
+        json!({
+            "site": site,
+            "storage": {"bucket": s.bucket},
+            "source": {"revision": "storefront-deps-1"},
+            "warm": {
+                "image": images.site,
+                "command": ["deno", "cache", "/site/main.ts"],
+                "env": warm_env,
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000},
+            },
+            "snapshot": {
+                "minFiles": 50,
+                "timeout": "5m",
+                "backoffLimit": 0,
+                "credentialsSecret": {"name": "snapshot-storage"},
+            },
+        }),
+    )
+    .await;
+    let sc = s.wait_promoted(site, 1, Duration::from_secs(240)).await;
+    let first = sc.status.as_ref().unwrap().current.clone().unwrap();
+    let url = sc.status.as_ref().unwrap().url.clone().unwrap();
+    // The real Job controller ran the Job to completion, its pod on the node.
+    let job = s.jobs().get(&format!("{site}-g1")).await.unwrap();
+    let complete = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True")
+        });
+    let pod = s.job_pod(site, 1).await;
+    if !complete || pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(NODE_NAME) {
+        s.fail(&format!(
+            "Job {site}-g1: {:?}; its pod: {:?}",
+            job.status,
+            pod.spec.as_ref().and_then(|s| s.node_name.clone())
+        ))
+        .await;
+    }
+    let warm_log = s.log(&pod, "warm").await;
+    ensure!(
+        s,
+        warm_log.contains("Download https://registry.npmjs.org/preact"),
+        "the warm step did not download preact: {warm_log}"
+    );
+
+    // A runner pod: an init container restores the generation into an emptyDir, then the site
+    // runs from it alone (--cached-only), both admitted under `restricted`. The restore runs as
+    // the agent image's user (65532), the site as its own (1000): it only reads the tree.
+    let runner = |name: &str, extra: Vec<Value>| {
+        let mut containers = vec![json!({
+            "name": "site",
+            "image": images.site,
+            "imagePullPolicy": "Never",
+            "args": ["run", "--cached-only", "/site/main.ts"],
+            "env": [{"name": "DENO_DIR", "value": DENO_DIR}, {"name": "NO_COLOR", "value": "1"}],
+            "volumeMounts": [{"name": "deno-dir", "mountPath": DENO_DIR}],
+            "securityContext": restricted(),
+        })];
+        containers.extend(extra);
+        json!({
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": false,
+                "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                "initContainers": [{
+                    "name": "restore",
+                    "image": images.agent,
+                    "imagePullPolicy": "Never",
+                    "args": ["restore", "--strict", "--url", url, "--dest", DENO_DIR],
+                    "env": s.agent_env("runner-storage"),
+                    "volumeMounts": [{"name": "deno-dir", "mountPath": DENO_DIR}],
+                    "securityContext": restricted(),
+                }],
+                "containers": containers,
+                "volumes": [{"name": "deno-dir", "emptyDir": {}}],
+            },
+        })
+    };
+    let pod = s
+        .run_pod(runner("runner-g1", vec![]), Duration::from_secs(120))
+        .await;
+    let restored = s.log(&pod, "restore").await;
+    let page = s.log(&pod, "site").await;
+    if !restored.contains("\"generation\":1") || !page.contains("<h1>Storefront</h1>") {
+        s.fail(&format!(
+            "the runner did not serve the storefront from generation 1:\nrestore: {restored}\nsite: {page}"
+        ))
+        .await;
+    }
+
+    // Generation 2 warms on top of generation 1: restore-previous fills the cache as 1000 and
+    // the warm step, as 1000, adds a package into that tree.
+    s.request_snapshot(
+        site,
+        "second",
+        json!({"warm": {"command": ["deno", "cache", "/site/main.ts", "npm:is-number@7.0.0"]}}),
+    )
+    .await;
+    let sc = s.wait_promoted(site, 2, Duration::from_secs(240)).await;
+    let second = sc.status.as_ref().unwrap().current.clone().unwrap();
+    ensure_eq!(s, second.base_generation, Some(1), "{second:?}");
+    ensure!(s, second.files > first.files, "{first:?} then {second:?}");
+    let pod = s.job_pod(site, 2).await;
+    ensure_eq!(s, run_as_user(&pod, "restore-previous"), Some(1000));
+    ensure_eq!(s, run_as_user(&pod, "warm"), Some(1000));
+    ensure_eq!(s, run_as_user(&pod, "snapshot"), Some(1000));
+    let warm_log = s.log(&pod, "warm").await;
+    // What generation 1 held came from restore-previous: only the new package was downloaded.
+    if !warm_log.contains("Download https://registry.npmjs.org/is-number")
+        || warm_log.contains("Download https://registry.npmjs.org/preact")
+    {
+        s.fail(&format!(
+            "generation 2's warm step did not warm on top of generation 1: {warm_log}"
+        ))
+        .await;
+    }
+    let check = "const { default: isNumber } = await import('npm:is-number@7.0.0'); \
+                 console.log(`is-number: ${isNumber(42)}`);";
+    let pod = s
+        .run_pod(
+            runner(
+                "runner-g2",
+                vec![json!({
+                    "name": "added",
+                    "image": images.site,
+                    "imagePullPolicy": "Never",
+                    "args": ["eval", "--cached-only", check],
+                    "env": [{"name": "DENO_DIR", "value": DENO_DIR}, {"name": "NO_COLOR", "value": "1"}],
+                    "volumeMounts": [{"name": "deno-dir", "mountPath": DENO_DIR}],
+                    "securityContext": restricted(),
+                })],
+            ),
+            Duration::from_secs(120),
+        )
+        .await;
+    let restored = s.log(&pod, "restore").await;
+    let page = s.log(&pod, "site").await;
+    let added = s.log(&pod, "added").await;
+    if !restored.contains("\"generation\":2")
+        || !page.contains("<h1>Storefront</h1>")
+        || !added.contains("is-number: true")
+    {
+        s.fail(&format!(
+            "the runner did not run from generation 2:\nrestore: {restored}\nsite: {page}\nadded: {added}"
+        ))
+        .await;
+    }
+    ensure!(
+        s,
+        proxy.tunnels() > 0,
+        "no tunnel through the registry proxy"
+    );
+    s.done("the Deno site in a restricted namespace");
+}
