@@ -92,10 +92,16 @@ pub fn reported(pods: &[Pod], job_uid: &str) -> Reported {
 /// The longest part of a warm container's log quoted in a status message.
 const WARM_LOG_QUOTE: usize = 400;
 
-/// "the warm container exited with code N: <the end of its log, on one line>".
+/// "the warm container exited with code N: <the end of its log, on one line>". The log is the
+/// site's code's output: control characters (a terminal's escape sequences) become spaces, so
+/// that `kubectl describe` prints the quote as text.
 fn warm_failure(done: &ContainerStateTerminated) -> String {
     let log = done.message.as_deref().unwrap_or_default();
-    let line = log.split_whitespace().collect::<Vec<_>>().join(" ");
+    let printable: String = log
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let line = printable.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut start = line.len().saturating_sub(WARM_LOG_QUOTE);
     while !line.is_char_boundary(start) {
         start += 1;
@@ -269,6 +275,22 @@ mod tests {
             "{said}"
         );
         assert!(said.ends_with("x é end") && said.len() < 500, "{said}");
+        // Escape sequences of a hostile log reach the status as text.
+        let Reported::WarmFailed(said) = reported(
+            &[warm_failed(
+                "u",
+                1,
+                "\u{1b}]0;owned\u{7}\u{1b}[2Jgone",
+                "2026-01-01T00:00:00Z",
+            )],
+            "u",
+        ) else {
+            panic!("not a warm failure");
+        };
+        assert_eq!(
+            said,
+            "the warm container exited with code 1: ]0;owned [2Jgone"
+        );
         // A warm step that succeeded, or a snapshot that said something, is not quoted.
         assert_eq!(
             reported(&[warm_failed("u", 0, "fine", "2026-01-01T00:00:00Z")], "u"),
