@@ -188,16 +188,20 @@ fn non_default_values(watched: &[&str]) -> Value {
     })
 }
 
-/// The ServiceMonitor kind, so that a chart that renders one can be applied. A minimal stand-in
-/// for prometheus-operator's CRD (its schema is not what this test checks).
-const SERVICE_MONITOR_CRD: &str = r#"
+/// A minimal stand-in for the prometheus-operator CRD of `kind` (`ServiceMonitor`,
+/// `PrometheusRule`), so that a chart that renders one can be applied; its schema is not what these
+/// tests check (promtool checks the rules).
+fn prometheus_operator_crd(kind: &str) -> String {
+    let singular = kind.to_lowercase();
+    format!(
+        r#"
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
-  name: servicemonitors.monitoring.coreos.com
+  name: {singular}s.monitoring.coreos.com
 spec:
   group: monitoring.coreos.com
-  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  names: {{kind: {kind}, listKind: {kind}List, plural: {singular}s, singular: {singular}}}
   scope: Namespaced
   versions:
     - name: v1
@@ -207,7 +211,9 @@ spec:
         openAPIV3Schema:
           type: object
           x-kubernetes-preserve-unknown-fields: true
-"#;
+"#
+    )
+}
 
 #[tokio::test]
 async fn helm_lint_passes_with_default_and_non_default_values() {
@@ -273,7 +279,7 @@ async fn chart_with_non_default_values_applies_with_a_server_side_dry_run() {
     let (_, ns) = support::kube().await;
     let (_, shops) = support::kube().await;
     let (_, outlets) = support::kube().await;
-    server_side_apply(SERVICE_MONITOR_CRD, false);
+    server_side_apply(&prometheus_operator_crd("ServiceMonitor"), false);
     let values = values_file(&ns, &non_default_values(&[&shops, &outlets]));
     let manifest = render(&format!("{ns}-rel"), &ns, Some(&values));
     let objects = parse_objects(&manifest);
@@ -1355,28 +1361,6 @@ async fn the_alerts_and_the_dashboard_use_only_metrics_the_controller_exports() 
     h.shutdown().await;
 }
 
-/// A minimal stand-in for prometheus-operator's PrometheusRule CRD (like [`SERVICE_MONITOR_CRD`]),
-/// so that a chart that renders one applies; its schema is not what these tests check (promtool
-/// checks the rules).
-const PROMETHEUS_RULE_CRD: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: prometheusrules.monitoring.coreos.com
-spec:
-  group: monitoring.coreos.com
-  names: {kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule}
-  scope: Namespaced
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema:
-          type: object
-          x-kubernetes-preserve-unknown-fields: true
-"#;
-
 /// The rule groups of files/prometheus-rules.yaml as the chart should render them: `job`
 /// matching the controller's series, `alert_labels` added to the alerts (their own win).
 fn expected_rule_groups(job: &str, alert_labels: &Value) -> Value {
@@ -1427,8 +1411,8 @@ fn rules_of_groups(groups: &Value) -> Vec<&Value> {
 async fn chart_renders_alerts_a_dashboard_and_a_network_policy_that_apply() {
     let (_, ns) = support::kube().await;
     let (_, monitoring) = support::kube().await;
-    server_side_apply(SERVICE_MONITOR_CRD, false);
-    server_side_apply(PROMETHEUS_RULE_CRD, false);
+    server_side_apply(&prometheus_operator_crd("ServiceMonitor"), false);
+    server_side_apply(&prometheus_operator_crd("PrometheusRule"), false);
     ok(
         "kubectl wait (CRDs established)",
         support::kubectl(
