@@ -197,6 +197,8 @@ async fn kubectl_sitecache_snapshots_lists_restores_and_reports_the_fleet() {
         "{lines:?}"
     );
     assert!(dest.join("warmed").is_file() && dest.join("deps/m4.js").is_file());
+    // Each generation's warm step wrote its own time into its modules.
+    let module_of_2 = std::fs::read_to_string(dest.join("deps/m1.js")).unwrap();
     // --generation: a retained one, replacing the tree.
     let out = kubectl(
         &h,
@@ -215,6 +217,11 @@ async fn kubectl_sitecache_snapshots_lists_restores_and_reports_the_fleet() {
     )
     .await;
     assert!(ok(&out)[0].starts_with(&format!("Restored generation 1 of SiteCache {ns}/shop")));
+    let module_of_1 = std::fs::read_to_string(dest.join("deps/m1.js")).unwrap();
+    assert_ne!(
+        module_of_1, module_of_2,
+        "generation 1's tree replaced generation 2's"
+    );
 
     // A SiteCache that fails: snapshot --wait exits non-zero and says why.
     h.create(
