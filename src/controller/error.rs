@@ -96,6 +96,7 @@ fn storage_kind(e: &StorageError) -> &'static str {
         StorageError::AlreadyExists { .. } => "storage-already-exists",
         StorageError::Timeout { .. } => "storage-timeout",
         StorageError::Unreachable { .. } => "storage-unreachable",
+        StorageError::Credentials { .. } => "storage-credentials",
         StorageError::Service { .. } => match e.class() {
             Some(ServiceClass::Denied) => "storage-access-denied",
             Some(ServiceClass::NoSuchBucket) => "storage-no-such-bucket",

@@ -3,6 +3,7 @@
 
 mod download;
 mod location;
+mod tls;
 mod upload;
 
 use std::time::Duration;
@@ -11,6 +12,7 @@ use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -69,6 +71,9 @@ pub async fn client(options: &StorageOptions) -> aws_sdk_s3::Client {
     if let Some(endpoint) = &options.endpoint {
         loader = loader.endpoint_url(endpoint);
     }
+    if !tls::has_native_roots() {
+        loader = loader.http_client(tls::client_without_native_roots());
+    }
     let shared = loader.load().await;
     let mut config =
         aws_sdk_s3::config::Builder::from(&shared).force_path_style(options.path_style);
@@ -97,6 +102,17 @@ pub enum StorageError {
         op: &'static str,
         bucket: String,
         key: String,
+        message: String,
+    },
+    /// No credentials could be found or loaded: not the store's answer, the client never sent
+    /// the request.
+    #[error("{op} s3://{bucket}/{key}: {message}")]
+    Credentials {
+        op: &'static str,
+        bucket: String,
+        key: String,
+        /// No provider had any (as opposed to one that failed).
+        missing: bool,
         message: String,
     },
     #[error("{op} s3://{bucket}/{key}: {code}: {message}")]
@@ -150,6 +166,7 @@ impl StorageError {
             StorageError::AlreadyExists { .. } => "already-exists",
             StorageError::Timeout { .. } => "timeout",
             StorageError::Unreachable { .. } => "unreachable",
+            StorageError::Credentials { .. } => "credentials",
             StorageError::Service { .. } => match self.class() {
                 Some(ServiceClass::Denied) => "access-denied",
                 Some(ServiceClass::NoSuchBucket) => "no-such-bucket",
@@ -193,6 +210,8 @@ impl StorageError {
             StorageError::AlreadyExists { .. } => "StorageObjectExists".into(),
             StorageError::Timeout { .. } => "StorageTimeout".into(),
             StorageError::Unreachable { .. } => "StorageUnreachable".into(),
+            StorageError::Credentials { missing: true, .. } => "NoStorageCredentials".into(),
+            StorageError::Credentials { .. } => "StorageCredentialsError".into(),
             StorageError::Service { code, .. } if is_camel_case_code(code) => code.clone(),
             StorageError::Service { .. } => "StorageError".into(),
             StorageError::WrongSize { .. } => "StorageSizeMismatch".into(),
@@ -218,11 +237,32 @@ impl StorageError {
             SdkError::DispatchFailure(f) if f.is_timeout() => {
                 StorageError::Timeout { op, bucket, key }
             }
-            SdkError::DispatchFailure(_) => StorageError::Unreachable {
-                op,
-                bucket,
-                key,
-                message: error_chain(&err),
+            // Resolving the credentials happens before the request is sent, and its failure
+            // comes out as a dispatch failure: it is no network problem.
+            SdkError::DispatchFailure(_) => match credentials_error(&err) {
+                Some(c) => {
+                    let missing = matches!(c, CredentialsError::CredentialsNotLoaded(_));
+                    let what = if missing {
+                        "no storage credentials found (tried AWS_ACCESS_KEY_ID and \
+                         AWS_SECRET_ACCESS_KEY, web identity, EKS Pod Identity, profiles, instance \
+                         metadata)"
+                    } else {
+                        "the storage credentials could not be loaded"
+                    };
+                    StorageError::Credentials {
+                        op,
+                        bucket,
+                        key,
+                        missing,
+                        message: format!("{what}: {}", error_chain(c)),
+                    }
+                }
+                None => StorageError::Unreachable {
+                    op,
+                    bucket,
+                    key,
+                    message: error_chain(&err),
+                },
             },
             SdkError::ServiceError(se) => {
                 let code = se.err().code().unwrap_or("").to_owned();
@@ -256,6 +296,20 @@ impl StorageError {
             },
         }
     }
+}
+
+/// The credentials error among `err`'s sources, if any.
+fn credentials_error<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a CredentialsError> {
+    let mut source = err.source();
+    while let Some(s) = source {
+        if let Some(c) = s.downcast_ref::<CredentialsError>() {
+            return Some(c);
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// Whether a store's error code can be a condition reason as it is: a CamelCase word, such as
@@ -442,5 +496,56 @@ pub async fn delete(
             StorageError::NotFound { .. } => Ok(()),
             other => Err(other),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+    use aws_smithy_runtime_api::client::result::ConnectorError;
+
+    use super::*;
+
+    /// A request that never left the client, as the SDK reports it.
+    fn dispatch_failure(source: ConnectorError) -> StorageError {
+        let err: SdkError<GetObjectError, HttpResponse> = SdkError::dispatch_failure(source);
+        StorageError::from_sdk("GET", "b", "k", err)
+    }
+
+    #[test]
+    fn missing_credentials_are_no_unreachable_store() {
+        let missing = dispatch_failure(ConnectorError::other(
+            Box::new(CredentialsError::not_loaded_no_source()),
+            None,
+        ));
+        assert!(
+            matches!(missing, StorageError::Credentials { missing: true, .. }),
+            "{missing:?}"
+        );
+        assert_eq!(missing.reason(), "NoStorageCredentials");
+        assert_eq!(missing.kind(), "credentials");
+        assert!(
+            missing
+                .to_string()
+                .starts_with("GET s3://b/k: no storage credentials found (tried AWS_ACCESS_KEY_ID"),
+            "{missing}"
+        );
+
+        let failed = dispatch_failure(ConnectorError::other(
+            Box::new(CredentialsError::provider_error(
+                "the token file is unreadable",
+            )),
+            None,
+        ));
+        assert_eq!(failed.reason(), "StorageCredentialsError");
+        assert!(
+            failed.to_string().contains("the token file is unreadable"),
+            "{failed}"
+        );
+
+        let refused = dispatch_failure(ConnectorError::io(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        ))));
+        assert_eq!(refused.reason(), "StorageUnreachable");
     }
 }

@@ -445,6 +445,50 @@ async fn restore_is_advisory_unless_strict() {
     assert!(!dest.exists(), "a failed restore never creates DEST");
 }
 
+/// A machine without CA certificates (an image without a CA bundle) restores from an `http`
+/// endpoint; a machine without credentials is told so, not that the store is unreachable.
+#[tokio::test]
+async fn restore_needs_no_ca_certificates_for_http_and_names_missing_credentials() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    fixtures::rich_tree(&source, 1024);
+    let out = snapshot(s3, &loc, &source, 1);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    promote(s3, &loc, 1).await;
+
+    let empty = tmp.path().join("no-certs");
+    std::fs::create_dir(&empty).unwrap();
+    let dest = tmp.path().join("restored");
+    let out = run(sitecache(s3)
+        .env("SSL_CERT_FILE", empty.join("none.pem"))
+        .env("SSL_CERT_DIR", &empty)
+        .args(["restore", "--strict", "--url", &loc.to_string()])
+        .arg("--dest")
+        .arg(&dest));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(result_line(&out)["ok"], true, "{stderr}");
+    assert!(stderr.contains("no CA certificates found"), "{stderr}");
+    fixtures::assert_same_tree(&source, &dest);
+
+    let out = run(sitecache(s3)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args(["restore", "--strict", "--url", &loc.to_string()])
+        .arg("--dest")
+        .arg(tmp.path().join("never")));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = result_line(&out);
+    let message = line["message"].as_str().unwrap();
+    assert!(
+        message.contains("no storage credentials found") && !message.contains("unreachable"),
+        "{line}"
+    );
+}
+
 /// DEST with a marker, to prove failed restores leave it as it was.
 fn existing_dest(root: &Path) -> PathBuf {
     let dest = root.join("deno-dir");
