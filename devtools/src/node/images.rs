@@ -227,9 +227,9 @@ fn site_layer(site: &Path) -> Result<Layer> {
 const CA_CERTIFICATES: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// What the agent image has besides the binary, like distroless' `cc-debian12:nonroot`: the
-/// users (root, nobody, nonroot 65532), a home for nonroot, `/tmp` and the CA certificates
-/// (without them the S3 client's TLS set-up panics, even for an `http://` endpoint). glibc comes
-/// with the binary's libraries.
+/// users (root, nobody, nonroot 65532), a home for nonroot, `/tmp` and the CA certificates, as
+/// the production image has them (without, `http` endpoints work and `https` ones cannot be
+/// verified: `src/storage/tls.rs`). glibc comes with the binary's libraries.
 fn distroless_like_base() -> Result<Layer> {
     if !Path::new(CA_CERTIFICATES).is_file() {
         bail!("{CA_CERTIFICATES} is missing (Debian's ca-certificates package)");
