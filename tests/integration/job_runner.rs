@@ -323,6 +323,81 @@ async fn active_deadline_kills_the_process_and_fails_the_job() {
     runner.stop().await;
 }
 
+/// A pod the API server refuses (Pod Security `restricted` here; a quota would do the same) is
+/// tried again with a `FailedCreate` Event on the Job, as the Job controller does: the Job shows
+/// no active pod, and its deadline fails it without a failed pod.
+#[tokio::test]
+async fn a_refused_pod_is_retried_with_failed_create_events_until_the_deadline() {
+    let (client, ns) = support::kube().await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+            }}})),
+        )
+        .await
+        .unwrap();
+    let (runner, _) = runner(&client, &ns, HashMap::new(), vec![]);
+    let api: Api<Job> = Api::namespaced(client.clone(), &ns);
+    create(
+        &api,
+        &job(
+            "refused",
+            shell_pod("touch ran"),
+            json!({ "activeDeadlineSeconds": 4 }),
+        ),
+    )
+    .await;
+
+    // While refused: started, no active pod, the refusal in an Event on the Job.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let event = loop {
+        let found = events
+            .list(&kube::api::ListParams::default().fields("involvedObject.name=refused"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("FailedCreate"));
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no FailedCreate Event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let message = event.message.unwrap_or_default();
+    assert!(
+        message.starts_with("Error creating: ") && message.contains("violates PodSecurity"),
+        "{message}"
+    );
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let running = api.get("refused").await.unwrap();
+    let status = running.status.clone().unwrap_or_default();
+    assert!(status.start_time.is_some(), "{status:?}");
+    assert_eq!(status.active.unwrap_or(0), 0, "{status:?}");
+
+    let done = wait_finished(&api, &runner, &ns, "refused", Duration::from_secs(20)).await;
+    let failed = condition(&done, "Failed").filter(|c| c.status == "True");
+    assert_eq!(
+        failed.and_then(|c| c.reason.as_deref()),
+        Some("DeadlineExceeded"),
+        "{:?}",
+        done.status
+    );
+    let status = done.status.unwrap();
+    assert_eq!(
+        status.failed.unwrap_or(0),
+        0,
+        "no pod ran, none failed: {status:?}"
+    );
+    assert_eq!(status.active.unwrap_or(0), 0);
+    runner.stop().await;
+}
+
 /// Deletes a Job whose process (and the child it forked) runs, with `propagation`, and checks
 /// that both die and that the runner writes no status afterwards.
 async fn deleting_kills(propagation: PropagationPolicy) {

@@ -1,12 +1,12 @@
 //! One Job's run: attempts (a Pod each, its containers as processes) until one succeeds, the
 //! backoff limit or the deadline, with the Job's status written as the Job controller writes it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -35,6 +35,15 @@ pub(super) enum End {
     Broken(String),
 }
 
+/// What became of an attempt's pod.
+enum Created {
+    Pod(Pod),
+    /// The pod template cannot make a pod (the attempt fails).
+    Invalid(String),
+    /// The Job's deadline passed while the API server refused the pod.
+    DeadlinePassed,
+}
+
 /// Why a running attempt is interrupted.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Stop {
@@ -47,6 +56,9 @@ pub(super) enum AttemptEnd {
     Succeeded,
     Failed(String),
     Stopped(Stop),
+    /// The deadline passed while the API server refused the attempt's pod: no pod ran, none
+    /// counts as failed.
+    NeverCreated,
 }
 
 /// The task's view of its Job: the latest version, until it is gone.
@@ -227,7 +239,8 @@ impl JobTask {
             if deadline(&self.w.job, start).is_some_and(|d| d <= Instant::now()) {
                 return self.fail(failed, REASON_DEADLINE, MESSAGE_DEADLINE).await;
             }
-            let mut fields = json!({ "active": 1, "ready": 0, "terminating": 0 });
+            // `active` counts pods: it becomes 1 once the attempt's pod exists.
+            let mut fields = json!({ "active": 0, "ready": 0, "terminating": 0 });
             if first {
                 fields["startTime"] = time_json(start);
                 fields["uncountedTerminatedPods"] = json!({});
@@ -261,6 +274,9 @@ impl JobTask {
                     }
                 }
                 AttemptEnd::Stopped(Stop::Gone) => return Err(End::Gone),
+                AttemptEnd::NeverCreated => {
+                    return self.fail(failed, REASON_DEADLINE, MESSAGE_DEADLINE).await;
+                }
                 AttemptEnd::Stopped(Stop::Deadline) => {
                     // The Job controller counts the pods it deletes as failed.
                     failed += 1;
@@ -371,13 +387,19 @@ impl JobTask {
                 return Ok(AttemptEnd::Failed(e.message));
             }
         };
-        let pod = match self.create_pod(&job).await? {
-            Ok(pod) => pod,
-            Err(message) => {
-                note(&self.dir.join(format!("attempt-{k}-pod.log")), &message);
+        let pod_log = self.dir.join(format!("attempt-{k}-pod.log"));
+        let pod = match self.create_pod(&job, start, &pod_log).await? {
+            Created::Pod(pod) => pod,
+            Created::Invalid(message) => {
+                note(&pod_log, &message);
                 return Ok(AttemptEnd::Failed(message));
             }
+            Created::DeadlinePassed => return Ok(AttemptEnd::NeverCreated),
         };
+        if let Err(end) = self.write(json!({ "active": 1 }), vec![]).await {
+            self.delete_pod(&pod).await;
+            return Err(end);
+        }
         let result = self.run_pod(&plan, &pod, start).await;
         if matches!(result, Err(_) | Ok(AttemptEnd::Stopped(_))) {
             // Deleted, as the Job controller deletes the pods of a Job past its deadline and
@@ -401,7 +423,7 @@ impl JobTask {
         let phase = match &end {
             AttemptEnd::Succeeded => "Succeeded",
             AttemptEnd::Failed(_) => "Failed",
-            AttemptEnd::Stopped(_) => return Ok(end),
+            AttemptEnd::Stopped(_) | AttemptEnd::NeverCreated => return Ok(end),
         };
         // Before the Job's status: the Job controller counts a pod only once it has finished.
         self.write_pod(pod, pod::finished(pod, phase, pod_start, &ends))
@@ -441,24 +463,41 @@ impl JobTask {
         Ok(found)
     }
 
-    /// Creates the attempt's Pod. `Ok(Err(_))`: the API server refuses it (the attempt fails).
-    async fn create_pod(&mut self, job: &Job) -> Result<Result<Pod, String>, End> {
+    /// Creates the attempt's Pod. A pod the API server refuses (admission, a quota) is tried
+    /// again, as the Job controller does, with a `FailedCreate` Event on the Job, until the Job's
+    /// deadline or until it is gone.
+    async fn create_pod(
+        &mut self,
+        job: &Job,
+        start: Timestamp,
+        log: &Path,
+    ) -> Result<Created, End> {
         let pod = match pod::pod_for(job, &self.uid) {
             Ok(pod) => pod,
-            Err(e) => return Ok(Err(format!("cannot make the attempt's pod: {e}"))),
+            Err(e) => {
+                return Ok(Created::Invalid(format!(
+                    "cannot make the attempt's pod: {e}"
+                )));
+            }
         };
         let mut pause = Duration::from_millis(200);
+        let mut reported = None;
         loop {
             if self.w.is_gone() {
                 return Err(End::Gone);
             }
             match self.pods.create(&PostParams::default(), &pod).await {
-                Ok(created) => return Ok(Ok(created)),
+                Ok(created) => return Ok(Created::Pod(created)),
                 Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => {
-                    return Ok(Err(format!(
-                        "the API server refused the attempt's pod: {}",
-                        s.message
-                    )));
+                    let message = format!("Error creating: {}", s.message);
+                    if reported.as_ref() != Some(&message) {
+                        note(
+                            log,
+                            &format!("the API server refused the attempt's pod: {}", s.message),
+                        );
+                        self.failed_create_event(&message).await;
+                        reported = Some(message);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(job = %self.name, error = %e, "creating a pod failed; retrying")
@@ -466,9 +505,45 @@ impl JobTask {
             }
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = self.w.gone() => return Err(End::Gone),
+                stop = self.w.stopped(start) => match stop {
+                    Stop::Gone => return Err(End::Gone),
+                    Stop::Deadline => return Ok(Created::DeadlinePassed),
+                },
             }
             pause = (pause * 2).min(MAX_WRITE_BACKOFF);
+        }
+    }
+
+    /// The Job controller's `FailedCreate` Warning Event on the Job (best effort).
+    async fn failed_create_event(&self, message: &str) {
+        let events: Api<Event> = Api::namespaced(self.shared.client.clone(), &self.namespace);
+        let now = time_json(now());
+        let event = json!({
+            "metadata": {"generateName": format!("{}.", self.name), "namespace": self.namespace},
+            "involvedObject": {
+                "apiVersion": "batch/v1", "kind": "Job", "namespace": self.namespace,
+                "name": self.name, "uid": self.uid,
+            },
+            "reason": "FailedCreate",
+            "message": message,
+            "type": "Warning",
+            "source": {"component": "job-controller"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        let created = match serde_json::from_value::<Event>(event) {
+            Ok(event) => events
+                .create(&PostParams::default(), &event)
+                .await
+                .map(|_| ()),
+            Err(e) => {
+                tracing::warn!(job = %self.name, error = %e, "cannot build a FailedCreate Event");
+                return;
+            }
+        };
+        if let Err(e) = created {
+            tracing::warn!(job = %self.name, error = %e, "cannot create a FailedCreate Event");
         }
     }
 

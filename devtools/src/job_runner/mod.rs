@@ -50,9 +50,11 @@
 //!   container that ran (exit code, 128 + the signal for a killed one, the termination message),
 //!   before the Job's status counts it. A pod of an attempt stopped by the deadline or of a Job
 //!   that is deleted while it runs is deleted (the Job controller and the garbage collector do
-//!   that); the pods of a finished Job stay when the Job is deleted (no garbage collector); a pod the
-//!   API server refuses (an admission plugin) fails the attempt, where the Job controller would
-//!   retry creating it.
+//!   that); the pods of a finished Job stay when the Job is deleted (no garbage collector). A pod
+//!   the API server refuses (admission, a quota) is tried again, 0.2 s doubling to 5 s, with a
+//!   `FailedCreate` Warning Event on the Job for each new refusal message (`Error creating: …`), as
+//!   the Job controller does, until the Job's deadline fails it (`DeadlineExceeded`, no pod
+//!   counted as failed).
 //! - **Logs.** stdout and stderr go to `<work_dir>/<namespace>/<job>/attempt-<k>-<container>.log`
 //!   ([`JobRunner::log_dir`]); the runner appends its own notes (why it killed a process, why an
 //!   attempt could not start) as lines starting with `[job runner]`. Pod-level problems go to
@@ -69,9 +71,10 @@
 //! are retried), in the order the Job controller writes it, which the API server of 1.37 checks
 //! for Jobs (`ValidateJobStatusUpdate`):
 //!
-//! - start: `startTime`, `active: 1`, `ready: 0`, `terminating: 0`; `ready: 1` once the main
-//!   containers are started; after a failed attempt `failed` is incremented and `active: 0`, and
-//!   `active: 1` again when the next attempt starts, 1 s later (the Job controller's back-off is
+//! - start: `startTime`, `active: 0`, `ready: 0`, `terminating: 0`; `active: 1` once the
+//!   attempt's pod exists, `ready: 1` once the main containers are started; after a failed attempt
+//!   `failed` is incremented and `active: 0`, and `active: 1` again when the next attempt's pod
+//!   exists, 1 s later (the Job controller's back-off is
 //!   exponential, 10 s doubling; a fixed short delay keeps tests fast);
 //! - success: `succeeded: 1`, `active: 0`, `ready: 0` and `SuccessCriteriaMet=True`
 //!   (`CompletionsReached`), then `Complete=True` with the same reason and `completionTime` (the
@@ -102,7 +105,7 @@
 //! `successPolicy`, `backoffLimitPerIndex`, `ttlSecondsAfterFinished` (ignored: no TTL controller
 //! deletes finished Jobs; a warning is logged for the others); `restartPolicy: OnFailure` (run as `Never`: each failure is a new
 //! attempt and counts in `failed`); suspending a running Job (the running attempt goes on); no
-//! Events are created; resources, probes, security contexts, service accounts
+//! Events but `FailedCreate`; resources, probes, security contexts, service accounts
 //! and image pulls are ignored.
 
 use std::collections::HashMap;
