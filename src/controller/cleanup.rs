@@ -55,6 +55,7 @@ pub async fn cleanup(obj: Arc<SiteCache>, ctx: &Context) -> Result<Action, Error
     if result.is_ok() {
         ctx.set_claimed(&uid, false);
         ctx.set_stale(&uid, false);
+        ctx.set_stalled(&uid, false);
     }
     // 7. Status.
     c.conclude(result).await

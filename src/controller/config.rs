@@ -73,6 +73,12 @@ pub struct ControllerArgs {
     #[arg(long, env = "SITECACHE_SNAPSHOT_POD_STOP_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub snapshot_pod_stop_timeout: Duration,
 
+    /// How long a snapshot Job may go without a pod, with a pod that cannot be scheduled or with a
+    /// container that cannot start (an image pull, a missing Secret key) before its SiteCache
+    /// reports it (`Degraded`, a Warning Event); the Job's deadline still ends it.
+    #[arg(long, env = "SITECACHE_SNAPSHOT_STALL_AFTER", default_value = "2m", value_parser = parse_duration)]
+    pub snapshot_stall_after: Duration,
+
     /// Namespaces to watch (comma-separated; default: all).
     #[arg(
         long = "namespace",
@@ -185,6 +191,7 @@ pub struct Settings {
     pub job_service_account: Option<String>,
     pub job_ttl: Duration,
     pub snapshot_pod_stop_timeout: Duration,
+    pub snapshot_stall_after: Duration,
     pub namespaces: Vec<String>,
     pub failure_backoff: Duration,
     pub failure_backoff_max: Duration,
@@ -264,6 +271,7 @@ impl TryFrom<&ControllerArgs> for Settings {
             job_service_account: a.job_service_account.clone(),
             job_ttl: a.job_ttl,
             snapshot_pod_stop_timeout: a.snapshot_pod_stop_timeout,
+            snapshot_stall_after: a.snapshot_stall_after,
             namespaces,
             failure_backoff: a.failure_backoff,
             failure_backoff_max: a.failure_backoff_max,

@@ -49,6 +49,8 @@ pub struct Context {
     claimed: Mutex<HashSet<String>>,
     /// SiteCaches (by uid) whose cache is not Fresh, for the stale gauge.
     stale: Mutex<HashSet<String>>,
+    /// SiteCaches (by uid) whose running snapshot Job is stalled, for the stalled gauge.
+    stalled: Mutex<HashSet<String>>,
     queue: Mutex<SlotQueue>,
     /// Failed reconciles in a row per object, for the error policy's backoff.
     pub errors: Errors,
@@ -80,6 +82,7 @@ impl Context {
             claim_locks: (0..CLAIM_LOCKS).map(|_| Default::default()).collect(),
             claimed: Default::default(),
             stale: Default::default(),
+            stalled: Default::default(),
             queue: Default::default(),
             errors: Default::default(),
             caches,
@@ -130,13 +133,13 @@ impl Context {
     }
 
     pub fn set_stale(&self, uid: &str, stale: bool) {
-        let mut set = lock(&self.stale);
-        if stale {
-            set.insert(uid.to_owned());
-        } else {
-            set.remove(uid);
-        }
-        self.metrics.stale_sitecaches.set(set.len() as i64);
+        let n = mark(&self.stale, uid, stale);
+        self.metrics.stale_sitecaches.set(n);
+    }
+
+    pub fn set_stalled(&self, uid: &str, stalled: bool) {
+        let n = mark(&self.stalled, uid, stalled);
+        self.metrics.stalled_snapshots.set(n);
     }
 
     /// The snapshot Jobs of the SiteCache with this uid, as the watch last saw them.
@@ -332,6 +335,17 @@ fn newer_version(a: Option<String>, b: Option<String>) -> bool {
         (Some(a), Some(b)) => a > b,
         _ => false,
     }
+}
+
+/// Puts `uid` in or out of `set`; returns how many the set holds.
+fn mark(set: &Mutex<HashSet<String>>, uid: &str, member: bool) -> i64 {
+    let mut set = lock(set);
+    if member {
+        set.insert(uid.to_owned());
+    } else {
+        set.remove(uid);
+    }
+    set.len() as i64
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

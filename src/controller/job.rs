@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 use std::time::Duration;
 
+use jiff::Timestamp;
+
 use super::config::{Settings, Target};
 use super::podspec::{self, RunAs};
 use super::rebuild::RebuildReason;
@@ -396,6 +398,11 @@ pub struct JobView {
     pub base: Base,
     pub state: JobState,
     pub deleting: bool,
+    /// When the Job was created (`None` for one that is gone).
+    pub created: Option<Timestamp>,
+    /// The pods the Job controller counts as active (pending or running), and as failed.
+    pub active: i32,
+    pub failed: i32,
 }
 
 impl JobView {
@@ -441,6 +448,9 @@ impl JobView {
             base,
             state,
             deleting: job.meta().deletion_timestamp.is_some(),
+            created: job.meta().creation_timestamp.as_ref().map(|t| t.0),
+            active: status.active.unwrap_or(0),
+            failed: status.failed.unwrap_or(0),
         })
     }
 

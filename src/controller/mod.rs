@@ -29,6 +29,7 @@ mod reconcile;
 pub mod report;
 pub mod schedule;
 mod server;
+pub mod stall;
 pub mod status;
 pub mod validate;
 pub mod watches;

@@ -5,6 +5,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::schedule::Verdict;
+use super::stall::Stall;
 use crate::api::{Freshness, GenerationInfo, Phase, SiteCacheStatus};
 use crate::archive::Manifest;
 
@@ -17,8 +18,12 @@ pub const DELETION_BLOCKED: &str = "DeletionBlocked";
 /// What the SiteCache is doing, as far as its status is concerned.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Activity {
-    /// A snapshot Job is producing a generation.
-    Running { job: String, generation: u64 },
+    /// A snapshot Job is producing a generation, or is stalled ([`Stall`]).
+    Running {
+        job: String,
+        generation: u64,
+        stall: Option<Stall>,
+    },
     /// A snapshot is due but every slot is taken: it waits in the queue. (How many Jobs run is
     /// not said: the waiting SiteCache is not reconciled as that changes.)
     Waiting { limit: u32 },
@@ -175,7 +180,12 @@ pub fn derive(
         );
     }
     let (progressing, reason, message) = match activity {
-        Activity::Running { job, generation } => (
+        Activity::Running {
+            stall: Some(stall), ..
+        } => (true, stall.reason(), stall.message()),
+        Activity::Running {
+            job, generation, ..
+        } => (
             true,
             "SnapshotRunning",
             format!("Job {job} is producing generation {generation}"),
@@ -249,8 +259,41 @@ pub fn derive(
                 now,
             )
         }
-        // A retry is running: the failure stays reported until it succeeds.
-        (Activity::Running { .. }, _) if status.consecutive_failures > 0 => {}
+        (
+            Activity::Running {
+                stall: Some(stall), ..
+            },
+            _,
+        ) => set_condition(
+            conditions,
+            DEGRADED,
+            true,
+            stall.reason(),
+            stall.message(),
+            g,
+            now,
+        ),
+        // A retry is running: the failure stays reported until it succeeds (a stall of the
+        // retry that has passed gives way to the failures).
+        (Activity::Running { job, .. }, _) if status.consecutive_failures > 0 => {
+            let stalled = conditions
+                .iter()
+                .any(|c| c.type_ == DEGRADED && Stall::is_stall_reason(&c.reason));
+            if stalled {
+                set_condition(
+                    conditions,
+                    DEGRADED,
+                    true,
+                    "SnapshotRetrying",
+                    format!(
+                        "{} failed snapshots in a row; Job {job} is trying again",
+                        status.consecutive_failures
+                    ),
+                    g,
+                    now,
+                )
+            }
+        }
         (_, Some(last)) if status.consecutive_failures > 0 => set_condition(
             conditions,
             DEGRADED,
@@ -382,6 +425,7 @@ mod tests {
         let activity = Activity::Running {
             job: "shop-g1".into(),
             generation: 1,
+            stall: None,
         };
         derive(
             &mut s,
@@ -449,6 +493,65 @@ mod tests {
         assert_eq!(cond(&s, DEGRADED).reason, "BackoffLimitExceeded");
         assert_eq!(s.size.as_deref(), Some("3.0 MiB"));
         assert_eq!(s.next_snapshot_time, Some(Time(ts("2026-01-02T00:00:00Z"))));
+    }
+
+    #[test]
+    fn a_stalled_job_degrades_while_it_runs_and_a_recovered_retry_reports_the_failures() {
+        let stalled = |stall: Option<Stall>| Activity::Running {
+            job: "shop-g5".into(),
+            generation: 5,
+            stall,
+        };
+        let no_pod = Stall::NoPod {
+            job: "shop-g5".into(),
+            seconds: 130,
+            cause: Some("Error creating: exceeded quota".into()),
+        };
+        let mut s = SiteCacheStatus {
+            current: Some(promoted(4, 1)),
+            ..Default::default()
+        };
+        let run = |s: &mut SiteCacheStatus, activity: &Activity| {
+            derive(
+                s,
+                Some(&verdict(Freshness::Fresh)),
+                activity,
+                None,
+                false,
+                None,
+                ts("2026-01-01T00:00:00Z"),
+            )
+        };
+        run(&mut s, &stalled(Some(no_pod.clone())));
+        assert_eq!(s.phase, Some(Phase::Snapshotting));
+        assert_eq!(cond(&s, READY).status, "True");
+        for type_ in [PROGRESSING, DEGRADED] {
+            let c = cond(&s, type_);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("True", "SnapshotPodNotCreated")
+            );
+            assert_eq!(c.message, no_pod.message());
+        }
+        // The pod gets created: back to running, nothing degraded.
+        run(&mut s, &stalled(None));
+        assert_eq!(cond(&s, PROGRESSING).reason, "SnapshotRunning");
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+
+        // A retry after failures stalls, then gets going: the failures are what is degraded.
+        s.consecutive_failures = 2;
+        run(&mut s, &stalled(Some(no_pod)));
+        assert_eq!(cond(&s, DEGRADED).reason, "SnapshotPodNotCreated");
+        run(&mut s, &stalled(None));
+        let d = cond(&s, DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "SnapshotRetrying")
+        );
+        assert_eq!(
+            d.message,
+            "2 failed snapshots in a row; Job shop-g5 is trying again"
+        );
     }
 
     #[test]

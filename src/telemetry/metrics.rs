@@ -54,6 +54,7 @@ pub struct Metrics {
     pub objects_deleted: Counter,
     pub bytes_deleted: Counter<u64, AtomicU64>,
     pub stale_sitecaches: Gauge,
+    pub stalled_snapshots: Gauge,
     pub status_writes: Counter,
     pub rebuilds: Family<ReasonLabel, Counter>,
     pub cache_growth: Histogram,
@@ -152,6 +153,13 @@ impl Default for Metrics {
             "SiteCaches whose cache is Stale or Missing",
             stale_sitecaches.clone(),
         );
+        let stalled_snapshots = Gauge::default();
+        registry.register(
+            "snapshot_jobs_stalled",
+            "Running snapshot Jobs that have no pod, an unschedulable pod or a container that \
+             cannot start (the SiteCache's Degraded condition says which)",
+            stalled_snapshots.clone(),
+        );
         let status_writes = Counter::default();
         registry.register(
             "status_writes",
@@ -196,6 +204,7 @@ impl Default for Metrics {
             objects_deleted,
             bytes_deleted,
             stale_sitecaches,
+            stalled_snapshots,
             status_writes,
             rebuilds,
             cache_growth,
@@ -262,6 +271,7 @@ mod tests {
             "sitecache_storage_objects_deleted_total",
             "sitecache_storage_deleted_bytes_total 10",
             "sitecache_stale_sitecaches",
+            "sitecache_snapshot_jobs_stalled",
             "sitecache_snapshot_jobs_waiting",
             "sitecache_status_writes_total",
             "sitecache_cache_growth_percent_bucket",

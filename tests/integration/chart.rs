@@ -149,6 +149,7 @@ fn non_default_values(watched: &[&str]) -> Value {
             "reconcileConcurrency": 8,
             "resync": "5m",
             "snapshotPodStopTimeout": "10m",
+            "snapshotStallAfter": "90s",
             "failureBackoff": "30s",
             "failureBackoffMax": "2h",
             "jobTTL": "30m",
@@ -314,6 +315,7 @@ async fn chart_with_non_default_values_applies_with_a_server_side_dry_run() {
     );
     assert_eq!(env["SITECACHE_ALLOW_LEGACY_KEYS_OUTSIDE_PREFIX"], "true");
     assert_eq!(env["SITECACHE_SNAPSHOT_POD_STOP_TIMEOUT"], "10m");
+    assert_eq!(env["SITECACHE_SNAPSHOT_STALL_AFTER"], "90s");
     assert_eq!(
         env["SITECACHE_AGENT_IMAGE"],
         "registry.example.com/platform/sitecache-agent:1.2.3"
@@ -368,7 +370,7 @@ fn controller_permissions() -> BTreeMap<(String, String), BTreeSet<String>> {
             &["get", "list", "watch", "create", "patch", "delete"],
         ),
         ("", "pods", &["list"]),
-        ("events.k8s.io", "events", &["create", "patch"]),
+        ("events.k8s.io", "events", &["create", "patch", "list"]),
     ];
     table
         .iter()

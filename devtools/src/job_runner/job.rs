@@ -37,7 +37,7 @@ pub(super) enum End {
 
 /// What became of an attempt's pod.
 enum Created {
-    Pod(Pod),
+    Pod(Box<Pod>),
     /// The pod template cannot make a pod (the attempt fails).
     Invalid(String),
     /// The Job's deadline passed while the API server refused the pod.
@@ -487,7 +487,7 @@ impl JobTask {
                 return Err(End::Gone);
             }
             match self.pods.create(&PostParams::default(), &pod).await {
-                Ok(created) => return Ok(Created::Pod(created)),
+                Ok(created) => return Ok(Created::Pod(Box::new(created))),
                 Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => {
                     let message = format!("Error creating: {}", s.message);
                     if reported.as_ref() != Some(&message) {

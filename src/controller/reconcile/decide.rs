@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
@@ -18,7 +20,9 @@ use crate::controller::error::Error;
 use crate::controller::job::{JobInputs, JobState, JobView, job_name, snapshot_job};
 use crate::controller::queue::Place;
 use crate::controller::rebuild::{RebuildReason, rebuild_reason};
+use crate::controller::report::JOB_UID_LABEL;
 use crate::controller::schedule::{self, Trigger};
+use crate::controller::stall::{Stall, diagnose};
 use crate::controller::status::Activity;
 use crate::controller::validate::Validated;
 
@@ -39,28 +43,33 @@ impl Run<'_> {
         // Whatever the SiteCache does, it is looked at again when its cache turns Stale (the
         // status says so then), and at the latest after --resync.
         let (now, resync, fresh_until) = (self.now, ctx.settings.resync, verdict.fresh_until);
-        let at_latest = |due: Option<Timestamp>| {
+        // A running Job is looked at again for a stall (`look_for_stall`) within `look`.
+        let at_latest = |due: Option<Timestamp>, look: Option<Duration>| {
             let wake = [due, fresh_until]
                 .into_iter()
                 .flatten()
                 .min()
                 .map(|t| duration_until(now, t) + Duration::from_secs(1))
                 .unwrap_or(resync);
-            Action::requeue(wake.min(resync))
+            Action::requeue(look.map_or(wake, |l| l.min(wake)).min(resync))
         };
         if let Some(job) = jobs.iter().rev().find(|j| j.is_running()) {
             ctx.leave_queue(&self.oref);
             self.track_running(job);
+            let (stall, look_again) = self.look_for_stall(job).await;
+            ctx.set_stalled(&self.uid(), stall.is_some());
             let activity = Activity::Running {
                 job: job.name.clone(),
                 generation: job.generation,
+                stall,
             };
-            return Ok((activity, at_latest(None)));
+            return Ok((activity, at_latest(None, look_again)));
         }
+        ctx.set_stalled(&self.uid(), false);
         self.status.active_job = None;
         let Some(trigger) = verdict.due.clone() else {
             ctx.leave_queue(&self.oref);
-            return Ok((Activity::Idle, at_latest(verdict.next_due)));
+            return Ok((Activity::Idle, at_latest(verdict.next_due, None)));
         };
         let place = Place {
             priority: match trigger {
@@ -71,15 +80,76 @@ impl Run<'_> {
         };
         let next = self.status.latest_generation.unwrap_or(0) + 1;
         match self.start(trigger, next, place, spec).await? {
-            Some(started) => Ok((started, at_latest(None))),
+            Some(started) => {
+                let look = ctx.settings.snapshot_stall_after + Duration::from_secs(1);
+                Ok((started, at_latest(None, Some(look))))
+            }
             // Woken when a slot is its (no polling); still looked at when it turns Stale.
             None => {
                 let activity = Activity::Waiting {
                     limit: ctx.settings.max_concurrent_snapshots,
                 };
-                Ok((activity, at_latest(None)))
+                Ok((activity, at_latest(None, None)))
             }
         }
+    }
+
+    /// Whether the running `job` is stalled ([`stall`](crate::controller::stall)), and when to
+    /// look again: a Job is looked at once it has run for `--snapshot-stall-after`, then every
+    /// `--snapshot-stall-after` while it runs (its pods' changes wake no reconcile). Reading the
+    /// pods or Events is advice: when it fails, the Job is taken as not stalled.
+    async fn look_for_stall(&self, job: &JobView) -> (Option<Stall>, Option<Duration>) {
+        let after = self.ctx.settings.snapshot_stall_after;
+        let age = job
+            .created
+            .map(|t| duration_until(t, self.now))
+            .unwrap_or(Duration::ZERO);
+        if age < after {
+            return (None, Some(after - age + Duration::from_secs(1)));
+        }
+        let ns = self.sc.namespace().unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let selector = format!("{JOB_UID_LABEL}={}", job.uid);
+        let pods = match pods.list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => list.items,
+            Err(e) => {
+                tracing::warn!(job = %job.name, error = %e, "cannot list the snapshot Job's pods");
+                return (None, Some(after));
+            }
+        };
+        let mut stall = diagnose(job, &pods, self.now, after);
+        if let Some(Stall::NoPod { cause, .. }) = &mut stall {
+            *cause = self.failed_create(&ns, job).await;
+        }
+        (stall, Some(after))
+    }
+
+    /// The Job controller's latest `FailedCreate` message for `job`: why it cannot create the
+    /// pod (Pod Security, a quota, a missing ServiceAccount).
+    async fn failed_create(&self, ns: &str, job: &JobView) -> Option<String> {
+        let events: Api<Event> = Api::namespaced(self.ctx.client.clone(), ns);
+        let fields = format!("regarding.uid={},reason=FailedCreate", job.uid);
+        let listed = events
+            .list(&ListParams::default().fields(&fields))
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(job = %job.name, error = %e, "cannot list the snapshot Job's Events")
+            })
+            .ok()?;
+        let seen = |e: &Event| {
+            let series = e.series.as_ref().map(|s| s.last_observed_time.0);
+            let last = e.deprecated_last_timestamp.as_ref().map(|t| t.0);
+            let at = e.event_time.as_ref().map(|t| t.0);
+            series
+                .or(last)
+                .or(at)
+                .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        };
+        listed
+            .items
+            .into_iter()
+            .max_by_key(seen)
+            .and_then(|e| e.note)
     }
 
     /// A running Job the status does not know yet (it was created just before a restart).
@@ -208,6 +278,7 @@ impl Run<'_> {
         Ok(Some(Activity::Running {
             job: name,
             generation: n,
+            stall: None,
         }))
     }
 }

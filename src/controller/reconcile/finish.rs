@@ -81,6 +81,9 @@ impl Run<'_> {
                 base: Base::Unknown,
                 state: JobState::Vanished,
                 deleting: false,
+                created: None,
+                active: 0,
+                failed: 0,
             },
         });
         jobs.sort_by_key(|j| j.generation);

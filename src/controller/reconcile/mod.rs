@@ -156,6 +156,7 @@ impl<'a> Run<'a> {
                 Activity::Running {
                     job: job.clone(),
                     generation: last.generation,
+                    stall: None,
                 }
             }
             _ => Activity::Idle,
@@ -181,6 +182,7 @@ impl<'a> Run<'a> {
     /// SiteCache changes.
     fn blocked(&mut self, reason: &str, message: String) -> Outcome {
         self.ctx.leave_queue(&self.oref);
+        self.ctx.set_stalled(&self.uid(), false);
         let activity = Activity::Blocked {
             reason: reason.to_owned(),
             message,
@@ -247,13 +249,23 @@ impl<'a> Run<'a> {
         if !status::changed(old, &new) {
             return Ok(());
         }
-        if let Activity::Blocked { reason, message } = activity {
+        // A SiteCache newly blocked, or whose Job newly stalls, gets a Warning Event.
+        let warning = match activity {
+            Activity::Blocked { reason, message } => {
+                Some((reason.as_str(), message.clone(), "Reconcile"))
+            }
+            Activity::Running {
+                stall: Some(stall), ..
+            } => Some((stall.reason(), stall.message(), "Snapshot")),
+            _ => None,
+        };
+        if let Some((reason, message, action)) = warning {
             let was = old
                 .and_then(|s| s.conditions.iter().find(|c| c.type_ == status::DEGRADED))
                 .map(|c| c.reason.as_str());
-            if was != Some(reason.as_str()) {
+            if was != Some(reason) {
                 tracing::warn!(%reason, "{message}");
-                self.event(EventType::Warning, reason, "Reconcile", message.clone());
+                self.event(EventType::Warning, reason, action, message);
             }
         }
         let written = write_status(&self.api, &self.sc, &new).await?;

@@ -4,12 +4,14 @@
 //! are refused with the field named. Who the containers run as is proved on a real node
 //! (`tests/integration/node.rs`): the job runner runs processes as the test's user.
 
+use std::time::{Duration, Instant};
+
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
-use sitecache::api::SnapshotResult;
+use sitecache::api::{Phase, SnapshotResult};
 
-use super::harness::{Harness, Options, cond, warm};
+use super::harness::{Harness, Options, cond, condition_reason, warm};
 
 /// Enforces Pod Security `restricted` on the test's namespace.
 async fn restrict(h: &Harness) {
@@ -93,29 +95,75 @@ async fn snapshot_pods_of_a_declared_non_root_warm_step_pass_restricted_admissio
     h.shutdown().await;
 }
 
+/// A pod that admission refuses leaves a Job without a pod until its deadline: the SiteCache says
+/// so, with the Job controller's reason, long before the deadline; the failure replaces it then.
 #[tokio::test]
 async fn a_root_warm_step_is_refused_by_restricted_admission_and_bad_settings_by_the_controller() {
     let h = Harness::start(Options {
         failure_backoff: "1h",
+        extra_args: vec!["--snapshot-stall-after".into(), "2s".into()],
         ..Options::default()
     })
     .await;
     restrict(&h).await;
     h.create(
         "root",
-        json!({"site": "root", "warm": warm("", 3), "snapshot": {"backoffLimit": 0}}),
+        json!({"site": "root", "warm": warm("", 3), "snapshot": {"timeout": "25s"}}),
     )
     .await;
     let sc = h
-        .wait("root", "failed", std::time::Duration::from_secs(60), |sc| {
+        .wait("root", "stalled", Duration::from_secs(20), |sc| {
+            condition_reason(sc, "Degraded") == Some("SnapshotPodNotCreated")
+        })
+        .await;
+    let degraded = cond(&sc, "Degraded");
+    assert_eq!(degraded.status, "True");
+    assert!(
+        degraded
+            .message
+            .starts_with("Job root-g1 has had no pod for ")
+            && degraded.message.contains("Error creating: ")
+            && degraded
+                .message
+                .contains("violates PodSecurity \"restricted:latest\""),
+        "{}",
+        degraded.message
+    );
+    let progressing = cond(&sc, "Progressing");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("True", "SnapshotPodNotCreated")
+    );
+    assert_eq!(sc.status.as_ref().unwrap().phase, Some(Phase::Snapshotting));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.event_count("root", "SnapshotPodNotCreated").await != 1 {
+        assert!(Instant::now() < deadline, "no SnapshotPodNotCreated Event");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        h.metrics()
+            .await
+            .contains("\nsitecache_snapshot_jobs_stalled 1\n"),
+        "the stalled gauge"
+    );
+
+    // The deadline fails the Job; the failure is what the status reports then.
+    let sc = h
+        .wait("root", "failed", Duration::from_secs(60), |sc| {
             sc.status
                 .as_ref()
                 .is_some_and(|s| s.consecutive_failures > 0)
         })
         .await;
-    assert_eq!(cond(&sc, "Degraded").reason, "BackoffLimitExceeded");
-    // Its pod never ran: admission refused it (the runner fails the attempt at once; the Job
-    // controller would retry until the Job's deadline).
+    assert_eq!(cond(&sc, "Degraded").reason, "DeadlineExceeded");
+    assert!(
+        h.metrics()
+            .await
+            .contains("\nsitecache_snapshot_jobs_stalled 0\n"),
+        "the stalled gauge"
+    );
+    assert_eq!(h.event_count("root", "SnapshotPodNotCreated").await, 1);
+    // Its pod never ran: admission refused it every time.
     let pods: Api<Pod> = Api::namespaced(h.client.clone(), &h.ns);
     let admitted = pods
         .list(&ListParams::default().labels("app.kubernetes.io/instance=root"))
@@ -141,7 +189,7 @@ async fn a_root_warm_step_is_refused_by_restricted_admission_and_bad_settings_by
         ),
     ] {
         let sc = h
-            .wait(name, "refused", std::time::Duration::from_secs(30), |sc| {
+            .wait(name, "refused", Duration::from_secs(30), |sc| {
                 sc.status.as_ref().is_some_and(|s| {
                     s.conditions
                         .iter()
