@@ -24,7 +24,10 @@
 //! - [`hanging`]: `activeDeadlineSeconds`, the TTL controller and the garbage
 //!   collector;
 //! - [`credentials`]: the agents reach MinIO only with the keys of
-//!   `spec.snapshot.credentialsSecret`, which the warm container never gets.
+//!   `spec.snapshot.credentialsSecret`, which the warm container never gets;
+//! - [`stalled`]: Jobs that make no progress (a pod Pod Security refuses, a container whose
+//!   Secret is missing) are reported with what the Job controller and kubelet say, long before
+//!   their deadline.
 //!
 //! Run just this tier with `cargo test --test integration -- node:: cluster::`.
 
@@ -58,7 +61,9 @@ const RELEASE: &str = "sitecache";
 const JOB_TTL: Duration = Duration::from_secs(30);
 /// The namespaces (and buckets) of the scenarios, created before the install so that the
 /// release watches them.
-const SCENARIOS: [&str; 3] = ["deno", "hang", "creds"];
+const SCENARIOS: [&str; 4] = ["deno", "hang", "creds", "stall"];
+/// `controller.snapshotStallAfter`: how long a Job may make no progress before it is reported.
+const STALL_AFTER: Duration = Duration::from_secs(5);
 /// Where the scenarios' pods mount the Deno cache.
 const DENO_DIR: &str = "/deno-dir";
 
@@ -137,7 +142,7 @@ async fn start() -> Result<Cluster> {
         "storage": {
             // The credentials scenario uses the default bucket; the others name theirs.
             "defaultBucket": bucket_of("creds"),
-            "allowedBuckets": [bucket_of("deno"), bucket_of("hang")],
+            "allowedBuckets": [bucket_of("deno"), bucket_of("hang"), bucket_of("stall")],
             "region": "us-east-1",
             "endpoint": s3_endpoint,
             "pathStyle": true,
@@ -145,6 +150,7 @@ async fn start() -> Result<Cluster> {
         "controller": {
             "watchNamespaces": places.iter().map(|p| p.1.clone()).collect::<Vec<_>>(),
             "jobTTL": format!("{}s", JOB_TTL.as_secs()),
+            "snapshotStallAfter": format!("{}s", STALL_AFTER.as_secs()),
             "failureBackoff": "5s",
             "logFormat": "json",
             "extraEnv": [
@@ -787,3 +793,4 @@ mod chart;
 mod credentials;
 mod deno_site;
 mod hanging;
+mod stalled;
