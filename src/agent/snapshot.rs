@@ -226,6 +226,7 @@ async fn commit(args: SnapshotArgs) -> Result<(SnapshotReport, Report), Snapshot
         "host": std::env::var("HOSTNAME").unwrap_or_default(),
     });
     storage::put_json(&client, &loc.bucket, &attempt, &note, true).await?;
+    let owner = tree.owner();
     let result = upload_and_commit(&client, &args, tree, &token).await;
     if result.is_err() {
         // Nothing of this attempt is committed: its objects go (best effort; retention and the
@@ -243,8 +244,9 @@ async fn commit(args: SnapshotArgs) -> Result<(SnapshotReport, Report), Snapshot
             }
         }
     }
-    let (mut summary, report) = result?;
+    let (mut summary, mut report) = result?;
     summary.ms = super::elapsed_ms(start);
+    report.cache_owner = owner;
     Ok((summary, report))
 }
 

@@ -13,7 +13,8 @@ pub use spec::{
     SourceSpec, StorageSpec, WarmSpec,
 };
 pub use status::{
-    CacheGrowth, Freshness, GenerationInfo, LastSnapshot, Phase, SiteCacheStatus, SnapshotResult,
+    CacheGrowth, CacheOwner, Freshness, GenerationInfo, LastSnapshot, Phase, SiteCacheStatus,
+    SnapshotResult,
 };
 
 /// API group of the SiteCache resource.

@@ -139,6 +139,19 @@ pub struct GenerationInfo {
     /// built from an empty cache (a rebuild).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_generation: Option<u64>,
+    /// The user and group that owned every file the snapshot packed: the warm step's, when it
+    /// wrote the whole cache as one non-root user. The next snapshot restores as that user when
+    /// `spec.warm.securityContext` names none, so that the warm step can write into the
+    /// restored cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_owner: Option<CacheOwner>,
+}
+
+/// A user and group (numeric).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheOwner {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// The cache's growth since its last rebuild (see `spec.snapshot.rebuild`).

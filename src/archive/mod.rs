@@ -24,7 +24,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 pub use frames::{DecodeOptions, FRAME_INPUT, FrameEncoder, Piece, decompress};
-pub use pack::{PackError, PackStats, Tree, pack, scan};
+pub use pack::{Owner, PackError, PackStats, Tree, pack, scan};
 pub use unpack::{UnpackError, UnpackLimits, UnpackStats, Unpacker};
 
 /// Version of the archive and manifest formats this build writes and reads.
@@ -87,6 +87,10 @@ pub struct Report {
     pub uncompressed_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legacy_archive_key: Option<String>,
+    /// Who owned every file of the cache the snapshot packed (not in the manifest: it describes
+    /// the warming pod, not the archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_owner: Option<Owner>,
 }
 
 impl Report {
@@ -101,6 +105,7 @@ impl Report {
             entries: m.entries,
             uncompressed_bytes: m.uncompressed_bytes,
             legacy_archive_key: m.legacy_archive_key.clone(),
+            cache_owner: None,
         }
     }
 

@@ -10,6 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, Mode, OFlags};
+use serde::{Deserialize, Serialize};
 
 use super::policy;
 use super::unpack::UnpackLimits;
@@ -87,12 +88,50 @@ pub struct Tree {
     pub skipped: Vec<PathBuf>,
     /// What a restore of the tree counts against its limits.
     pub budget: Budget,
+    /// Who owns the entries.
+    owners: Owners,
+}
+
+/// The user and group that own every entry of a tree: the user the warm step ran as, when it
+/// wrote the whole cache. The controller runs the next restore as that user, so that the warm
+/// step can write into what is restored (see `controller::podspec`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Who owns a tree's entries, as the scan goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Owners {
+    #[default]
+    Nobody,
+    One(Owner),
+    Several,
+}
+
+impl Owners {
+    fn add(self, owner: Owner) -> Owners {
+        match self {
+            Owners::Nobody => Owners::One(owner),
+            Owners::One(o) if o == owner => self,
+            _ => Owners::Several,
+        }
+    }
 }
 
 impl Tree {
     /// Entries of every kind.
     pub fn entries(&self) -> u64 {
         self.entries.len() as u64
+    }
+
+    /// The owner of every entry, if they have one owner.
+    pub fn owner(&self) -> Option<Owner> {
+        match self.owners {
+            Owners::One(o) => Some(o),
+            Owners::Nobody | Owners::Several => None,
+        }
     }
 }
 
@@ -134,6 +173,7 @@ pub fn scan(root: &Path, limits: &UnpackLimits) -> Result<Tree, PackError> {
         uncompressed_bytes: 0,
         skipped: Vec::new(),
         budget: Budget::default(),
+        owners: Owners::Nobody,
     };
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
     let walker = walkdir::WalkDir::new(root)
@@ -213,6 +253,10 @@ pub fn scan(root: &Path, limits: &UnpackLimits) -> Result<Tree, PackError> {
                 path: path.to_owned(),
                 limit,
             })?;
+        tree.owners = tree.owners.add(Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        });
         tree.entries.push(Entry {
             rel: rel.to_owned(),
             kind,
@@ -415,6 +459,51 @@ impl Read for ExactReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_owner_is_the_one_user_and_group_of_every_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("npm/registry")).unwrap();
+        std::fs::write(root.join("npm/registry/a.js"), "a").unwrap();
+        std::os::unix::fs::symlink("registry/a.js", root.join("npm/link")).unwrap();
+        let limits = UnpackLimits::DEFAULT;
+        // Who this test is: the owner of what it just made.
+        let made = std::fs::metadata(root.join("npm/registry/a.js")).unwrap();
+        let me = Owner {
+            uid: made.uid(),
+            gid: made.gid(),
+        };
+        assert_eq!(scan(root, &limits).unwrap().owner(), Some(me));
+        assert_eq!(
+            scan(&root.join("npm/registry"), &limits).unwrap().owner(),
+            Some(me)
+        );
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(scan(empty.path(), &limits).unwrap().owner(), None);
+        if me.uid != 0 {
+            return; // changing owners takes root
+        }
+        // The warm step's user wrote it all (the root directory itself is the volume's).
+        let all = |uid, gid| {
+            for e in walkdir::WalkDir::new(root).min_depth(1) {
+                std::os::unix::fs::lchown(e.unwrap().path(), Some(uid), Some(gid)).unwrap();
+            }
+        };
+        all(1000, 1001);
+        std::os::unix::fs::chown(root, Some(0), Some(0)).unwrap();
+        let warm = Owner {
+            uid: 1000,
+            gid: 1001,
+        };
+        assert_eq!(scan(root, &limits).unwrap().owner(), Some(warm));
+        // One entry of another user (a link included) or group: no one owner.
+        std::os::unix::fs::lchown(root.join("npm/link"), Some(0), None).unwrap();
+        assert_eq!(scan(root, &limits).unwrap().owner(), None);
+        all(1000, 1001);
+        std::os::unix::fs::lchown(root.join("npm/registry/a.js"), None, Some(0)).unwrap();
+        assert_eq!(scan(root, &limits).unwrap().owner(), None);
+    }
 
     #[test]
     fn scan_leaves_out_reserved_top_level_names() {

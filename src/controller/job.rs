@@ -20,7 +20,7 @@ use super::config::{Settings, Target};
 use super::podspec::{self, RunAs};
 use super::rebuild::RebuildReason;
 use super::report::{REPORT_PATH, SNAPSHOT_CONTAINER, WARM_CONTAINER};
-use crate::api::SiteCache;
+use crate::api::{GenerationInfo, SiteCache};
 
 /// `app.kubernetes.io/managed-by` of every snapshot Job: what the controller and tools select.
 pub const MANAGED_BY: &str = "sitecache";
@@ -86,6 +86,24 @@ pub struct JobInputs<'a> {
     pub timeout: Duration,
     /// The warm container's declared non-root user, which the agent containers run as.
     pub run_as: Option<RunAs>,
+    /// Without a declared user: the non-root user that owned the files of the generation
+    /// restored, which the agent containers run as (see [`observed_user`]).
+    pub observed_user: Option<RunAs>,
+}
+
+/// The user of the agent image (the Dockerfile's `USER`).
+pub const AGENT_USER: u32 = 65532;
+
+/// The user the agents run as when the spec declares none: the non-root user that owned every
+/// file of `current` (an image whose own user is non-root wrote them), so that the restored tree
+/// is that user's and the warm step can write into it. Root and the agents' own user need
+/// nothing: root writes anywhere, and the agents are that user already.
+pub fn observed_user(current: Option<&GenerationInfo>) -> Option<RunAs> {
+    let owner = current?.cache_owner?;
+    (owner.uid != 0 && owner.uid != AGENT_USER).then_some(RunAs {
+        uid: owner.uid.into(),
+        gid: Some(owner.gid.into()),
+    })
 }
 
 /// The snapshot Job for generation `inputs.generation` of `sc`.
@@ -231,6 +249,7 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
     podspec::apply(
         sc,
         inputs.run_as,
+        inputs.observed_user,
         &mut pod,
         &mut pod_labels,
         &mut pod_annotations,
@@ -530,6 +549,7 @@ pub(crate) mod tests {
                 request: Some("tok"),
                 timeout: Duration::from_secs(900),
                 run_as: None,
+                observed_user: None,
             },
         );
         assert_eq!(job.metadata.name.as_deref(), Some("shop-cache-g5"));
@@ -631,6 +651,7 @@ pub(crate) mod tests {
                 request: None,
                 timeout: Duration::from_secs(900),
                 run_as: None,
+                observed_user: None,
             },
         );
         let pod = job.spec.unwrap().template.spec.unwrap();
@@ -679,6 +700,7 @@ pub(crate) mod tests {
                 request: None,
                 timeout: Duration::from_secs(900),
                 run_as: None,
+                observed_user: None,
             },
         );
         let pod = job.spec.clone().unwrap().template.spec.unwrap();

@@ -6,7 +6,9 @@
 //! that if the tree is its own, so when the spec declares the warm user, `restore-previous` and
 //! `snapshot` run as that user too (the agent binary does not care which user it is). A warm
 //! container left to its image's user (commonly root) keeps today's behaviour: the agents run as
-//! the image's 65532 and root writes anywhere.
+//! the image's 65532 and root writes anywhere, unless the last generation's files were all owned
+//! by one non-root user (an image whose own user is non-root wrote them): the agents then run as
+//! that user (`job::observed_user`).
 
 use std::collections::BTreeMap;
 
@@ -146,10 +148,14 @@ fn name_chars(s: &str) -> bool {
 }
 
 /// Applies the settings to the snapshot pod: `warm` is its warm container, `agents` the
-/// `restore-previous` and `snapshot` containers.
+/// `restore-previous` and `snapshot` containers. The agents run as the declared warm user
+/// (`run_as`), else as `observed` (the owner of the restored generation's files, see
+/// `job::observed_user`), else as their image's user; the warm container's settings are the
+/// spec's alone unless it declared its user.
 pub fn apply(
     sc: &SiteCache,
     run_as: Option<RunAs>,
+    observed: Option<RunAs>,
     pod: &mut PodSpec,
     labels: &mut BTreeMap<String, String>,
     annotations: &mut BTreeMap<String, String>,
@@ -177,7 +183,7 @@ pub fn apply(
     for container in containers {
         if container.name == "warm" {
             warm_security(container, sc, run_as);
-        } else if let Some(user) = run_as {
+        } else if let Some(user) = run_as.or(observed) {
             let ctx = container
                 .security_context
                 .get_or_insert_with(Default::default);

@@ -136,6 +136,7 @@ mod tests {
             created_at: Time("2026-01-01T00:00:00Z".parse().unwrap()),
             source_revision: Some(rev.into()),
             base_generation: base,
+            cache_owner: None,
         }
     }
 

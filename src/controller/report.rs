@@ -93,12 +93,11 @@ pub fn reported(pods: &[Pod], job_uid: &str) -> Reported {
 const WARM_LOG_QUOTE: usize = 400;
 
 /// "the warm container exited with code N: <the end of its log, on one line>". The log is the
-/// site's code's output: control characters (a terminal's escape sequences) become spaces, so
-/// that `kubectl describe` prints the quote as text.
+/// site's code's output: terminal escape sequences (Deno colours its errors) are left out and
+/// other control characters become spaces, so that `kubectl describe` prints the quote as text.
 fn warm_failure(done: &ContainerStateTerminated) -> String {
     let log = done.message.as_deref().unwrap_or_default();
-    let printable: String = log
-        .chars()
+    let printable: String = without_escapes(log)
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     let line = printable.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -115,6 +114,39 @@ fn warm_failure(done: &ContainerStateTerminated) -> String {
         "the warm container exited with code {}{quote}",
         done.exit_code
     )
+}
+
+/// `text` without its escape sequences: CSI (`ESC [` parameters, intermediates, a final byte:
+/// colours, cursor moves), OSC and the other string sequences (`ESC ]` … `BEL` or `ESC \`), and
+/// two-character ones. An unfinished sequence at the end is dropped.
+fn without_escapes(text: &str) -> impl Iterator<Item = char> + '_ {
+    let mut chars = text.chars().peekable();
+    std::iter::from_fn(move || {
+        loop {
+            let c = chars.next()?;
+            if c != '\u{1b}' {
+                return Some(c);
+            }
+            match chars.next() {
+                Some('[') => {
+                    // Parameters and intermediates, up to the final byte.
+                    for c in chars.by_ref() {
+                        if ('\u{40}'..='\u{7e}').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                Some(']' | 'P' | 'X' | '^' | '_') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' || (c == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
 }
 
 /// How the pod's snapshot container ended, if it did.
@@ -163,6 +195,7 @@ mod tests {
             entries: 3,
             uncompressed_bytes: 20,
             legacy_archive_key: None,
+            cache_owner: None,
         }
     }
 
@@ -287,9 +320,21 @@ mod tests {
         ) else {
             panic!("not a warm failure");
         };
+        assert_eq!(said, "the warm container exited with code 1: gone");
+        // Deno's coloured error, as kubelet keeps it: the text, without the colours.
+        let deno = "\u{1b}[0m\u{1b}[1m\u{1b}[31merror\u{1b}[0m: Uncaught PermissionDenied: \
+                    writefile '/deno-dir/a'\n    \u{1b}[0m\u{1b}[2m\u{1b}[38;5;245mat \
+                    \u{1b}[0m\u{1b}[36m$deno$eval.mts\u{1b}[0m:\u{1b}[33m2\u{1b}[0m\u{1b}P+q\u{1b}\\ \
+                    \u{1b}=end\u{1b}[3";
+        let Reported::WarmFailed(said) =
+            reported(&[warm_failed("u", 1, deno, "2026-01-01T00:00:00Z")], "u")
+        else {
+            panic!("not a warm failure");
+        };
         assert_eq!(
             said,
-            "the warm container exited with code 1: ]0;owned [2Jgone"
+            "the warm container exited with code 1: error: Uncaught PermissionDenied: \
+             writefile '/deno-dir/a' at $deno$eval.mts:2 end"
         );
         // A warm step that succeeded, or a snapshot that said something, is not quoted.
         assert_eq!(

@@ -357,6 +357,7 @@ mod tests {
             created_at: Time(ts(created)),
             source_revision: revision.map(str::to_owned),
             base_generation: None,
+            cache_owner: None,
         });
         sc
     }

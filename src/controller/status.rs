@@ -89,6 +89,7 @@ pub fn generation_info(m: &Manifest) -> GenerationInfo {
         created_at: Time(truncate(m.created_at)),
         source_revision: m.source_revision.clone(),
         base_generation: None,
+        cache_owner: None,
     }
 }
 
@@ -367,6 +368,7 @@ mod tests {
             created_at: Time(ts("2026-01-01T00:00:00Z")),
             source_revision: None,
             base_generation: None,
+            cache_owner: None,
         }
     }
 

@@ -26,7 +26,33 @@ fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
 }
 
 fn pod_of(sc: &SiteCache) -> (PodSpec, BTreeMap<String, String>, BTreeMap<String, String>) {
+    pod_observing(sc, None)
+}
+
+/// The pod of `sc` when the current generation's files were owned by `owner`.
+fn pod_observing(
+    sc: &SiteCache,
+    owner: Option<(u32, u32)>,
+) -> (PodSpec, BTreeMap<String, String>, BTreeMap<String, String>) {
     let run_as = check(sc).unwrap();
+    let current = owner.map(|(uid, gid)| crate::api::GenerationInfo {
+        generation: 1,
+        key: "k".into(),
+        size_bytes: 1,
+        uncompressed_bytes: 1,
+        files: 1,
+        sha256: "00".into(),
+        created_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-01-01T00:00:00Z".parse().unwrap(),
+        ),
+        source_revision: None,
+        base_generation: None,
+        cache_owner: Some(crate::api::CacheOwner { uid, gid }),
+    });
+    let observed_user = match run_as {
+        Some(_) => None,
+        None => crate::controller::job::observed_user(current.as_ref()),
+    };
     let settings = crate::controller::job::tests::settings();
     let target = crate::controller::job::tests::target();
     let job = snapshot_job(
@@ -39,6 +65,7 @@ fn pod_of(sc: &SiteCache) -> (PodSpec, BTreeMap<String, String>, BTreeMap<String
             request: None,
             timeout: std::time::Duration::from_secs(60),
             run_as,
+            observed_user,
         },
     );
     let template = job.spec.unwrap().template;
@@ -157,6 +184,40 @@ fn a_root_or_undeclared_warm_user_changes_nothing_for_the_agents() {
         let warm = container(&pod, "warm").security_context.as_ref();
         assert!(warm.is_none_or(|w| w.capabilities.is_none()), "{extra}");
     }
+}
+
+#[test]
+fn an_undeclared_warm_user_that_owned_the_cache_is_who_the_agents_run_as() {
+    let undeclared = site(json!({}));
+    let (pod, _, _) = pod_observing(&undeclared, Some((1000, 1001)));
+    for agent in ["restore-previous", "snapshot"] {
+        let ctx = container(&pod, agent).security_context.as_ref().unwrap();
+        assert_eq!(
+            (ctx.run_as_user, ctx.run_as_group, ctx.run_as_non_root),
+            (Some(1000), Some(1001), Some(true)),
+            "{agent}"
+        );
+    }
+    // The warm container stays as the spec has it: the image's user, its capabilities.
+    assert!(container(&pod, "warm").security_context.is_none());
+
+    // Root, or the agents' own user, owned it: nothing changes.
+    for owner in [(0, 0), (65532, 65532)] {
+        let (pod, _, _) = pod_observing(&undeclared, Some(owner));
+        let ctx = container(&pod, "snapshot")
+            .security_context
+            .as_ref()
+            .unwrap();
+        assert_eq!(ctx.run_as_user, None, "{owner:?}");
+    }
+    // A declared user wins over what was observed.
+    let declared = site(json!({"warm": {"securityContext": {"runAsUser": 2000}}}));
+    let (pod, _, _) = pod_observing(&declared, Some((1000, 1000)));
+    let ctx = container(&pod, "restore-previous")
+        .security_context
+        .as_ref()
+        .unwrap();
+    assert_eq!(ctx.run_as_user, Some(2000));
 }
 
 #[test]

@@ -17,7 +17,7 @@ use super::{Announcement, Outcome, Run};
 use crate::api::{Freshness, LastSnapshot, SnapshotResult};
 use crate::controller::context::MANAGER;
 use crate::controller::error::Error;
-use crate::controller::job::{JobInputs, JobState, JobView, job_name, snapshot_job};
+use crate::controller::job::{JobInputs, JobState, JobView, job_name, observed_user, snapshot_job};
 use crate::controller::queue::Place;
 use crate::controller::rebuild::{RebuildReason, rebuild_reason};
 use crate::controller::report::JOB_UID_LABEL;
@@ -202,6 +202,10 @@ impl Run<'_> {
                 None => Err(RebuildReason::FirstGeneration),
             },
         };
+        let observed_user = match spec.run_as {
+            Some(_) => None,
+            None => observed_user(self.status.current.as_ref()),
+        };
         let job = snapshot_job(
             &self.sc,
             &JobInputs {
@@ -212,6 +216,7 @@ impl Run<'_> {
                 request: request.as_deref(),
                 timeout: spec.timeout,
                 run_as: spec.run_as,
+                observed_user,
             },
         );
         let created = async {
@@ -271,6 +276,14 @@ impl Run<'_> {
                 format!("from an empty cache ({reason})")
             }
             Ok(base) => format!("on top of generation {base}"),
+        };
+        let how = match observed_user {
+            Some(u) => format!(
+                "{how}; restoring and packing as uid {}, the owner of generation {}'s files",
+                u.uid,
+                self.status.current.as_ref().map_or(0, |c| c.generation)
+            ),
+            None => how,
         };
         let note = format!("Job {name} started for generation {n}: {why}; warming {how}");
         tracing::info!(generation = n, trigger = trigger.reason(), "{note}");

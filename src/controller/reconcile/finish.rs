@@ -10,8 +10,8 @@ use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
 
 use super::{Announcement, Run};
-use crate::api::{LastSnapshot, SiteCacheStatus, SnapshotResult};
-use crate::archive::Manifest;
+use crate::api::{CacheOwner, LastSnapshot, SiteCacheStatus, SnapshotResult};
+use crate::archive::{Manifest, Owner};
 use crate::controller::error::Error;
 use crate::controller::job::{Base, JobState, JobView};
 use crate::controller::objects::{Prefix, Rejection};
@@ -144,11 +144,10 @@ impl Run<'_> {
             }
             _ => {
                 let checked = match self.reported(job).await? {
-                    Reported::Committed(report) => {
-                        prefix
-                            .verify(job.generation, &report, self.sc.spec.snapshot.min_files)
-                            .await?
-                    }
+                    Reported::Committed(report) => prefix
+                        .verify(job.generation, &report, self.sc.spec.snapshot.min_files)
+                        .await?
+                        .map(|manifest| (manifest, report.cache_owner)),
                     Reported::Conflicting => Err(Rejection::ConflictingReports {
                         job: job.name.clone(),
                     }),
@@ -159,8 +158,8 @@ impl Run<'_> {
                     }
                 };
                 match checked {
-                    Ok(manifest) => {
-                        self.promote(job, &manifest, prefix, spec).await?;
+                    Ok((manifest, owner)) => {
+                        self.promote(job, &manifest, owner, prefix, spec).await?;
                         None
                     }
                     Err(rejection) => {
@@ -244,11 +243,16 @@ impl Run<'_> {
         &mut self,
         job: &JobView,
         manifest: &Manifest,
+        owner: Option<Owner>,
         prefix: &Prefix<'_>,
         spec: &Validated,
     ) -> Result<(), Error> {
         let n = manifest.generation;
         let mut info = generation_info(manifest);
+        info.cache_owner = owner.map(|o| CacheOwner {
+            uid: o.uid,
+            gid: o.gid,
+        });
         info.base_generation = match job.base {
             Base::Generation(b) => Some(b),
             Base::Empty | Base::Unknown => None,
