@@ -32,6 +32,12 @@ pub struct ControlPlaneOptions {
     /// ([`crate::node::Node`]), whose controller-manager creates the service accounts and whose
     /// kubelet mounts the tokens. Off by default: nothing else here creates service accounts.
     pub service_account_admission: bool,
+    /// Where the API server reaches nodes' kubelets (`kubectl logs`, `exec`): the
+    /// Unix socket of an HTTP `CONNECT` proxy, its egress selector's `cluster` connection (over
+    /// TCP the API server insists on TLS to the proxy); it authenticates to kubelets with the
+    /// admin's client certificate. For a control plane with a real node, whose kubelet lives in
+    /// a network namespace the host cannot route to.
+    pub cluster_egress: Option<PathBuf>,
 }
 
 /// A running etcd + kube-apiserver pair. Dropping it stops both.
@@ -110,6 +116,29 @@ impl ControlPlane {
             .iter()
             .map(|a| a.to_string())
             .collect();
+            if let Some(proxy) = &options.cluster_egress {
+                let egress = write(
+                    "egress-selector.yaml",
+                    &format!(
+                        "apiVersion: apiserver.k8s.io/v1beta1\n\
+                         kind: EgressSelectorConfiguration\n\
+                         egressSelections:\n\
+                         - name: cluster\n  \
+                           connection:\n    \
+                             proxyProtocol: HTTPConnect\n    \
+                             transport:\n      \
+                               uds:\n        \
+                                 udsName: {}\n",
+                        proxy.display()
+                    ),
+                )?;
+                args.extend([
+                    format!("--egress-selector-config-file={}", egress.display()),
+                    format!("--kubelet-client-certificate={}", admin_cert.display()),
+                    format!("--kubelet-client-key={}", admin_key.display()),
+                    "--kubelet-preferred-address-types=InternalIP".to_owned(),
+                ]);
+            }
             if !options.service_account_admission {
                 // Nothing here issues service account tokens into pods; the plugin would refuse
                 // pods whose service account has no token controller behind it.

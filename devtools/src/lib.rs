@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 pub mod assets;
+pub mod connect_proxy;
 pub mod control_plane;
 pub mod dev;
 pub mod fault_proxy;
@@ -20,7 +21,6 @@ pub mod job_runner;
 pub mod node;
 mod pki;
 pub mod process;
-pub mod registry_proxy;
 pub mod s3;
 
 pub use control_plane::ControlPlane;

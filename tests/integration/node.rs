@@ -140,6 +140,63 @@ async fn pods_and_jobs_run_on_the_real_node() {
         log.contains(&format!("sitecache {}", env!("CARGO_PKG_VERSION"))),
         "sitecache --version printed: {log}"
     );
+    // The same through the API server, which reaches kubelet inside the namespace through the
+    // node's CONNECT proxy (its egress selector): `kubectl logs`, then `kubectl exec`.
+    let kubectl = |args: &[&str]| {
+        let kubeconfig = format!("--kubeconfig={}", node.kubeconfig().display());
+        let mut all = vec![kubeconfig.as_str(), "-n", ns.as_str()];
+        all.extend_from_slice(args);
+        let program = sitecache_devtools::assets::Asset::Kubectl.path().unwrap();
+        let out = support::run_with_input(&program, &all, None);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}\n{}",
+            text(&out.stderr),
+            node.log_tails()
+        );
+        text(&out.stdout)
+    };
+    let logs = kubectl(&["logs", "agent-version"]);
+    assert_eq!(
+        logs.trim(),
+        format!("sitecache {}", env!("CARGO_PKG_VERSION"))
+    );
+    let sleeper: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "sleeper" },
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "deno",
+                "image": images.deno,
+                "imagePullPolicy": "Never",
+                "args": ["eval", "await new Promise((r) => setTimeout(r, 600_000))"],
+                "env": [{ "name": "DENO_DIR", "value": "/work/deno-dir" }],
+                "volumeMounts": [{ "name": "work", "mountPath": "/work" }],
+                "securityContext": restricted(),
+            }],
+            "volumes": [{ "name": "work", "emptyDir": {} }],
+        },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &sleeper).await.unwrap();
+    kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/sleeper",
+        "--timeout=60s",
+    ]);
+    let said = kubectl(&[
+        "exec",
+        "sleeper",
+        "--",
+        "deno",
+        "eval",
+        "console.log(Deno.uid())",
+    ]);
+    assert_eq!(said.trim(), "1000");
+    kubectl(&["delete", "pod", "sleeper", "--wait=false"]);
 
     // A Job (run by the real Job controller) whose pod is the Deno image as uid 1000: it checks
     // its uid, that the API server answers at the `kubernetes` Service's address (TLS, its

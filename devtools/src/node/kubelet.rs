@@ -12,6 +12,8 @@ use crate::process::ManagedProcess;
 
 /// The node's name.
 pub const NODE_NAME: &str = "sitecache-node";
+/// Kubelet's port, on the node's address.
+pub const PORT: u16 = 10250;
 
 /// Writes kubelet's configuration under `dir` and starts it with its root directory at `root`.
 /// `kubeconfig` reaches the API server from inside the namespace; `ca` is the cluster's CA
@@ -48,7 +50,7 @@ containerRuntimeEndpoint: "{runtime_endpoint}"
 podLogsDir: "{pod_logs}"
 resolvConf: "{resolv}"
 address: "{NODE_IP}"
-port: 10250
+port: {PORT}
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248

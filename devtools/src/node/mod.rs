@@ -7,7 +7,9 @@
 //! - [`netns`]: the node tier (containerd, kubelet, every pod) lives in a network namespace of
 //!   its own with no link out; pods reach the API server at the `kubernetes` Service's address
 //!   ([`netns::API_SERVICE_IP`]`:443`) and other host services at the node's address
-//!   ([`Node::forward`]), through forwarders of this process.
+//!   ([`Node::forward`]), through forwarders of this process; the API server reaches kubelet
+//!   (logs, exec) the other way, through a `CONNECT` proxy that dials from inside
+//!   ([`netns::Forwarder::proxy_into`]).
 //! - [`cgroups`]: the node's cgroup (kubelet's `cgroupRoot`, containerd and its shims in it).
 //! - [`janitor`]: kills and unmounts whatever the node left, when the node is dropped or this
 //!   process ends however it ends. Besides the node's directory, each node has a short one
@@ -68,6 +70,8 @@ pub struct Node {
     scheduler: ManagedProcess,
     controller_manager: ManagedProcess,
     containerd: containerd::Containerd,
+    // Held for the API server (kubectl logs, exec); stops when dropped.
+    _kubelet_proxy: crate::connect_proxy::ConnectProxy,
     forwarder: netns::Forwarder,
     janitor: janitor::Janitor,
     netns: netns::NetNs,
@@ -94,17 +98,28 @@ impl Node {
         // First, so that whatever is made next is torn down however this ends.
         let janitor = janitor::Janitor::start(&name, &dir, &name)?;
 
+        let cgroup = cgroups::NodeCgroup::create(&name)?;
+        let netns = netns::NetNs::create(&name)?;
+        let forwarder = netns::Forwarder::start(&netns)?;
+        // The API server reaches kubelet (logs, exec) through this, from the host.
+        let short = janitor::short_dir(&name);
+        std::fs::create_dir_all(&short).with_context(|| format!("create {}", short.display()))?;
+        let kubelet_proxy_socket = short.join("kubelet-proxy.sock");
+        let kubelet_proxy = forwarder
+            .proxy_into(
+                &kubelet_proxy_socket,
+                &[SocketAddrV4::new(NODE_IP, kubelet::PORT)],
+            )
+            .await?;
         let control_plane = ControlPlane::start_with(
             &dir.join("control-plane"),
             &ControlPlaneOptions {
                 service_account_admission: true,
+                cluster_egress: Some(kubelet_proxy_socket),
             },
         )
         .await
         .context("the control plane did not start")?;
-        let cgroup = cgroups::NodeCgroup::create(&name)?;
-        let netns = netns::NetNs::create(&name)?;
-        let forwarder = netns::Forwarder::start(&netns)?;
         let apiserver: SocketAddr = control_plane
             .server()
             .trim_start_matches("https://")
@@ -121,7 +136,6 @@ impl Node {
         };
         let containerd_dir = dir.join("containerd");
         std::fs::create_dir_all(&containerd_dir)?;
-        let short = janitor::short_dir(&name);
         let containerd =
             containerd::Containerd::start(&containerd_dir, &short, &netns, &cgroup, &images.pause)
                 .await?;
@@ -156,6 +170,7 @@ impl Node {
             scheduler,
             controller_manager,
             containerd,
+            _kubelet_proxy: kubelet_proxy,
             forwarder,
             janitor,
             netns,

@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 
+use crate::connect_proxy::{ConnectProxy, Dial, Listen};
+
 /// The address of the `kubernetes` Service (the first of the control plane's
 /// `--service-cluster-ip-range`): pods find the API server there.
 pub const API_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -184,6 +186,37 @@ impl Forwarder {
         Ok(())
     }
 
+    /// A `CONNECT` proxy on the host's Unix socket `socket` that tunnels to `allowed` addresses
+    /// *inside* the namespace, connecting from a thread that has entered it (the API server's way
+    /// to its kubelet: see [`crate::control_plane::ControlPlaneOptions::cluster_egress`]).
+    /// Served by the forwarder's runtime, so it outlives whichever runtime asked for it.
+    pub async fn proxy_into(
+        &self,
+        socket: &Path,
+        allowed: &[SocketAddrV4],
+    ) -> Result<ConnectProxy> {
+        let listen = Listen::Unix(socket.to_owned());
+        let netns = self.netns.clone();
+        let allowed: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+        let dial: Dial = Arc::new(move |target: String| {
+            let netns = netns.clone();
+            Box::pin(async move {
+                let addr: SocketAddrV4 = target
+                    .parse()
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let stream = tokio::task::spawn_blocking(move || connect_in_netns(&netns, addr))
+                    .await
+                    .map_err(std::io::Error::other)??;
+                stream.set_nonblocking(true)?;
+                tokio::net::TcpStream::from_std(stream)
+            })
+        });
+        self.handle
+            .spawn(async move { ConnectProxy::start_with(listen, &allowed, dial).await })
+            .await
+            .context("the forwarder's runtime")?
+    }
+
     /// Recent forwarding errors, for failure messages.
     pub fn errors(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -207,6 +240,24 @@ impl Drop for Forwarder {
             let _ = t.join();
         }
     }
+}
+
+/// A connection to `addr` made from inside the namespace at `netns`, by a short-lived thread that
+/// has entered it (the socket stays in that namespace).
+fn connect_in_netns(netns: &Path, addr: SocketAddrV4) -> std::io::Result<std::net::TcpStream> {
+    let netns = netns.to_owned();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let f = std::fs::File::open(&netns)?;
+            rustix::thread::move_into_link_name_space(
+                f.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )?;
+            std::net::TcpStream::connect_timeout(&addr.into(), std::time::Duration::from_secs(5))
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("the thread connecting into the namespace panicked"))?
+    })
 }
 
 /// A listening socket that belongs to the namespace at `netns`: made by a short-lived thread

@@ -10,7 +10,7 @@ async fn a_deno_site_in_a_restricted_namespace() {
     s.enforce_restricted().await;
     let images = s.node().images().clone();
     // The warm step reaches the npm registry through the proxy; nothing else leaves the node.
-    let proxy = RegistryProxy::start(&PACKAGE_REGISTRIES).await.unwrap();
+    let proxy = ConnectProxy::start(&PACKAGE_REGISTRIES).await.unwrap();
     let proxy_in_node = s.node().forward(proxy.addr()).unwrap();
     let site = "storefront";
     s.storage_secret("snapshot-storage", snapshot_policy(&s.bucket, site))

@@ -10,8 +10,8 @@
 //! bucket of its own, and MinIO users whose policies are the ones docs/iam.md gives; the
 //! scenarios run concurrently. A part that does not work fails the scenario with the node's
 //! logs, the controller's and every pod's log of the scenario's namespace (read from kubelet's
-//! log directory: `kubectl logs` goes through the node's address, which the API server cannot
-//! reach).
+//! log directory, which holds the logs of pods already deleted too; `kubectl logs` works as well,
+//! through the node's proxy: `tests/integration/node.rs`).
 //!
 //! - [`chart`]: Helm's install, real ServiceAccount tokens
 //!   and RBAC, kubelet's probes, one Lease holder;
@@ -49,9 +49,9 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use sitecache::api::{SiteCache, SnapshotResult};
 use sitecache_devtools::assets::Asset;
+use sitecache_devtools::connect_proxy::{ConnectProxy, PACKAGE_REGISTRIES};
 use sitecache_devtools::node::{NODE_NAME, Node, NodeConfig};
 use sitecache_devtools::process::tail;
-use sitecache_devtools::registry_proxy::{PACKAGE_REGISTRIES, RegistryProxy};
 use tokio::sync::OnceCell;
 
 use crate::controller::harness::{cond, condition, current};
