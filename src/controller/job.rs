@@ -94,11 +94,14 @@ pub struct JobInputs<'a> {
 /// The user of the agent image (the Dockerfile's `USER`).
 pub const AGENT_USER: u32 = 65532;
 
-/// The user the agents run as when the spec declares none: the non-root user that owned every
-/// file of `current` (an image whose own user is non-root wrote them), so that the restored tree
-/// is that user's and the warm step can write into it. Root and the agents' own user need
-/// nothing: root writes anywhere, and the agents are that user already.
-pub fn observed_user(current: Option<&GenerationInfo>) -> Option<RunAs> {
+/// The user the agents run as when the spec declares none (`declared`): the non-root user that
+/// owned every file of `current` (an image whose own user is non-root wrote them), so that the
+/// restored tree is that user's and the warm step can write into it. Root and the agents' own
+/// user need nothing: root writes anywhere, and the agents are that user already.
+pub fn observed_user(declared: Option<RunAs>, current: Option<&GenerationInfo>) -> Option<RunAs> {
+    if declared.is_some() {
+        return None;
+    }
     let owner = current?.cache_owner?;
     (owner.uid != 0 && owner.uid != AGENT_USER).then_some(RunAs {
         uid: owner.uid.into(),

@@ -150,8 +150,8 @@ fn name_chars(s: &str) -> bool {
 /// Applies the settings to the snapshot pod: `warm` is its warm container, `agents` the
 /// `restore-previous` and `snapshot` containers. The agents run as the declared warm user
 /// (`run_as`), else as `observed` (the owner of the restored generation's files, see
-/// `job::observed_user`), else as their image's user; the warm container's settings are the
-/// spec's alone unless it declared its user.
+/// `job::observed_user`, which gives none when a user is declared), else as their image's user;
+/// the warm container's settings are the spec's alone unless it declared its user.
 pub fn apply(
     sc: &SiteCache,
     run_as: Option<RunAs>,

@@ -59,24 +59,26 @@ fn retry_backoff(failed: i32) -> Duration {
     (Duration::from_secs(10) * 2u32.pow(doublings)).min(Duration::from_secs(360))
 }
 
+/// The reasons of the stalls, in the order of [`Stall`]'s variants.
+const REASONS: [&str; 3] = [
+    "SnapshotPodNotCreated",
+    "SnapshotPodUnschedulable",
+    "SnapshotContainerNotStarting",
+];
+
 impl Stall {
     /// The reason of the Warning Event and of the `Degraded` and `Progressing` conditions.
     pub fn reason(&self) -> &'static str {
-        match self {
-            Stall::NoPod { .. } => "SnapshotPodNotCreated",
-            Stall::Unschedulable { .. } => "SnapshotPodUnschedulable",
-            Stall::ContainerWaiting { .. } => "SnapshotContainerNotStarting",
-        }
+        REASONS[match self {
+            Stall::NoPod { .. } => 0,
+            Stall::Unschedulable { .. } => 1,
+            Stall::ContainerWaiting { .. } => 2,
+        }]
     }
 
     /// Whether `reason` is one of a stall's.
     pub fn is_stall_reason(reason: &str) -> bool {
-        [
-            "SnapshotPodNotCreated",
-            "SnapshotPodUnschedulable",
-            "SnapshotContainerNotStarting",
-        ]
-        .contains(&reason)
+        REASONS.contains(&reason)
     }
 
     pub fn message(&self) -> String {

@@ -49,10 +49,7 @@ fn pod_observing(
         base_generation: None,
         cache_owner: Some(crate::api::CacheOwner { uid, gid }),
     });
-    let observed_user = match run_as {
-        Some(_) => None,
-        None => crate::controller::job::observed_user(current.as_ref()),
-    };
+    let observed_user = crate::controller::job::observed_user(run_as, current.as_ref());
     let settings = crate::controller::job::tests::settings();
     let target = crate::controller::job::tests::target();
     let job = snapshot_job(

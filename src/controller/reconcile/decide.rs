@@ -202,10 +202,7 @@ impl Run<'_> {
                 None => Err(RebuildReason::FirstGeneration),
             },
         };
-        let observed_user = match spec.run_as {
-            Some(_) => None,
-            None => observed_user(self.status.current.as_ref()),
-        };
+        let observed_user = observed_user(spec.run_as, self.status.current.as_ref());
         let job = snapshot_job(
             &self.sc,
             &JobInputs {
