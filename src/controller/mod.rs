@@ -24,6 +24,7 @@ mod leader;
 pub mod objects;
 pub mod podspec;
 pub mod queue;
+mod quote;
 pub mod rebuild;
 mod reconcile;
 pub mod report;

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 use kube::ResourceExt;
 use serde::Deserialize;
 
+use super::quote;
 use crate::archive::Report;
 
 /// The container of a snapshot Job whose termination message is read.
@@ -92,61 +93,17 @@ pub fn reported(pods: &[Pod], job_uid: &str) -> Reported {
 /// The longest part of a warm container's log quoted in a status message.
 const WARM_LOG_QUOTE: usize = 400;
 
-/// "the warm container exited with code N: <the end of its log, on one line>". The log is the
-/// site's code's output: terminal escape sequences (Deno colours its errors) are left out and
-/// other control characters become spaces, so that `kubectl describe` prints the quote as text.
+/// "the warm container exited with code N: <the end of its log, on one line>" ([`quote`]).
 fn warm_failure(done: &ContainerStateTerminated) -> String {
-    let log = done.message.as_deref().unwrap_or_default();
-    let printable: String = without_escapes(log)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let line = printable.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut start = line.len().saturating_sub(WARM_LOG_QUOTE);
-    while !line.is_char_boundary(start) {
-        start += 1;
-    }
-    let quote = match (start, line.is_empty()) {
-        (_, true) => String::new(),
-        (0, _) => format!(": {line}"),
-        _ => format!(": …{}", &line[start..]),
+    let line = quote::one_line(done.message.as_deref().unwrap_or_default());
+    let quote = match line.is_empty() {
+        true => String::new(),
+        false => format!(": {}", quote::tail(&line, WARM_LOG_QUOTE)),
     };
     format!(
         "the warm container exited with code {}{quote}",
         done.exit_code
     )
-}
-
-/// `text` without its escape sequences: CSI (`ESC [` parameters, intermediates, a final byte:
-/// colours, cursor moves), OSC and the other string sequences (`ESC ]` … `BEL` or `ESC \`), and
-/// two-character ones. An unfinished sequence at the end is dropped.
-fn without_escapes(text: &str) -> impl Iterator<Item = char> + '_ {
-    let mut chars = text.chars().peekable();
-    std::iter::from_fn(move || {
-        loop {
-            let c = chars.next()?;
-            if c != '\u{1b}' {
-                return Some(c);
-            }
-            match chars.next() {
-                Some('[') => {
-                    // Parameters and intermediates, up to the final byte.
-                    for c in chars.by_ref() {
-                        if ('\u{40}'..='\u{7e}').contains(&c) {
-                            break;
-                        }
-                    }
-                }
-                Some(']' | 'P' | 'X' | '^' | '_') => {
-                    while let Some(c) = chars.next() {
-                        if c == '\u{7}' || (c == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
-                            break;
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    })
 }
 
 /// How the pod's snapshot container ended, if it did.

@@ -13,6 +13,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
 use super::job::JobView;
+use super::quote;
 
 /// Why a running snapshot Job makes no progress.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,7 +82,10 @@ impl Stall {
         REASONS.contains(&reason)
     }
 
+    /// The message of the conditions and the Event; what kubelet, the scheduler or the Job
+    /// controller said is quoted on one line ([`quote`]).
     pub fn message(&self) -> String {
+        let q = quote::one_line;
         match self {
             Stall::NoPod {
                 job,
@@ -90,19 +94,25 @@ impl Stall {
             } => format!(
                 "Job {job} has had no pod for {seconds} s: {}; it fails at its deadline \
                  (spec.snapshot.timeout) unless this is resolved",
-                cause.as_deref().unwrap_or(
-                    "the Job controller cannot create it (see the Job's FailedCreate Events)"
+                cause.as_deref().map_or_else(
+                    || "the Job controller cannot create it (see the Job's FailedCreate Events)"
+                        .to_owned(),
+                    q
                 )
             ),
             Stall::Unschedulable { pod, message } => {
-                format!("pod {pod} cannot be scheduled: {message}")
+                format!("pod {pod} cannot be scheduled: {}", q(message))
             }
             Stall::ContainerWaiting {
                 pod,
                 container,
                 reason,
                 message,
-            } => format!("container {container} of pod {pod} cannot start: {reason}: {message}"),
+            } => format!(
+                "container {container} of pod {pod} cannot start: {}: {}",
+                q(reason),
+                q(message)
+            ),
         }
     }
 }

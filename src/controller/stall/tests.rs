@@ -123,6 +123,17 @@ fn an_unschedulable_pod_and_a_container_that_cannot_start() {
         stall.message(),
         "container warm of pod shop-g2-a cannot start: ImagePullBackOff: ImagePullBackOff details"
     );
+    // What a registry answered reaches kubelet's message: quoted as text on one line.
+    let hostile = Stall::ContainerWaiting {
+        pod: "p".into(),
+        container: "warm".into(),
+        reason: "ErrImagePull".into(),
+        message: "denied:\n\u{1b}]0;owned\u{7}\u{1b}[31mno\u{1b}[0m access".into(),
+    };
+    assert_eq!(
+        hostile.message(),
+        "container warm of pod p cannot start: ErrImagePull: denied: no access"
+    );
 }
 
 #[test]
