@@ -417,6 +417,20 @@ mod tests {
             .collect()
     }
 
+    /// The files of an OCI archive by name, each once.
+    fn archive_files(archive: &Path) -> std::collections::HashMap<String, Vec<u8>> {
+        let mut files = std::collections::HashMap::new();
+        let mut a = tar::Archive::new(File::open(archive).unwrap());
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut buf = Vec::new();
+            io::Read::read_to_end(&mut e, &mut buf).unwrap();
+            assert!(files.insert(name.clone(), buf).is_none(), "{name} twice");
+        }
+        files
+    }
+
     #[test]
     fn layer_lists_parents_first_with_owners() {
         let mut l = Layer::new();
@@ -454,15 +468,7 @@ mod tests {
         };
         let out = dir.path().join("image.tar");
         write_archive(&out, "docker.io/x/y:t", &l, &cfg, dir.path()).unwrap();
-        let mut files = std::collections::HashMap::new();
-        let mut a = tar::Archive::new(File::open(&out).unwrap());
-        for e in a.entries().unwrap() {
-            let mut e = e.unwrap();
-            let name = e.path().unwrap().to_string_lossy().into_owned();
-            let mut buf = Vec::new();
-            io::Read::read_to_end(&mut e, &mut buf).unwrap();
-            files.insert(name, buf);
-        }
+        let files = archive_files(&out);
         let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
         let m = &index["manifests"][0];
         assert_eq!(
@@ -512,15 +518,7 @@ mod tests {
             dir.path(),
         )
         .unwrap();
-        let mut files = std::collections::HashMap::new();
-        let mut a = tar::Archive::new(File::open(&out).unwrap());
-        for e in a.entries().unwrap() {
-            let mut e = e.unwrap();
-            let name = e.path().unwrap().to_string_lossy().into_owned();
-            let mut buf = Vec::new();
-            io::Read::read_to_end(&mut e, &mut buf).unwrap();
-            assert!(files.insert(name.clone(), buf).is_none(), "{name} twice");
-        }
+        let files = archive_files(&out);
         let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
         let layers_of = |n: usize| -> Vec<String> {
             let m = &index["manifests"][n];

@@ -5,20 +5,8 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_step_that_hangs() {
     let s = Scenario::new("hang").await;
-    let images = s.node().images().clone();
     let name = "hang";
-    s.storage_secret("storage", snapshot_policy(&s.bucket, name))
-        .await;
-    s.create(
-        name,
-        json!({
-            "site": name,
-            "storage": {"bucket": s.bucket},
-            "warm": quick_warm(&images.site, 5),
-            "snapshot": {"minFiles": 3, "backoffLimit": 0, "credentialsSecret": {"name": "storage"}},
-        }),
-    )
-    .await;
+    s.create_quick_site(name).await;
     s.wait_promoted(name, 1, Duration::from_secs(120)).await;
 
     // Generation 2's warm step never ends: the Job's deadline (spec.snapshot.timeout) does.

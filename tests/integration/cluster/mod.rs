@@ -573,6 +573,24 @@ impl Scenario {
         }
     }
 
+    /// Creates SiteCache `name` of the site image, left to its own user (uid 1000), warmed by
+    /// [`quick_warm`] into the scenario's bucket with the keys of a Secret whose rights are the
+    /// site's snapshot policy.
+    async fn create_quick_site(&self, name: &str) {
+        self.storage_secret("storage", snapshot_policy(&self.bucket, name))
+            .await;
+        self.create(
+            name,
+            json!({
+                "site": name,
+                "storage": {"bucket": self.bucket},
+                "warm": quick_warm(&self.node().images().site, 5),
+                "snapshot": {"minFiles": 3, "backoffLimit": 0, "credentialsSecret": {"name": "storage"}},
+            }),
+        )
+        .await;
+    }
+
     /// Creates a MinIO user whose only rights are `policy` and a Secret `name` with its keys,
     /// the variables of `spec.snapshot.credentialsSecret`.
     async fn storage_secret(&self, name: &str, policy: Value) {

@@ -8,21 +8,9 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undeclared_non_root_warm_user_can_write_into_the_next_restore() {
     let s = Scenario::new("owner").await;
-    let images = s.node().images().clone();
     let name = "owner";
-    s.storage_secret("storage", snapshot_policy(&s.bucket, name))
-        .await;
     // quick_warm rewrites the same files every generation.
-    s.create(
-        name,
-        json!({
-            "site": name,
-            "storage": {"bucket": s.bucket},
-            "warm": quick_warm(&images.site, 5),
-            "snapshot": {"minFiles": 3, "backoffLimit": 0, "credentialsSecret": {"name": "storage"}},
-        }),
-    )
-    .await;
+    s.create_quick_site(name).await;
     let sc = s.wait_promoted(name, 1, Duration::from_secs(120)).await;
     let owner = sc
         .status
