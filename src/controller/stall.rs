@@ -126,7 +126,9 @@ pub fn diagnose(job: &JobView, pods: &[Pod], now: Timestamp, after: Duration) ->
     };
     let mut live: Vec<&Pod> = pods.iter().filter(|p| is_live(p)).collect();
     if live.is_empty() {
-        if job.active > 0 {
+        // The watch may show the pod counted before the list shows it; a pod that succeeded
+        // leaves the Job to be marked complete.
+        if job.active > 0 || pods.iter().any(|p| phase(p) == Some("Succeeded")) {
             return None;
         }
         // Quiet since the Job's creation or the latest end of one of its pods.
@@ -175,8 +177,11 @@ pub fn diagnose(job: &JobView, pods: &[Pod], now: Timestamp, after: Duration) ->
 
 /// A pod that has not finished and is not being deleted.
 fn is_live(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
+    pod.metadata.deletion_timestamp.is_none() && !matches!(phase(pod), Some("Succeeded" | "Failed"))
+}
+
+fn phase(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref()?.phase.as_deref()
 }
 
 fn created(pod: &Pod) -> Option<Timestamp> {

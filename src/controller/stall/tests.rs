@@ -89,6 +89,19 @@ fn a_retry_gets_the_job_controllers_back_off_before_it_counts_as_missing() {
         Some(Stall::NoPod { seconds: 130, .. })
     ));
     assert_eq!(retry_backoff(3), Duration::from_secs(40));
+    // A pod that succeeded: the Job controller has yet to mark the Job complete, however long
+    // that takes.
+    let succeeded = pod(
+        "shop-g2-b",
+        "2026-01-01T10:00:00Z",
+        json!({"phase": "Succeeded", "containerStatuses": [{
+            "name": "snapshot", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "finishedAt": "2026-01-01T10:01:00Z"}}}]}),
+    );
+    assert_eq!(
+        diagnose(&job(0, 0), &[succeeded], ts("2026-01-01T11:00:00Z"), AFTER),
+        None
+    );
     assert_eq!(retry_backoff(30), Duration::from_secs(360));
 }
 
