@@ -182,5 +182,23 @@ async fn a_deno_site_in_a_restricted_namespace() {
         proxy.tunnels() > 0,
         "no tunnel through the registry proxy"
     );
+    // Its Jobs ran for seconds, looked at every second (the stall delay): containers waiting on
+    // one another as kubelet reports them (`PodInitializing`), a pod between its success and
+    // the Job's completion; never taken for stalled.
+    let events: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
+    let listed = match events.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(e) => s.fail(&format!("list the Events of {}: {e}", s.ns)).await,
+    };
+    let stalls: Vec<String> = listed
+        .into_iter()
+        .filter(|e| {
+            e.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("SnapshotPod") || r.starts_with("SnapshotContainer"))
+        })
+        .map(|e| format!("{:?}: {:?}", e.reason, e.note))
+        .collect();
+    ensure!(s, stalls.is_empty(), "{stalls:?}");
     s.done("the Deno site in a restricted namespace");
 }

@@ -65,7 +65,7 @@ const JOB_TTL: Duration = Duration::from_secs(30);
 /// release watches them.
 const SCENARIOS: [&str; 5] = ["deno", "hang", "creds", "stall", "owner"];
 /// `controller.snapshotStallAfter`: how long a Job may make no progress before it is reported.
-const STALL_AFTER: Duration = Duration::from_secs(5);
+const STALL_AFTER: Duration = Duration::from_secs(1);
 /// Where the scenarios' pods mount the Deno cache.
 const DENO_DIR: &str = "/deno-dir";
 

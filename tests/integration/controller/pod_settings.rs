@@ -106,70 +106,105 @@ async fn a_root_warm_step_is_refused_by_restricted_admission_and_bad_settings_by
     })
     .await;
     restrict(&h).await;
-    h.create(
-        "root",
-        json!({"site": "root", "warm": warm("", 3), "snapshot": {"timeout": "25s"}}),
-    )
-    .await;
-    let sc = h
-        .wait("root", "stalled", Duration::from_secs(20), |sc| {
-            condition_reason(sc, "Degraded") == Some("SnapshotPodNotCreated")
-        })
+    // Two refused at once, beside a slow Job that is admitted and runs longer than the stall
+    // delay: it must never be called stalled.
+    let roots = ["root", "root2"];
+    for name in roots {
+        h.create(
+            name,
+            json!({"site": name, "warm": warm("", 3), "snapshot": {"timeout": "25s"}}),
+        )
         .await;
-    let degraded = cond(&sc, "Degraded");
-    assert_eq!(degraded.status, "True");
-    assert!(
-        degraded
-            .message
-            .starts_with("Job root-g1 has had no pod for ")
-            && degraded.message.contains("Error creating: ")
-            && degraded
+    }
+    let slow_log = h.record_statuses("slow");
+    let mut slow = warm("sleep 6", 3);
+    slow["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": 1000});
+    h.create("slow", json!({"site": "slow", "warm": slow}))
+        .await;
+    for name in roots {
+        let sc = h
+            .wait(name, "stalled", Duration::from_secs(20), |sc| {
+                condition_reason(sc, "Degraded") == Some("SnapshotPodNotCreated")
+            })
+            .await;
+        let degraded = cond(&sc, "Degraded");
+        assert_eq!(degraded.status, "True");
+        assert!(
+            degraded
                 .message
-                .contains("violates PodSecurity \"restricted:latest\""),
-        "{}",
-        degraded.message
-    );
-    let progressing = cond(&sc, "Progressing");
-    assert_eq!(
-        (progressing.status.as_str(), progressing.reason.as_str()),
-        ("True", "SnapshotPodNotCreated")
-    );
-    assert_eq!(sc.status.as_ref().unwrap().phase, Some(Phase::Snapshotting));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while h.event_count("root", "SnapshotPodNotCreated").await != 1 {
-        assert!(Instant::now() < deadline, "no SnapshotPodNotCreated Event");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+                .starts_with(&format!("Job {name}-g1 has had no pod for "))
+                && degraded.message.contains("Error creating: ")
+                && degraded
+                    .message
+                    .contains("violates PodSecurity \"restricted:latest\""),
+            "{}",
+            degraded.message
+        );
+        let progressing = cond(&sc, "Progressing");
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "SnapshotPodNotCreated")
+        );
+        assert_eq!(sc.status.as_ref().unwrap().phase, Some(Phase::Snapshotting));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.event_count(name, "SnapshotPodNotCreated").await != 1 {
+            assert!(Instant::now() < deadline, "no SnapshotPodNotCreated Event");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     assert!(
         h.metrics()
             .await
-            .contains("\nsitecache_snapshot_jobs_stalled 1\n"),
+            .contains("\nsitecache_snapshot_jobs_stalled 2\n"),
         "the stalled gauge"
     );
 
-    // The deadline fails the Job; the failure is what the status reports then.
-    let sc = h
-        .wait("root", "failed", Duration::from_secs(60), |sc| {
-            sc.status
-                .as_ref()
-                .is_some_and(|s| s.consecutive_failures > 0)
+    // The slow one is promoted, and was never reported stalled.
+    h.wait_promoted("slow", 1).await;
+    let stalled: Vec<String> = slow_log
+        .seen()
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .filter(|c| {
+            c.reason.starts_with("SnapshotPod") || c.reason.starts_with("SnapshotContainer")
         })
-        .await;
-    assert_eq!(cond(&sc, "Degraded").reason, "DeadlineExceeded");
+        .map(|c| format!("{}: {}", c.reason, c.message))
+        .collect();
+    assert!(stalled.is_empty(), "{stalled:?}");
+    assert!(
+        h.event_reasons("slow")
+            .await
+            .iter()
+            .all(|r| !r.starts_with("SnapshotPod"))
+    );
+
+    // The deadline fails each refused Job; the failure is what the status reports then.
+    for name in roots {
+        let sc = h
+            .wait(name, "failed", Duration::from_secs(60), |sc| {
+                sc.status
+                    .as_ref()
+                    .is_some_and(|s| s.consecutive_failures > 0)
+            })
+            .await;
+        assert_eq!(cond(&sc, "Degraded").reason, "DeadlineExceeded");
+        assert_eq!(h.event_count(name, "SnapshotPodNotCreated").await, 1);
+    }
     assert!(
         h.metrics()
             .await
             .contains("\nsitecache_snapshot_jobs_stalled 0\n"),
         "the stalled gauge"
     );
-    assert_eq!(h.event_count("root", "SnapshotPodNotCreated").await, 1);
-    // Its pod never ran: admission refused it every time.
+    // Their pods never ran: admission refused them every time.
     let pods: Api<Pod> = Api::namespaced(h.client.clone(), &h.ns);
-    let admitted = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/instance=root"))
-        .await
-        .unwrap();
-    assert!(admitted.items.is_empty(), "{:?}", admitted.items);
+    for name in roots {
+        let admitted = pods
+            .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
+            .await
+            .unwrap();
+        assert!(admitted.items.is_empty(), "{:?}", admitted.items);
+    }
 
     let mut warm = warm("", 3);
     warm["securityContext"] = json!({"runAsNonRoot": true});
