@@ -33,8 +33,10 @@ pub struct SiteCacheStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub generations: Vec<GenerationInfo>,
 
-    /// Promoted generations that retention has still to delete (a deletion failed; it is retried
-    /// with backoff).
+    /// Generations that retention has still to delete: superseded ones within their grace
+    /// period (`--retention-grace`, so that a runner that read `current.json` just before a
+    /// promotion still finds the archive it names), rejected ones, and ones whose deletion failed
+    /// (retried with backoff).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expired_generations: Vec<u64>,
 
@@ -132,6 +134,10 @@ pub struct GenerationInfo {
     pub sha256: String,
     /// When the snapshot was taken.
     pub created_at: Time,
+    /// When the controller promoted it (wrote `current.json` naming it); absent for a
+    /// generation never promoted, or recorded before promotions were timed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<Time>,
     /// `spec.source.revision` the generation was built from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_revision: Option<String>,

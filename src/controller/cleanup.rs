@@ -1,9 +1,11 @@
 //! Deleting a SiteCache (the finalizer's work), in steps:
 //!
 //! 1. **Read** the SiteCache from the watch cache.
-//! 2. **Stop** its snapshot Jobs and wait for their pods, at most `--snapshot-pod-stop-timeout`
-//!    after the SiteCache was deleted (a pod on a lost node never stops).
-//! 3. **Retain**: with `deletionPolicy: Retain`, release the SiteCache and keep the objects.
+//! 2. **Stop** its snapshot Jobs (releasing their result finalizer) and wait for their pods, at
+//!    most `--snapshot-pod-stop-timeout` after the SiteCache was deleted (a pod on a lost node
+//!    never stops).
+//! 3. **Retain**: with `deletionPolicy: Retain`, or on a standby controller, release the
+//!    SiteCache and keep the objects.
 //! 4. **Locate** the prefix (`status.url`: nothing was ever written without it).
 //! 5. **Ownership**: a prefix another SiteCache owns is left alone.
 //! 6. **Purge** every object of this SiteCache's under the prefix, never one under another
@@ -26,9 +28,10 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::context::Context;
 use super::error::Error;
-use super::job::UID_LABEL;
+use super::job::{JobView, UID_LABEL};
 use super::objects::Prefix;
 use super::reconcile::write_status;
+use super::results;
 use super::status::{self, DELETION_BLOCKED};
 use crate::api::{DeletionPolicy, Phase, SiteCache};
 use crate::storage::Location;
@@ -76,11 +79,18 @@ impl Cleanup<'_> {
     async fn steps(&mut self, uid: &str) -> Result<Action, Error> {
         // 2. Stop.
         self.stop_snapshots(uid).await?;
-        // 3. Retain.
-        if self.sc.spec.deletion_policy == DeletionPolicy::Retain {
+        // 3. Retain (a standby deletes nothing: the objects are the active cluster's).
+        let why_keep = if self.ctx.settings.standby {
+            Some("this controller is a standby (--standby)")
+        } else if self.sc.spec.deletion_policy == DeletionPolicy::Retain {
+            Some("deletionPolicy Retain")
+        } else {
+            None
+        };
+        if let Some(why) = why_keep {
             let note = match self.sc.status.as_ref().and_then(|s| s.url.as_deref()) {
-                Some(url) => format!("deletionPolicy Retain: the objects under {url} are kept"),
-                None => "deletionPolicy Retain: nothing to keep".to_owned(),
+                Some(url) => format!("{why}: the objects under {url} are kept"),
+                None => format!("{why}: nothing to keep"),
             };
             self.events.push((EventType::Normal, "Retained", note));
             return Ok(Action::await_change());
@@ -163,7 +173,17 @@ impl Cleanup<'_> {
             .as_ref()
             .is_some_and(|s| s.latest_generation.is_some());
         match prefix.owner().await? {
-            Some(owner) if owner.uid == uid => Ok(true),
+            // This SiteCache of this cluster (a marker written before markers named clusters
+            // is matched by uid alone).
+            Some(owner)
+                if owner.uid == uid
+                    && owner
+                        .cluster
+                        .as_ref()
+                        .is_none_or(|c| *c == self.ctx.cluster) =>
+            {
+                Ok(true)
+            }
             Some(owner) => {
                 let note = format!("{} is owned by {owner}: nothing deleted", prefix.location);
                 self.events
@@ -212,11 +232,17 @@ impl Cleanup<'_> {
             .list(&ListParams::default().labels(&selector))
             .await
             .map_err(Error::kube("list snapshot Jobs"))?;
-        for job in list
-            .items
-            .iter()
-            .filter(|j| j.metadata.deletion_timestamp.is_none())
-        {
+        for job in &list.items {
+            // The SiteCache is going: its Jobs' results are of no use any more, and the result
+            // finalizer must not keep the Jobs and their pods.
+            if let Some(view) = JobView::of(job)
+                && view.holds_result
+            {
+                results::release(&self.ctx.client, &ns, &view).await?;
+            }
+            if job.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
             let finished = job
                 .status
                 .as_ref()

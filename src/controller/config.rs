@@ -132,6 +132,29 @@ pub struct ControllerArgs {
     /// This replica's identity in the Lease (default: POD_NAME, else host name and process id).
     #[arg(long, env = "SITECACHE_LEADER_ELECTION_IDENTITY")]
     pub leader_election_identity: Option<String>,
+
+    /// How long a superseded generation is kept after the promotion that superseded it, beyond
+    /// `spec.retention.keep`: a runner that read `current.json` just before the promotion still
+    /// finds the archive it named.
+    #[arg(long, env = "SITECACHE_RETENTION_GRACE", default_value = "10m", value_parser = parse_duration)]
+    pub retention_grace: Duration,
+
+    /// This cluster's identity in the ownership markers it writes (default: the UID of the
+    /// `kube-system` namespace). A prefix whose marker names another cluster is never taken
+    /// over. Set it when two installs must count as one cluster (a rebuilt cluster taking over
+    /// its predecessor's prefixes), or when the controller may not read `kube-system`.
+    #[arg(long, env = "SITECACHE_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+
+    /// Standby: follow the generations another cluster promotes under each SiteCache's prefix
+    /// and report them in the status, writing and deleting nothing in storage and running no
+    /// snapshot Job (a disaster-recovery or migration cluster on the same bucket).
+    #[arg(long, env = "SITECACHE_STANDBY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub standby: bool,
+
+    /// How often a standby reads each SiteCache's `current.json` to follow promotions (one GET).
+    #[arg(long, env = "SITECACHE_STANDBY_POLL", default_value = "5m", value_parser = parse_duration)]
+    pub standby_poll: Duration,
 }
 
 impl ControllerArgs {
@@ -172,6 +195,8 @@ pub enum ConfigError {
     BadAllowedEndpoint(String),
     #[error("--endpoint {0:?} is not an http or https URL")]
     BadEndpoint(String),
+    #[error("--cluster-id {0:?} must be 1 to 128 printable characters without spaces")]
+    BadClusterId(String),
 }
 
 /// The validated configuration.
@@ -197,6 +222,11 @@ pub struct Settings {
     pub failure_backoff_max: Duration,
     pub resync: Duration,
     pub reconcile_concurrency: u16,
+    pub retention_grace: Duration,
+    /// `--cluster-id`; `None`: the `kube-system` namespace's UID, read at start-up.
+    pub cluster_id: Option<String>,
+    pub standby: bool,
+    pub standby_poll: Duration,
 }
 
 impl TryFrom<&ControllerArgs> for Settings {
@@ -258,6 +288,12 @@ impl TryFrom<&ControllerArgs> for Settings {
             .collect();
         namespaces.sort();
         namespaces.dedup();
+        let cluster_id = a.cluster_id.as_deref().map(str::trim);
+        if let Some(id) = cluster_id
+            && !valid_cluster_id(id)
+        {
+            return Err(ConfigError::BadClusterId(id.to_owned()));
+        }
         Ok(Settings {
             default_bucket: a.default_bucket.clone(),
             allowed_buckets: allowed,
@@ -277,8 +313,17 @@ impl TryFrom<&ControllerArgs> for Settings {
             failure_backoff_max: a.failure_backoff_max,
             resync: a.resync,
             reconcile_concurrency: a.reconcile_concurrency,
+            retention_grace: a.retention_grace,
+            cluster_id: cluster_id.map(str::to_owned),
+            standby: a.standby,
+            standby_poll: a.standby_poll,
         })
     }
+}
+
+/// A cluster identity as markers record it: short, printable, no spaces.
+pub fn valid_cluster_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.chars().all(|c| c.is_ascii_graphic())
 }
 
 /// Where and how one SiteCache's objects are stored: its spec over the controller's defaults.

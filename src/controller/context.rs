@@ -40,6 +40,8 @@ pub struct Caches {
 pub struct Context {
     pub client: kube::Client,
     pub settings: Settings,
+    /// This cluster's identity in ownership markers (`--cluster-id`, or `kube-system`'s UID).
+    pub cluster: String,
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
     storage: tokio::sync::Mutex<Clients>,
@@ -65,6 +67,7 @@ impl Context {
     pub fn new(
         client: kube::Client,
         settings: Settings,
+        cluster: String,
         metrics: Arc<Metrics>,
         caches: Vec<Caches>,
     ) -> (Self, mpsc::UnboundedReceiver<Instant>) {
@@ -77,6 +80,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
+            cluster,
             metrics,
             storage: Default::default(),
             claim_locks: (0..CLAIM_LOCKS).map(|_| Default::default()).collect(),

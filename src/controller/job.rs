@@ -37,6 +37,12 @@ pub const REQUEST_ANNOTATION: &str = "sitecache.dev/answers-request";
 pub const BASE_ANNOTATION: &str = "sitecache.dev/base-generation";
 /// Annotation with why the Job rebuilds from an empty cache.
 pub const REBUILD_ANNOTATION: &str = "sitecache.dev/rebuild";
+/// Finalizer on every snapshot Job and on its pods (through the pod template): the Job and the
+/// pods that hold its report (their termination messages) outlive deletion (`ttlSecondsAfterFinished`,
+/// `kubectl delete`, a GitOps prune) until the controller has recorded the Job's result in the
+/// status, however long the controller is down. The controller removes it then, as the Job
+/// controller removes its pod-tracking finalizer once it has counted a pod.
+pub const RESULT_FINALIZER: &str = "sitecache.dev/result";
 /// Name of the cache volume and of the containers.
 const CACHE_VOLUME: &str = "cache";
 /// Where the agent binary lives in this project's image.
@@ -70,6 +76,18 @@ fn instance_label(name: &str) -> String {
         let hash = hex::encode(&Sha256::digest(name.as_bytes())[..4]);
         format!("{}-{hash}", name[..54].trim_end_matches(['-', '.']))
     }
+}
+
+/// Whether `job` is the snapshot Job of the SiteCache with `uid`: it carries the controller's
+/// labels with that uid, and its controller reference names that SiteCache.
+pub fn is_ours(job: &Job, uid: &str) -> bool {
+    let labelled = job.labels().get(UID_LABEL).map(String::as_str) == Some(uid)
+        && job.labels().get(GENERATION_LABEL).is_some();
+    let owned = job
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == uid);
+    labelled && owned
 }
 
 /// What the Job needs besides the SiteCache.
@@ -264,6 +282,7 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
             labels: Some(labels.clone()),
             annotations: Some(annotations),
             owner_references: sc.controller_owner_ref(&()).map(|o| vec![o]),
+            finalizers: Some(vec![RESULT_FINALIZER.into()]),
             ..Default::default()
         },
         spec: Some(JobSpec {
@@ -276,6 +295,7 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
                     annotations: (!pod_annotations.is_empty()).then_some(pod_annotations),
+                    finalizers: Some(vec![RESULT_FINALIZER.into()]),
                     ..Default::default()
                 }),
                 spec: Some(pod),
@@ -425,6 +445,8 @@ pub struct JobView {
     /// The pods the Job controller counts as active (pending or running), and as failed.
     pub active: i32,
     pub failed: i32,
+    /// The Job still carries [`RESULT_FINALIZER`]: its result has not been released.
+    pub holds_result: bool,
 }
 
 impl JobView {
@@ -473,11 +495,15 @@ impl JobView {
             created: job.meta().creation_timestamp.as_ref().map(|t| t.0),
             active: status.active.unwrap_or(0),
             failed: status.failed.unwrap_or(0),
+            holds_result: job.finalizers().iter().any(|f| f == RESULT_FINALIZER),
         })
     }
 
+    /// Whether the Job has not finished. A Job deleted before it finished (`kubectl delete
+    /// --cascade=foreground`, a GitOps prune) still runs until its pods have stopped: it keeps
+    /// its snapshot slot and its generation, and the next one does not start beside it.
     pub fn is_running(&self) -> bool {
-        matches!(self.state, JobState::Running { .. }) && !self.deleting
+        matches!(self.state, JobState::Running { .. })
     }
 }
 

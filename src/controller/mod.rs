@@ -10,8 +10,10 @@
 //! - [`objects`]: the storage work on a SiteCache's prefix (ownership, inventory, verification,
 //!   promotion, retention, deletion);
 //! - [`reconcile`] and [`cleanup`]: the numbered steps for a live and a deleted SiteCache;
+//! - [`results`]: releasing a snapshot Job (and its pods) once its result is in the status;
 //! - [`error`]: why a reconcile failed, with the metrics kind and Event reason of each error;
 //! - [`context`]: what reconciles share (clients, metrics, Events, the snapshot slots);
+//! - [`identity`]: the cluster's identity, which ownership markers record;
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz`.
 
 mod cleanup;
@@ -19,6 +21,7 @@ mod clients;
 pub mod config;
 mod context;
 mod error;
+mod identity;
 pub mod job;
 mod leader;
 pub mod objects;
@@ -28,6 +31,7 @@ mod quote;
 pub mod rebuild;
 mod reconcile;
 pub mod report;
+mod results;
 pub mod schedule;
 mod server;
 pub mod stall;
@@ -207,7 +211,10 @@ pub async fn run(
         .iter()
         .map(|c| (c.sitecaches.clone(), c.jobs.clone()))
         .collect();
-    let (ctx, mut expiries) = Context::new(client.clone(), settings.clone(), metrics, caches);
+    let cluster = identity::cluster_identity(&client, settings.cluster_id.as_deref()).await?;
+    tracing::info!(cluster = %cluster, standby = settings.standby, "cluster identity");
+    let (ctx, mut expiries) =
+        Context::new(client.clone(), settings.clone(), cluster, metrics, caches);
     let ctx = Arc::new(ctx);
 
     // Slots freed by Jobs that ended go to the heads of the queue.

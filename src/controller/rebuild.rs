@@ -134,6 +134,7 @@ mod tests {
             files: 1,
             sha256: String::new(),
             created_at: Time("2026-01-01T00:00:00Z".parse().unwrap()),
+            promoted_at: None,
             source_revision: Some(rev.into()),
             base_generation: base,
             cache_owner: None,

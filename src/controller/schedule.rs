@@ -355,6 +355,7 @@ mod tests {
             files: 1,
             sha256: "00".into(),
             created_at: Time(ts(created)),
+            promoted_at: None,
             source_revision: revision.map(str::to_owned),
             base_generation: None,
             cache_owner: None,

@@ -32,6 +32,12 @@ pub enum Activity {
     /// The SiteCache cannot be served: a storage setting the controller refuses, or a prefix
     /// another SiteCache owns.
     Blocked { reason: String, message: String },
+    /// The controller is a standby (`--standby`): it follows what the cluster that owns the
+    /// prefix promotes (`owner`, as its marker names it) and writes nothing.
+    Standby {
+        location: String,
+        owner: Option<String>,
+    },
 }
 
 /// An error the reconcile ran into, reported in `Ready` (when no generation is promoted) and
@@ -87,6 +93,7 @@ pub fn generation_info(m: &Manifest) -> GenerationInfo {
         files: m.files,
         sha256: m.sha256.clone(),
         created_at: Time(truncate(m.created_at)),
+        promoted_at: None,
         source_revision: m.source_revision.clone(),
         base_generation: None,
         cache_owner: None,
@@ -122,7 +129,8 @@ pub fn derive(
         _ if trouble.is_some() && status.current.is_none() => Phase::Failed,
         Activity::Running { .. } => Phase::Snapshotting,
         Activity::Waiting { .. } => Phase::Pending,
-        Activity::Idle if status.current.is_some() => Phase::Ready,
+        Activity::Idle | Activity::Standby { .. } if status.current.is_some() => Phase::Ready,
+        Activity::Standby { .. } => Phase::Pending,
         Activity::Idle if status.consecutive_failures > 0 => Phase::Failed,
         Activity::Idle => Phase::Pending,
     });
@@ -200,6 +208,15 @@ pub fn derive(
             ),
         ),
         Activity::Blocked { reason, message } => (false, reason.as_str(), message.clone()),
+        Activity::Standby { location, owner } => (
+            false,
+            "Standby",
+            format!(
+                "this controller is a standby (--standby): it follows the generations {} \
+                 promotes under {location}, and writes and deletes nothing there",
+                owner.as_deref().unwrap_or("the prefix's owner")
+            ),
+        ),
         Activity::Idle if suspended => (
             false,
             "Suspended",
@@ -366,6 +383,7 @@ mod tests {
             files: 1,
             sha256: "00".into(),
             created_at: Time(ts("2026-01-01T00:00:00Z")),
+            promoted_at: None,
             source_revision: None,
             base_generation: None,
             cache_owner: None,

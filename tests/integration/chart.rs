@@ -369,7 +369,7 @@ fn controller_permissions() -> BTreeMap<(String, String), BTreeSet<String>> {
             "jobs",
             &["get", "list", "watch", "create", "patch", "delete"],
         ),
-        ("", "pods", &["list"]),
+        ("", "pods", &["list", "get", "patch"]),
         ("events.k8s.io", "events", &["create", "patch", "list"]),
     ];
     table
@@ -413,6 +413,24 @@ fn granted(rules: &Value) -> BTreeMap<(String, String), BTreeSet<String>> {
     out
 }
 
+/// The ClusterRole that reads the cluster's identity.
+fn is_cluster_identity(role: &Value) -> bool {
+    role["metadata"]["name"]
+        .as_str()
+        .is_some_and(|n| n.ends_with("-cluster-identity"))
+}
+
+/// One cluster-identity ClusterRole, granting get on the `kube-system` namespace and nothing
+/// else.
+fn assert_cluster_identity_only(roles: &[&Value]) {
+    assert_eq!(roles.len(), 1, "{roles:?}");
+    assert_eq!(
+        roles[0]["rules"],
+        json!([{"apiGroups": [""], "resources": ["namespaces"],
+                "resourceNames": ["kube-system"], "verbs": ["get"]}])
+    );
+}
+
 #[tokio::test]
 async fn chart_rbac_grants_only_what_the_controller_uses() {
     let (_, ns) = support::kube().await;
@@ -423,12 +441,13 @@ async fn chart_rbac_grants_only_what_the_controller_uses() {
     // Cluster-wide (the default): one ClusterRole with exactly the controller's permissions
     // (besides the users' aggregated roles).
     let objects = parse_objects(&render(&format!("{ns}-all"), &ns, None));
-    let cluster_roles: Vec<_> = of_kind(&objects, "ClusterRole")
+    let (identity_roles, cluster_roles): (Vec<_>, Vec<_>) = of_kind(&objects, "ClusterRole")
         .into_iter()
         .filter(|r| !is_aggregated(r))
-        .collect();
+        .partition(|r| is_cluster_identity(r));
     assert_eq!(cluster_roles.len(), 1);
     assert_eq!(granted(&cluster_roles[0]["rules"]), expected);
+    assert_cluster_identity_only(&identity_roles);
 
     // Scoped: Roles in the watched namespace only, the same permissions.
     let values = values_file(
@@ -437,8 +456,19 @@ async fn chart_rbac_grants_only_what_the_controller_uses() {
     );
     let manifest = render("sitecache", &ns, Some(&values));
     let objects = parse_objects(&manifest);
+    let (identity_roles, others): (Vec<_>, Vec<_>) = of_kind(&objects, "ClusterRole")
+        .into_iter()
+        .partition(|r| is_cluster_identity(r));
+    assert!(others.into_iter().all(is_aggregated));
+    assert_cluster_identity_only(&identity_roles);
+    // With controller.clusterId set, the controller reads nothing cluster-wide.
+    let values = values_file(
+        &format!("{ns}-cluster-id"),
+        &json!({"crds": {"install": false}, "controller": {"watchNamespaces": [watched], "clusterId": "eu-1"}}),
+    );
+    let with_id = parse_objects(&render("sitecache", &ns, Some(&values)));
     assert!(
-        of_kind(&objects, "ClusterRole")
+        of_kind(&with_id, "ClusterRole")
             .into_iter()
             .all(is_aggregated)
     );
@@ -543,7 +573,9 @@ async fn controller_with_only_the_chart_rbac_completes_a_lifecycle() {
             "agentImage": AGENT_IMAGE,
         }),
     );
-    let manifest = render("sitecache", &h.ns, Some(&values));
+    // Named after the test's namespace: the chart's cluster-scoped objects (the cluster-identity
+    // binding) are the release's own, not another test's.
+    let manifest = render(&h.ns, &h.ns, Some(&values));
     server_side_apply(&manifest, false);
 
     // The controller's configuration is the chart's Deployment's environment.

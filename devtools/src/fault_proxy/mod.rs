@@ -8,6 +8,10 @@
 //! each request as it came (the `Host` header included, so SigV4 signatures hold) on a fresh
 //! upstream connection, and streams both bodies. [`FaultProxy::set_enabled`] turns the faults
 //! on and off; [`FaultProxy::injected`] counts the faults that took effect, by kind.
+//!
+//! Besides the schedule, [`FaultProxy::lose_responses`] picks requests by method and path: each
+//! is forwarded and takes effect on the server, but its answer never reaches the client (the
+//! connection is reset), as a client killed right after its write would have it.
 
 mod body;
 pub mod schedule;
@@ -39,6 +43,9 @@ pub struct State {
     enabled: AtomicBool,
     injected: Mutex<BTreeMap<FaultKind, u64>>,
     requests: AtomicU64,
+    /// Requests (method, path suffix) whose responses are lost.
+    lose: Mutex<Option<(String, String)>>,
+    lost: AtomicU64,
 }
 
 impl State {
@@ -75,6 +82,8 @@ impl FaultProxy {
             enabled: AtomicBool::new(true),
             injected: Mutex::new(BTreeMap::new()),
             requests: AtomicU64::new(0),
+            lose: Mutex::new(None),
+            lost: AtomicU64::new(0),
         });
         let task = tokio::spawn(accept(listener, state.clone()));
         Ok(FaultProxy { addr, state, task })
@@ -96,6 +105,24 @@ impl FaultProxy {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// From now on, requests with `method` whose path ends with `path_suffix` reach the server,
+    /// and their responses are lost: the connection is reset instead (until
+    /// [`FaultProxy::keep_responses`]).
+    pub fn lose_responses(&self, method: &str, path_suffix: &str) {
+        *self.state.lose.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((method.to_owned(), path_suffix.to_owned()));
+    }
+
+    /// Responses are passed on again.
+    pub fn keep_responses(&self) {
+        *self.state.lose.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Responses lost so far (the requests took effect).
+    pub fn lost(&self) -> u64 {
+        self.state.lost.load(Ordering::SeqCst)
     }
 
     /// Requests received.
@@ -157,7 +184,17 @@ async fn handle(
     socket: Arc<OwnedFd>,
 ) -> Result<Response<ProxyBody>, std::io::Error> {
     state.requests.fetch_add(1, Ordering::SeqCst);
-    let fault = if state.enabled.load(Ordering::SeqCst) {
+    let lose = state
+        .lose
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|(method, suffix)| {
+            req.method().as_str() == method && req.uri().path().ends_with(suffix.as_str())
+        });
+    let fault = if lose {
+        Fault::None
+    } else if state.enabled.load(Ordering::SeqCst) {
         state
             .schedule
             .lock()
@@ -206,6 +243,13 @@ async fn handle(
         .send_request(Request::from_parts(parts, body))
         .await
         .map_err(std::io::Error::other)?;
+    if lose {
+        // The server has answered (the request took effect): the client never hears of it.
+        drop(resp);
+        state.lost.fetch_add(1, Ordering::SeqCst);
+        body::set_reset_on_close(&socket);
+        return Err(std::io::Error::other("injected: response lost"));
+    }
     let (parts, body) = resp.into_parts();
     let len = parts
         .headers
@@ -286,6 +330,44 @@ mod tests {
         };
         assert_eq!(proxy.injected().get(&kind), Some(&1), "{kind:?}");
         (end, got)
+    }
+
+    #[tokio::test]
+    async fn a_lost_response_reaches_the_server_and_never_the_client() {
+        let upstream = upstream(16).await;
+        let proxy = FaultProxy::start(&format!("http://{upstream}"), 1, FaultRates::none())
+            .await
+            .unwrap();
+        proxy.lose_responses("PUT", "/current.json");
+        let send = |line: &'static str| {
+            let addr = proxy.addr;
+            async move {
+                let mut client = TcpStream::connect(addr).await.unwrap();
+                client.write_all(line.as_bytes()).await.unwrap();
+                let mut buf = Vec::new();
+                let read =
+                    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut buf))
+                        .await
+                        .expect("the connection ended");
+                (read.err().map(|e| e.kind()), buf.len())
+            }
+        };
+        let (end, got) =
+            send("PUT /b/shop/current.json HTTP/1.1\r\nhost: s3\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        assert_eq!((end, got), (Some(ErrorKind::ConnectionReset), 0));
+        assert_eq!(proxy.lost(), 1);
+        // Other requests pass, and so does this one once responses are kept.
+        let (end, got) =
+            send("GET /b/shop/current.json HTTP/1.1\r\nhost: s3\r\nconnection: close\r\n\r\n")
+                .await;
+        assert_eq!(end, None);
+        assert!(got > 16, "{got}");
+        proxy.keep_responses();
+        let (end, _) =
+            send("PUT /b/shop/current.json HTTP/1.1\r\nhost: s3\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+        assert_eq!(end, None);
+        assert_eq!(proxy.lost(), 1);
     }
 
     #[tokio::test]

@@ -55,6 +55,8 @@ pub fn pod_for(job: &Job, uid: &str) -> Result<Pod, String> {
             "namespace": job.namespace(),
             "labels": labels,
             "annotations": meta.annotations,
+            // As the Job controller does (GetPodFromTemplate): the template's finalizers.
+            "finalizers": meta.finalizers,
             "ownerReferences": [{
                 "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid,
                 "controller": true, "blockOwnerDeletion": true,
@@ -168,7 +170,7 @@ mod tests {
         let job: Job = serde_json::from_value(json!({
             "metadata": {"name": "shop-g1", "namespace": "web"},
             "spec": {"template": {
-                "metadata": {"labels": {"app": "x"}, "annotations": {"a": "b"}},
+                "metadata": {"labels": {"app": "x"}, "annotations": {"a": "b"}, "finalizers": ["x.dev/keep"]},
                 "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]},
             }},
         }))
@@ -178,6 +180,10 @@ mod tests {
         assert_eq!(labels["app"], "x");
         assert_eq!(labels["batch.kubernetes.io/controller-uid"], "u1");
         assert_eq!(labels["job-name"], "shop-g1");
+        assert_eq!(
+            pod.metadata.finalizers.as_deref(),
+            Some(&["x.dev/keep".to_owned()][..])
+        );
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Job", "u1"));
         assert_eq!(owner.controller, Some(true));

@@ -3,7 +3,15 @@
 //!
 //! Rules:
 //! - a SiteCache claims its prefix before it writes anything there, by creating the marker with
-//!   `If-None-Match: *`;
+//!   `If-None-Match: *`; the marker names the cluster too ([`OwnerRecord::cluster`]);
+//! - a prefix whose marker names another cluster is never taken over, whatever SiteCache it
+//!   names: two clusters on one bucket (a standby, a migration, a restore from backup) each keep
+//!   their own, and the one that does not own a prefix writes and deletes nothing there;
+//! - a marker of the same cluster, namespace and name with another uid is an earlier
+//!   incarnation of the SiteCache (deleted with `Retain`, created again): it is taken over. So is
+//!   one that names no cluster (written before markers did), which this rule cannot tell apart;
+//! - ownership is confirmed again ([`Prefix::confirm`]) before anything that promotes or
+//!   deletes, since a claim confirmed once may have been taken away since;
 //! - a claim is refused when another SiteCache owns the same prefix, a prefix that contains it,
 //!   or a prefix inside it (prefixes are compared as strings: `teams/` contains `teams/b/`, not
 //!   `teams-b/`). The check runs before the marker is written and again after, so that two
@@ -22,10 +30,14 @@ use crate::storage::{
     self, OWNER_MARKER, ServiceClass, StorageError, claimed_by_marker, parent_prefixes,
 };
 
-/// `P/.sitecache-owner.json`: which SiteCache owns the prefix.
+/// `P/.sitecache-owner.json`: which SiteCache of which cluster owns the prefix.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OwnerRecord {
+    /// The owner's cluster (`--cluster-id`, by default its `kube-system` namespace's UID);
+    /// absent in markers written before markers named clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     pub namespace: String,
     pub name: String,
     pub uid: String,
@@ -33,15 +45,30 @@ pub struct OwnerRecord {
 }
 
 impl OwnerRecord {
-    /// The same SiteCache object (not merely the same name).
+    /// The same SiteCache object (not merely the same name) of the same cluster. A marker that
+    /// names no cluster is matched by uid alone.
     pub fn is(&self, other: &OwnerRecord) -> bool {
-        self.uid == other.uid
+        self.uid == other.uid && !self.of_another_cluster_than(other)
     }
 
-    /// An earlier incarnation of the same SiteCache: same namespace and name, another uid
-    /// (deleted with `Retain`, then created again).
+    /// Whether both name a cluster and the clusters differ.
+    pub fn of_another_cluster_than(&self, other: &OwnerRecord) -> bool {
+        matches!((&self.cluster, &other.cluster), (Some(a), Some(b)) if a != b)
+    }
+
+    /// An earlier incarnation of the same SiteCache: same cluster, namespace and name, another
+    /// uid (deleted with `Retain`, then created again).
     fn is_earlier_incarnation_of(&self, other: &OwnerRecord) -> bool {
-        self.uid != other.uid && self.namespace == other.namespace && self.name == other.name
+        self.uid != other.uid
+            && !self.of_another_cluster_than(other)
+            && self.namespace == other.namespace
+            && self.name == other.name
+    }
+
+    /// `is(me)`, and the marker records everything `me` would write (a marker written before
+    /// markers named clusters is brought up to date).
+    fn is_current_for(&self, me: &OwnerRecord) -> bool {
+        self.is(me) && self.cluster == me.cluster
     }
 }
 
@@ -49,9 +76,13 @@ impl std::fmt::Display for OwnerRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "SiteCache {}/{} (uid {})",
+            "SiteCache {}/{} (uid {}",
             self.namespace, self.name, self.uid
-        )
+        )?;
+        match &self.cluster {
+            Some(cluster) => write!(f, ", cluster {cluster})"),
+            None => write!(f, ")"),
+        }
     }
 }
 
@@ -114,13 +145,15 @@ impl Prefix<'_> {
     }
 
     /// Claims the prefix for `me`, unless another SiteCache owns it or a prefix that overlaps it.
-    /// A marker with the same namespace and name but another uid is from an earlier incarnation
-    /// of the same SiteCache: it is taken over.
+    /// A marker of the same cluster, namespace and name but another uid is from an earlier
+    /// incarnation of the same SiteCache: it is taken over.
     pub async fn claim(&self, me: &OwnerRecord) -> Result<Claim, StorageError> {
         let found = self.owner().await?;
         match &found {
             // The claim stands already.
-            Some(owner) if owner.is(me) => return Ok(Claim::Owned),
+            Some(owner) if owner.is_current_for(me) => return Ok(Claim::Owned),
+            // Ours, written before markers named clusters: rewritten with the cluster.
+            Some(owner) if owner.is(me) => {}
             Some(owner) if !owner.is_earlier_incarnation_of(me) => {
                 return Ok(Claim::OwnedByAnother(owner.clone()));
             }
@@ -158,8 +191,8 @@ impl Prefix<'_> {
                 found = self.owner().await?;
             }
             match found.take() {
-                Some(owner) if owner.is(me) => return Ok(None),
-                Some(owner) if owner.is_earlier_incarnation_of(me) => {
+                Some(owner) if owner.is_current_for(me) => return Ok(None),
+                Some(owner) if owner.is(me) || owner.is_earlier_incarnation_of(me) => {
                     storage::put_json(self.client, self.bucket(), &key, me, false).await?;
                     return Ok(None);
                 }
@@ -178,6 +211,18 @@ impl Prefix<'_> {
             key,
             code: "ClaimRace".into(),
             message: "the ownership marker kept changing".into(),
+        })
+    }
+
+    /// `Ok` while the marker still names `me`: checked again before anything that promotes or
+    /// deletes under the prefix. `Err` with the marker found (`None`: there is none).
+    pub async fn confirm(
+        &self,
+        me: &OwnerRecord,
+    ) -> Result<Result<(), Option<OwnerRecord>>, StorageError> {
+        Ok(match self.owner().await? {
+            Some(owner) if owner.is(me) => Ok(()),
+            other => Err(other),
         })
     }
 
@@ -246,6 +291,52 @@ impl Prefix<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(cluster: Option<&str>, name: &str, uid: &str) -> OwnerRecord {
+        OwnerRecord {
+            cluster: cluster.map(str::to_owned),
+            namespace: "web".into(),
+            name: name.into(),
+            uid: uid.into(),
+            claimed_at: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn another_clusters_sitecache_of_the_same_name_is_never_an_earlier_incarnation() {
+        let me = record(Some("cluster-b"), "shop", "uid-b");
+        let theirs = record(Some("cluster-a"), "shop", "uid-a");
+        assert!(!theirs.is(&me));
+        assert!(theirs.of_another_cluster_than(&me));
+        assert!(!theirs.is_earlier_incarnation_of(&me));
+        // The same cluster's earlier incarnation is taken over.
+        let earlier = record(Some("cluster-b"), "shop", "uid-old");
+        assert!(earlier.is_earlier_incarnation_of(&me));
+        // Another name is another SiteCache, whatever the cluster.
+        assert!(!record(Some("cluster-b"), "outlet", "uid-x").is_earlier_incarnation_of(&me));
+        // Even a uid that matches is not this SiteCache when the clusters differ.
+        assert!(!record(Some("cluster-a"), "shop", "uid-b").is(&me));
+    }
+
+    #[test]
+    fn markers_written_before_clusters_match_by_uid_and_are_brought_up_to_date() {
+        let me = record(Some("cluster-b"), "shop", "uid-b");
+        let old = record(None, "shop", "uid-b");
+        assert!(old.is(&me));
+        assert!(!old.is_current_for(&me));
+        assert!(me.is_current_for(&me));
+        // A marker without a cluster cannot be told from this cluster's earlier incarnation.
+        assert!(record(None, "shop", "uid-old").is_earlier_incarnation_of(&me));
+        // It reads and writes as before, plus the cluster.
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("cluster").is_none(), "{json}");
+        let back: OwnerRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, old);
+        assert_eq!(
+            me.to_string(),
+            "SiteCache web/shop (uid uid-b, cluster cluster-b)"
+        );
+    }
 
     #[test]
     fn nested_markers_are_foreign_and_so_is_everything_under_them() {

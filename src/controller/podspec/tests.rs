@@ -45,6 +45,7 @@ fn pod_observing(
         created_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             "2026-01-01T00:00:00Z".parse().unwrap(),
         ),
+        promoted_at: None,
         source_revision: None,
         base_generation: None,
         cache_owner: Some(crate::api::CacheOwner { uid, gid }),

@@ -1,4 +1,5 @@
-//! Step 3, claim: the SiteCache's prefix must be its own before anything is written there.
+//! Step 3, claim: the SiteCache's prefix must be its own before anything is written there, and
+//! still be its own before anything is promoted or deleted there ([`Run::confirm_claim`]).
 
 use kube::ResourceExt;
 
@@ -6,7 +7,21 @@ use super::{Outcome, Run};
 use crate::controller::error::Error;
 use crate::controller::objects::{Claim, OwnerRecord, Prefix};
 
+/// The reason of a claim refused because another cluster's SiteCache owns the prefix.
+pub const OWNED_BY_ANOTHER_CLUSTER: &str = "PrefixOwnedByAnotherCluster";
+
 impl Run<'_> {
+    /// This SiteCache as its ownership marker records it.
+    pub(super) fn owner_record(&self) -> OwnerRecord {
+        OwnerRecord {
+            cluster: Some(self.ctx.cluster.clone()),
+            namespace: self.sc.namespace().unwrap_or_default(),
+            name: self.sc.name_any(),
+            uid: self.uid(),
+            claimed_at: self.now,
+        }
+    }
+
     /// Claims the prefix once per controller process; `Some` when the claim is refused (another
     /// SiteCache owns the prefix or one that overlaps it).
     pub(super) async fn claim(&mut self, prefix: &Prefix<'_>) -> Result<Option<Outcome>, Error> {
@@ -14,12 +29,7 @@ impl Run<'_> {
         if self.ctx.is_claimed(&uid) {
             return Ok(None);
         }
-        let me = OwnerRecord {
-            namespace: self.sc.namespace().unwrap_or_default(),
-            name: self.sc.name_any(),
-            uid: uid.clone(),
-            claimed_at: self.now,
-        };
+        let me = self.owner_record();
         let claim = {
             let _one_at_a_time = self.ctx.claim_lock(prefix.location).await;
             prefix.claim(&me).await?
@@ -28,7 +38,20 @@ impl Run<'_> {
         match claim {
             Claim::Owned => {
                 self.ctx.set_claimed(&uid, true);
+                self.confirmed = true;
                 Ok(None)
+            }
+            Claim::OwnedByAnother(owner) if owner.of_another_cluster_than(&me) => {
+                let message = format!(
+                    "{location} is owned by {owner}, not by this cluster ({}): this SiteCache \
+                     writes and deletes nothing there. A standby cluster runs its controller \
+                     with --standby to follow that cluster's generations; to move the prefix to \
+                     this cluster for good, stop that cluster's controller (or make it a \
+                     standby), then delete the marker {}",
+                    self.ctx.cluster,
+                    location.owner_key()
+                );
+                Ok(Some(self.blocked(OWNED_BY_ANOTHER_CLUSTER, message)))
             }
             Claim::OwnedByAnother(owner) => {
                 let message = format!(
@@ -55,6 +78,36 @@ impl Run<'_> {
                      another spec.storage.prefix"
                 );
                 Ok(Some(self.blocked("PrefixOverlaps", message)))
+            }
+        }
+    }
+
+    /// Confirms, once per reconcile, that the marker still names this SiteCache, before the
+    /// reconcile promotes, deletes or starts a Job that writes under the prefix: a claim
+    /// confirmed earlier may have been taken since (by hand, or by a controller of another
+    /// cluster that did not know better). When it was, the claim is forgotten, so that the next
+    /// reconcile claims again and is refused with a condition that names the owner.
+    pub(super) async fn confirm_claim(&mut self, prefix: &Prefix<'_>) -> Result<(), Error> {
+        if self.confirmed {
+            return Ok(());
+        }
+        match prefix.confirm(&self.owner_record()).await? {
+            Ok(()) => {
+                self.confirmed = true;
+                Ok(())
+            }
+            Err(found) => {
+                self.ctx.set_claimed(&self.uid(), false);
+                let owner = found.map_or_else(|| "nobody".to_owned(), |o| o.to_string());
+                Err(Error::Refused {
+                    reason: "PrefixClaimLost",
+                    message: format!(
+                        "the marker {} now names {owner}, not this SiteCache: nothing is \
+                         promoted or deleted under {}",
+                        prefix.location.owner_key(),
+                        prefix.location
+                    ),
+                })
             }
         }
     }

@@ -13,11 +13,15 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
+use super::finish::handled_through;
 use super::{Announcement, Outcome, Run};
 use crate::api::{Freshness, LastSnapshot, SnapshotResult};
 use crate::controller::context::MANAGER;
 use crate::controller::error::Error;
-use crate::controller::job::{JobInputs, JobState, JobView, job_name, observed_user, snapshot_job};
+use crate::controller::job::{
+    JobInputs, JobState, JobView, UID_LABEL, is_ours, job_name, observed_user, snapshot_job,
+};
+use crate::controller::objects::Prefix;
 use crate::controller::queue::Place;
 use crate::controller::rebuild::{RebuildReason, rebuild_reason};
 use crate::controller::report::JOB_UID_LABEL;
@@ -26,9 +30,13 @@ use crate::controller::stall::{Stall, diagnose};
 use crate::controller::status::Activity;
 use crate::controller::validate::Validated;
 
+/// How often a Job deleted before it finished is looked at until its pods have stopped.
+const STOPPING_LOOK: Duration = Duration::from_secs(5);
+
 impl Run<'_> {
     pub(super) async fn decide(
         &mut self,
+        prefix: &Prefix<'_>,
         jobs: &[JobView],
         spec: &Validated,
     ) -> Result<Outcome, Error> {
@@ -43,9 +51,10 @@ impl Run<'_> {
         // Whatever the SiteCache does, it is looked at again when its cache turns Stale (the
         // status says so then), and at the latest after --resync.
         let (now, resync, fresh_until) = (self.now, ctx.settings.resync, verdict.fresh_until);
+        let wake_at = self.wake_at;
         // A running Job is looked at again for a stall (`look_for_stall`) within `look`.
         let at_latest = |due: Option<Timestamp>, look: Option<Duration>| {
-            let wake = [due, fresh_until]
+            let wake = [due, fresh_until, wake_at]
                 .into_iter()
                 .flatten()
                 .min()
@@ -53,10 +62,21 @@ impl Run<'_> {
                 .unwrap_or(resync);
             Action::requeue(look.map_or(wake, |l| l.min(wake)).min(resync))
         };
-        if let Some(job) = jobs.iter().rev().find(|j| j.is_running()) {
+        // A Job deleted before it finished and recorded as such is no longer followed.
+        let handled = handled_through(&self.status);
+        if let Some(job) = jobs
+            .iter()
+            .rev()
+            .find(|j| j.is_running() && j.generation > handled)
+        {
             ctx.leave_queue(&self.oref);
             self.track_running(job);
-            let (stall, look_again) = self.look_for_stall(job).await;
+            let (stall, look_again) = if job.deleting {
+                // Deleted before it finished: looked at until its pods have stopped (step 5).
+                (None, Some(STOPPING_LOOK))
+            } else {
+                self.look_for_stall(job).await
+            };
             ctx.set_stalled(&self.uid(), stall.is_some());
             let activity = Activity::Running {
                 job: job.name.clone(),
@@ -79,7 +99,7 @@ impl Run<'_> {
             due: verdict.due_since.unwrap_or(self.now),
         };
         let next = self.status.latest_generation.unwrap_or(0) + 1;
-        match self.start(trigger, next, place, spec).await? {
+        match self.start(prefix, trigger, next, place, spec).await? {
             Some(started) => {
                 let look = ctx.settings.snapshot_stall_after + Duration::from_secs(1);
                 Ok((started, at_latest(None, Some(look))))
@@ -178,6 +198,7 @@ impl Run<'_> {
     /// waits in the queue.
     async fn start(
         &mut self,
+        prefix: &Prefix<'_>,
         trigger: Trigger,
         n: u64,
         place: Place,
@@ -189,6 +210,11 @@ impl Run<'_> {
         let key = (ns.clone(), name.clone());
         if !ctx.ask_slot(&self.oref, place, key.clone()) {
             return Ok(None);
+        }
+        // The Job writes under the prefix.
+        if let Err(e) = self.confirm_claim(prefix).await {
+            ctx.release(&key);
+            return Err(e);
         }
         let request = schedule::pending_request(&self.sc);
         let plan = match rebuild_reason(
@@ -217,14 +243,29 @@ impl Run<'_> {
             },
         );
         let created = async {
-            // A Job's pod template is immutable: create it once, never re-apply over it.
-            if self
+            // A Job's pod template is immutable: create it once, never re-apply over it. A Job
+            // of that name that is not this SiteCache's is never taken for its own: the
+            // SiteCache waits until it is gone (a previous incarnation's, which the garbage
+            // collector removes, or one made by hand).
+            let existing = self
                 .jobs
                 .get_opt(&name)
                 .await
-                .map_err(Error::kube("get snapshot Job"))?
-                .is_none()
-            {
+                .map_err(Error::kube("get snapshot Job"))?;
+            if let Some(other) = existing.as_ref().filter(|j| !is_ours(j, &self.uid())) {
+                let owner = other.labels().get(UID_LABEL).map_or_else(
+                    || "no SiteCache".to_owned(),
+                    |u| format!("the SiteCache with uid {u}"),
+                );
+                return Err(Error::Refused {
+                    reason: "JobNameTaken",
+                    message: format!(
+                        "Job {name} exists and belongs to {owner}, not to this SiteCache: \
+                         generation {n} starts once it is gone"
+                    ),
+                });
+            }
+            if existing.is_none() {
                 self.jobs
                     .patch(
                         &name,

@@ -13,12 +13,12 @@ use super::{Announcement, Run};
 use crate::api::{CacheOwner, LastSnapshot, SiteCacheStatus, SnapshotResult};
 use crate::archive::{Manifest, Owner};
 use crate::controller::error::Error;
-use crate::controller::job::{Base, JobState, JobView};
+use crate::controller::job::{Base, JobState, JobView, is_ours};
 use crate::controller::objects::{Prefix, Rejection};
 use crate::controller::rebuild::growth_after;
 use crate::controller::report::{JOB_UID_LABEL, Reported, reported};
+use crate::controller::results;
 use crate::controller::status::generation_info;
-use crate::controller::validate::Validated;
 
 /// The highest generation whose Job has been handled. A Job is started only by a reconcile that
 /// handled every finished Job before it and records the new one as `Running` in the same status
@@ -34,25 +34,53 @@ pub fn handled_through(status: &SiteCacheStatus) -> u64 {
 
 impl Run<'_> {
     /// Handles the finished Jobs not handled yet, oldest first; returns every Job of the
-    /// SiteCache.
+    /// SiteCache. `legacy` is where a promoted generation's legacy copy goes, if anywhere.
     pub(super) async fn finish_jobs(
         &mut self,
         prefix: &Prefix<'_>,
-        spec: &Validated,
+        legacy: Option<&str>,
     ) -> Result<Vec<JobView>, Error> {
         let mut jobs = self.ctx.jobs_of(&self.uid());
         self.add_missing_job(&mut jobs).await?;
         let handled = handled_through(&self.status);
         for job in jobs
             .iter()
-            .filter(|j| j.generation > handled && !j.is_running())
+            .filter(|j| j.generation > handled && (!j.is_running() || j.deleting))
         {
-            self.finish(job, prefix, spec).await?;
+            self.finish(job, prefix, legacy).await?;
         }
         let highest_job = jobs.iter().map(|j| j.generation).max().unwrap_or(0);
         let latest = self.status.latest_generation.unwrap_or(0).max(highest_job);
         self.status.latest_generation = (latest > 0).then_some(latest);
         Ok(jobs)
+    }
+
+    /// Step 5 for a SiteCache whose spec is refused now (a cron typo, a bucket no longer
+    /// allowed): the Jobs it started when it was valid are still finished, at the location the
+    /// status recorded, and what they promote is kept by retention as usual; no legacy copy is
+    /// published while the spec is refused.
+    pub(super) async fn finish_refused(&mut self) -> Result<(), Error> {
+        let handled = handled_through(&self.status);
+        let unhandled = self
+            .ctx
+            .jobs_of(&self.uid())
+            .iter()
+            .any(|j| j.generation > handled)
+            || self
+                .status
+                .last_snapshot
+                .as_ref()
+                .is_some_and(|l| l.result == Some(SnapshotResult::Running));
+        if !unhandled || self.status.url.is_none() {
+            return Ok(());
+        }
+        let Ok(target) = self.ctx.settings.resolve(&self.sc) else {
+            return Ok(());
+        };
+        let s3 = self.ctx.storage(&target).await;
+        let prefix = Prefix::new(&s3, &target.location);
+        let jobs = self.finish_jobs(&prefix, None).await?;
+        self.retention(&prefix, &jobs).await
     }
 
     /// The Job the status says is running may be missing from the watch's view: just created
@@ -71,7 +99,10 @@ impl Run<'_> {
             .get_opt(&last.job)
             .await
             .map_err(Error::kube("get snapshot Job"))?;
-        jobs.push(match found.as_ref().and_then(JobView::of) {
+        // A Job of that name that is not this SiteCache's (a previous incarnation's, or made by
+        // hand) is not the one the status names: that one is gone.
+        let ours = found.filter(|j| is_ours(j, &self.uid()));
+        jobs.push(match ours.as_ref().and_then(JobView::of) {
             Some(view) => view,
             None => JobView {
                 name: last.job.clone(),
@@ -84,6 +115,7 @@ impl Run<'_> {
                 created: None,
                 active: 0,
                 failed: 0,
+                holds_result: false,
             },
         });
         jobs.sort_by_key(|j| j.generation);
@@ -95,7 +127,7 @@ impl Run<'_> {
         &mut self,
         job: &JobView,
         prefix: &Prefix<'_>,
-        spec: &Validated,
+        legacy: Option<&str>,
     ) -> Result<(), Error> {
         let (start, completion) = match &job.state {
             JobState::Succeeded { start, completion } => (start.clone(), completion.clone()),
@@ -103,6 +135,13 @@ impl Run<'_> {
                 start, completion, ..
             } => (start.clone(), completion.clone()),
             JobState::Vanished => (None, Some(Time(self.now))),
+            // Deleted before it finished: finished once its pods have stopped.
+            JobState::Running { start } if job.deleting => {
+                if self.pods_still_run(job).await? {
+                    return Ok(());
+                }
+                (start.clone(), Some(Time(self.now)))
+            }
             JobState::Running { .. } => return Ok(()),
         };
         let start = start.or_else(|| {
@@ -128,6 +167,16 @@ impl Run<'_> {
                 Some((
                     reason.clone(),
                     format!("Job {} failed: {message}{said}", job.name),
+                ))
+            }
+            JobState::Running { .. } => {
+                self.expire(job.generation);
+                Some((
+                    "JobDeleted".to_owned(),
+                    format!(
+                        "Job {} was deleted before it finished; generation {} is not promoted",
+                        job.name, job.generation
+                    ),
                 ))
             }
             // Its pods went with it: what it committed cannot be trusted, and is not kept.
@@ -159,7 +208,7 @@ impl Run<'_> {
                 };
                 match checked {
                     Ok((manifest, owner)) => {
-                        self.promote(job, &manifest, owner, prefix, spec).await?;
+                        self.promote(job, &manifest, owner, prefix, legacy).await?;
                         None
                     }
                     Err(rejection) => {
@@ -220,10 +269,15 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// What the Job's snapshot container reported, from its pods' termination messages.
-    async fn reported(&self, job: &JobView) -> Result<Reported, Error> {
+    /// Whether a pod of the Job has not stopped yet ([`results::stopped`]).
+    async fn pods_still_run(&self, job: &JobView) -> Result<bool, Error> {
+        let pods = self.pods_of(job).await?;
+        Ok(pods.iter().any(|p| !results::stopped(p, self.now)))
+    }
+
+    async fn pods_of(&self, job: &JobView) -> Result<Vec<Pod>, Error> {
         if job.uid.is_empty() {
-            return Ok(Reported::Nothing);
+            return Ok(Vec::new());
         }
         let pods: Api<Pod> = Api::namespaced(
             self.ctx.client.clone(),
@@ -234,7 +288,15 @@ impl Run<'_> {
             .list(&ListParams::default().labels(&selector))
             .await
             .map_err(Error::kube("list snapshot pods"))?;
-        Ok(reported(&pods.items, &job.uid))
+        Ok(pods.items)
+    }
+
+    /// What the Job's snapshot container reported, from its pods' termination messages.
+    async fn reported(&self, job: &JobView) -> Result<Reported, Error> {
+        if job.uid.is_empty() {
+            return Ok(Reported::Nothing);
+        }
+        Ok(reported(&self.pods_of(job).await?, &job.uid))
     }
 
     /// Promotes a verified generation (if it is newer than the current one) and lists it first
@@ -245,7 +307,7 @@ impl Run<'_> {
         manifest: &Manifest,
         owner: Option<Owner>,
         prefix: &Prefix<'_>,
-        spec: &Validated,
+        legacy: Option<&str>,
     ) -> Result<(), Error> {
         let n = manifest.generation;
         let mut info = generation_info(manifest);
@@ -263,11 +325,13 @@ impl Run<'_> {
             .as_ref()
             .is_none_or(|c| n > c.generation);
         if newer {
-            let legacy = spec.legacy_key.as_deref();
+            self.confirm_claim(prefix).await?;
             if let Some(key) = legacy {
                 self.check_legacy_key(prefix, key).await?;
             }
             prefix.promote(manifest, legacy, self.now).await?;
+            self.agreed = true;
+            info.promoted_at = Some(Time(self.now));
             self.status.growth =
                 growth_after(self.status.growth.as_ref(), &info, job.base == Base::Empty);
             self.status.current = Some(info.clone());
@@ -304,7 +368,11 @@ impl Run<'_> {
 
     /// The legacy key must not lie under a prefix another SiteCache owns (checked against
     /// storage when it is written: owners change).
-    async fn check_legacy_key(&self, prefix: &Prefix<'_>, key: &str) -> Result<(), Error> {
+    pub(super) async fn check_legacy_key(
+        &self,
+        prefix: &Prefix<'_>,
+        key: &str,
+    ) -> Result<(), Error> {
         match prefix.owner_of_key(key).await? {
             Some((owned, owner)) if owner.uid != self.uid() => Err(Error::Refused {
                 reason: "InvalidLegacyKey",

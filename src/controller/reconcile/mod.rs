@@ -5,10 +5,15 @@
 //! 3. **Claim** its prefix ([`claim`]).
 //! 4. **Adopt** what the prefix holds when the status knows nothing of it ([`adopt`]).
 //! 5. **Finish** each finished snapshot Job, exactly once ([`finish`]).
-//! 6. **Retention**: delete expired and rejected generations ([`retention`]).
+//! 6. **Retention**: delete expired and rejected generations ([`retention`]), once `current.json`
+//!    is known to name the status's current generation ([`agree`]: also after each start).
 //! 7. **Decide**: follow the running Job, or start one if a snapshot is due ([`decide`]).
 //! 8. **Status**: derive it and write it if it changed; then publish the Events and count the
 //!    metrics of what this reconcile did ([`Run::conclude`]).
+//! 9. **Release** the finished Jobs whose result the status now records: their finalizer kept
+//!    them, and the pods holding their reports, through any deletion until now ([`release`]).
+//!
+//! A standby controller (`--standby`) follows the prefix instead of steps 3 to 7 ([`standby`]).
 //!
 //! The steps build one [`Run`]: the SiteCache as read, the status as it is being rebuilt, and
 //! what to announce once that status is written. Nothing is announced before: a reconcile whose
@@ -16,10 +21,13 @@
 //! and its Events and counts come from that one, once.
 
 mod adopt;
+mod agree;
 mod claim;
 mod decide;
 mod finish;
+mod release;
 mod retention;
+mod standby;
 
 use std::sync::Arc;
 
@@ -69,6 +77,12 @@ struct Run<'a> {
     announcements: Vec<Announcement>,
     /// A generation was promoted: retention has to look at the prefix.
     retention_due: bool,
+    /// The ownership marker was read (or written) by this reconcile and names this SiteCache.
+    confirmed: bool,
+    /// `current.json` was found to name the status's current generation, or made to.
+    agreed: bool,
+    /// When to look again whatever is due (retention's grace period ends then).
+    wake_at: Option<Timestamp>,
 }
 
 /// An Event to publish or a metric to count once the status that records it is written.
@@ -102,6 +116,9 @@ impl<'a> Run<'a> {
             now: status::now(),
             announcements: Vec::new(),
             retention_due: false,
+            confirmed: false,
+            agreed: false,
+            wake_at: None,
         }
     }
 
@@ -110,12 +127,21 @@ impl<'a> Run<'a> {
         // 2. Validate.
         let spec = match validate(&self.sc, &self.ctx.settings) {
             Ok(spec) => self.spec.insert(spec).clone(),
-            Err(invalid) => return Ok(self.blocked(invalid.reason(), invalid.to_string())),
+            Err(invalid) => {
+                // What runs is finished whatever the spec says now.
+                self.finish_refused().await?;
+                return Ok(self.blocked(invalid.reason(), invalid.to_string()));
+            }
         };
         self.status.url = Some(spec.target.location.to_string());
         let s3 = self.ctx.storage(&spec.target).await;
         let prefix = Prefix::new(&s3, &spec.target.location);
+        // A standby follows the cluster that owns the prefix, and writes nothing.
+        if self.ctx.settings.standby {
+            return self.follow(&prefix, &spec).await;
+        }
         // 3. Claim.
+        let first_in_process = !self.ctx.is_claimed(&self.uid());
         if let Some(refused) = self.claim(&prefix).await? {
             return Ok(refused);
         }
@@ -124,11 +150,17 @@ impl<'a> Run<'a> {
             self.adopt(&prefix).await?;
         }
         // 5. Finish.
-        let jobs = self.finish_jobs(&prefix, &spec).await?;
+        let jobs = self
+            .finish_jobs(&prefix, spec.legacy_key.as_deref())
+            .await?;
+        // 6a. Agree: after a start, and before retention deletes anything.
+        if first_in_process || !self.status.expired_generations.is_empty() || self.retention_due {
+            self.agree(&prefix, &spec).await?;
+        }
         // 6. Retention.
         self.retention(&prefix, &jobs).await?;
         // 7. Decide.
-        self.decide(&jobs, &spec).await
+        self.decide(&prefix, &jobs, &spec).await
     }
 
     fn uid(&self) -> String {
@@ -207,6 +239,8 @@ impl<'a> Run<'a> {
         match self.write_status(&activity, trouble.as_ref()).await {
             Ok(()) => {
                 self.announce().await;
+                // 9. Release.
+                self.release_results().await;
                 result
             }
             Err(write) => match result {

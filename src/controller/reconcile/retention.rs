@@ -1,7 +1,9 @@
 //! Step 6, retention: after a promotion, the generations beyond `spec.retention.keep` expire;
 //! expired and rejected generations are listed in `status.expiredGenerations` until their
 //! objects are gone, so that a deletion that fails is retried by the next reconcile (with the
-//! error policy's backoff), not after the next promotion.
+//! error policy's backoff), not after the next promotion. A superseded generation is deleted only
+//! once `--retention-grace` has passed since the promotion that superseded it: a runner that read
+//! `current.json` a moment before still finds its archive.
 
 use super::Run;
 use crate::controller::error::Error;
@@ -46,7 +48,34 @@ impl Run<'_> {
         self.status.expired_generations.retain(|&n| {
             Some(n) != current && !jobs.iter().any(|j| j.generation == n && j.is_running())
         });
-        while let Some(&n) = self.status.expired_generations.first() {
+        // A superseded generation is kept for the grace period after the promotion that
+        // superseded it (the current one's); a rejected one, above the current, is not.
+        let grace_until = self
+            .status
+            .current
+            .as_ref()
+            .and_then(|c| c.promoted_at.as_ref())
+            .and_then(|t| {
+                let grace =
+                    jiff::SignedDuration::try_from(self.ctx.settings.retention_grace).ok()?;
+                t.0.checked_add(grace).ok()
+            })
+            .filter(|&until| self.now < until);
+        let in_grace = |n: u64| grace_until.is_some() && current.is_some_and(|c| n < c);
+        let due: Vec<u64> = self
+            .status
+            .expired_generations
+            .iter()
+            .copied()
+            .filter(|&n| !in_grace(n))
+            .collect();
+        if due.len() < self.status.expired_generations.len() {
+            self.wake_at = grace_until;
+        }
+        if !due.is_empty() {
+            self.confirm_claim(prefix).await?;
+        }
+        for n in due {
             let removed = prefix.delete_generations(&[n]).await?;
             self.count_removed(removed);
             tracing::info!(
@@ -54,7 +83,7 @@ impl Run<'_> {
                 objects = removed.objects,
                 "deleted an expired generation"
             );
-            self.status.expired_generations.remove(0);
+            self.status.expired_generations.retain(|&e| e != n);
         }
         Ok(())
     }

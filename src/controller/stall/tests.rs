@@ -22,6 +22,7 @@ fn job(active: i32, failed: i32) -> JobView {
         created: Some(ts("2026-01-01T10:00:00Z")),
         active,
         failed,
+        holds_result: true,
     }
 }
 

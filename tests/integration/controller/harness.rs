@@ -30,6 +30,8 @@ pub const AGENT_IMAGE: &str = "sitecache-agent:under-test";
 pub struct Options {
     pub max_concurrent: u32,
     pub failure_backoff: &'static str,
+    /// `--retention-grace`: 0 s unless a test is about it, so that retention is seen at once.
+    pub retention_grace: &'static str,
     /// Run a private S3 server (for tests that stop it).
     pub own_s3: bool,
     /// Start the controller with leader election (identity `a`, a 4 s lease).
@@ -45,6 +47,23 @@ pub struct Options {
     /// Give every container of the snapshot pods the storage credentials, as a pod identity
     /// would; without, only what the pod spec gives them (a Secret).
     pub pod_credentials: bool,
+    /// The S3 endpoint the controller calls (for example a fault proxy in front of the
+    /// server); the server's own by default. The snapshot Jobs always call the server.
+    pub controller_endpoint: Option<String>,
+    /// Where the controller runs (another cluster, a namespace, a bucket of the test's choice);
+    /// by default a fresh namespace of the shared control plane and a fresh bucket.
+    pub place: Option<Place>,
+}
+
+/// Where a harness's controller works, for tests with more than one cluster.
+pub struct Place {
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    pub namespace: String,
+    /// An existing bucket of the shared S3 server.
+    pub bucket: String,
+    /// Names the harness's directory (logs), unique in the run.
+    pub label: String,
 }
 
 impl Default for Options {
@@ -52,12 +71,15 @@ impl Default for Options {
         Options {
             max_concurrent: 4,
             failure_backoff: "5s",
+            retention_grace: "0s",
             own_s3: false,
             leader_elect: false,
             start_controller: true,
             extra_args: Vec::new(),
             controller_env: Vec::new(),
             pod_credentials: true,
+            controller_endpoint: None,
+            place: None,
         }
     }
 }
@@ -81,9 +103,17 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub async fn start(opts: Options) -> Harness {
-        let (client, ns) = support::kube().await;
-        let dir = support::run_dir().join("controller").join(&ns);
+    pub async fn start(mut opts: Options) -> Harness {
+        let place = opts.place.take();
+        let (client, ns, kubeconfig, bucket, label) = match place {
+            Some(p) => (p.client, p.namespace, p.kubeconfig, Some(p.bucket), p.label),
+            None => {
+                let (client, ns) = support::kube().await;
+                let kubeconfig = support::control_plane().await.kubeconfig().to_path_buf();
+                (client, ns.clone(), kubeconfig, None, ns)
+            }
+        };
+        let dir = support::run_dir().join("controller").join(&label);
         std::fs::create_dir_all(&dir).unwrap();
         let s3 = if opts.own_s3 {
             S3::Own(Box::new(
@@ -94,7 +124,6 @@ impl Harness {
         } else {
             S3::Shared(support::s3().await)
         };
-        let kubeconfig = support::control_plane().await.kubeconfig().to_path_buf();
         let mut h = Harness {
             client,
             kubeconfig,
@@ -107,7 +136,10 @@ impl Harness {
             runner: None,
             ns,
         };
-        h.bucket = h.s3().create_bucket("ctl").await.expect("create bucket");
+        h.bucket = match bucket {
+            Some(b) => b,
+            None => h.s3().create_bucket("ctl").await.expect("create bucket"),
+        };
         h.start_runner();
         if h.opts.start_controller {
             h.start_controller();
@@ -149,6 +181,21 @@ impl Harness {
         ));
     }
 
+    /// Restarts the controller with `extra_args` in place of the options' (after the
+    /// harness's own flags).
+    pub fn restart_controller_with(&mut self, extra_args: &[&str]) {
+        self.stop_controller();
+        self.opts.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        self.start_controller();
+    }
+
+    /// Restarts the controller calling `endpoint` for storage (`None`: the server itself).
+    pub fn restart_controller_at(&mut self, endpoint: Option<String>) {
+        self.stop_controller();
+        self.opts.controller_endpoint = endpoint;
+        self.start_controller();
+    }
+
     /// Starts (or restarts) the controller process.
     pub fn start_controller(&mut self) {
         let (process, port) = self.spawn_controller("a");
@@ -164,7 +211,13 @@ impl Harness {
         cmd.arg("controller")
             .args(["--namespace", &self.ns])
             .args(["--default-bucket", &self.bucket])
-            .args(["--endpoint", &self.s3().endpoint()])
+            .args([
+                "--endpoint",
+                self.opts
+                    .controller_endpoint
+                    .as_deref()
+                    .unwrap_or(&self.s3().endpoint()),
+            ])
             .args(["--region", "us-east-1"])
             .arg("--path-style")
             .args(["--agent-image", AGENT_IMAGE])
@@ -173,6 +226,7 @@ impl Harness {
                 &self.opts.max_concurrent.to_string(),
             ])
             .args(["--failure-backoff", self.opts.failure_backoff])
+            .args(["--retention-grace", self.opts.retention_grace])
             .args(["--resync", "1h"])
             .args(["--listen-address", &format!("127.0.0.1:{port}")])
             .args(&self.opts.extra_args)

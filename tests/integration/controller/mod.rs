@@ -1,10 +1,13 @@
 //! The controller on the real control plane and the real S3 server, its Jobs run by the local job
 //! runner: the scenarios of a SiteCache's life.
 
+mod clusters;
 mod deletion;
 mod deno;
+mod durability;
 mod errors;
 mod fleet;
+mod foreign;
 pub(crate) mod harness;
 mod leader;
 mod lifecycle;

@@ -1,0 +1,93 @@
+//! Step 6a, agree: `current.json` names the generation the status records as current. They part
+//! when a promotion wrote `current.json` and its status write never happened (the controller
+//! was killed between the two, or the write failed) and the Job's result then was lost (its
+//! result finalizer removed by hand), or after a hand edit. The status wins: it records only
+//! what a snapshot reported and the controller verified. Checked on the first reconcile of each
+//! SiteCache in a process (a start-up, a leader handover) and before retention deletes
+//! anything, so that retention never deletes what `current.json` names.
+
+use kube::runtime::events::EventType;
+
+use super::Run;
+use crate::controller::error::Error;
+use crate::controller::objects::Prefix;
+use crate::controller::validate::Validated;
+use crate::storage;
+
+impl Run<'_> {
+    pub(super) async fn agree(
+        &mut self,
+        prefix: &Prefix<'_>,
+        spec: &Validated,
+    ) -> Result<(), Error> {
+        if self.agreed {
+            return Ok(());
+        }
+        let found = prefix.current().await?;
+        let want = self.status.current.clone();
+        let named = match &found {
+            Some(Ok(c)) => Some(c.manifest.generation),
+            _ => None,
+        };
+        let unreadable = matches!(found, Some(Err(_)));
+        if named == want.as_ref().map(|c| c.generation) && !unreadable {
+            self.agreed = true;
+            return Ok(());
+        }
+        self.confirm_claim(prefix).await?;
+        let key = prefix.location.current_key();
+        let was = match &found {
+            None => "nothing".to_owned(),
+            Some(Ok(c)) => format!("generation {}", c.manifest.generation),
+            Some(Err(why)) => format!("nothing usable ({why})"),
+        };
+        let note = match want {
+            Some(info) => {
+                let n = info.generation;
+                let manifest = match prefix.manifest(n).await? {
+                    Ok(m)
+                        if m.sha256 == info.sha256
+                            && m.archive_key == info.key
+                            && m.size_bytes == info.size_bytes =>
+                    {
+                        m
+                    }
+                    other => {
+                        let why = match other {
+                            Ok(_) => "its manifest differs from what the status records".to_owned(),
+                            Err(rejection) => rejection.to_string(),
+                        };
+                        return Err(Error::Refused {
+                            reason: "CurrentDisagrees",
+                            message: format!(
+                                "{key} names {was}, but the status records generation {n} as \
+                                 promoted, and it cannot be promoted again: {why}"
+                            ),
+                        });
+                    }
+                };
+                let legacy = spec.legacy_key.as_deref();
+                if let Some(legacy) = legacy {
+                    self.check_legacy_key(prefix, legacy).await?;
+                }
+                prefix.promote(&manifest, legacy, self.now).await?;
+                format!(
+                    "{key} named {was}, not generation {n}, which the status records as \
+                     promoted (a promotion whose result was never recorded, or a hand edit): it \
+                     names generation {n} again"
+                )
+            }
+            None => {
+                storage::delete(prefix.client, &prefix.location.bucket, &key).await?;
+                format!(
+                    "{key} named {was}, but the status records no promoted generation (a \
+                     promotion whose result was never recorded, or a hand edit): removed"
+                )
+            }
+        };
+        tracing::warn!("{note}");
+        self.event(EventType::Warning, "CurrentRestored", "Promote", note);
+        self.agreed = true;
+        Ok(())
+    }
+}
