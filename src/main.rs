@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Reconcile SiteCache objects (runs in the operator Deployment).
-    Controller(sitecache::controller::ControllerArgs),
+    Controller(Box<sitecache::controller::ControllerArgs>),
     /// Pack a directory and upload it as a new generation (runs in the snapshot Job).
     Snapshot(snapshot::SnapshotArgs),
     /// Fetch, verify and extract a generation (runs in a site runner at cold start).
@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         }
         Command::Controller(args) => {
             telemetry::init(cli.log_format, "info");
-            match runtime().block_on(sitecache::controller::main(args)) {
+            match runtime().block_on(sitecache::controller::main(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: controller: {e:#}");

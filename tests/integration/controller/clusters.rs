@@ -199,13 +199,17 @@ async fn a_claim_taken_away_is_confirmed_before_anything_is_promoted() {
     )
     .await;
     h.request_snapshot("shop", "after-the-takeover").await;
+    // Generation 1 stays available (Ready); the refusal is Degraded.
     let refused = h
         .wait("shop", "refused", MINUTE, |sc| {
-            condition_reason(sc, "Ready") == Some("PrefixOwnedByAnotherCluster")
+            condition_reason(sc, "Degraded") == Some("PrefixOwnedByAnotherCluster")
         })
         .await;
+    assert_eq!(condition(&refused, "Ready"), Some("True"));
     assert!(
-        cond(&refused, "Ready").message.contains("another-cluster"),
+        cond(&refused, "Degraded")
+            .message
+            .contains("another-cluster"),
         "{:?}",
         refused.status
     );

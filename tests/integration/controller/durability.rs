@@ -148,6 +148,8 @@ async fn current_json_that_names_an_unrecorded_generation_is_brought_back_to_the
     jobs.delete("shop-g2", &DeleteParams::background())
         .await
         .unwrap();
+    // No retry of the request may hide what follows.
+    h.patch("shop", json!({"spec": {"suspend": true}})).await;
     h.restart_controller_at(None);
 
     // Generation 2 is lost (JobLost), and current.json names generation 1 again before
