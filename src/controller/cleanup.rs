@@ -6,7 +6,8 @@
 //!    never stops).
 //! 3. **Retain**: with `deletionPolicy: Retain`, or on a standby controller, release the
 //!    SiteCache and keep the objects.
-//! 4. **Locate** the prefix (`status.url`: nothing was ever written without it).
+//! 4. **Locate** the prefix (`status.url`, else where the spec puts it: a claim may have been
+//!    written before a status that was never written, or was lost).
 //! 5. **Ownership**: a prefix another SiteCache owns is left alone.
 //! 6. **Purge** every object of this SiteCache's under the prefix, never one under another
 //!    SiteCache's marker, and confirm that none is left.
@@ -34,7 +35,6 @@ use super::reconcile::write_status;
 use super::results;
 use super::status::{self, DELETION_BLOCKED};
 use crate::api::{DeletionPolicy, Phase, SiteCache};
-use crate::storage::Location;
 
 /// The reason of `DeletionBlocked` while snapshot pods have not stopped.
 const PODS_RUNNING: &str = "SnapshotPodRunning";
@@ -95,25 +95,18 @@ impl Cleanup<'_> {
             self.events.push((EventType::Normal, "Retained", note));
             return Ok(Action::await_change());
         }
-        // 4. Locate.
-        let Some(url) = self.sc.status.as_ref().and_then(|s| s.url.clone()) else {
-            return Ok(Action::await_change());
-        };
-        let location: Location = match url.parse() {
-            Ok(l) => l,
+        // 4. Locate: `status.url`, or, without one (a status lost, or a claim whose status write
+        // never happened), where the spec and the controller's defaults put the prefix: the
+        // marker then says whether anything there is this SiteCache's.
+        let target = match self.ctx.settings.resolve(&self.sc) {
+            Ok(target) => target,
             Err(e) => {
-                let note = format!("status.url {url:?} is not a location ({e}); nothing deleted");
+                let note = format!("{e}; nothing deleted");
                 self.events
                     .push((EventType::Warning, "NothingDeleted", note));
                 return Ok(Action::await_change());
             }
         };
-        let mut target = self
-            .ctx
-            .settings
-            .resolve(&self.sc)
-            .map_err(|e| Error::CleanupPending(e.to_string()))?;
-        target.location = location;
         let s3 = self.ctx.storage(&target).await;
         let prefix = Prefix::new(&s3, &target.location);
         // 5. Ownership.
@@ -150,8 +143,8 @@ impl Cleanup<'_> {
             self.blocked = Some((PODS_RUNNING.to_owned(), message.clone()));
             return Err(Error::CleanupPending(message));
         }
-        let waited = self.blocked_reason() == Some(PODS_RUNNING);
-        if waited {
+        // Said whether or not this controller saw the wait (it may have been down for it).
+        {
             let note = format!(
                 "snapshot pods did not stop within --snapshot-pod-stop-timeout ({}): {pods}; \
                  deleting the objects without waiting for them (a pod that is still running \

@@ -59,6 +59,8 @@ pub struct Context {
     caches: Vec<Caches>,
     /// When a slot promised to a woken SiteCache expires (see [`Context::expired_reservations`]).
     reservations: mpsc::UnboundedSender<Instant>,
+    /// Every Job watch has listed its Jobs ([`Context::mark_jobs_synced`]).
+    jobs_synced: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
@@ -91,6 +93,7 @@ impl Context {
             errors: Default::default(),
             caches,
             reservations,
+            jobs_synced: Default::default(),
         };
         (ctx, expiries)
     }
@@ -146,6 +149,39 @@ impl Context {
         self.metrics.stalled_snapshots.set(n);
     }
 
+    /// Forgets a SiteCache that is gone (whether or not a cleanup reconcile saw it go): its
+    /// place in the queue, its claim, its part in the stale and stalled gauges, its error count.
+    pub fn forget(&self, sc: &ObjectRef<SiteCache>) {
+        self.leave_queue(sc);
+        if let Some(uid) = &sc.extra.uid {
+            self.set_claimed(uid, false);
+            self.set_stale(uid, false);
+            self.set_stalled(uid, false);
+            self.errors.forget(uid);
+        }
+    }
+
+    /// After a relist, forgets the SiteCaches no watch cache holds any more (deleted while the
+    /// watch was broken, which reports no deletion).
+    pub fn forget_missing(&self) {
+        let present: HashSet<String> = self
+            .caches
+            .iter()
+            .flat_map(|c| c.sitecaches.state())
+            .filter_map(|sc| sc.uid())
+            .collect();
+        for set in [&self.claimed, &self.stale, &self.stalled] {
+            lock(set).retain(|uid| present.contains(uid));
+        }
+        self.metrics
+            .stale_sitecaches
+            .set(lock(&self.stale).len() as i64);
+        self.metrics
+            .stalled_snapshots
+            .set(lock(&self.stalled).len() as i64);
+        self.errors.retain(&present);
+    }
+
     /// The snapshot Jobs of the SiteCache with this uid, as the watch last saw them.
     pub fn jobs_of(&self, uid: &str) -> Vec<JobView> {
         let mut views: Vec<JobView> = self
@@ -188,8 +224,22 @@ impl Context {
         tracing::debug!(object = %oref, "the watch has not shown the status written yet");
     }
 
-    /// How many snapshot Jobs the watch shows running (and forgets pending Jobs it shows).
+    /// Every Job watch has listed its Jobs (the task that waits for the watches says so). Until
+    /// then the Jobs that run are unknown (after a restart or a leader handover, up to
+    /// `--max-concurrent-snapshots` may), so no slot is granted; the SiteCaches that asked wait
+    /// in the queue, and get the free slots now.
+    pub fn mark_jobs_synced(&self) {
+        self.jobs_synced
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.slot_freed();
+    }
+
+    /// How many snapshot Jobs the watch shows running (and forgets pending Jobs it shows); every
+    /// slot counts as taken until the Job watches have listed.
     fn observe_jobs(&self, queue: &mut SlotQueue) -> usize {
+        if !self.jobs_synced.load(std::sync::atomic::Ordering::Acquire) {
+            return self.settings.max_concurrent_snapshots as usize;
+        }
         let jobs = self.caches.iter().flat_map(|c| c.jobs.state()).map(|job| {
             let key: JobKey = (job.namespace().unwrap_or_default(), job.name_any());
             (key, JobView::of(&job).is_some_and(|v| v.is_running()))
@@ -327,6 +377,11 @@ impl Errors {
     pub fn forget(&self, uid: &str) {
         self.lock().remove(uid);
     }
+
+    /// Keeps only the objects in `present`.
+    fn retain(&self, present: &HashSet<String>) {
+        self.lock().retain(|uid, _| present.contains(uid));
+    }
 }
 
 /// Whether resource version `a` is later than `b`. Versions are opaque to clients, but every API
@@ -354,4 +409,62 @@ fn mark(set: &Mutex<HashSet<String>>, uid: &str, member: bool) -> i64 {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::batch::v1::Job;
+    use kube::runtime::watcher;
+
+    use super::*;
+    use crate::controller::config::settings_from;
+
+    fn running_job(name: &str) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "web", "uid": name,
+                         "labels": {"sitecache.dev/generation": "1", "sitecache.dev/uid": "u"}},
+            "status": {"active": 1},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn no_slot_is_granted_before_the_job_watch_has_listed() {
+        let (sitecaches, _sitecache_writer) = kube::runtime::reflector::store();
+        let (jobs, mut job_writer) = kube::runtime::reflector::store();
+        let (wake, mut woken) = mpsc::unbounded_channel();
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let (ctx, _expiries) = Context::new(
+            client,
+            settings_from(&["--default-bucket", "caches", "--max-concurrent-snapshots", "1"]),
+            "cluster".into(),
+            Arc::new(Metrics::default()),
+            vec![Caches {
+                namespace: None,
+                sitecaches,
+                jobs,
+                wake,
+            }],
+        );
+        let shop = ObjectRef::new("shop").within("web");
+        let place = Place {
+            priority: 1,
+            due: "2026-01-01T00:00:00Z".parse().unwrap(),
+        };
+        // Restarted: a Job runs that the watch has not listed yet.
+        let job = ("web".to_owned(), "shop-g1".to_owned());
+        assert!(!ctx.ask_slot(&shop, place.clone(), job.clone()));
+        // The watch lists it: the only slot is that Job's, and the waiter is not woken.
+        job_writer.apply_watcher_event(&watcher::Event::Init);
+        job_writer.apply_watcher_event(&watcher::Event::InitApply(running_job("outlet-g3")));
+        job_writer.apply_watcher_event(&watcher::Event::InitDone);
+        ctx.mark_jobs_synced();
+        assert!(woken.try_recv().is_err());
+        // It finishes: the waiter gets the slot.
+        job_writer.apply_watcher_event(&watcher::Event::Delete(running_job("outlet-g3")));
+        ctx.slot_freed();
+        assert_eq!(woken.try_recv().unwrap(), shop);
+        assert!(ctx.ask_slot(&shop, place, job));
+    }
 }

@@ -164,6 +164,8 @@ pub async fn run(
     let mut parts = Vec::new();
     // Any change of a Job's state may free a snapshot slot.
     let (jobs_changed, mut job_change_seen) = mpsc::unbounded_channel::<()>();
+    // SiteCaches gone (`Some`), and relists done (`None`), for the context to forget.
+    let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<Option<ObjectRef<SiteCache>>>();
     for scope in &scopes {
         let (jobs, job_writer) = reflector::store();
         let jobs_changed = jobs_changed.clone();
@@ -180,6 +182,7 @@ pub async fn run(
             let _ = jobs_changed.send(());
         });
         let (sitecaches, sitecache_writer) = reflector::store();
+        let gone = gone_tx.clone();
         let sitecache_changes = watcher(
             scoped::<SiteCache>(&client, scope),
             watcher::Config::default(),
@@ -187,6 +190,17 @@ pub async fn run(
         .default_backoff()
         .modify(watches::strip_sitecache)
         .reflect(sitecache_writer)
+        // A SiteCache that went without a cleanup reconcile (its finalizer removed by hand, or
+        // deleted while a relist was under way) leaves nothing behind in the context.
+        .inspect(move |event| match event {
+            Ok(watcher::Event::Delete(sc)) => {
+                let _ = gone.send(Some(ObjectRef::from_obj(sc)));
+            }
+            Ok(watcher::Event::InitDone) => {
+                let _ = gone.send(None);
+            }
+            _ => {}
+        })
         .applied_objects()
         .predicate_filter(
             watches::sitecache_trigger,
@@ -224,6 +238,17 @@ pub async fn run(
             while job_change_seen.recv().await.is_some() {
                 while job_change_seen.try_recv().is_ok() {}
                 ctx.slot_freed();
+            }
+        });
+    }
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            while let Some(gone) = gone_rx.recv().await {
+                match gone {
+                    Some(sc) => ctx.forget(&sc),
+                    None => ctx.forget_missing(),
+                }
             }
         });
     }
@@ -271,6 +296,7 @@ pub async fn run(
 
     {
         let ready = ready.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             for (sitecaches, jobs) in &stores {
                 wait_synced(sitecaches).await;
@@ -278,6 +304,8 @@ pub async fn run(
             }
             ready.store(true, Ordering::Release);
             tracing::info!("watches synced; reconciling");
+            // Slots are granted from now on: the heads of the queue get them.
+            ctx.mark_jobs_synced();
         });
     }
     tracing::info!(

@@ -74,32 +74,64 @@ pub fn job_trigger(job: &Job) -> u64 {
 }
 
 /// The Jobs of a watch that wake their SiteCache: a Job seen for the first time, one whose state
-/// changed ([`job_trigger`]), and one that is gone.
+/// changed ([`job_trigger`]), and one that is gone. A relist (after `410 Gone`, or a watch that
+/// broke) reports no deletion for the Jobs removed in the gap: those that the relist no longer
+/// lists are reported gone when it is done, by what is kept of them (name, namespace, owner).
 pub fn job_changes<S>(events: S) -> impl Stream<Item = Result<Job, watcher::Error>> + Send
 where
     S: Stream<Item = Result<watcher::Event<Job>, watcher::Error>> + Send,
 {
-    let mut seen: HashMap<String, u64> = HashMap::new();
+    // Per Job uid: its state, and what names it and its owner.
+    let mut seen: HashMap<String, (u64, Job)> = HashMap::new();
+    // The uids a relist under way has listed.
+    let mut relisted: Option<std::collections::HashSet<String>> = None;
     events.flat_map(move |event| {
         let jobs: Vec<Result<Job, watcher::Error>> = match event {
             Err(e) => vec![Err(e)],
             Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
                 let key = job.uid().unwrap_or_default();
+                if let Some(listed) = relisted.as_mut() {
+                    listed.insert(key.clone());
+                }
                 let state = job_trigger(&job);
-                if seen.insert(key, state) == Some(state) {
-                    vec![]
-                } else {
-                    vec![Ok(job)]
+                match seen.insert(key, (state, tombstone(&job))) {
+                    Some((was, _)) if was == state => vec![],
+                    _ => vec![Ok(job)],
                 }
             }
             Ok(watcher::Event::Delete(job)) => {
                 seen.remove(&job.uid().unwrap_or_default());
                 vec![Ok(job)]
             }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => vec![],
+            Ok(watcher::Event::Init) => {
+                relisted = Some(Default::default());
+                vec![]
+            }
+            Ok(watcher::Event::InitDone) => {
+                let listed = relisted.take().unwrap_or_default();
+                let gone: Vec<String> = seen
+                    .keys()
+                    .filter(|uid| !listed.contains(*uid))
+                    .cloned()
+                    .collect();
+                gone.into_iter()
+                    .filter_map(|uid| seen.remove(&uid))
+                    .map(|(_, job)| Ok(job))
+                    .collect()
+            }
         };
         futures::stream::iter(jobs)
     })
+}
+
+/// What is kept of a Job to report it gone: its name, namespace, uid and owners.
+fn tombstone(job: &Job) -> Job {
+    let mut kept = Job::default();
+    kept.metadata.name = job.metadata.name.clone();
+    kept.metadata.namespace = job.metadata.namespace.clone();
+    kept.metadata.uid = job.metadata.uid.clone();
+    kept.metadata.owner_references = job.metadata.owner_references.clone();
+    kept
 }
 
 #[cfg(test)]
@@ -164,6 +196,58 @@ mod tests {
         for other in [spec, request, deleted, finalized, lost] {
             assert_ne!(sitecache_trigger(&other), t);
         }
+    }
+
+    fn owned_job(name: &str, state: &str) -> Job {
+        let status = match state {
+            "running" => serde_json::json!({"active": 1}),
+            _ => serde_json::json!({"conditions": [{"type": "Complete", "status": "True"}]}),
+        };
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "web", "uid": name,
+                         "labels": {"sitecache.dev/generation": "1"},
+                         "ownerReferences": [{"apiVersion": "sitecache.dev/v1alpha1",
+                             "kind": "SiteCache", "name": "shop", "uid": "u", "controller": true}]},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    async fn names(events: Vec<watcher::Event<Job>>) -> Vec<String> {
+        let stream = job_changes(futures::stream::iter(events.into_iter().map(Ok)));
+        stream
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .map(|j| {
+                let j = j.unwrap();
+                format!(
+                    "{}{}",
+                    j.name_any(),
+                    if j.status.is_none() { " (gone)" } else { "" }
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_relist_reports_the_jobs_that_went_in_the_gap() {
+        use watcher::Event::*;
+        let seen = names(vec![
+            Init,
+            InitApply(owned_job("shop-g1", "done")),
+            InitApply(owned_job("shop-g2", "running")),
+            InitDone,
+            // The same state again wakes nothing; a new state does.
+            Apply(owned_job("shop-g2", "running")),
+            Apply(owned_job("shop-g2", "done")),
+            // 410 Gone: shop-g1 was deleted meanwhile, shop-g2 was not.
+            Init,
+            InitApply(owned_job("shop-g2", "done")),
+            InitDone,
+        ])
+        .await;
+        assert_eq!(seen, ["shop-g1", "shop-g2", "shop-g2", "shop-g1 (gone)"]);
     }
 
     #[test]

@@ -204,6 +204,11 @@ impl StorageError {
     /// A CamelCase reason for conditions and Events: the store's own error code when it is one
     /// (`AccessDenied`, `NoSuchBucket`, `SlowDown`), else what failed (`StorageTimeout`,
     /// `StorageUnreachable`, …).
+    /// The store does not implement the call (an optional one, in S3-compatible stores).
+    pub fn is_not_implemented(&self) -> bool {
+        matches!(self, StorageError::Service { code, .. } if code == "NotImplemented" || code == "HTTP 501")
+    }
+
     pub fn reason(&self) -> String {
         match self {
             StorageError::NotFound { .. } => "StorageObjectMissing".into(),

@@ -150,6 +150,10 @@ fn non_default_values(watched: &[&str]) -> Value {
             "resync": "5m",
             "snapshotPodStopTimeout": "10m",
             "snapshotStallAfter": "90s",
+            "retentionGrace": "30m",
+            "clusterId": "eu-west-prod",
+            "standby": true,
+            "standbyPoll": "2m",
             "failureBackoff": "30s",
             "failureBackoffMax": "2h",
             "jobTTL": "30m",
@@ -316,14 +320,18 @@ async fn chart_with_non_default_values_applies_with_a_server_side_dry_run() {
     assert_eq!(env["SITECACHE_ALLOW_LEGACY_KEYS_OUTSIDE_PREFIX"], "true");
     assert_eq!(env["SITECACHE_SNAPSHOT_POD_STOP_TIMEOUT"], "10m");
     assert_eq!(env["SITECACHE_SNAPSHOT_STALL_AFTER"], "90s");
+    assert_eq!(env["SITECACHE_RETENTION_GRACE"], "30m");
+    assert_eq!(env["SITECACHE_CLUSTER_ID"], "eu-west-prod");
+    assert_eq!(env["SITECACHE_STANDBY"], "true");
+    assert_eq!(env["SITECACHE_STANDBY_POLL"], "2m");
     assert_eq!(
         env["SITECACHE_AGENT_IMAGE"],
         "registry.example.com/platform/sitecache-agent:1.2.3"
     );
     assert_eq!(env["SITECACHE_LEADER_ELECTION_LEASE"], "sitecache-leader");
     assert_eq!(env["AWS_STS_REGIONAL_ENDPOINTS"], "regional");
-    // Watching two namespaces: Roles there, nothing cluster-wide but the CRD and the users'
-    // aggregated roles.
+    // Watching two namespaces with a cluster id of its own: Roles there, nothing cluster-wide
+    // but the CRD and the users' aggregated roles.
     assert!(
         of_kind(&objects, "ClusterRole")
             .into_iter()

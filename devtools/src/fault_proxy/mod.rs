@@ -11,7 +11,9 @@
 //!
 //! Besides the schedule, [`FaultProxy::lose_responses`] picks requests by method and path: each
 //! is forwarded and takes effect on the server, but its answer never reaches the client (the
-//! connection is reset), as a client killed right after its write would have it.
+//! connection is reset), as a client killed right after its write would have it; and
+//! [`FaultProxy::not_implemented`] answers chosen calls `501 NotImplemented`, as stores that lack
+//! an optional call do.
 
 mod body;
 pub mod schedule;
@@ -45,7 +47,11 @@ pub struct State {
     requests: AtomicU64,
     /// Requests (method, path suffix) whose responses are lost.
     lose: Mutex<Option<(String, String)>>,
+    /// Requests (method, query parameter) answered `501 NotImplemented`, as stores that lack an
+    /// optional call answer it.
+    unimplemented: Mutex<Option<(String, String)>>,
     lost: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl State {
@@ -83,7 +89,9 @@ impl FaultProxy {
             injected: Mutex::new(BTreeMap::new()),
             requests: AtomicU64::new(0),
             lose: Mutex::new(None),
+            unimplemented: Mutex::new(None),
             lost: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         });
         let task = tokio::spawn(accept(listener, state.clone()));
         Ok(FaultProxy { addr, state, task })
@@ -113,6 +121,22 @@ impl FaultProxy {
     pub fn lose_responses(&self, method: &str, path_suffix: &str) {
         *self.state.lose.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((method.to_owned(), path_suffix.to_owned()));
+    }
+
+    /// From now on, requests with `method` and the query parameter `param` (`uploads`: the
+    /// `ListMultipartUploads` call) are answered `501 NotImplemented` without reaching the
+    /// server, as a store that lacks that call answers them.
+    pub fn not_implemented(&self, method: &str, param: &str) {
+        *self
+            .state
+            .unimplemented
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((method.to_owned(), param.to_owned()));
+    }
+
+    /// Requests answered `NotImplemented` so far.
+    pub fn not_implemented_answers(&self) -> u64 {
+        self.state.refused.load(Ordering::SeqCst)
     }
 
     /// Responses are passed on again.
@@ -192,6 +216,28 @@ async fn handle(
         .is_some_and(|(method, suffix)| {
             req.method().as_str() == method && req.uri().path().ends_with(suffix.as_str())
         });
+    let unimplemented = state
+        .unimplemented
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|(method, param)| {
+            req.method().as_str() == method
+                && req
+                    .uri()
+                    .query()
+                    .unwrap_or("")
+                    .split('&')
+                    .any(|p| p.split('=').next() == Some(param.as_str()))
+        });
+    if unimplemented {
+        state.refused.fetch_add(1, Ordering::SeqCst);
+        return Ok(full(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            "A header you provided implies functionality that is not implemented",
+        ));
+    }
     let fault = if lose {
         Fault::None
     } else if state.enabled.load(Ordering::SeqCst) {

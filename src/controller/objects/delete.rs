@@ -62,14 +62,15 @@ impl Prefix<'_> {
             .collect();
         self.abort_uploads(&self.location.prefix, &foreign).await?;
         // Some S3-compatible stores (MinIO) list uploads only by exact key, not by prefix: ask
-        // for each archive key this prefix can have had too.
-        let highest = keys
+        // for the archive key of each generation that left objects, and of the latest two (one
+        // may be uploading without any object yet), not of every number ever used. Uploads of
+        // snapshot attempts are found by their records (`abort_attempts`).
+        let mut generations: std::collections::BTreeSet<u64> = keys
             .iter()
             .filter_map(|(k, _)| self.location.generation_of_key(k))
-            .max()
-            .unwrap_or(0)
-            .max(latest);
-        for n in 1..=highest + 1 {
+            .collect();
+        generations.extend([latest, latest + 1].into_iter().filter(|&n| n > 0));
+        for n in generations {
             self.abort_uploads(&self.location.archive_key(n), &foreign)
                 .await?;
         }
@@ -108,11 +109,14 @@ impl Prefix<'_> {
     }
 
     /// Aborts every unfinished multipart upload the store lists for `prefix` (every page), but
-    /// those under a `foreign` prefix.
+    /// those under a `foreign` prefix. A store that does not list uploads (`NotImplemented`:
+    /// the call is optional in S3-compatible stores) has nothing more to list: its unfinished
+    /// uploads are left to the bucket's lifecycle rule (`AbortIncompleteMultipartUpload`), not a
+    /// reason to keep a SiteCache's objects.
     async fn abort_uploads(&self, prefix: &str, foreign: &[String]) -> Result<(), StorageError> {
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         loop {
-            let out = self
+            let listed = self
                 .client
                 .list_multipart_uploads()
                 .bucket(self.bucket())
@@ -121,7 +125,20 @@ impl Prefix<'_> {
                 .set_upload_id_marker(id_marker.take())
                 .send()
                 .await
-                .map_err(|e| StorageError::from_sdk("LIST-UPLOADS", self.bucket(), prefix, e))?;
+                .map_err(|e| StorageError::from_sdk("LIST-UPLOADS", self.bucket(), prefix, e));
+            let out = match listed {
+                Ok(out) => out,
+                Err(e) if e.is_not_implemented() => {
+                    tracing::warn!(
+                        bucket = self.bucket(),
+                        %prefix,
+                        "the store does not list multipart uploads (NotImplemented): unfinished \
+                         uploads are left to the bucket's lifecycle rule"
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
             for upload in out.uploads() {
                 let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
                     continue;

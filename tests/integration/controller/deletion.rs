@@ -341,3 +341,146 @@ async fn a_snapshot_pod_that_never_stops_blocks_deletion_for_a_bounded_time() {
     .unwrap();
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_sitecache_whose_status_was_lost_is_cleaned_up_where_its_spec_puts_it() {
+    let mut h = Harness::start(Options::default()).await;
+    h.create("shop", json!({"site": "shop", "warm": warm("", 2)}))
+        .await;
+    h.wait_promoted("shop", 1).await;
+    assert!(!h.keys("shop/").await.is_empty());
+    // While the controller is down, the status is lost (a restore from a backup without
+    // status), then the SiteCache is deleted.
+    h.stop_controller();
+    h.api()
+        .patch_status(
+            "shop",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": null})),
+        )
+        .await
+        .unwrap();
+    h.delete("shop").await;
+    h.start_controller();
+    h.wait_gone("shop", MINUTE).await;
+    assert_eq!(h.keys("shop/").await, Vec::<String>::new());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_pod_abandoned_while_the_controller_was_down_is_said_so() {
+    let mut h = Harness::start(Options {
+        extra_args: vec!["--snapshot-pod-stop-timeout".into(), "2s".into()],
+        ..Options::default()
+    })
+    .await;
+    let sc = h
+        .create("shop", json!({"site": "shop", "warm": warm("", 2)}))
+        .await;
+    h.wait_promoted("shop", 1).await;
+    let pods: kube::api::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::api::Api::namespaced(h.client.clone(), &h.ns);
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "shop-g2-lost",
+            "labels": {"app.kubernetes.io/managed-by": "sitecache",
+                       "sitecache.dev/uid": sc.metadata.uid.clone().unwrap()},
+            "finalizers": ["sitecache.dev/test-hold"],
+        },
+        "spec": {"nodeName": "lost-node", "containers": [{"name": "snapshot", "image": "x"}]},
+    }))
+    .unwrap();
+    pods.create(&Default::default(), &pod).await.unwrap();
+    // The whole stop timeout passes while the controller is down.
+    h.stop_controller();
+    h.delete("shop").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    h.start_controller();
+    h.wait_gone("shop", MINUTE).await;
+    assert_eq!(h.event_count("shop", "SnapshotPodAbandoned").await, 1);
+    pods.patch(
+        "shop-g2-lost",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sitecache_gone_without_its_cleanup_leaves_no_gauge_behind() {
+    // Deletion will be blocked (no right to delete), and the user removes the finalizer.
+    let h = Harness::without_delete_rights().await;
+    // Never promoted: its cache is Missing, which the stale gauge counts.
+    h.create(
+        "shop",
+        json!({"site": "shop", "warm": {"image": "site:test", "command": ["sh", "-c", "exit 3"]}}),
+    )
+    .await;
+    let stale = |m: &str| counter_sum(m, "sitecache_stale_sitecaches");
+    let deadline = std::time::Instant::now() + MINUTE;
+    while stale(&h.metrics().await) != 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never counted as stale"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.delete("shop").await;
+    h.wait("shop", "DeletionBlocked", MINUTE, |sc| {
+        condition(sc, "DeletionBlocked") == Some("True")
+    })
+    .await;
+    // Its finalizer removed by hand, it goes without a cleanup reconcile that succeeded.
+    h.patch("shop", json!({"metadata": {"finalizers": null}}))
+        .await;
+    h.wait_gone("shop", MINUTE).await;
+    let deadline = std::time::Instant::now() + MINUTE;
+    while stale(&h.metrics().await) != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gone SiteCache is still counted as stale"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_does_not_list_uploads_blocks_neither_retention_nor_deletion() {
+    let s3 = crate::support::s3().await;
+    let proxy = sitecache_devtools::FaultProxy::start(
+        &s3.endpoint(),
+        3,
+        sitecache_devtools::fault_proxy::FaultRates::none(),
+    )
+    .await
+    .unwrap();
+    // ListMultipartUploads is optional: some S3-compatible stores answer NotImplemented.
+    proxy.not_implemented("GET", "uploads");
+    let h = Harness::start(Options {
+        controller_endpoint: Some(proxy.endpoint()),
+        ..Options::default()
+    })
+    .await;
+    h.create(
+        "shop",
+        json!({"site": "shop", "warm": warm("", 2), "retention": {"keep": 1}}),
+    )
+    .await;
+    h.wait_promoted("shop", 1).await;
+    h.request_and_wait("shop", "two").await;
+    h.wait_promoted("shop", 2).await;
+    // Retention deleted generation 1 without listing its uploads.
+    h.wait("shop", "generation 1 deleted", MINUTE, |sc| {
+        sc.status.as_ref().unwrap().expired_generations.is_empty()
+    })
+    .await;
+    assert_eq!(h.stored_generations("shop/").await, [2]);
+    h.delete("shop").await;
+    h.wait_gone("shop", MINUTE).await;
+    assert_eq!(h.keys("shop/").await, Vec::<String>::new());
+    assert!(proxy.not_implemented_answers() > 0);
+    h.shutdown().await;
+}

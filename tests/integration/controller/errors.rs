@@ -167,6 +167,8 @@ async fn when_the_status_cannot_be_written_either_the_reconcile_error_is_still_r
         ("SITECACHE_S3_REGION", "us-east-1".into()),
         ("SITECACHE_PATH_STYLE", "true".into()),
         ("SITECACHE_AGENT_IMAGE", super::harness::AGENT_IMAGE.into()),
+        // Named, so that the identity needs no read of kube-system.
+        ("SITECACHE_CLUSTER_ID", "test-cluster".into()),
         ("RUST_LOG", "info".into()),
         ("NO_COLOR", "1".into()),
     ]
