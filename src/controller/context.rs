@@ -428,16 +428,26 @@ mod tests {
         .unwrap()
     }
 
-    #[tokio::test]
-    async fn no_slot_is_granted_before_the_job_watch_has_listed() {
+    /// A context with one snapshot slot over a Job watch fed by the writer returned, and the
+    /// receiver of the SiteCaches it wakes.
+    fn one_slot() -> (
+        Context,
+        kube::runtime::reflector::store::Writer<Job>,
+        mpsc::UnboundedReceiver<ObjectRef<SiteCache>>,
+    ) {
         let (sitecaches, _sitecache_writer) = kube::runtime::reflector::store();
-        let (jobs, mut job_writer) = kube::runtime::reflector::store();
-        let (wake, mut woken) = mpsc::unbounded_channel();
+        let (jobs, job_writer) = kube::runtime::reflector::store();
+        let (wake, woken) = mpsc::unbounded_channel();
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
         let (ctx, _expiries) = Context::new(
             client,
-            settings_from(&["--default-bucket", "caches", "--max-concurrent-snapshots", "1"]),
+            settings_from(&[
+                "--default-bucket",
+                "caches",
+                "--max-concurrent-snapshots",
+                "1",
+            ]),
             "cluster".into(),
             Arc::new(Metrics::default()),
             vec![Caches {
@@ -447,11 +457,40 @@ mod tests {
                 wake,
             }],
         );
-        let shop = ObjectRef::new("shop").within("web");
-        let place = Place {
+        (ctx, job_writer, woken)
+    }
+
+    fn place() -> Place {
+        Place {
             priority: 1,
             due: "2026-01-01T00:00:00Z".parse().unwrap(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_deleted_before_it_finished_keeps_its_slot_until_it_is_gone() {
+        let (ctx, mut job_writer, _woken) = one_slot();
+        let mut stopping = running_job("outlet-g3");
+        stopping.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T00:00:00Z".parse().unwrap(),
+            ));
+        job_writer.apply_watcher_event(&watcher::Event::Init);
+        job_writer.apply_watcher_event(&watcher::Event::InitApply(stopping.clone()));
+        job_writer.apply_watcher_event(&watcher::Event::InitDone);
+        ctx.mark_jobs_synced();
+        let shop = ObjectRef::new("shop").within("web");
+        let job = ("web".to_owned(), "shop-g1".to_owned());
+        assert!(!ctx.ask_slot(&shop, place(), job.clone()));
+        job_writer.apply_watcher_event(&watcher::Event::Delete(stopping));
+        assert!(ctx.ask_slot(&shop, place(), job));
+    }
+
+    #[tokio::test]
+    async fn no_slot_is_granted_before_the_job_watch_has_listed() {
+        let (ctx, mut job_writer, mut woken) = one_slot();
+        let shop = ObjectRef::new("shop").within("web");
+        let place = place();
         // Restarted: a Job runs that the watch has not listed yet.
         let job = ("web".to_owned(), "shop-g1".to_owned());
         assert!(!ctx.ask_slot(&shop, place.clone(), job.clone()));

@@ -202,34 +202,36 @@ fn full(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     resp
 }
 
+/// Whether the rule in `slot` (a method, and a word `matches` checks against the request) is
+/// set and holds for a request with `method`.
+fn rule_holds(
+    slot: &Mutex<Option<(String, String)>>,
+    method: &str,
+    matches: impl Fn(&str) -> bool,
+) -> bool {
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|(m, word)| m == method && matches(word))
+}
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<State>,
     socket: Arc<OwnedFd>,
 ) -> Result<Response<ProxyBody>, std::io::Error> {
     state.requests.fetch_add(1, Ordering::SeqCst);
-    let lose = state
-        .lose
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .is_some_and(|(method, suffix)| {
-            req.method().as_str() == method && req.uri().path().ends_with(suffix.as_str())
-        });
-    let unimplemented = state
-        .unimplemented
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .is_some_and(|(method, param)| {
-            req.method().as_str() == method
-                && req
-                    .uri()
-                    .query()
-                    .unwrap_or("")
-                    .split('&')
-                    .any(|p| p.split('=').next() == Some(param.as_str()))
-        });
+    let method = req.method().as_str();
+    let lose = rule_holds(&state.lose, method, |suffix| {
+        req.uri().path().ends_with(suffix)
+    });
+    let unimplemented = rule_holds(&state.unimplemented, method, |param| {
+        req.uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .any(|p| p.split('=').next() == Some(param))
+    });
     if unimplemented {
         state.refused.fetch_add(1, Ordering::SeqCst);
         return Ok(full(

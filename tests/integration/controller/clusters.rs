@@ -133,9 +133,26 @@ async fn a_second_cluster_on_the_same_bucket_never_takes_the_prefix_and_follows_
     );
     assert_eq!(marker(&a).await, claimed);
 
-    // Cluster B as a standby follows what A promotes, read-only.
+    // Cluster B as a standby follows what A promotes, with storage rights to read and nothing
+    // more (docs/iam.md): a write would fail and show in its status.
     let before_standby = a.keys("shop/").await;
     assert!(before_standby.len() > before.len(), "{before_standby:?}");
+    let reader = format!("standby-{bucket}");
+    let read_only = json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:ListBucket"],
+            "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
+        }]
+    });
+    b.s3()
+        .put_policy(&reader, &read_only)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    b.s3()
+        .add_user(&reader, &format!("{reader}-secret"), &reader)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    b.use_credentials_of(&reader, &format!("{reader}-secret"));
     b.restart_controller_with(&["--standby", "--standby-poll", "1s"]);
     let followed = b
         .wait("shop", "following generation 2", MINUTE, |sc| {
@@ -143,6 +160,7 @@ async fn a_second_cluster_on_the_same_bucket_never_takes_the_prefix_and_follows_
         })
         .await;
     assert_eq!(condition_reason(&followed, "Progressing"), Some("Standby"));
+    assert_eq!(condition(&followed, "Degraded"), Some("False"));
     let progressing = cond(&followed, "Progressing").message;
     assert!(progressing.contains(&id_a), "{progressing}");
     assert_eq!(followed.status.as_ref().unwrap().latest_generation, Some(2));

@@ -4,10 +4,13 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
-use super::harness::{Harness, Options, cond, condition, condition_reason, counter_sum, warm};
+use super::harness::{
+    Harness, Options, cond, condition, condition_reason, counter_sum, eventually, warm,
+};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -287,6 +290,33 @@ async fn deletion_without_the_right_to_delete_stays_blocked_backs_off_and_clears
     h.shutdown().await;
 }
 
+/// A snapshot pod of SiteCache `uid` on a node that is gone: its deletion never completes (a
+/// finalizer stands in for the kubelet that never confirms it) until [`release_lost_pod`].
+async fn lost_pod(h: &Harness, uid: &str) -> Api<Pod> {
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), &h.ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "shop-g2-lost",
+            "labels": {"app.kubernetes.io/managed-by": "sitecache", "sitecache.dev/uid": uid},
+            "finalizers": ["sitecache.dev/test-hold"],
+        },
+        "spec": {"nodeName": "lost-node", "containers": [{"name": "snapshot", "image": "x"}]},
+    }))
+    .unwrap();
+    pods.create(&Default::default(), &pod).await.unwrap();
+    pods
+}
+
+async fn release_lost_pod(pods: &Api<Pod>) {
+    pods.patch(
+        "shop-g2-lost",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_snapshot_pod_that_never_stops_blocks_deletion_for_a_bounded_time() {
     let h = Harness::start(Options {
@@ -298,23 +328,7 @@ async fn a_snapshot_pod_that_never_stops_blocks_deletion_for_a_bounded_time() {
         .create("shop", json!({"site": "shop", "warm": warm("", 2)}))
         .await;
     h.wait_promoted("shop", 1).await;
-    // A snapshot pod on a node that is gone: its deletion never completes (a finalizer stands in
-    // for the kubelet that never confirms it).
-    let pods: kube::api::Api<k8s_openapi::api::core::v1::Pod> =
-        kube::api::Api::namespaced(h.client.clone(), &h.ns);
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "shop-g2-lost",
-            "labels": {"app.kubernetes.io/managed-by": "sitecache",
-                       "sitecache.dev/uid": sc.metadata.uid.clone().unwrap()},
-            "finalizers": ["sitecache.dev/test-hold"],
-        },
-        "spec": {"nodeName": "lost-node", "containers": [{"name": "snapshot", "image": "x"}]},
-    }))
-    .unwrap();
-    pods.create(&Default::default(), &pod).await.unwrap();
+    let pods = lost_pod(&h, &sc.metadata.uid.clone().unwrap()).await;
 
     h.delete("shop").await;
     let sc = h
@@ -332,13 +346,7 @@ async fn a_snapshot_pod_that_never_stops_blocks_deletion_for_a_bounded_time() {
     h.wait_gone("shop", MINUTE).await;
     assert_eq!(h.keys("shop/").await, Vec::<String>::new());
     assert_eq!(h.event_count("shop", "SnapshotPodAbandoned").await, 1);
-    pods.patch(
-        "shop-g2-lost",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    release_lost_pod(&pods).await;
     h.shutdown().await;
 }
 
@@ -355,8 +363,8 @@ async fn a_sitecache_whose_status_was_lost_is_cleaned_up_where_its_spec_puts_it(
     h.api()
         .patch_status(
             "shop",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"status": null})),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": null})),
         )
         .await
         .unwrap();
@@ -378,19 +386,7 @@ async fn a_snapshot_pod_abandoned_while_the_controller_was_down_is_said_so() {
         .create("shop", json!({"site": "shop", "warm": warm("", 2)}))
         .await;
     h.wait_promoted("shop", 1).await;
-    let pods: kube::api::Api<k8s_openapi::api::core::v1::Pod> =
-        kube::api::Api::namespaced(h.client.clone(), &h.ns);
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
-        "metadata": {
-            "name": "shop-g2-lost",
-            "labels": {"app.kubernetes.io/managed-by": "sitecache",
-                       "sitecache.dev/uid": sc.metadata.uid.clone().unwrap()},
-            "finalizers": ["sitecache.dev/test-hold"],
-        },
-        "spec": {"nodeName": "lost-node", "containers": [{"name": "snapshot", "image": "x"}]},
-    }))
-    .unwrap();
-    pods.create(&Default::default(), &pod).await.unwrap();
+    let pods = lost_pod(&h, &sc.metadata.uid.clone().unwrap()).await;
     // The whole stop timeout passes while the controller is down.
     h.stop_controller();
     h.delete("shop").await;
@@ -398,13 +394,7 @@ async fn a_snapshot_pod_abandoned_while_the_controller_was_down_is_said_so() {
     h.start_controller();
     h.wait_gone("shop", MINUTE).await;
     assert_eq!(h.event_count("shop", "SnapshotPodAbandoned").await, 1);
-    pods.patch(
-        "shop-g2-lost",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    release_lost_pod(&pods).await;
     h.shutdown().await;
 }
 
@@ -419,14 +409,10 @@ async fn a_sitecache_gone_without_its_cleanup_leaves_no_gauge_behind() {
     )
     .await;
     let stale = |m: &str| counter_sum(m, "sitecache_stale_sitecaches");
-    let deadline = std::time::Instant::now() + MINUTE;
-    while stale(&h.metrics().await) != 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never counted as stale"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("counted as stale", MINUTE, || async {
+        stale(&h.metrics().await) == 1.0
+    })
+    .await;
     h.delete("shop").await;
     h.wait("shop", "DeletionBlocked", MINUTE, |sc| {
         condition(sc, "DeletionBlocked") == Some("True")
@@ -436,14 +422,12 @@ async fn a_sitecache_gone_without_its_cleanup_leaves_no_gauge_behind() {
     h.patch("shop", json!({"metadata": {"finalizers": null}}))
         .await;
     h.wait_gone("shop", MINUTE).await;
-    let deadline = std::time::Instant::now() + MINUTE;
-    while stale(&h.metrics().await) != 0.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gone SiteCache is still counted as stale"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the gone SiteCache no longer counted as stale",
+        MINUTE,
+        || async { stale(&h.metrics().await) == 0.0 },
+    )
+    .await;
     h.shutdown().await;
 }
 

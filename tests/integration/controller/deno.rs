@@ -39,18 +39,7 @@ async fn deno_site_warmed_by_the_controller_runs_cached_only_after_restore() {
     let url = sc.status.as_ref().unwrap().url.clone().unwrap();
 
     let fresh = h.dir.join("runner-deno-dir");
-    let out = Command::new(env!("CARGO_BIN_EXE_sitecache"))
-        .args(["restore", "--strict", "--url", &url, "--dest"])
-        .arg(&fresh)
-        .envs(h.s3().aws_env())
-        .env("SITECACHE_PATH_STYLE", "true")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    h.restore_into(&url, &fresh);
     let run = Command::new(&deno)
         .args(["run", "--cached-only", "main.ts"])
         .current_dir(&site)

@@ -1,17 +1,17 @@
 //! Results that outlive their Jobs and the controller's absence: a promotion whose status write
 //! never happened, a Job deleted before the controller recorded it, a Job deleted in the
-//! foreground while it runs.
+//! foreground while it runs, a generation superseded a moment after a runner read
+//! `current.json`.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use sitecache::api::SnapshotResult;
 use sitecache_devtools::FaultProxy;
 use sitecache_devtools::fault_proxy::FaultRates;
 
-use super::harness::{Harness, Options, condition_reason, current, warm};
+use super::harness::{Harness, Options, condition_reason, current, eventually, warm};
 use crate::support;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -26,50 +26,36 @@ async fn named_by_current(h: &Harness) -> Option<u64> {
 /// Restores what `shop/current.json` names, as a runner does; returns its result line.
 fn restore(h: &Harness) -> Value {
     let dest = h.dir.join(format!("restored-{}", fastrand::u32(..)));
-    let out = Command::new(env!("CARGO_BIN_EXE_sitecache"))
-        .args(["restore", "--strict", "--url"])
-        .arg(format!("s3://{}/shop/", h.bucket))
-        .arg("--dest")
-        .arg(&dest)
-        .envs(h.s3().aws_env())
-        .env("SITECACHE_PATH_STYLE", "true")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    h.restore_into(&format!("s3://{}/shop/", h.bucket), &dest)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_promotion_outlives_a_controller_killed_before_its_status_write_and_its_jobs_deletion() {
+/// A harness whose controller calls storage through a fault proxy, with `shop` (of `spec`)
+/// promoted at generation 1.
+async fn shop_behind_a_proxy(seed: u64, spec: Value) -> (Harness, FaultProxy) {
     let s3 = support::s3().await;
-    let proxy = FaultProxy::start(&s3.endpoint(), 1, FaultRates::none())
+    let proxy = FaultProxy::start(&s3.endpoint(), seed, FaultRates::none())
         .await
         .unwrap();
-    let mut h = Harness::start(Options {
+    let h = Harness::start(Options {
         controller_endpoint: Some(proxy.endpoint()),
         ..Options::default()
     })
     .await;
-    h.create("shop", json!({"site": "shop", "warm": warm("", 3)}))
-        .await;
+    h.create("shop", spec).await;
     h.wait_promoted("shop", 1).await;
+    (h, proxy)
+}
 
-    // The controller writes current.json for generation 2, and never learns that it did: as if
-    // it were killed right after the write. Its status still says generation 1.
+/// Generation 2 is snapshot, and the controller writes `current.json` for it and never learns
+/// that it did, as if it were killed right after the write; then it is stopped. Its status
+/// still says generation 1.
+async fn promote_2_and_stop_before_the_status_write(h: &mut Harness, proxy: &FaultProxy) {
     proxy.lose_responses("PUT", "/shop/current.json");
     h.request_snapshot("shop", "two").await;
-    let deadline = Instant::now() + MINUTE;
-    while named_by_current(&h).await != Some(2) {
-        assert!(
-            Instant::now() < deadline,
-            "current.json never named generation 2"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("current.json naming generation 2", MINUTE, || async {
+        named_by_current(h).await == Some(2)
+    })
+    .await;
     assert!(proxy.lost() > 0);
     h.stop_controller();
     let sc = h.api().get("shop").await.unwrap();
@@ -79,6 +65,12 @@ async fn a_promotion_outlives_a_controller_killed_before_its_status_write_and_it
         "the status write happened: {:?}",
         sc.status
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promotion_outlives_a_controller_killed_before_its_status_write_and_its_jobs_deletion() {
+    let (mut h, proxy) = shop_behind_a_proxy(1, json!({"site": "shop", "warm": warm("", 3)})).await;
+    promote_2_and_stop_before_the_status_write(&mut h, &proxy).await;
 
     // While it is down, the Job is deleted (its TTL, a GitOps prune, kubectl delete).
     h.jobs()
@@ -100,48 +92,27 @@ async fn a_promotion_outlives_a_controller_killed_before_its_status_write_and_it
     assert_eq!(restored["generation"], json!(2), "{restored}");
     assert!(h.stored_generations("shop/").await.contains(&2));
     // Once recorded, the Job and its pods are released: the deletion completes.
-    let deadline = Instant::now() + MINUTE;
-    while h.jobs().get_opt("shop-g2").await.unwrap().is_some() {
-        assert!(Instant::now() < deadline, "Job shop-g2 was never released");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("Job shop-g2 released and gone", MINUTE, || async {
+        h.jobs().get_opt("shop-g2").await.unwrap().is_none()
+    })
+    .await;
     h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn current_json_that_names_an_unrecorded_generation_is_brought_back_to_the_status() {
-    let s3 = support::s3().await;
-    let proxy = FaultProxy::start(&s3.endpoint(), 2, FaultRates::none())
-        .await
-        .unwrap();
-    let mut h = Harness::start(Options {
-        controller_endpoint: Some(proxy.endpoint()),
-        ..Options::default()
-    })
-    .await;
-    h.create(
-        "shop",
+    let (mut h, proxy) = shop_behind_a_proxy(
+        2,
         json!({"site": "shop", "warm": warm("", 3), "retention": {"keep": 1}}),
     )
     .await;
-    h.wait_promoted("shop", 1).await;
-    proxy.lose_responses("PUT", "/shop/current.json");
-    h.request_snapshot("shop", "two").await;
-    let deadline = Instant::now() + MINUTE;
-    while named_by_current(&h).await != Some(2) {
-        assert!(
-            Instant::now() < deadline,
-            "current.json never named generation 2"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    h.stop_controller();
+    promote_2_and_stop_before_the_status_write(&mut h, &proxy).await;
     // The Job's result is lost for good: its finalizers removed by hand, then deleted.
     let jobs = h.jobs();
     jobs.patch(
         "shop-g2",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
     )
     .await
     .unwrap();
@@ -171,15 +142,10 @@ async fn current_json_that_names_an_unrecorded_generation_is_brought_back_to_the
             .await
             .contains(&"CurrentRestored".to_owned())
     );
-    let deadline = Instant::now() + MINUTE;
-    while h.stored_generations("shop/").await != [1] {
-        assert!(
-            Instant::now() < deadline,
-            "generation 2 was not deleted: {:?}",
-            h.stored_generations("shop/").await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("generation 2 deleted", MINUTE, || async {
+        h.stored_generations("shop/").await == [1]
+    })
+    .await;
     assert_eq!(
         condition_reason(&h.api().get("shop").await.unwrap(), "Ready"),
         Some("GenerationAvailable")
@@ -259,15 +225,12 @@ async fn a_superseded_generation_outlives_its_promotion_by_the_grace_period() {
         .clone();
     assert!(promoted_at.is_some());
     // Then it goes, with nothing else to wake the SiteCache.
-    let deadline = Instant::now() + MINUTE;
-    while h.stored_generations("shop/").await != [2] {
-        assert!(
-            Instant::now() < deadline,
-            "generation 1 outlived the grace period: {:?}",
-            h.stored_generations("shop/").await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "generation 1 deleted after the grace period",
+        MINUTE,
+        || async { h.stored_generations("shop/").await == [2] },
+    )
+    .await;
     h.wait("shop", "no generation left to expire", MINUTE, |sc| {
         sc.status.as_ref().unwrap().expired_generations.is_empty()
     })

@@ -269,13 +269,18 @@ impl Harness {
     /// Starts the controller with the storage credentials of MinIO user `user` (the snapshot Jobs
     /// keep the root user's).
     pub fn start_controller_as(&mut self, user: &str, secret: &str) {
+        self.use_credentials_of(user, secret);
+        self.start_controller();
+    }
+
+    /// From the next start on, the controller uses the storage credentials of MinIO user `user`.
+    pub fn use_credentials_of(&mut self, user: &str, secret: &str) {
         self.opts.controller_env = self
             .s3()
             .aws_env_as(user, secret)
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
-        self.start_controller();
     }
 
     pub fn stop_controller(&mut self) {
@@ -291,6 +296,21 @@ impl Harness {
     /// Waits (boundedly) until the controller's `/readyz` answers 200.
     pub async fn wait_ready(&self) {
         wait_ready_at(self.metrics_port).await
+    }
+}
+
+/// Polls `check` until it holds, for at most `timeout`, and panics naming `what` if it never
+/// does: the one definition of "eventually" for the tests' waits on what is not a SiteCache's
+/// status (objects in the bucket, Jobs, metrics); [`Harness::wait`] is the one for a SiteCache.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not {what} after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
 }
 
@@ -423,6 +443,24 @@ impl Harness {
             .create(&PostParams::default(), &job)
             .await
             .unwrap_or_else(|e| panic!("create Job {name}-g{generation}: {e}"));
+    }
+
+    /// Runs `sitecache restore --strict` of `url` into `dest`, as a runner does, with the S3
+    /// server's credentials; returns its result line (panics if it failed).
+    pub fn restore_into(&self, url: &str, dest: &Path) -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_sitecache"))
+            .args(["restore", "--strict", "--url", url, "--dest"])
+            .arg(dest)
+            .envs(self.s3().aws_env())
+            .env("SITECACHE_PATH_STYLE", "true")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     /// The archive key generation `n` under `prefix` committed (its manifest's).
