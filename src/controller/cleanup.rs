@@ -231,7 +231,7 @@ impl Cleanup<'_> {
             if let Some(view) = JobView::of(job)
                 && view.holds_result
             {
-                results::release(&self.ctx.client, &ns, &view).await?;
+                results::release(&self.ctx.client, &ns, &view, None).await?;
             }
             if job.metadata.deletion_timestamp.is_some() {
                 continue;

@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::validate::normalize_endpoint;
 use crate::agent::parse_duration;
 use crate::api::{BUCKET_PATTERN, SiteCache};
 use crate::storage::{Location, StorageOptions};
@@ -155,29 +154,6 @@ pub struct ControllerArgs {
     /// How often a standby reads each SiteCache's `current.json` to follow promotions (one GET).
     #[arg(long, env = "SITECACHE_STANDBY_POLL", default_value = "5m", value_parser = parse_duration)]
     pub standby_poll: Duration,
-}
-
-impl ControllerArgs {
-    /// The leader election, if enabled.
-    pub fn election(&self) -> Option<super::leader::Election> {
-        self.leader_elect.then(|| super::leader::Election {
-            namespace: self
-                .leader_election_namespace
-                .clone()
-                .or_else(|| std::env::var("POD_NAMESPACE").ok())
-                .unwrap_or_else(|| "default".to_owned()),
-            lease: self.leader_election_lease.clone(),
-            identity: self.leader_election_identity.clone().unwrap_or_else(|| {
-                std::env::var("POD_NAME").unwrap_or_else(|_| {
-                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                        .map(|h| h.trim().to_owned())
-                        .unwrap_or_else(|_| "sitecache".to_owned());
-                    format!("{host}-{}", std::process::id())
-                })
-            }),
-            duration: self.leader_election_duration,
-        })
-    }
 }
 
 /// Why the configuration cannot be used.
@@ -443,6 +419,23 @@ impl Target {
     }
 }
 
+/// An endpoint URL as the allow-list compares it: scheme and authority in lower case, without a
+/// trailing '/'.
+pub fn normalize_endpoint(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            format!(
+                "{}://{}{path}",
+                scheme.to_ascii_lowercase(),
+                authority.to_ascii_lowercase()
+            )
+        }
+        None => url.to_ascii_lowercase(),
+    }
+}
+
 /// Settings from command-line flags, for tests.
 #[cfg(test)]
 pub fn settings_from(flags: &[&str]) -> Settings {
@@ -456,4 +449,18 @@ pub fn settings_from(flags: &[&str]) -> Settings {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     Settings::try_from(&cli.args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_normalization() {
+        assert_eq!(
+            normalize_endpoint("HTTPS://Minio.Example:9000/"),
+            "https://minio.example:9000"
+        );
+        assert_eq!(normalize_endpoint("http://h/Path/"), "http://h/Path");
+    }
 }

@@ -13,13 +13,11 @@ use tokio::sync::mpsc;
 
 use super::clients::{Clients, CountRequests, StorageKey};
 use super::config::{Settings, Target};
+use super::identity::MANAGER;
 use super::job::{JobView, UID_LABEL};
 use super::queue::{Ask, JobKey, Place, RESERVATION_TTL, SlotQueue};
 use crate::api::SiteCache;
 use crate::telemetry::metrics::Metrics;
-
-/// The field manager of every write the controller makes.
-pub const MANAGER: &str = "sitecache-controller";
 
 /// How long a reconcile waits for the watch to show the status it wrote.
 const OWN_WRITE_WAIT: Duration = Duration::from_secs(5);

@@ -1,11 +1,15 @@
-//! Which cluster this controller works for: the identity its ownership markers record, so that
-//! two clusters on one bucket never take each other's prefixes.
+//! Who this controller is: its field manager on the API server, and the cluster it works for,
+//! whose identity its ownership markers record so that two clusters on one bucket never take
+//! each other's prefixes.
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
 use super::config::valid_cluster_id;
+
+/// The field manager of every write the controller makes.
+pub const MANAGER: &str = "sitecache-controller";
 
 /// The namespace whose UID names the cluster: every cluster has it, it is never deleted, and a
 /// new cluster (even one restored from the same manifests) gets a new UID.

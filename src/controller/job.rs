@@ -447,6 +447,9 @@ pub struct JobView {
     pub failed: i32,
     /// The Job still carries [`RESULT_FINALIZER`]: its result has not been released.
     pub holds_result: bool,
+    /// The version the watch saw, and the finalizers it had then (to release the result).
+    pub resource_version: Option<String>,
+    pub finalizers: Vec<String>,
 }
 
 impl JobView {
@@ -496,6 +499,8 @@ impl JobView {
             active: status.active.unwrap_or(0),
             failed: status.failed.unwrap_or(0),
             holds_result: job.finalizers().iter().any(|f| f == RESULT_FINALIZER),
+            resource_version: job.resource_version(),
+            finalizers: job.finalizers().to_vec(),
         })
     }
 

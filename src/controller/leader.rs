@@ -8,7 +8,8 @@ use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 
-use super::context::MANAGER;
+use super::config::ControllerArgs;
+use super::identity::MANAGER;
 
 /// Where and how replicas elect a leader.
 #[derive(Clone, Debug)]
@@ -18,6 +19,29 @@ pub struct Election {
     pub identity: String,
     /// How long a lease lasts without renewal: the longest handover after a leader dies.
     pub duration: Duration,
+}
+
+impl Election {
+    /// The leader election the flags ask for, if enabled.
+    pub fn from_args(args: &ControllerArgs) -> Option<Election> {
+        args.leader_elect.then(|| Election {
+            namespace: args
+                .leader_election_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "default".to_owned()),
+            lease: args.leader_election_lease.clone(),
+            identity: args.leader_election_identity.clone().unwrap_or_else(|| {
+                std::env::var("POD_NAME").unwrap_or_else(|_| {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_owned())
+                        .unwrap_or_else(|_| "sitecache".to_owned());
+                    format!("{host}-{}", std::process::id())
+                })
+            }),
+            duration: args.leader_election_duration,
+        })
+    }
 }
 
 /// Leadership while held: `lost` turns true if the lease is lost; dropping it releases the

@@ -13,7 +13,11 @@
 //! - [`results`]: releasing a snapshot Job (and its pods) once its result is in the status;
 //! - [`error`]: why a reconcile failed, with the metrics kind and Event reason of each error;
 //! - [`context`]: what reconciles share (clients, metrics, Events, the snapshot slots);
-//! - [`identity`]: the cluster's identity, which ownership markers record;
+//! - [`identity`]: who the controller is (its field manager, and the cluster's identity, which
+//!   ownership markers record); [`leader`]: which replica reconciles.
+//!
+//! Imports run one way: `config` imports nothing of the controller's; `identity`, `leader`,
+//! `clients` and `validate` import `config`; `context` imports those; the steps import all.
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz`.
 
 mod cleanup;
@@ -56,8 +60,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 pub use config::{ControllerArgs, Settings};
-pub use context::{Caches, Context, MANAGER};
+pub use context::{Caches, Context};
 pub use error::Error;
+pub use identity::MANAGER;
 pub use reconcile::write_status;
 
 use crate::api::{FINALIZER, SiteCache};
@@ -91,7 +96,7 @@ pub async fn main(args: ControllerArgs) -> anyhow::Result<()> {
         stopped(stopping.clone()),
     ));
 
-    let result = match args.election() {
+    let result = match leader::Election::from_args(&args) {
         None => {
             metrics.leader.set(1);
             run(client, settings, metrics.clone(), ready, stopping).await

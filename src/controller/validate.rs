@@ -160,23 +160,6 @@ pub fn legacy_key_problem(key: &str, location: &Location, outside_allowed: bool)
     }
 }
 
-/// An endpoint URL as the allow-list compares it: scheme and authority in lower case, without a
-/// trailing '/'.
-pub fn normalize_endpoint(url: &str) -> String {
-    let url = url.trim().trim_end_matches('/');
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            format!(
-                "{}://{}{path}",
-                scheme.to_ascii_lowercase(),
-                authority.to_ascii_lowercase()
-            )
-        }
-        None => url.to_ascii_lowercase(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,14 +261,5 @@ mod tests {
             e.to_string()
                 .starts_with("spec.legacy.publishKey \"other/current.json\"")
         );
-    }
-
-    #[test]
-    fn endpoint_normalization() {
-        assert_eq!(
-            normalize_endpoint("HTTPS://Minio.Example:9000/"),
-            "https://minio.example:9000"
-        );
-        assert_eq!(normalize_endpoint("http://h/Path/"), "http://h/Path");
     }
 }

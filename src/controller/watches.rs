@@ -12,6 +12,7 @@ use std::hash::{BuildHasher, Hash};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
@@ -82,7 +83,7 @@ where
     S: Stream<Item = Result<watcher::Event<Job>, watcher::Error>> + Send,
 {
     // Per Job uid: its state, and what names it and its owner.
-    let mut seen: HashMap<String, (u64, Job)> = HashMap::new();
+    let mut seen: HashMap<String, (u64, Tomb)> = HashMap::new();
     // The uids a relist under way has listed.
     let mut relisted: Option<std::collections::HashSet<String>> = None;
     events.flat_map(move |event| {
@@ -94,7 +95,7 @@ where
                     listed.insert(key.clone());
                 }
                 let state = job_trigger(&job);
-                match seen.insert(key, (state, tombstone(&job))) {
+                match seen.insert(key, (state, Tomb::of(&job))) {
                     Some((was, _)) if was == state => vec![],
                     _ => vec![Ok(job)],
                 }
@@ -116,7 +117,7 @@ where
                     .collect();
                 gone.into_iter()
                     .filter_map(|uid| seen.remove(&uid))
-                    .map(|(_, job)| Ok(job))
+                    .map(|(_, tomb)| Ok(tomb.job()))
                     .collect()
             }
         };
@@ -124,14 +125,35 @@ where
     })
 }
 
-/// What is kept of a Job to report it gone: its name, namespace, uid and owners.
-fn tombstone(job: &Job) -> Job {
-    let mut kept = Job::default();
-    kept.metadata.name = job.metadata.name.clone();
-    kept.metadata.namespace = job.metadata.namespace.clone();
-    kept.metadata.uid = job.metadata.uid.clone();
-    kept.metadata.owner_references = job.metadata.owner_references.clone();
-    kept
+/// What is kept of a Job to report it gone: its name, namespace and controller (the SiteCache
+/// to wake). A few strings, not the Job: every Job of every watched namespace has one.
+struct Tomb {
+    name: Option<String>,
+    namespace: Option<String>,
+    owner: Option<OwnerReference>,
+}
+
+impl Tomb {
+    fn of(job: &Job) -> Tomb {
+        Tomb {
+            name: job.metadata.name.clone(),
+            namespace: job.metadata.namespace.clone(),
+            owner: job
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .cloned(),
+        }
+    }
+
+    /// The Job as far as it is known: enough for its SiteCache to be woken.
+    fn job(self) -> Job {
+        let mut job = Job::default();
+        job.metadata.name = self.name;
+        job.metadata.namespace = self.namespace;
+        job.metadata.owner_references = self.owner.map(|o| vec![o]);
+        job
+    }
 }
 
 #[cfg(test)]

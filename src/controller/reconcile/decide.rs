@@ -16,8 +16,8 @@ use kube::runtime::events::EventType;
 use super::finish::handled_through;
 use super::{Announcement, Outcome, Run};
 use crate::api::{Freshness, LastSnapshot, SnapshotResult};
-use crate::controller::context::MANAGER;
 use crate::controller::error::Error;
+use crate::controller::identity::MANAGER;
 use crate::controller::job::{
     JobInputs, JobState, JobView, UID_LABEL, is_ours, job_name, observed_user, snapshot_job,
 };

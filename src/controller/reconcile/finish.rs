@@ -116,6 +116,8 @@ impl Run<'_> {
                 active: 0,
                 failed: 0,
                 holds_result: false,
+                resource_version: None,
+                finalizers: Vec::new(),
             },
         });
         jobs.sort_by_key(|j| j.generation);
@@ -270,14 +272,18 @@ impl Run<'_> {
     }
 
     /// Whether a pod of the Job has not stopped yet ([`results::stopped`]).
-    async fn pods_still_run(&self, job: &JobView) -> Result<bool, Error> {
+    async fn pods_still_run(&mut self, job: &JobView) -> Result<bool, Error> {
         let pods = self.pods_of(job).await?;
         Ok(pods.iter().any(|p| !results::stopped(p, self.now)))
     }
 
-    async fn pods_of(&self, job: &JobView) -> Result<Vec<Pod>, Error> {
+    /// The Job's pods, listed once per reconcile (step 9 releases them).
+    async fn pods_of(&mut self, job: &JobView) -> Result<Vec<Pod>, Error> {
         if job.uid.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(pods) = self.pods.get(&job.uid) {
+            return Ok(pods.clone());
         }
         let pods: Api<Pod> = Api::namespaced(
             self.ctx.client.clone(),
@@ -288,11 +294,12 @@ impl Run<'_> {
             .list(&ListParams::default().labels(&selector))
             .await
             .map_err(Error::kube("list snapshot pods"))?;
+        self.pods.insert(job.uid.clone(), pods.items.clone());
         Ok(pods.items)
     }
 
     /// What the Job's snapshot container reported, from its pods' termination messages.
-    async fn reported(&self, job: &JobView) -> Result<Reported, Error> {
+    async fn reported(&mut self, job: &JobView) -> Result<Reported, Error> {
         if job.uid.is_empty() {
             return Ok(Reported::Nothing);
         }

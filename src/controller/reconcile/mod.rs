@@ -39,8 +39,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
-use super::context::{Context, MANAGER};
+use super::context::Context;
 use super::error::Error;
+use super::identity::MANAGER;
 use super::objects::{Prefix, Removed};
 use super::schedule::{self, Backoff};
 use super::status::{self, Activity, Trouble};
@@ -83,6 +84,8 @@ struct Run<'a> {
     agreed: bool,
     /// When to look again whatever is due (retention's grace period ends then).
     wake_at: Option<Timestamp>,
+    /// The pods of the Jobs this reconcile listed, by Job uid (step 9 releases them).
+    pods: std::collections::HashMap<String, Vec<k8s_openapi::api::core::v1::Pod>>,
 }
 
 /// An Event to publish or a metric to count once the status that records it is written.
@@ -119,6 +122,7 @@ impl<'a> Run<'a> {
             confirmed: false,
             agreed: false,
             wake_at: None,
+            pods: Default::default(),
         }
     }
 

@@ -18,7 +18,8 @@ impl Run<'_> {
         for job in self.ctx.jobs_of(&self.uid()).iter().filter(|j| {
             j.holds_result && j.generation <= handled && (!j.is_running() || j.deleting)
         }) {
-            if let Err(e) = results::release(&self.ctx.client, &ns, job).await {
+            let pods = self.pods.get(&job.uid).map(Vec::as_slice);
+            if let Err(e) = results::release(&self.ctx.client, &ns, job, pods).await {
                 tracing::warn!(job = %job.name, error = %e, "cannot release the snapshot Job's result");
             }
         }

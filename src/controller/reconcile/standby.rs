@@ -2,8 +2,10 @@
 //! Job and deletes nothing. It reads who owns the prefix and which generation `current.json`
 //! promotes (two GETs each `--standby-poll`), and reads the prefix again ([`Run::read_prefix`])
 //! when the promoted generation changed, so that the status reports what the active cluster
-//! promoted and a runner of this cluster can restore it.
+//! promoted and a runner of this cluster can restore it. Jobs left from when it was active are
+//! released, never recorded.
 
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
@@ -11,6 +13,7 @@ use super::{Outcome, Run};
 use crate::api::Freshness;
 use crate::controller::error::Error;
 use crate::controller::objects::Prefix;
+use crate::controller::results;
 use crate::controller::schedule;
 use crate::controller::status::Activity;
 use crate::controller::validate::Validated;
@@ -61,6 +64,17 @@ impl Run<'_> {
             location: prefix.location.to_string(),
             owner: owner.map(|o| o.to_string()),
         };
+        // Jobs left from when this controller was active are not a standby's to record: their
+        // result finalizer goes, so that their TTL can remove them.
+        let ns = self.sc.namespace().unwrap_or_default();
+        for job in self
+            .ctx
+            .jobs_of(&uid)
+            .iter()
+            .filter(|j| j.holds_result && (!j.is_running() || j.deleting))
+        {
+            results::release(&self.ctx.client, &ns, job, None).await?;
+        }
         let poll = self.ctx.settings.standby_poll.min(self.ctx.settings.resync);
         Ok((activity, Action::requeue(poll)))
     }

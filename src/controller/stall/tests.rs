@@ -23,6 +23,8 @@ fn job(active: i32, failed: i32) -> JobView {
         active,
         failed,
         holds_result: true,
+        resource_version: None,
+        finalizers: Vec::new(),
     }
 }
 

@@ -12,7 +12,9 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use sitecache_devtools::{ControlPlane, control_plane};
 
-use super::harness::{Harness, Options, Place, cond, condition, condition_reason, current, warm};
+use super::harness::{
+    Harness, Options, Place, cond, condition, condition_reason, current, eventually, warm,
+};
 use crate::support;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -236,5 +238,33 @@ async fn a_claim_taken_away_is_confirmed_before_anything_is_promoted() {
     assert_eq!(h.get("shop/current.json").await.unwrap(), current_json);
     assert_eq!(marker(&h).await, theirs);
     assert_eq!(h.stored_generations("shop/").await, [1]);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_controller_turned_standby_releases_the_jobs_it_started_and_records_none() {
+    let mut h = Harness::start(Options::default()).await;
+    h.create("shop", json!({"site": "shop", "warm": warm("sleep 3", 3)}))
+        .await;
+    h.wait("shop", "snapshotting", MINUTE, |sc| {
+        condition_reason(sc, "Progressing") == Some("SnapshotRunning")
+    })
+    .await;
+    // The cluster becomes the standby while its Job runs.
+    h.restart_controller_with(&["--standby", "--standby-poll", "1s"]);
+    eventually("Job shop-g1 finished and released", MINUTE, || async {
+        let job = h.jobs().get("shop-g1").await.unwrap();
+        let done = job
+            .status
+            .as_ref()
+            .and_then(|s| s.succeeded)
+            .is_some_and(|n| n > 0);
+        done && !job.finalizers().iter().any(|f| f == "sitecache.dev/result")
+    })
+    .await;
+    // Nothing was promoted: current.json is the active cluster's to write.
+    assert!(h.get("shop/current.json").await.is_none());
+    let sc = h.api().get("shop").await.unwrap();
+    assert_eq!(condition_reason(&sc, "Progressing"), Some("Standby"));
     h.shutdown().await;
 }
