@@ -22,6 +22,9 @@ use crate::telemetry::metrics::Metrics;
 /// How long a reconcile waits for the watch to show the status it wrote.
 const OWN_WRITE_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a released Job is remembered ([`Context::note_released`]).
+const RELEASE_MEMORY: Duration = Duration::from_secs(60);
+
 /// How many claim locks there are (claims that could not overlap may share one).
 const CLAIM_LOCKS: usize = 64;
 
@@ -59,6 +62,9 @@ pub struct Context {
     reservations: mpsc::UnboundedSender<Instant>,
     /// Every Job watch has listed its Jobs ([`Context::mark_jobs_synced`]).
     jobs_synced: std::sync::atomic::AtomicBool,
+    /// Jobs (by uid) whose result this process released lately, while the watch may still show
+    /// them with the finalizer ([`Context::released`]).
+    released: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -92,6 +98,7 @@ impl Context {
             caches,
             reservations,
             jobs_synced: Default::default(),
+            released: Default::default(),
         };
         (ctx, expiries)
     }
@@ -145,6 +152,20 @@ impl Context {
     pub fn set_stalled(&self, uid: &str, stalled: bool) {
         let n = mark(&self.stalled, uid, stalled);
         self.metrics.stalled_snapshots.set(n);
+    }
+
+    /// Whether this process released the result of the Job with `uid` lately: the watch may
+    /// not show it yet, and a reconcile in between would release it again for nothing.
+    pub fn released(&self, uid: &str) -> bool {
+        lock(&self.released).contains_key(uid)
+    }
+
+    /// Notes that the result of the Job with `uid` was released. Entries last as long as a watch
+    /// takes to catch up, at most.
+    pub fn note_released(&self, uid: &str) {
+        let mut released = lock(&self.released);
+        released.retain(|_, at| at.elapsed() < RELEASE_MEMORY);
+        released.insert(uid.to_owned(), Instant::now());
     }
 
     /// Forgets a SiteCache that is gone (whether or not a cleanup reconcile saw it go): its

@@ -13,8 +13,8 @@ use std::hash::{BuildHasher, Hash};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::ResourceExt;
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
 
 use super::job::{JobState, JobView};
 use crate::api::{SNAPSHOT_REQUEST_ANNOTATION, SiteCache};
@@ -125,24 +125,26 @@ where
     })
 }
 
-/// What is kept of a Job to report it gone: its name, namespace and controller (the SiteCache
-/// to wake). A few strings, not the Job: every Job of every watched namespace has one.
+/// What is kept of a Job to report it gone: its name and namespace, and the name of the
+/// SiteCache that controls it (the one to wake). Three strings, not the Job: every Job of every
+/// watched namespace has one while it lives.
 struct Tomb {
     name: Option<String>,
     namespace: Option<String>,
-    owner: Option<OwnerReference>,
+    owner: Option<String>,
 }
 
 impl Tomb {
     fn of(job: &Job) -> Tomb {
+        let owner = job
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == SiteCache::kind(&()))
+            .map(|o| o.name.clone());
         Tomb {
             name: job.metadata.name.clone(),
             namespace: job.metadata.namespace.clone(),
-            owner: job
-                .owner_references()
-                .iter()
-                .find(|o| o.controller == Some(true))
-                .cloned(),
+            owner,
         }
     }
 
@@ -151,7 +153,15 @@ impl Tomb {
         let mut job = Job::default();
         job.metadata.name = self.name;
         job.metadata.namespace = self.namespace;
-        job.metadata.owner_references = self.owner.map(|o| vec![o]);
+        job.metadata.owner_references = self.owner.map(|name| {
+            vec![OwnerReference {
+                api_version: SiteCache::api_version(&()).into_owned(),
+                kind: SiteCache::kind(&()).into_owned(),
+                name,
+                controller: Some(true),
+                ..Default::default()
+            }]
+        });
         job
     }
 }
@@ -243,11 +253,16 @@ mod tests {
             .into_iter()
             .map(|j| {
                 let j = j.unwrap();
-                format!(
-                    "{}{}",
-                    j.name_any(),
-                    if j.status.is_none() { " (gone)" } else { "" }
-                )
+                if j.status.is_some() {
+                    return j.name_any();
+                }
+                // Reported gone: its SiteCache must be found from what was kept.
+                let owner = &j.owner_references()[0];
+                assert_eq!(
+                    (owner.api_version.as_str(), owner.kind.as_str()),
+                    ("sitecache.dev/v1alpha1", "SiteCache")
+                );
+                format!("{} (gone, of {})", j.name_any(), owner.name)
             })
             .collect()
     }
@@ -269,7 +284,10 @@ mod tests {
             InitDone,
         ])
         .await;
-        assert_eq!(seen, ["shop-g1", "shop-g2", "shop-g2", "shop-g1 (gone)"]);
+        assert_eq!(
+            seen,
+            ["shop-g1", "shop-g2", "shop-g2", "shop-g1 (gone, of shop)"]
+        );
     }
 
     #[test]

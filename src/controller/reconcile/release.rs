@@ -16,11 +16,17 @@ impl Run<'_> {
         let handled = handled_through(&self.status);
         let ns = self.sc.namespace().unwrap_or_default();
         for job in self.ctx.jobs_of(&self.uid()).iter().filter(|j| {
-            j.holds_result && j.generation <= handled && (!j.is_running() || j.deleting)
+            j.holds_result
+                && j.generation <= handled
+                && (!j.is_running() || j.deleting)
+                && !self.ctx.released(&j.uid)
         }) {
             let pods = self.pods.get(&job.uid).map(Vec::as_slice);
-            if let Err(e) = results::release(&self.ctx.client, &ns, job, pods).await {
-                tracing::warn!(job = %job.name, error = %e, "cannot release the snapshot Job's result");
+            match results::release(&self.ctx.client, &ns, job, pods).await {
+                Ok(()) => self.ctx.note_released(&job.uid),
+                Err(e) => {
+                    tracing::warn!(job = %job.name, error = %e, "cannot release the snapshot Job's result")
+                }
             }
         }
     }
