@@ -61,7 +61,7 @@ pub struct Context {
     /// When a slot promised to a woken SiteCache expires (see [`Context::expired_reservations`]).
     reservations: mpsc::UnboundedSender<Instant>,
     /// Every Job watch has listed its Jobs ([`Context::mark_jobs_synced`]).
-    jobs_synced: std::sync::atomic::AtomicBool,
+    jobs_synced: tokio::sync::watch::Sender<bool>,
     /// Jobs (by uid) whose result this process released lately, while the watch may still show
     /// them with the finalizer ([`Context::released`]).
     released: Mutex<HashMap<String, Instant>>,
@@ -97,7 +97,7 @@ impl Context {
             errors: Default::default(),
             caches,
             reservations,
-            jobs_synced: Default::default(),
+            jobs_synced: tokio::sync::watch::channel(false).0,
             released: Default::default(),
         };
         (ctx, expiries)
@@ -248,15 +248,22 @@ impl Context {
     /// `--max-concurrent-snapshots` may), so no slot is granted; the SiteCaches that asked wait
     /// in the queue, and get the free slots now.
     pub fn mark_jobs_synced(&self) {
-        self.jobs_synced
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.jobs_synced.send_replace(true);
         self.slot_freed();
+    }
+
+    /// Waits until every Job watch has listed its Jobs: a reconcile decides nothing from a Job
+    /// cache that is still empty (it would find no running Job, and wait for a slot it cannot
+    /// be given yet).
+    pub async fn until_jobs_synced(&self) {
+        let mut synced = self.jobs_synced.subscribe();
+        let _ = synced.wait_for(|s| *s).await;
     }
 
     /// How many snapshot Jobs the watch shows running (and forgets pending Jobs it shows); every
     /// slot counts as taken until the Job watches have listed.
     fn observe_jobs(&self, queue: &mut SlotQueue) -> usize {
-        if !self.jobs_synced.load(std::sync::atomic::Ordering::Acquire) {
+        if !*self.jobs_synced.borrow() {
             return self.settings.max_concurrent_snapshots as usize;
         }
         let jobs = self.caches.iter().flat_map(|c| c.jobs.state()).map(|job| {

@@ -307,10 +307,10 @@ pub async fn run(
                 wait_synced(sitecaches).await;
                 wait_synced(jobs).await;
             }
+            // Reconciles decide from now on, and slots are granted.
+            ctx.mark_jobs_synced();
             ready.store(true, Ordering::Release);
             tracing::info!("watches synced; reconciling");
-            // Slots are granted from now on: the heads of the queue get them.
-            ctx.mark_jobs_synced();
         });
     }
     tracing::info!(
@@ -364,6 +364,7 @@ async fn reconcile(sc: Arc<SiteCache>, ctx: Arc<Context>) -> Result<Action, Erro
         name = %sc.name_any()
     );
     async move {
+        ctx.until_jobs_synced().await;
         let start = Instant::now();
         ctx.metrics.reconciles.inc();
         let api: Api<SiteCache> =
