@@ -1,16 +1,20 @@
 //! Step 6a, agree: `current.json` names the generation the status records as current. They part
 //! when a promotion wrote `current.json` and its status write never happened (the controller
 //! was killed between the two, or the write failed) and the Job's result then was lost (its
-//! result finalizer removed by hand), or after a hand edit. The status wins: it records only
+//! result finalizer removed by hand: its generation is then expired), after a hand edit, or
+//! when the status was restored from a backup older than the bucket. A newer generation that
+//! nothing expired is followed (`CurrentAdopted`); otherwise the status wins: it records only
 //! what a snapshot reported and the controller verified. Checked on the first reconcile of each
 //! SiteCache in a process (a start-up, a leader handover) and before retention deletes
 //! anything, so that retention never deletes what `current.json` names.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::EventType;
 
 use super::Run;
 use crate::controller::error::Error;
 use crate::controller::objects::Prefix;
+use crate::controller::status::generation_info;
 use crate::controller::validate::Validated;
 use crate::storage;
 
@@ -33,6 +37,34 @@ impl Run<'_> {
         if named == want.as_ref().map(|c| c.generation) && !unreadable {
             self.agreed = true;
             return Ok(());
+        }
+        // A promotion newer than the status's that nothing expired (its Job was not lost or
+        // rejected): the status is behind, not current.json (a status restored from a backup
+        // older than the bucket). The status follows current.json, as adoption does.
+        if let Some(Ok(c)) = &found {
+            let n = c.manifest.generation;
+            let newer = want.as_ref().is_none_or(|w| n > w.generation);
+            if newer && !self.status.expired_generations.contains(&n) {
+                let mut info = generation_info(&c.manifest);
+                info.promoted_at = Some(Time(c.promoted_at));
+                self.status.current = Some(info.clone());
+                self.status.generations.retain(|g| g.generation < n);
+                self.status.generations.insert(0, info);
+                let latest = self.status.latest_generation.unwrap_or(0).max(n);
+                self.status.latest_generation = Some(latest);
+                let note = format!(
+                    "{} names generation {n}, newer than the status's {}: the status follows it",
+                    prefix.location.current_key(),
+                    want.map_or("none".to_owned(), |w| format!(
+                        "generation {}",
+                        w.generation
+                    ))
+                );
+                tracing::warn!("{note}");
+                self.event(EventType::Warning, "CurrentAdopted", "Adopt", note);
+                self.agreed = true;
+                return Ok(());
+            }
         }
         self.confirm_claim(prefix).await?;
         let key = prefix.location.current_key();

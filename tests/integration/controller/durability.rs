@@ -237,3 +237,47 @@ async fn a_superseded_generation_outlives_its_promotion_by_the_grace_period() {
     .await;
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_status_restored_from_an_older_backup_follows_current_json_and_never_rolls_it_back() {
+    let mut h = Harness::start(Options::default()).await;
+    h.create("shop", json!({"site": "shop", "warm": warm("", 3)}))
+        .await;
+    let backup = h.wait_promoted("shop", 1).await.status.unwrap();
+    h.request_and_wait("shop", "two").await;
+    h.wait_promoted("shop", 2).await;
+    // The status goes back to what a backup taken at generation 1 held, and generation 2's Job
+    // is long gone (its TTL).
+    h.stop_controller();
+    h.jobs()
+        .delete("shop-g2", &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually("Job shop-g2 gone", MINUTE, || async {
+        h.jobs().get_opt("shop-g2").await.unwrap().is_none()
+    })
+    .await;
+    h.api()
+        .patch_status(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": backup})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(current(&h.api().get("shop").await.unwrap()), Some(1));
+    h.start_controller();
+    let sc = h
+        .wait("shop", "following current.json", MINUTE, |sc| {
+            current(sc) == Some(2)
+        })
+        .await;
+    assert_eq!(named_by_current(&h).await, Some(2));
+    assert_eq!(sc.status.as_ref().unwrap().latest_generation, Some(2));
+    assert!(
+        h.event_reasons("shop")
+            .await
+            .contains(&"CurrentAdopted".to_owned())
+    );
+    h.shutdown().await;
+}
