@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::clients::{Clients, CountRequests, StorageKey};
 use super::config::{Settings, Target};
+use super::events::{Note, Recorder};
 use super::identity::MANAGER;
 use super::job::{JobView, UID_LABEL};
 use super::queue::{Ask, JobKey, Place, RESERVATION_TTL, SlotQueue};
@@ -77,13 +78,9 @@ impl Context {
         metrics: Arc<Metrics>,
         caches: Vec<Caches>,
     ) -> (Self, mpsc::UnboundedReceiver<Instant>) {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         let (reservations, expiries) = mpsc::unbounded_channel();
         let ctx = Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), MANAGER, std::env::var("POD_NAME").ok()),
             client,
             settings,
             cluster,
@@ -362,14 +359,13 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let event = Event {
+        let what = Note {
             type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
+            reason,
+            action,
+            note: &note,
         };
-        if let Err(e) = self.recorder.publish(&event, &sc.object_ref(&())).await {
+        if let Err(e) = self.recorder.publish(sc, &what).await {
             tracing::warn!(error = %e, reason, "could not publish an Event");
         }
     }

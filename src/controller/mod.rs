@@ -13,6 +13,7 @@
 //! - [`results`]: releasing a snapshot Job (and its pods) once its result is in the status;
 //! - [`error`]: why a reconcile failed, with the metrics kind and Event reason of each error;
 //! - [`context`]: what reconciles share (clients, metrics, Events, the snapshot slots);
+//!   [`events`]: publishing Events, with the little it remembers to count repeats;
 //! - [`identity`]: who the controller is (its field manager, and the cluster's identity, which
 //!   ownership markers record); [`leader`]: which replica reconciles.
 //!
@@ -25,6 +26,7 @@ mod clients;
 pub mod config;
 mod context;
 mod error;
+pub mod events;
 mod identity;
 pub mod job;
 mod leader;

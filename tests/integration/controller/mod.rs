@@ -6,6 +6,7 @@ mod deletion;
 mod deno;
 mod durability;
 mod errors;
+mod events;
 mod fleet;
 mod foreign;
 pub(crate) mod harness;
