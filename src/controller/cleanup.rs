@@ -143,8 +143,9 @@ impl Cleanup<'_> {
             self.blocked = Some((PODS_RUNNING.to_owned(), message.clone()));
             return Err(Error::CleanupPending(message));
         }
-        // Said whether or not this controller saw the wait (it may have been down for it).
-        {
+        // Said whether or not this controller saw the wait (it may have been down for it), once:
+        // a cleanup retried after it (a purge that failed) abandons the same pods again.
+        if self.ctx.first_abandonment(uid) {
             let note = format!(
                 "snapshot pods did not stop within --snapshot-pod-stop-timeout ({}): {pods}; \
                  deleting the objects without waiting for them (a pod that is still running \

@@ -55,6 +55,8 @@ pub struct Context {
     stale: Mutex<HashSet<String>>,
     /// SiteCaches (by uid) whose running snapshot Job is stalled, for the stalled gauge.
     stalled: Mutex<HashSet<String>>,
+    /// SiteCaches (by uid) being deleted whose snapshot pods this process said it abandoned.
+    abandoned: Mutex<HashSet<String>>,
     queue: Mutex<SlotQueue>,
     /// Failed reconciles in a row per object, for the error policy's backoff.
     pub errors: Errors,
@@ -90,6 +92,7 @@ impl Context {
             claimed: Default::default(),
             stale: Default::default(),
             stalled: Default::default(),
+            abandoned: Default::default(),
             queue: Default::default(),
             errors: Default::default(),
             caches,
@@ -173,6 +176,7 @@ impl Context {
             self.set_claimed(uid, false);
             self.set_stale(uid, false);
             self.set_stalled(uid, false);
+            lock(&self.abandoned).remove(uid);
             self.errors.forget(uid);
         }
     }
@@ -186,7 +190,7 @@ impl Context {
             .flat_map(|c| c.sitecaches.state())
             .filter_map(|sc| sc.uid())
             .collect();
-        for set in [&self.claimed, &self.stale, &self.stalled] {
+        for set in [&self.claimed, &self.stale, &self.stalled, &self.abandoned] {
             lock(set).retain(|uid| present.contains(uid));
         }
         self.metrics
@@ -196,6 +200,12 @@ impl Context {
             .stalled_snapshots
             .set(lock(&self.stalled).len() as i64);
         self.errors.retain(&present);
+    }
+
+    /// Whether this is the first time this process abandons the snapshot pods of the SiteCache
+    /// with this uid (a cleanup retried after it says so once).
+    pub fn first_abandonment(&self, uid: &str) -> bool {
+        lock(&self.abandoned).insert(uid.to_owned())
     }
 
     /// The snapshot Jobs of the SiteCache with this uid, as the watch last saw them.

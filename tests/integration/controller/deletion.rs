@@ -398,6 +398,46 @@ async fn a_snapshot_pod_abandoned_while_the_controller_was_down_is_said_so() {
     h.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_snapshot_pods_are_said_once_however_often_the_cleanup_is_retried() {
+    let s3 = crate::support::s3().await;
+    let proxy = sitecache_devtools::FaultProxy::start(
+        &s3.endpoint(),
+        5,
+        sitecache_devtools::fault_proxy::FaultRates::none(),
+    )
+    .await
+    .unwrap();
+    let h = Harness::start(Options {
+        controller_endpoint: Some(proxy.endpoint()),
+        extra_args: vec!["--snapshot-pod-stop-timeout".into(), "2s".into()],
+        ..Options::default()
+    })
+    .await;
+    let sc = h
+        .create("shop", json!({"site": "shop", "warm": warm("", 2)}))
+        .await;
+    h.wait_promoted("shop", 1).await;
+    let pods = lost_pod(&h, &sc.metadata.uid.clone().unwrap()).await;
+    // The first purges after the pods are abandoned fail (DeleteObjects, the only POST a
+    // cleanup sends, takes effect and its answer never arrives): the cleanup is retried.
+    proxy.lose_responses("POST", "");
+    h.delete("shop").await;
+    let sc = h
+        .wait("shop", "a purge that failed", MINUTE, |sc| {
+            condition(sc, "DeletionBlocked") == Some("True")
+                && condition_reason(sc, "DeletionBlocked") != Some("SnapshotPodRunning")
+        })
+        .await;
+    assert!(proxy.lost() > 0, "{:?}", cond(&sc, "DeletionBlocked"));
+    proxy.keep_responses();
+    h.wait_gone("shop", MINUTE).await;
+    assert_eq!(h.keys("shop/").await, Vec::<String>::new());
+    assert_eq!(h.event_count("shop", "SnapshotPodAbandoned").await, 1);
+    release_lost_pod(&pods).await;
+    h.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_sitecache_gone_without_its_cleanup_leaves_no_gauge_behind() {
     // Deletion will be blocked (no right to delete), and the user removes the finalizer.
