@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Obtains the real parts that sitecache's tests and `make dev` start as local processes:
 # etcd, kube-apiserver, kubectl (a local control plane, envtest-style), MinIO (a real
-# S3-compatible server) with minio-admin (its users and policies, through madmin-go) and Deno
+# S3-compatible server) with minio-admin (its users and policies, through madmin-go), SeaweedFS
+# (a second S3-compatible server, so that no MinIO-only behaviour hides) and Deno
 # (from its npm package); with them Helm and promtool (the chart's tests and its alert rules'
 # unit tests) and hadolint (the Dockerfile's lint). For the real-node tier: kubelet,
 # kube-scheduler and kube-controller-manager (one binary, hack/node/kube-node), and Debian's
@@ -10,7 +11,7 @@
 #
 # Resolution order for each binary:
 #   1. TEST_ASSET_ETCD / TEST_ASSET_KUBE_APISERVER / TEST_ASSET_KUBECTL / TEST_ASSET_MINIO /
-#      TEST_ASSET_MINIO_ADMIN / TEST_ASSET_DENO / TEST_ASSET_HELM / TEST_ASSET_HADOLINT /
+#      TEST_ASSET_MINIO_ADMIN / TEST_ASSET_SEAWEEDFS / TEST_ASSET_DENO / TEST_ASSET_HELM / TEST_ASSET_HADOLINT /
 #      TEST_ASSET_CARGO_DENY / TEST_ASSET_PROMTOOL / TEST_ASSET_KUBELET /
 #      TEST_ASSET_KUBE_SCHEDULER / TEST_ASSET_KUBE_CONTROLLER_MANAGER / TEST_ASSET_CONTAINERD /
 #      TEST_ASSET_CTR / TEST_ASSET_RUNC / TEST_ASSET_CNI_PLUGINS (a directory)
@@ -116,15 +117,22 @@ build_kubernetes() {
   log "kube-apiserver and kubectl cached in $final"
 }
 
-# build_wrapped NAME MODULE VERSION: builds hack/assets/NAME (a main around MODULE) at VERSION.
+# build_wrapped NAME MODULE VERSION [PACKAGE]: builds hack/assets/NAME (a main around MODULE) at
+# VERSION; or, with PACKAGE, that main package of MODULE itself (for a module whose go.mod has
+# replace directives, which `go install module@version` refuses), as the binary NAME.
 build_wrapped() {
-  local name=$1 module=$2 version=$3
+  local name=$1 module=$2 version=$3 package=${4:-}
   local final="$cache_root/$name-$version"
   [ -x "$final/$name" ] && return 0
   local tmp; tmp=$(new_tmp "$name"); tmpdirs+=("$tmp"); trap cleanup EXIT
   log "building $name $version from Go modules (first run only: a few minutes)"
   mkdir -p "$tmp/src"
-  cp "$here/assets/$name/main.go" "$tmp/src/"
+  if [ -n "$package" ]; then
+    # Only for go mod tidy to keep the package's dependencies; never compiled.
+    printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$package" > "$tmp/src/tools.go"
+  else
+    cp "$here/assets/$name/main.go" "$tmp/src/"
+  fi
   (
     cd "$tmp/src"
     go mod init "sitecache.dev/test-assets/$name" >/dev/null 2>&1
@@ -135,7 +143,7 @@ build_wrapped() {
     go get "$module@$version" >&2
     go mod tidy >&2
     log "compiling $name"
-    with_heartbeat "$name" env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/out/$name" .
+    with_heartbeat "$name" env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/out/$name" "${package:-.}"
   )
   publish "$tmp/out" "$final"
   log "$name cached in $final"
@@ -290,6 +298,7 @@ resolve() {
     etcd) build_wrapped etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"; echo "$cache_root/etcd-$ETCD_VERSION/etcd" ;;
     minio) build_wrapped minio github.com/minio/minio "$MINIO_VERSION"; echo "$cache_root/minio-$MINIO_VERSION/minio" ;;
     minio-admin) build_wrapped minio-admin github.com/minio/madmin-go/v3 "$MADMIN_VERSION"; echo "$cache_root/minio-admin-$MADMIN_VERSION/minio-admin" ;;
+    seaweedfs) build_wrapped seaweedfs github.com/seaweedfs/seaweedfs "$SEAWEEDFS_VERSION" github.com/seaweedfs/seaweedfs/weed; echo "$cache_root/seaweedfs-$SEAWEEDFS_VERSION/seaweedfs" ;;
     deno) install_deno; echo "$cache_root/deno-$DENO_VERSION/deno" ;;
     hadolint) install_hadolint; echo "$cache_root/hadolint-$HADOLINT_VERSION/hadolint" ;;
     cargo-deny) install_cargo_deny; echo "$cache_root/cargo-deny-$CARGO_DENY_VERSION/cargo-deny" ;;
@@ -309,6 +318,7 @@ all_env() {
   echo "TEST_ASSET_KUBECTL=$(resolve kubectl TEST_ASSET_KUBECTL)"
   echo "TEST_ASSET_MINIO=$(resolve minio TEST_ASSET_MINIO)"
   echo "TEST_ASSET_MINIO_ADMIN=$(resolve minio-admin TEST_ASSET_MINIO_ADMIN)"
+  echo "TEST_ASSET_SEAWEEDFS=$(resolve seaweedfs TEST_ASSET_SEAWEEDFS)"
   echo "TEST_ASSET_DENO=$(resolve deno TEST_ASSET_DENO)"
   echo "TEST_ASSET_HADOLINT=$(resolve hadolint TEST_ASSET_HADOLINT)"
   echo "TEST_ASSET_CARGO_DENY=$(resolve cargo-deny TEST_ASSET_CARGO_DENY)"

@@ -15,6 +15,8 @@ pub enum Asset {
     Minio,
     /// MinIO's users and policies (`hack/assets/minio-admin`).
     MinioAdmin,
+    /// SeaweedFS' `weed`, the second S3-compatible server.
+    Seaweedfs,
     Deno,
     Helm,
     /// Prometheus' rule checker and unit tester (the chart's alerts).
@@ -43,6 +45,7 @@ impl Asset {
             Asset::Kubectl => "kubectl",
             Asset::Minio => "minio",
             Asset::MinioAdmin => "minio-admin",
+            Asset::Seaweedfs => "seaweedfs",
             Asset::Deno => "deno",
             Asset::Helm => "helm",
             Asset::Promtool => "promtool",
@@ -63,6 +66,7 @@ impl Asset {
             Asset::Kubectl => "TEST_ASSET_KUBECTL",
             Asset::Minio => "TEST_ASSET_MINIO",
             Asset::MinioAdmin => "TEST_ASSET_MINIO_ADMIN",
+            Asset::Seaweedfs => "TEST_ASSET_SEAWEEDFS",
             Asset::Deno => "TEST_ASSET_DENO",
             Asset::Helm => "TEST_ASSET_HELM",
             Asset::Promtool => "TEST_ASSET_PROMTOOL",
@@ -100,6 +104,7 @@ impl Asset {
             Asset::KubeApiserver | Asset::Kubectl => ("kubernetes", "KUBERNETES_VERSION"),
             Asset::Minio => ("minio", "MINIO_VERSION"),
             Asset::MinioAdmin => ("minio-admin", "MADMIN_VERSION"),
+            Asset::Seaweedfs => ("seaweedfs", "SEAWEEDFS_VERSION"),
             Asset::Deno => ("deno", "DENO_VERSION"),
             Asset::Helm => ("helm", "HELM_VERSION"),
             Asset::Promtool => ("promtool", "PROMETHEUS_VERSION"),

@@ -1,4 +1,6 @@
-//! A local S3-compatible server: MinIO on loopback, with its data in a directory.
+//! A local S3-compatible server on loopback, with its data in a directory: MinIO, or SeaweedFS
+//! (a second implementation, so that no MinIO-only behaviour hides: stores differ in the optional
+//! calls they answer and in how they list uploads).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,23 +16,56 @@ const ACCESS_KEY: &str = "sitecache-test";
 const SECRET_KEY: &str = "sitecache-test-secret";
 const REGION: &str = "us-east-1";
 
-/// A running MinIO server. Dropping it stops the server.
+/// Which S3-compatible server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    Minio,
+    Seaweedfs,
+}
+
+impl Store {
+    pub fn name(self) -> &'static str {
+        match self {
+            Store::Minio => "minio",
+            Store::Seaweedfs => "seaweedfs",
+        }
+    }
+}
+
+/// A running S3-compatible server. Dropping it stops the server.
 pub struct S3Server {
+    store: Store,
     dir: PathBuf,
     port: u16,
+    /// SeaweedFS' other listeners (master, volume and filer, HTTP and gRPC, and the S3
+    /// gateway's gRPC), kept across restarts.
+    inner_ports: Vec<u16>,
     process: Option<ManagedProcess>,
 }
 
 impl S3Server {
     /// Starts MinIO with its data and log in `dir` (emptied first) on a free port.
     pub async fn start(dir: &Path) -> Result<Self> {
+        Self::start_store(Store::Minio, dir).await
+    }
+
+    /// Starts `store` with its data and log in `dir` (emptied first) on free ports, with one
+    /// user that may do everything (the credentials of [`aws_env`](Self::aws_env)).
+    pub async fn start_store(store: Store, dir: &Path) -> Result<Self> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir.join("data"))?;
         let mut last_err = None;
         for _attempt in 0..3 {
             let mut server = Self {
+                store,
                 dir: dir.to_owned(),
                 port: crate::free_port()?,
+                inner_ports: match store {
+                    Store::Minio => Vec::new(),
+                    Store::Seaweedfs => (0..7)
+                        .map(|_| crate::free_port())
+                        .collect::<std::io::Result<_>>()?,
+                },
                 process: None,
             };
             match server.launch().await {
@@ -38,10 +73,38 @@ impl S3Server {
                 Err(e) => last_err = Some(e),
             }
         }
-        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("MinIO did not start")))
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{} did not start", store.name())))
+    }
+
+    /// Which server this is.
+    pub fn store(&self) -> Store {
+        self.store
     }
 
     async fn launch(&mut self) -> Result<()> {
+        let cmd = match self.store {
+            Store::Minio => self.minio()?,
+            Store::Seaweedfs => self.seaweedfs()?,
+        };
+        let name = self.store.name();
+        let mut process = ManagedProcess::spawn(name, cmd, &self.log())?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if process.exited().is_some() {
+                return Err(process.failure("exited during start-up"));
+            }
+            if self.ready().await {
+                self.process = Some(process);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(process.failure("not ready within 60s"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn minio(&self) -> Result<Command> {
         let mut cmd = Command::new(Asset::Minio.path()?);
         cmd.args([
             "server",
@@ -58,20 +121,71 @@ impl S3Server {
         .env("MINIO_UPDATE", "off")
         .env("MINIO_CALLHOME_ENABLE", "off")
         .env("MINIO_REGION", REGION);
-        let mut process = ManagedProcess::spawn("minio", cmd, &self.dir.join("minio.log"))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if process.exited().is_some() {
-                return Err(process.failure("exited during start-up"));
+        Ok(cmd)
+    }
+
+    /// `weed server`: a master, a volume server, a filer and the S3 gateway in one process,
+    /// every listener on loopback, nothing else (no Iceberg or Lance catalogue, no telemetry).
+    fn seaweedfs(&self) -> Result<Command> {
+        let identities = serde_json::json!({"identities": [{
+            "name": "admin",
+            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }]});
+        let config = self.dir.join("s3.json");
+        std::fs::write(&config, serde_json::to_vec_pretty(&identities)?)?;
+        let [
+            master,
+            master_grpc,
+            volume,
+            volume_grpc,
+            filer,
+            filer_grpc,
+            s3_grpc,
+        ] = <[u16; 7]>::try_from(self.inner_ports.as_slice())
+            .map_err(|_| anyhow::anyhow!("SeaweedFS needs seven inner ports"))?;
+        let mut cmd = Command::new(Asset::Seaweedfs.path()?);
+        cmd.arg("server")
+            .arg(format!("-dir={}", self.dir.join("data").display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(format!("-master.port={master}"))
+            .arg(format!("-master.port.grpc={master_grpc}"))
+            .args(["-master.telemetry=false", "-master.volumeSizeLimitMB=64"])
+            .arg(format!("-volume.port={volume}"))
+            .arg(format!("-volume.port.grpc={volume_grpc}"))
+            .arg("-volume.max=100")
+            .arg("-filer")
+            .arg(format!("-filer.port={filer}"))
+            .arg(format!("-filer.port.grpc={filer_grpc}"))
+            .arg("-s3")
+            .arg(format!("-s3.port={}", self.port))
+            .arg(format!("-s3.port.grpc={s3_grpc}"))
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+            .arg(format!("-s3.config={}", config.display()));
+        Ok(cmd)
+    }
+
+    /// Whether the server answers S3 requests: MinIO's liveness probe; for SeaweedFS, whose
+    /// gateway answers before its filer and volume server have met, a write that succeeds.
+    async fn ready(&self) -> bool {
+        match self.store {
+            Store::Minio => http_ok(self.port, "/minio/health/live").await,
+            Store::Seaweedfs => {
+                if !http_ok(self.port, "/healthz").await {
+                    return false;
+                }
+                let client = self.client();
+                let bucket = "sitecache-ready";
+                let _ = client.create_bucket().bucket(bucket).send().await;
+                client
+                    .put_object()
+                    .bucket(bucket)
+                    .key("ready")
+                    .body(b"ready".to_vec().into())
+                    .send()
+                    .await
+                    .is_ok()
             }
-            if live(self.port).await {
-                self.process = Some(process);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(process.failure("not live within 60s"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -94,7 +208,7 @@ impl S3Server {
     /// An error with the end of its log if the server has exited (or was stopped).
     pub fn check_running(&mut self) -> Result<()> {
         match &mut self.process {
-            None => Err(anyhow::anyhow!("minio is stopped")),
+            None => Err(anyhow::anyhow!("{} is stopped", self.store.name())),
             Some(p) => match p.exited() {
                 Some(_) => Err(p.failure("exited")),
                 None => Ok(()),
@@ -109,7 +223,7 @@ impl S3Server {
 
     /// The log file.
     pub fn log(&self) -> PathBuf {
-        self.dir.join("minio.log")
+        self.dir.join(format!("{}.log", self.store.name()))
     }
 
     /// The standard AWS environment that points a process at this server: credentials, region
@@ -164,6 +278,11 @@ impl S3Server {
     }
 
     fn admin(&self, args: &[&str]) -> Result<()> {
+        anyhow::ensure!(
+            self.store == Store::Minio,
+            "users and policies are set up on MinIO only (this is {})",
+            self.store.name()
+        );
         let out = Command::new(Asset::MinioAdmin.path()?)
             .arg(format!("127.0.0.1:{}", self.port))
             .args(args)
@@ -247,16 +366,14 @@ impl S3Server {
     }
 }
 
-/// MinIO's liveness probe.
-async fn live(port: u16) -> bool {
+/// Whether `GET path` answers 200.
+async fn http_ok(port: u16, path: &str) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return false;
     };
-    if s.write_all(b"GET /minio/health/live HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await
-        .is_err()
-    {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if s.write_all(request.as_bytes()).await.is_err() {
         return false;
     }
     let mut buf = String::new();

@@ -9,11 +9,22 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sitecache::archive::{Current, FORMAT_TAR_ZSTD, FORMAT_VERSION, FRAME_INPUT, Manifest};
 use sitecache::storage::Location;
-use sitecache_devtools::S3Server;
+use sitecache_devtools::{S3Server, Store};
 use tar::EntryType;
 
 use crate::fixtures::{self, RawTar};
 use crate::support;
+
+// The snapshot and restore round trips, on every S3 implementation (`NAME::minio`,
+// `NAME::seaweedfs`).
+on_every_store!(
+    round_trip_is_byte_and_metadata_identical,
+    two_attempts_of_one_generation_never_mix_archive_and_manifest,
+    generations_are_immutable,
+    truncated_grown_or_missing_archive_is_refused_and_leaves_dest_untouched,
+    corrupted_archive_fails_verification_and_leaves_dest_untouched,
+    snapshot_refuses_an_empty_or_cold_source_before_uploading,
+);
 
 /// The `sitecache` binary, pointed at `s3` through the standard AWS environment. Path style is
 /// asked for with `1`, as shell scripts often write booleans (the Jobs write `true`).
@@ -99,9 +110,8 @@ pub(crate) async fn promote(s3: &S3Server, loc: &Location, n: u64) {
     .unwrap();
 }
 
-#[tokio::test]
-async fn round_trip_is_byte_and_metadata_identical() {
-    let s3 = support::s3().await;
+async fn round_trip_is_byte_and_metadata_identical(store: Store) {
+    let s3 = support::s3_of(store).await;
     let loc = location(s3).await;
     let tmp = tempfile::tempdir().unwrap();
     let source = tmp.path().join("deno-dir");
@@ -206,9 +216,8 @@ async fn restores_an_archive_of_one_zstd_frame() {
     fixtures::assert_same_tree(&source, &dest);
 }
 
-#[tokio::test]
-async fn snapshot_refuses_an_empty_or_cold_source_before_uploading() {
-    let s3 = support::s3().await;
+async fn snapshot_refuses_an_empty_or_cold_source_before_uploading(store: Store) {
+    let s3 = support::s3_of(store).await;
     let loc = location(s3).await;
     let tmp = tempfile::tempdir().unwrap();
 
@@ -307,9 +316,8 @@ async fn snapshot_refuses_a_tree_a_restore_would_refuse_before_uploading() {
 /// Two attempts of one generation, as a Job's retry beside a pod that is not dead yet: attempt A
 /// is paused mid-upload while B commits, then finishes. The committed manifest and the archive it
 /// names are B's, whole: A's bytes went elsewhere and are removed.
-#[tokio::test]
-async fn two_attempts_of_one_generation_never_mix_archive_and_manifest() {
-    let s3 = support::s3().await;
+async fn two_attempts_of_one_generation_never_mix_archive_and_manifest(store: Store) {
+    let s3 = support::s3_of(store).await;
     let loc = location(s3).await;
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
@@ -392,9 +400,8 @@ async fn two_attempts_of_one_generation_never_mix_archive_and_manifest() {
     fixtures::assert_same_tree(&b, &dest);
 }
 
-#[tokio::test]
-async fn generations_are_immutable() {
-    let s3 = support::s3().await;
+async fn generations_are_immutable(store: Store) {
+    let s3 = support::s3_of(store).await;
     let loc = location(s3).await;
     let tmp = tempfile::tempdir().unwrap();
     let source = tmp.path().join("src");
@@ -546,9 +553,8 @@ async fn archive_bytes(s3: &S3Server, loc: &Location, n: u64) -> Vec<u8> {
     s3.get_bytes(&loc.bucket, &key).await.unwrap()
 }
 
-#[tokio::test]
-async fn corrupted_archive_fails_verification_and_leaves_dest_untouched() {
-    let s3 = support::s3().await;
+async fn corrupted_archive_fails_verification_and_leaves_dest_untouched(store: Store) {
+    let s3 = support::s3_of(store).await;
     let loc = location(s3).await;
     let tmp = tempfile::tempdir().unwrap();
     let source = tmp.path().join("src");
@@ -599,9 +605,8 @@ async fn archive_over_max_bytes_is_refused_before_download() {
 }
 
 /// The restore takes the archive's size from the manifest (no HEAD): every ranged GET checks it.
-#[tokio::test]
-async fn truncated_grown_or_missing_archive_is_refused_and_leaves_dest_untouched() {
-    let s3 = support::s3().await;
+async fn truncated_grown_or_missing_archive_is_refused_and_leaves_dest_untouched(store: Store) {
+    let s3 = support::s3_of(store).await;
     let loc = location(s3).await;
     let tmp = tempfile::tempdir().unwrap();
     let source = tmp.path().join("src");

@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 
 use kube::Client;
 use serde_json::{Value, json};
-use sitecache_devtools::{ControlPlane, S3Server, control_plane};
+use sitecache_devtools::{ControlPlane, S3Server, Store, control_plane};
 use tokio::sync::OnceCell;
 
 /// Where this run keeps the parts' state and logs: `target/tmp/envtest/run-<pid>`.
@@ -98,13 +98,24 @@ pub async fn kube() -> (Client, String) {
     (client, ns)
 }
 
-/// The shared S3 server.
+/// The shared S3 server (MinIO).
 pub async fn s3() -> &'static S3Server {
-    static S3: OnceCell<S3Server> = OnceCell::const_new();
-    S3.get_or_init(|| async {
-        S3Server::start(&run_dir().join("s3"))
+    s3_of(Store::Minio).await
+}
+
+/// The shared server of `store`: the storage tests that run against both implementations ask
+/// for each.
+pub async fn s3_of(store: Store) -> &'static S3Server {
+    static MINIO: OnceCell<S3Server> = OnceCell::const_new();
+    static SEAWEEDFS: OnceCell<S3Server> = OnceCell::const_new();
+    let cell = match store {
+        Store::Minio => &MINIO,
+        Store::Seaweedfs => &SEAWEEDFS,
+    };
+    cell.get_or_init(|| async {
+        S3Server::start_store(store, &run_dir().join(store.name()))
             .await
-            .unwrap_or_else(|e| panic!("the local S3 server did not start: {e:#}"))
+            .unwrap_or_else(|e| panic!("the local {} server did not start: {e:#}", store.name()))
     })
     .await
 }

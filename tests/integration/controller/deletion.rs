@@ -7,6 +7,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
+use sitecache_devtools::Store;
 
 use super::harness::{
     Harness, Options, cond, condition, condition_reason, counter_sum, eventually, warm,
@@ -14,9 +15,20 @@ use super::harness::{
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-#[tokio::test]
-async fn delete_policy_empties_the_prefix_and_retain_keeps_it() {
-    let h = Harness::start(Options::default()).await;
+// Emptying a prefix, on every S3 implementation (`NAME::minio`, `NAME::seaweedfs`).
+on_every_store!(
+    delete_policy_empties_the_prefix_and_retain_keeps_it,
+    delete_while_a_job_runs_stops_it_and_leaves_nothing,
+    a_second_sitecache_on_an_owned_prefix_is_refused_and_its_deletion_touches_nothing,
+    deletion_aborts_every_unfinished_upload_under_the_prefix,
+);
+
+async fn delete_policy_empties_the_prefix_and_retain_keeps_it(store: Store) {
+    let h = Harness::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     h.create("gone", json!({"site": "gone", "warm": warm("", 2)}))
         .await;
     h.create(
@@ -61,9 +73,12 @@ async fn delete_policy_empties_the_prefix_and_retain_keeps_it() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn delete_while_a_job_runs_stops_it_and_leaves_nothing() {
-    let h = Harness::start(Options::default()).await;
+async fn delete_while_a_job_runs_stops_it_and_leaves_nothing(store: Store) {
+    let h = Harness::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     h.create("shop", json!({"site": "shop", "warm": warm("sleep 30", 2)}))
         .await;
     h.wait("shop", "snapshotting", MINUTE, |sc| {
@@ -123,9 +138,14 @@ async fn storage_outage_blocks_deletion_until_it_is_back() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_second_sitecache_on_an_owned_prefix_is_refused_and_its_deletion_touches_nothing() {
-    let h = Harness::start(Options::default()).await;
+async fn a_second_sitecache_on_an_owned_prefix_is_refused_and_its_deletion_touches_nothing(
+    store: Store,
+) {
+    let h = Harness::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let storage = json!({"prefix": "shared/"});
     h.create(
         "first",
@@ -200,9 +220,12 @@ async fn unfinished_uploads(h: &Harness, prefix: &str) -> usize {
     }
 }
 
-#[tokio::test]
-async fn deletion_aborts_every_unfinished_upload_under_the_prefix() {
-    let h = Harness::start(Options::default()).await;
+async fn deletion_aborts_every_unfinished_upload_under_the_prefix(store: Store) {
+    let h = Harness::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     h.create("shop", json!({"site": "shop", "warm": warm("", 2)}))
         .await;
     h.wait_promoted("shop", 1).await;
@@ -393,7 +416,12 @@ async fn a_snapshot_pod_abandoned_while_the_controller_was_down_is_said_so() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     h.start_controller();
     h.wait_gone("shop", MINUTE).await;
-    assert_eq!(h.event_count("shop", "SnapshotPodAbandoned").await, 1);
+    assert_eq!(
+        h.event_count("shop", "SnapshotPodAbandoned").await,
+        1,
+        "{:#?}",
+        h.events_about("shop").await
+    );
     release_lost_pod(&pods).await;
     h.shutdown().await;
 }

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sitecache::api::{SiteCache, SiteCacheStatus};
 use sitecache_devtools::job_runner::{JobRunner, JobRunnerConfig};
 use sitecache_devtools::process::{ManagedProcess, tail};
-use sitecache_devtools::{S3Server, free_port};
+use sitecache_devtools::{S3Server, Store, free_port};
 
 use crate::support;
 
@@ -53,6 +53,8 @@ pub struct Options {
     /// Where the controller runs (another cluster, a namespace, a bucket of the test's choice);
     /// by default a fresh namespace of the shared control plane and a fresh bucket.
     pub place: Option<Place>,
+    /// Which S3 implementation stores the caches (MinIO by default).
+    pub store: Store,
 }
 
 /// Where a harness's controller works, for tests with more than one cluster.
@@ -80,6 +82,7 @@ impl Default for Options {
             pod_credentials: true,
             controller_endpoint: None,
             place: None,
+            store: Store::Minio,
         }
     }
 }
@@ -117,12 +120,12 @@ impl Harness {
         std::fs::create_dir_all(&dir).unwrap();
         let s3 = if opts.own_s3 {
             S3::Own(Box::new(
-                S3Server::start(&dir.join("s3"))
+                S3Server::start_store(opts.store, &dir.join("s3"))
                     .await
                     .unwrap_or_else(|e| panic!("a private S3 server did not start: {e:#}")),
             ))
         } else {
-            S3::Shared(support::s3().await)
+            S3::Shared(support::s3_of(opts.store).await)
         };
         let mut h = Harness {
             client,
@@ -592,7 +595,7 @@ impl Harness {
     }
 
     /// The Events about SiteCache `name`.
-    async fn events_about(&self, name: &str) -> Vec<Event> {
+    pub async fn events_about(&self, name: &str) -> Vec<Event> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
         events
             .list(&ListParams::default())

@@ -1,5 +1,6 @@
 //! One SiteCache's life: first generation, source changes and retention, on-demand requests,
-//! maxAge, failing and empty warm steps, adoption after a lost status.
+//! maxAge, failing and empty warm steps, adoption after a lost status; on every S3 implementation
+//! the tests start.
 
 use std::time::Duration;
 
@@ -7,14 +8,33 @@ use kube::ResourceExt;
 use serde_json::json;
 use sitecache::api::{Freshness, Phase, SnapshotResult};
 use sitecache::archive::Current;
+use sitecache_devtools::Store;
 
-use super::harness::{AGENT_IMAGE, Harness, Options, condition, condition_reason, current, warm};
+use super::harness::{
+    AGENT_IMAGE, Harness, Options, condition, condition_reason, current, eventually, warm,
+};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-#[tokio::test]
-async fn create_runs_a_job_and_promotes_generation_1() {
-    let h = Harness::start(Options::default()).await;
+// Each test runs against MinIO and SeaweedFS (`NAME::minio`, `NAME::seaweedfs`).
+on_every_store!(
+    create_runs_a_job_and_promotes_generation_1,
+    revision_changes_make_generations_and_retention_keeps_two,
+    on_demand_request_makes_a_generation_and_is_acknowledged,
+    max_age_makes_the_cache_stale_then_refreshes_it,
+    failing_warm_step_degrades_keeps_current_and_backs_off,
+    empty_or_too_small_cache_is_never_promoted,
+    wiped_status_continues_after_the_highest_generation,
+    a_new_revision_is_built_from_an_empty_cache_so_old_modules_go,
+    stale_is_written_when_max_age_passes_while_suspended_or_running,
+);
+
+async fn create_runs_a_job_and_promotes_generation_1(store: Store) {
+    let h = Harness::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     // Ready once its watches have listed (a readiness probe relies on it).
     h.wait_ready().await;
     h.create(
@@ -99,13 +119,18 @@ async fn create_runs_a_job_and_promotes_generation_1() {
             .contains(&"shop/.sitecache-owner.json".to_owned())
     );
 
-    let events = h.event_reasons("shop").await;
-    for reason in ["SnapshotStarted", "Promoted"] {
-        assert!(
-            events.iter().any(|r| r == reason),
-            "no {reason} Event in {events:?}"
-        );
-    }
+    // Events are published once the status that records them is written: just after it.
+    eventually(
+        "the SnapshotStarted and Promoted Events",
+        MINUTE,
+        || async {
+            let events = h.event_reasons("shop").await;
+            ["SnapshotStarted", "Promoted"]
+                .iter()
+                .all(|reason| events.iter().any(|r| r == reason))
+        },
+    )
+    .await;
     let metrics = h.metrics().await;
     assert!(
         metrics.contains("sitecache_generations_promoted_total 1"),
@@ -118,9 +143,12 @@ async fn create_runs_a_job_and_promotes_generation_1() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn revision_changes_make_generations_and_retention_keeps_two() {
-    let h = Harness::start(Options::default()).await;
+async fn revision_changes_make_generations_and_retention_keeps_two(store: Store) {
+    let h = Harness::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     // Warming on top of the current generation when the revision changes (rebuilds are
     // another test's).
     h.create(
@@ -191,9 +219,12 @@ async fn revision_changes_make_generations_and_retention_keeps_two() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn on_demand_request_makes_a_generation_and_is_acknowledged() {
-    let h = Harness::start(Options::default()).await;
+async fn on_demand_request_makes_a_generation_and_is_acknowledged(store: Store) {
+    let h = Harness::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     h.create("shop", json!({"site": "shop", "warm": warm("", 2)}))
         .await;
     h.wait_promoted("shop", 1).await;
@@ -210,9 +241,12 @@ async fn on_demand_request_makes_a_generation_and_is_acknowledged() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn max_age_makes_the_cache_stale_then_refreshes_it() {
-    let h = Harness::start(Options::default()).await;
+async fn max_age_makes_the_cache_stale_then_refreshes_it(store: Store) {
+    let h = Harness::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     // Later generations take a few seconds to warm, so the stale state can be seen.
     let slow_after_first = "if [ -e \"$DENO_DIR/warmed\" ]; then sleep 4; fi";
     h.create(
@@ -247,9 +281,9 @@ async fn max_age_makes_the_cache_stale_then_refreshes_it() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn failing_warm_step_degrades_keeps_current_and_backs_off() {
+async fn failing_warm_step_degrades_keeps_current_and_backs_off(store: Store) {
     let h = Harness::start(Options {
+        store,
         failure_backoff: "4s",
         ..Options::default()
     })
@@ -334,9 +368,12 @@ async fn failing_warm_step_degrades_keeps_current_and_backs_off() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn empty_or_too_small_cache_is_never_promoted() {
-    let h = Harness::start(Options::default()).await;
+async fn empty_or_too_small_cache_is_never_promoted(store: Store) {
+    let h = Harness::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     // Generation 1 is a real cache; the next attempt empties the directory.
     let empty_after_first =
         "if [ -e \"$DENO_DIR/warmed\" ]; then rm -rf \"$DENO_DIR\"/*; exit 0; fi";
@@ -364,9 +401,12 @@ async fn empty_or_too_small_cache_is_never_promoted() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn wiped_status_continues_after_the_highest_generation() {
-    let h = Harness::start(Options::default()).await;
+async fn wiped_status_continues_after_the_highest_generation(store: Store) {
+    let h = Harness::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     h.create(
         "shop",
         json!({"site": "shop", "warm": warm("", 2), "source": {"revision": "r1"}}),
@@ -421,9 +461,12 @@ async fn init_containers(h: &Harness, name: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_new_revision_is_built_from_an_empty_cache_so_old_modules_go() {
-    let h = Harness::start(Options::default()).await;
+async fn a_new_revision_is_built_from_an_empty_cache_so_old_modules_go(store: Store) {
+    let h = Harness::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     // Each revision of the site uses its own three modules.
     let script = "set -e; mkdir -p \"$DENO_DIR/deps\"; \
                   for i in 1 2 3; do echo \"$REV $i\" > \"$DENO_DIR/deps/$REV-$i.js\"; done";
@@ -467,10 +510,13 @@ async fn a_new_revision_is_built_from_an_empty_cache_so_old_modules_go() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn stale_is_written_when_max_age_passes_while_suspended_or_running() {
+async fn stale_is_written_when_max_age_passes_while_suspended_or_running(store: Store) {
     // The harness's controller resyncs once an hour: only the schedule can wake these.
-    let h = Harness::start(Options::default()).await;
+    let h = Harness::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let slow_after_first = "if [ -e \"$DENO_DIR/warmed\" ]; then sleep 20; fi";
     for name in ["idle", "busy"] {
         h.create(
