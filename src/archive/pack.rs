@@ -94,7 +94,7 @@ pub struct Tree {
 
 /// The user and group that own every entry of a tree: the user the warm step ran as, when it
 /// wrote the whole cache. The controller runs the next restore as that user, so that the warm
-/// step can write into what is restored (see `controller::podspec`).
+/// step can write into what is restored (see `controller::settings::podspec`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     pub uid: u32,

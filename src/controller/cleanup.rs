@@ -27,14 +27,14 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
-use super::context::Context;
-use super::error::Error;
-use super::job::{JobView, UID_LABEL};
-use super::objects::Prefix;
-use super::reconcile::write_status;
-use super::results;
-use super::status::{self, DELETION_BLOCKED};
 use crate::api::{DeletionPolicy, Phase, SiteCache};
+use crate::controller::context::Context;
+use crate::controller::error::Error;
+use crate::controller::jobs::results;
+use crate::controller::jobs::{JobView, UID_LABEL};
+use crate::controller::objects::Prefix;
+use crate::controller::reconcile::write_status;
+use crate::controller::status::{self, DELETION_BLOCKED};
 
 /// The reason of `DeletionBlocked` while snapshot pods have not stopped.
 const PODS_RUNNING: &str = "SnapshotPodRunning";

@@ -11,13 +11,13 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc;
 
-use super::clients::{Clients, CountRequests, StorageKey};
-use super::config::{Settings, Target};
-use super::events::{Note, Recorder};
-use super::identity::MANAGER;
-use super::job::{JobView, UID_LABEL};
-use super::queue::{Ask, JobKey, Place, RESERVATION_TTL, SlotQueue};
 use crate::api::SiteCache;
+use crate::controller::jobs::queue::{Ask, JobKey, Place, RESERVATION_TTL, SlotQueue};
+use crate::controller::jobs::{JobView, UID_LABEL};
+use crate::controller::objects::clients::{Clients, CountRequests, StorageKey};
+use crate::controller::settings::identity::MANAGER;
+use crate::controller::settings::{Settings, Target};
+use crate::controller::status::events::{Note, Recorder};
 use crate::telemetry::metrics::Metrics;
 
 /// How long a reconcile waits for the watch to show the status it wrote.
@@ -449,7 +449,7 @@ mod tests {
     use kube::runtime::watcher;
 
     use super::*;
-    use crate::controller::config::settings_from;
+    use crate::controller::settings::settings_from;
 
     fn running_job(name: &str) -> Job {
         serde_json::from_value(serde_json::json!({

@@ -8,8 +8,8 @@ use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 
-use super::config::ControllerArgs;
-use super::identity::MANAGER;
+use crate::controller::settings::ControllerArgs;
+use crate::controller::settings::identity::MANAGER;
 
 /// Where and how replicas elect a leader.
 #[derive(Clone, Debug)]

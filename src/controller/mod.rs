@@ -1,48 +1,38 @@
 //! `sitecache controller`: reconciles SiteCache objects.
 //!
-//! Layout:
-//! - [`config`]: flags and the resolved storage of a SiteCache;
-//! - [`validate`]: a SiteCache's spec checked against the configuration and parsed once;
-//! - [`schedule`], [`rebuild`], [`job`], [`status`]: pure functions that decide (when a snapshot
-//!   is due, whether it starts from an empty cache, the snapshot Job, the status), unit-tested
-//!   without a cluster; [`podspec`]: the snapshot pod's settings from the spec (who the warm
-//!   container and the agents run as, where the pod runs);
-//! - [`objects`]: the storage work on a SiteCache's prefix (ownership, inventory, verification,
-//!   promotion, retention, deletion);
-//! - [`reconcile`] and [`cleanup`]: the numbered steps for a live and a deleted SiteCache;
-//! - [`results`]: releasing a snapshot Job (and its pods) once its result is in the status;
-//! - [`error`]: why a reconcile failed, with the metrics kind and Event reason of each error;
-//! - [`context`]: what reconciles share (clients, metrics, Events, the snapshot slots);
-//!   [`events`]: publishing Events, with the little it remembers to count repeats;
-//! - [`identity`]: who the controller is (its field manager, and the cluster's identity, which
-//!   ownership markers record); [`leader`]: which replica reconciles.
-//!
-//! Imports run one way: `config` imports nothing of the controller's; `identity`, `leader`,
-//! `clients` and `validate` import `config`; `context` imports those; the steps import all.
-//! - [`server`]: `/metrics`, `/healthz`, `/readyz`.
+//! Rooms, by concern (imports run down this list, never up):
+//! - [`settings`]: the controller's flags and the resolved storage of a SiteCache; who the
+//!   controller is ([`settings::identity`]: its field manager and the cluster's identity, which
+//!   ownership markers record); a SiteCache's spec checked against them and parsed once
+//!   ([`settings::validate`]), with the snapshot pod's settings ([`settings::podspec`]) and the
+//!   schedule's timing ([`settings::schedule`]: when a snapshot is due, how fresh a generation
+//!   is). Pure.
+//! - [`jobs`]: the snapshot Job built from the SiteCache and read back, whether it starts from an
+//!   empty cache ([`jobs::rebuild`]), what its pods reported ([`jobs::report`]), stalls
+//!   ([`jobs::stall`]), the snapshot slots ([`jobs::queue`]), and releasing its result
+//!   ([`jobs::results`]).
+//! - [`objects`]: the storage work on a SiteCache's prefix (the shared S3 clients, ownership,
+//!   inventory, verification, promotion, retention, deletion).
+//! - [`status`]: the status derived from what a reconcile found and did, and the Events that say
+//!   it ([`status::events`]).
+//! - [`error`]: why a reconcile failed, with the metrics kind and Event reason of each error (a
+//!   leaf every room may use).
+//! - [`context`]: what reconciles share (clients, metrics, Events, the snapshot slots, the watch
+//!   caches); [`leader`]: which replica reconciles; [`watches`]: what wakes a SiteCache;
+//!   [`server`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`reconcile`] and [`cleanup`]: the numbered steps for a live and a deleted SiteCache, which
+//!   use every room above.
 
 mod cleanup;
-mod clients;
-pub mod config;
 mod context;
 mod error;
-pub mod events;
-mod identity;
-pub mod job;
+pub mod jobs;
 mod leader;
 pub mod objects;
-pub mod podspec;
-pub mod queue;
-mod quote;
-pub mod rebuild;
 mod reconcile;
-pub mod report;
-mod results;
-pub mod schedule;
 mod server;
-pub mod stall;
+pub mod settings;
 pub mod status;
-pub mod validate;
 pub mod watches;
 
 use std::sync::Arc;
@@ -61,11 +51,11 @@ use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-pub use config::{ControllerArgs, Settings};
 pub use context::{Caches, Context};
 pub use error::Error;
-pub use identity::MANAGER;
 pub use reconcile::write_status;
+pub use settings::identity::MANAGER;
+pub use settings::{ControllerArgs, Settings};
 
 use crate::api::{FINALIZER, SiteCache};
 use crate::telemetry::metrics::Metrics;
@@ -179,7 +169,7 @@ pub async fn run(
         let job_changes = watches::job_changes(
             watcher(
                 scoped::<Job>(&client, scope),
-                watcher::Config::default().labels(job::JOB_SELECTOR),
+                watcher::Config::default().labels(jobs::JOB_SELECTOR),
             )
             .default_backoff()
             .modify(watches::strip_job)
@@ -232,7 +222,8 @@ pub async fn run(
         .iter()
         .map(|c| (c.sitecaches.clone(), c.jobs.clone()))
         .collect();
-    let cluster = identity::cluster_identity(&client, settings.cluster_id.as_deref()).await?;
+    let cluster =
+        settings::identity::cluster_identity(&client, settings.cluster_id.as_deref()).await?;
     tracing::info!(cluster = %cluster, standby = settings.standby, "cluster identity");
     let (ctx, mut expiries) =
         Context::new(client.clone(), settings.clone(), cluster, metrics, caches);

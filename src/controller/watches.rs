@@ -16,8 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-use super::job::{JobState, JobView};
 use crate::api::{SNAPSHOT_REQUEST_ANNOTATION, SiteCache};
+use crate::controller::jobs::{JobState, JobView};
 
 /// The annotation `kubectl apply` writes: a second copy of the spec.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";

@@ -101,7 +101,7 @@ impl World {
             client.clone(),
             JobRunnerConfig {
                 namespace: Some(ns.clone()),
-                label_selector: sitecache::controller::job::JOB_SELECTOR.to_owned(),
+                label_selector: sitecache::controller::jobs::JOB_SELECTOR.to_owned(),
                 images: HashMap::from([(
                     AGENT_IMAGE.to_owned(),
                     env!("CARGO_BIN_EXE_sitecache").into(),

@@ -123,7 +123,7 @@ impl World {
             self.client.clone(),
             JobRunnerConfig {
                 namespace: Some(self.namespace.clone()),
-                label_selector: sitecache::controller::job::JOB_SELECTOR.to_owned(),
+                label_selector: sitecache::controller::jobs::JOB_SELECTOR.to_owned(),
                 images: HashMap::from([(AGENT_IMAGE.to_owned(), self.sitecache.clone())]),
                 env,
                 work_dir: self.dir.join("jobs"),

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 /// The image the controller puts in its Jobs' agent containers (`--agent-image`); the job runner
 /// maps it to the `sitecache` binary.
 pub const AGENT_IMAGE: &str = "sitecache-agent:dev";
-/// Label selector of the controller's snapshot Jobs: `sitecache::controller::job::JOB_SELECTOR`
+/// Label selector of the controller's snapshot Jobs: `sitecache::controller::jobs::JOB_SELECTOR`
 /// (devtools does not depend on the operator crate; the dev test fails if they drift apart, since
 /// no Job would run).
 pub const JOB_SELECTOR: &str = "app.kubernetes.io/managed-by=sitecache";

@@ -10,6 +10,7 @@
 //! sits at the longest prefix of the key: objects under a prefix nested in `P` that another
 //! SiteCache claimed are that SiteCache's, and never deleted from here.
 
+pub mod clients;
 pub mod delete;
 pub mod manifest;
 pub mod ownership;

@@ -14,8 +14,8 @@ use kube::runtime::events::EventType;
 use super::Run;
 use crate::controller::error::Error;
 use crate::controller::objects::Prefix;
+use crate::controller::settings::validate::Validated;
 use crate::controller::status::generation_info;
-use crate::controller::validate::Validated;
 use crate::storage;
 
 impl Run<'_> {

@@ -17,18 +17,18 @@ use super::finish::handled_through;
 use super::{Announcement, Outcome, Run};
 use crate::api::{Freshness, LastSnapshot, SnapshotResult};
 use crate::controller::error::Error;
-use crate::controller::identity::MANAGER;
-use crate::controller::job::{
+use crate::controller::jobs::queue::Place;
+use crate::controller::jobs::rebuild::{RebuildReason, rebuild_reason};
+use crate::controller::jobs::report::JOB_UID_LABEL;
+use crate::controller::jobs::stall::{Stall, diagnose};
+use crate::controller::jobs::{
     JobInputs, JobState, JobView, UID_LABEL, is_ours, job_name, observed_user, snapshot_job,
 };
 use crate::controller::objects::Prefix;
-use crate::controller::queue::Place;
-use crate::controller::rebuild::{RebuildReason, rebuild_reason};
-use crate::controller::report::JOB_UID_LABEL;
-use crate::controller::schedule::{self, Trigger};
-use crate::controller::stall::{Stall, diagnose};
+use crate::controller::settings::identity::MANAGER;
+use crate::controller::settings::schedule::{self, Trigger};
+use crate::controller::settings::validate::Validated;
 use crate::controller::status::Activity;
-use crate::controller::validate::Validated;
 
 /// How often a Job deleted before it finished is looked at until its pods have stopped.
 const STOPPING_LOOK: Duration = Duration::from_secs(5);
@@ -114,7 +114,7 @@ impl Run<'_> {
         }
     }
 
-    /// Whether the running `job` is stalled ([`stall`](crate::controller::stall)), and when to
+    /// Whether the running `job` is stalled ([`stall`](crate::controller::jobs::stall)), and when to
     /// look again: a Job is looked at once it has run for `--snapshot-stall-after`, then every
     /// `--snapshot-stall-after` while it runs (its pods' changes wake no reconcile). Reading the
     /// pods or Events is advice: when it fails, the Job is taken as not stalled.

@@ -13,11 +13,11 @@ use super::{Announcement, Run};
 use crate::api::{CacheOwner, LastSnapshot, SiteCacheStatus, SnapshotResult};
 use crate::archive::{Manifest, Owner};
 use crate::controller::error::Error;
-use crate::controller::job::{Base, JobState, JobView, is_ours};
+use crate::controller::jobs::rebuild::growth_after;
+use crate::controller::jobs::report::{JOB_UID_LABEL, Reported, reported};
+use crate::controller::jobs::results;
+use crate::controller::jobs::{Base, JobState, JobView, is_ours};
 use crate::controller::objects::{Prefix, Rejection};
-use crate::controller::rebuild::growth_after;
-use crate::controller::report::{JOB_UID_LABEL, Reported, reported};
-use crate::controller::results;
 use crate::controller::status::generation_info;
 
 /// The highest generation whose Job has been handled. A Job is started only by a reconcile that

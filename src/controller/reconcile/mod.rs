@@ -39,14 +39,14 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
-use super::context::Context;
-use super::error::Error;
-use super::identity::MANAGER;
-use super::objects::{Prefix, Removed};
-use super::schedule::{self, Backoff};
-use super::status::{self, Activity, Trouble};
-use super::validate::{Validated, validate};
 use crate::api::{SiteCache, SiteCacheStatus, SnapshotResult};
+use crate::controller::context::Context;
+use crate::controller::error::Error;
+use crate::controller::objects::{Prefix, Removed};
+use crate::controller::settings::identity::MANAGER;
+use crate::controller::settings::schedule::{self, Backoff};
+use crate::controller::settings::validate::{Validated, validate};
+use crate::controller::status::{self, Activity, Trouble};
 
 /// Reconciles a SiteCache that is not being deleted.
 pub async fn apply(obj: Arc<SiteCache>, ctx: &Context) -> Result<Action, Error> {

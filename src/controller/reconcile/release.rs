@@ -1,5 +1,5 @@
 //! Step 9, release: once the status records a finished Job's result, the Job and its pods lose
-//! the result finalizer ([`results`](crate::controller::results)), so that its TTL, a `kubectl
+//! the result finalizer ([`results`](crate::controller::jobs::results)), so that its TTL, a `kubectl
 //! delete` or a GitOps prune can remove them. Until then they stay, whatever deleted them and
 //! however long the controller was down: the next reconcile finishes them from what they hold.
 
@@ -7,7 +7,7 @@ use kube::ResourceExt;
 
 use super::Run;
 use super::finish::handled_through;
-use crate::controller::results;
+use crate::controller::jobs::results;
 
 impl Run<'_> {
     /// Releases every finished Job at or below the status's watermark that still holds its

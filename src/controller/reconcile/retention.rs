@@ -7,7 +7,7 @@
 
 use super::Run;
 use crate::controller::error::Error;
-use crate::controller::job::JobView;
+use crate::controller::jobs::JobView;
 use crate::controller::objects::{Prefix, retention_victims};
 
 impl Run<'_> {

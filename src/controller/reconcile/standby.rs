@@ -12,11 +12,11 @@ use kube::runtime::events::EventType;
 use super::{Outcome, Run};
 use crate::api::Freshness;
 use crate::controller::error::Error;
+use crate::controller::jobs::results;
 use crate::controller::objects::Prefix;
-use crate::controller::results;
-use crate::controller::schedule;
+use crate::controller::settings::schedule;
+use crate::controller::settings::validate::Validated;
 use crate::controller::status::Activity;
-use crate::controller::validate::Validated;
 
 impl Run<'_> {
     pub(super) async fn follow(

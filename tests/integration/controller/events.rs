@@ -5,7 +5,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::events::EventType;
 use serde_json::json;
-use sitecache::controller::events::{Note, Recorder};
+use sitecache::controller::status::events::{Note, Recorder};
 
 use super::harness::{Harness, Options, warm};
 

@@ -173,7 +173,7 @@ impl Harness {
             self.client.clone(),
             JobRunnerConfig {
                 namespace: Some(self.ns.clone()),
-                label_selector: sitecache::controller::job::JOB_SELECTOR.to_owned(),
+                label_selector: sitecache::controller::jobs::JOB_SELECTOR.to_owned(),
                 images: HashMap::from([(
                     AGENT_IMAGE.to_owned(),
                     PathBuf::from(env!("CARGO_BIN_EXE_sitecache")),

@@ -10,7 +10,7 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use super::config::Target;
+use crate::controller::settings::Target;
 use crate::telemetry::metrics::OperationLabel;
 
 /// Counts the requests of a client by S3 operation (each attempt, retries included), into

@@ -1,5 +1,10 @@
 //! The controller's configuration: flags, each with an environment variable.
 
+pub mod identity;
+pub mod podspec;
+pub mod schedule;
+pub mod validate;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;

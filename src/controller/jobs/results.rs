@@ -9,9 +9,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::error::Error;
-use super::job::{JobView, RESULT_FINALIZER};
-use super::report::JOB_UID_LABEL;
+use crate::controller::error::Error;
+use crate::controller::jobs::report::JOB_UID_LABEL;
+use crate::controller::jobs::{JobView, RESULT_FINALIZER};
 
 /// Removes the result finalizer from `job`'s pods, then from `job`. `pods` are the Job's pods
 /// if the caller has just listed them (they are listed otherwise). Each object is patched at

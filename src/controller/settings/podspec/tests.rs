@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::controller::job::{JobInputs, snapshot_job};
+use crate::controller::jobs::{JobInputs, snapshot_job};
 
 fn site(extra: serde_json::Value) -> SiteCache {
     let mut spec = json!({"site": "shop", "warm": {"image": "site:1"}});
@@ -50,9 +50,9 @@ fn pod_observing(
         base_generation: None,
         cache_owner: Some(crate::api::CacheOwner { uid, gid }),
     });
-    let observed_user = crate::controller::job::observed_user(run_as, current.as_ref());
-    let settings = crate::controller::job::tests::settings();
-    let target = crate::controller::job::tests::target();
+    let observed_user = crate::controller::jobs::observed_user(run_as, current.as_ref());
+    let settings = crate::controller::jobs::tests::settings();
+    let target = crate::controller::jobs::tests::target();
     let job = snapshot_job(
         sc,
         &JobInputs {

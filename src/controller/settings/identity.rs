@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
-use super::config::valid_cluster_id;
+use crate::controller::settings::valid_cluster_id;
 
 /// The field manager of every write the controller makes.
 pub const MANAGER: &str = "sitecache-controller";

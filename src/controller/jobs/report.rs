@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 use kube::ResourceExt;
 use serde::Deserialize;
 
-use super::quote;
 use crate::archive::Report;
+use crate::controller::jobs::quote;
 
 /// The container of a snapshot Job whose termination message is read.
 pub const SNAPSHOT_CONTAINER: &str = "snapshot";

@@ -12,9 +12,9 @@ use std::time::Duration;
 use crate::api::{RebuildSpec, SiteCache, duration};
 use crate::storage::Location;
 
-use super::config::{Settings, Target, TargetError};
-use super::podspec::{self, RunAs};
-use super::schedule::Schedule;
+use crate::controller::settings::podspec::{self, RunAs};
+use crate::controller::settings::schedule::Schedule;
+use crate::controller::settings::{Settings, Target, TargetError};
 
 /// What a reconcile acts on: the spec, checked and parsed.
 #[derive(Clone, Debug)]
@@ -166,7 +166,7 @@ mod tests {
     use crate::api::SiteCacheSpec;
 
     fn settings() -> Settings {
-        crate::controller::config::settings_from(&[
+        crate::controller::settings::settings_from(&[
             "--default-bucket",
             "caches",
             "--endpoint",

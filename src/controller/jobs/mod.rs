@@ -1,5 +1,12 @@
 //! The snapshot Job: built from the SiteCache by pure functions, and read back as a [`JobState`].
 
+pub mod queue;
+pub mod quote;
+pub mod rebuild;
+pub mod report;
+pub mod results;
+pub mod stall;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
@@ -16,11 +23,11 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::config::{Settings, Target};
-use super::podspec::{self, RunAs};
-use super::rebuild::RebuildReason;
-use super::report::{REPORT_PATH, SNAPSHOT_CONTAINER, WARM_CONTAINER};
 use crate::api::{GenerationInfo, SiteCache};
+use crate::controller::jobs::rebuild::RebuildReason;
+use crate::controller::jobs::report::{REPORT_PATH, SNAPSHOT_CONTAINER, WARM_CONTAINER};
+use crate::controller::settings::podspec::{self, RunAs};
+use crate::controller::settings::{Settings, Target};
 
 /// `app.kubernetes.io/managed-by` of every snapshot Job: what the controller and tools select.
 pub const MANAGED_BY: &str = "sitecache";
@@ -519,7 +526,7 @@ pub(crate) mod tests {
     use crate::storage::Location;
 
     pub(crate) fn settings() -> Settings {
-        crate::controller::config::settings_from(&[
+        crate::controller::settings::settings_from(&[
             "--default-bucket",
             "caches",
             "--agent-image",

@@ -12,8 +12,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
-use super::job::JobView;
-use super::quote;
+use crate::controller::jobs::JobView;
+use crate::controller::jobs::quote;
 
 /// Why a running snapshot Job makes no progress.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,7 +1,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::controller::job::{Base, JobState};
+use crate::controller::jobs::{Base, JobState};
 
 const AFTER: Duration = Duration::from_secs(120);
 

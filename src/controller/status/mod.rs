@@ -1,13 +1,15 @@
 //! The status the controller writes: phase, freshness and conditions derived from what it found
 //! and did (pure functions).
 
+pub mod events;
+
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::schedule::Verdict;
-use super::stall::Stall;
 use crate::api::{Freshness, GenerationInfo, Phase, SiteCacheStatus};
 use crate::archive::Manifest;
+use crate::controller::jobs::stall::Stall;
+use crate::controller::settings::schedule::Verdict;
 
 pub const READY: &str = "Ready";
 pub const FRESH: &str = "Fresh";
