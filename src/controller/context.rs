@@ -26,6 +26,11 @@ const OWN_WRITE_WAIT: Duration = Duration::from_secs(5);
 /// How long a released Job is remembered ([`Context::note_released`]).
 const RELEASE_MEMORY: Duration = Duration::from_secs(60);
 
+/// How long abandoned snapshot pods are remembered ([`Context::first_abandonment`]): longer than
+/// a cleanup takes, including one that runs again on the watch's last copy of a SiteCache that is
+/// already gone.
+const ABANDON_MEMORY: Duration = Duration::from_secs(600);
+
 /// How many claim locks there are (claims that could not overlap may share one).
 const CLAIM_LOCKS: usize = 64;
 
@@ -55,8 +60,9 @@ pub struct Context {
     stale: Mutex<HashSet<String>>,
     /// SiteCaches (by uid) whose running snapshot Job is stalled, for the stalled gauge.
     stalled: Mutex<HashSet<String>>,
-    /// SiteCaches (by uid) being deleted whose snapshot pods this process said it abandoned.
-    abandoned: Mutex<HashSet<String>>,
+    /// SiteCaches (by uid) being deleted whose snapshot pods this process said it abandoned, and
+    /// when. Not forgotten with the SiteCache: a reconcile may still run on its last copy.
+    abandoned: Mutex<HashMap<String, Instant>>,
     queue: Mutex<SlotQueue>,
     /// Failed reconciles in a row per object, for the error policy's backoff.
     pub errors: Errors,
@@ -176,7 +182,6 @@ impl Context {
             self.set_claimed(uid, false);
             self.set_stale(uid, false);
             self.set_stalled(uid, false);
-            lock(&self.abandoned).remove(uid);
             self.errors.forget(uid);
         }
     }
@@ -190,7 +195,7 @@ impl Context {
             .flat_map(|c| c.sitecaches.state())
             .filter_map(|sc| sc.uid())
             .collect();
-        for set in [&self.claimed, &self.stale, &self.stalled, &self.abandoned] {
+        for set in [&self.claimed, &self.stale, &self.stalled] {
             lock(set).retain(|uid| present.contains(uid));
         }
         self.metrics
@@ -203,9 +208,12 @@ impl Context {
     }
 
     /// Whether this is the first time this process abandons the snapshot pods of the SiteCache
-    /// with this uid (a cleanup retried after it says so once).
+    /// with this uid: a cleanup retried after it, or run again on the watch's last copy of a
+    /// SiteCache that is already gone, says so once.
     pub fn first_abandonment(&self, uid: &str) -> bool {
-        lock(&self.abandoned).insert(uid.to_owned())
+        let mut abandoned = lock(&self.abandoned);
+        abandoned.retain(|_, at| at.elapsed() < ABANDON_MEMORY);
+        abandoned.insert(uid.to_owned(), Instant::now()).is_none()
     }
 
     /// The snapshot Jobs of the SiteCache with this uid, as the watch last saw them.
@@ -537,5 +545,19 @@ mod tests {
         ctx.slot_freed();
         assert_eq!(woken.try_recv().unwrap(), shop);
         assert!(ctx.ask_slot(&shop, place, job));
+    }
+
+    #[tokio::test]
+    async fn abandoned_pods_are_said_once_even_after_the_sitecache_is_forgotten() {
+        let (ctx, _job_writer, _woken) = one_slot();
+        assert!(ctx.first_abandonment("u1"));
+        assert!(!ctx.first_abandonment("u1"), "a retried cleanup");
+        // The SiteCache is gone from the watch while a reconcile still runs on its last copy.
+        let mut shop = ObjectRef::<SiteCache>::new("shop").within("web");
+        shop.extra.uid = Some("u1".into());
+        ctx.forget(&shop);
+        ctx.forget_missing();
+        assert!(!ctx.first_abandonment("u1"));
+        assert!(ctx.first_abandonment("u2"));
     }
 }
