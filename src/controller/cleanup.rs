@@ -33,6 +33,7 @@ use crate::controller::error::Error;
 use crate::controller::jobs::results;
 use crate::controller::jobs::{JobView, UID_LABEL};
 use crate::controller::objects::Prefix;
+use crate::controller::objects::ownership::OwnerRecord;
 use crate::controller::reconcile::write_status;
 use crate::controller::status::{self, DELETION_BLOCKED};
 
@@ -110,7 +111,7 @@ impl Cleanup<'_> {
         let s3 = self.ctx.storage(&target).await;
         let prefix = Prefix::new(&s3, &target.location);
         // 5. Ownership.
-        if !self.owns(&prefix, uid).await? {
+        if !self.owns(&prefix).await? {
             return Ok(Action::await_change());
         }
         // 6. Purge.
@@ -160,7 +161,7 @@ impl Cleanup<'_> {
     }
 
     /// Whether the prefix is this SiteCache's to empty.
-    async fn owns(&mut self, prefix: &Prefix<'_>, uid: &str) -> Result<bool, Error> {
+    async fn owns(&mut self, prefix: &Prefix<'_>) -> Result<bool, Error> {
         let wrote = self
             .sc
             .status
@@ -169,13 +170,7 @@ impl Cleanup<'_> {
         match prefix.owner().await? {
             // This SiteCache of this cluster (a marker written before markers named clusters
             // is matched by uid alone).
-            Some(owner)
-                if owner.uid == uid
-                    && owner
-                        .cluster
-                        .as_ref()
-                        .is_none_or(|c| *c == self.ctx.cluster) =>
-            {
+            Some(owner) if owner.is(&OwnerRecord::of(&self.sc, &self.ctx.cluster, self.now)) => {
                 Ok(true)
             }
             Some(owner) => {

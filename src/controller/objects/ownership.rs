@@ -23,9 +23,11 @@
 //!   this rule overlap.
 
 use jiff::Timestamp;
+use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use super::Prefix;
+use crate::api::SiteCache;
 use crate::storage::{
     self, OWNER_MARKER, ServiceClass, StorageError, claimed_by_marker, parent_prefixes,
 };
@@ -45,6 +47,17 @@ pub struct OwnerRecord {
 }
 
 impl OwnerRecord {
+    /// `sc` of `cluster` as its ownership marker records it, claimed at `now`.
+    pub fn of(sc: &SiteCache, cluster: &str, now: Timestamp) -> OwnerRecord {
+        OwnerRecord {
+            cluster: Some(cluster.to_owned()),
+            namespace: sc.namespace().unwrap_or_default(),
+            name: sc.name_any(),
+            uid: sc.uid().unwrap_or_default(),
+            claimed_at: now,
+        }
+    }
+
     /// The same SiteCache object (not merely the same name) of the same cluster. A marker that
     /// names no cluster is matched by uid alone.
     pub fn is(&self, other: &OwnerRecord) -> bool {

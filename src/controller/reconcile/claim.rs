@@ -1,8 +1,6 @@
 //! Step 3, claim: the SiteCache's prefix must be its own before anything is written there, and
 //! still be its own before anything is promoted or deleted there ([`Run::confirm_claim`]).
 
-use kube::ResourceExt;
-
 use super::{Outcome, Run};
 use crate::controller::error::Error;
 use crate::controller::objects::{Claim, OwnerRecord, Prefix};
@@ -13,13 +11,7 @@ pub const OWNED_BY_ANOTHER_CLUSTER: &str = "PrefixOwnedByAnotherCluster";
 impl Run<'_> {
     /// This SiteCache as its ownership marker records it.
     pub(super) fn owner_record(&self) -> OwnerRecord {
-        OwnerRecord {
-            cluster: Some(self.ctx.cluster.clone()),
-            namespace: self.sc.namespace().unwrap_or_default(),
-            name: self.sc.name_any(),
-            uid: self.uid(),
-            claimed_at: self.now,
-        }
+        OwnerRecord::of(&self.sc, &self.ctx.cluster, self.now)
     }
 
     /// Claims the prefix once per controller process; `Some` when the claim is refused (another
