@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
+use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use sitecache::api::SnapshotResult;
+use sitecache::controller::jobs::RESULT_FINALIZER;
 use sitecache_devtools::FaultProxy;
 use sitecache_devtools::fault_proxy::FaultRates;
 
@@ -246,6 +248,12 @@ async fn a_status_restored_from_an_older_backup_follows_current_json_and_never_r
     let backup = h.wait_promoted("shop", 1).await.status.unwrap();
     h.request_and_wait("shop", "two").await;
     h.wait_promoted("shop", 2).await;
+    // Released just after the status write that recorded it.
+    eventually("Job shop-g2 released", MINUTE, || async {
+        let job = h.jobs().get("shop-g2").await.unwrap();
+        !job.finalizers().iter().any(|f| f == RESULT_FINALIZER)
+    })
+    .await;
     // The status goes back to what a backup taken at generation 1 held, and generation 2's Job
     // is long gone (its TTL).
     h.stop_controller();
