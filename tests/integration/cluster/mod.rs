@@ -27,6 +27,8 @@
 //!   `spec.snapshot.credentialsSecret`, which the warm container never gets;
 //! - [`undeclared_user`]: a site image whose own user is non-root, left undeclared: the next
 //!   generation restores as the user that owned the cache, so that the warm step can write;
+//! - [`outage`]: a result outlives its Job's TTL while the controller cannot record it (the
+//!   result finalizer against the real TTL controller and garbage collector);
 //! - [`stalled`]: Jobs that make no progress (a pod Pod Security refuses, a container whose
 //!   Secret is missing) are reported with what the Job controller and kubelet say, long before
 //!   their deadline.
@@ -63,7 +65,7 @@ const RELEASE: &str = "sitecache";
 const JOB_TTL: Duration = Duration::from_secs(30);
 /// The namespaces (and buckets) of the scenarios, created before the install so that the
 /// release watches them.
-const SCENARIOS: [&str; 5] = ["deno", "hang", "creds", "stall", "owner"];
+const SCENARIOS: [&str; 6] = ["deno", "hang", "creds", "stall", "owner", "outage"];
 /// `controller.snapshotStallAfter`: how long a Job may make no progress before it is reported.
 const STALL_AFTER: Duration = Duration::from_secs(1);
 /// Where the scenarios' pods mount the Deno cache.
@@ -144,7 +146,7 @@ async fn start() -> Result<Cluster> {
         "storage": {
             // The credentials scenario uses the default bucket; the others name theirs.
             "defaultBucket": bucket_of("creds"),
-            "allowedBuckets": [bucket_of("deno"), bucket_of("hang"), bucket_of("stall"), bucket_of("owner")],
+            "allowedBuckets": [bucket_of("deno"), bucket_of("hang"), bucket_of("stall"), bucket_of("owner"), bucket_of("outage")],
             "region": "us-east-1",
             "endpoint": s3_endpoint,
             "pathStyle": true,
@@ -813,5 +815,6 @@ mod chart;
 mod credentials;
 mod deno_site;
 mod hanging;
+mod outage;
 mod stalled;
 mod undeclared_user;
