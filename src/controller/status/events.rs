@@ -6,8 +6,9 @@
 //! six minutes, and its key (two `ObjectReference`s, the note, a dozen strings: a few kilobytes
 //! each), and scans them all on every publish. A fleet that is adopted at once publishes one
 //! Event per SiteCache: 10,000 of those copies were the controller's largest cache after the
-//! SiteCaches themselves. This recorder keeps 40 bytes per Event: a keyed hash of what makes two
-//! Events the same, when the first was created (which names it) and how many there were.
+//! SiteCaches themselves (29 MiB of its 128 MiB peak in `make bench-fleet`). This recorder keeps a
+//! table entry of 48 bytes per Event: a keyed hash of what makes two Events the same, when the
+//! first was created (which names it), when the last was, and how many there were.
 //!
 //! What makes two Events the same: the object they are about (uid, namespace, name), the type,
 //! the reason, the action and the note. The note is part of it (kube-runtime's and client-go's

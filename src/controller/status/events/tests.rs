@@ -112,3 +112,9 @@ fn the_note_the_reason_and_the_object_make_an_event_distinct() {
     };
     assert_ne!(key, s.key(&a, &other_reason));
 }
+
+#[test]
+fn an_event_is_remembered_in_a_table_entry_of_48_bytes() {
+    // What the fleet's memory bound counts on: a hash and three small fields, no strings.
+    assert_eq!(std::mem::size_of::<(u64, Seen)>(), 48);
+}
