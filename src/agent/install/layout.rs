@@ -102,7 +102,14 @@ impl Layout {
 
     /// The journal of an install that is not atomic, while it runs.
     pub fn journal(&self) -> PathBuf {
-        self.path("journal")
+        self.home.join(self.journal_name())
+    }
+
+    /// The journal's name in [`Layout::home`].
+    pub fn journal_name(&self) -> OsString {
+        let mut name = self.prefix.clone();
+        name.push("journal");
+        name
     }
 
     /// A scratch tree: `kind` is [`STAGING`] or [`OLD`], `token` random.

@@ -110,10 +110,7 @@ impl Ops {
     /// Puts `journal` in place at once: written beside, then renamed over the previous one.
     pub fn write_journal(&mut self, layout: &Layout, journal: &Journal) -> io::Result<()> {
         self.step()?;
-        let mut fresh = layout.journal().into_os_string();
-        fresh.push(".new");
-        std::fs::write(&fresh, journal.to_bytes())?;
-        std::fs::rename(&fresh, layout.journal())
+        super::journal::write(layout, journal)
     }
 
     pub fn remove_journal(&mut self, layout: &Layout) -> io::Result<()> {

@@ -332,24 +332,109 @@ fn the_sweep_waits_for_a_journal_to_be_rolled_forward() {
     assert_eq!(scratch_left(&run.layout), Vec::<String>::new());
 }
 
+/// A file outside the install that planted names point at: it must never change.
+fn victim(dir: &Path) -> PathBuf {
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    victim
+}
+
+/// What can be planted under the journal's name, each made by hand.
+fn plant(kind: &str, journal: &Path, victim: &Path) {
+    match kind {
+        "outside" => std::fs::write(
+            journal,
+            r#"{"mode":"renames","staging":"../../etc","old":"00"}"#,
+        )
+        .unwrap(),
+        "not json" => std::fs::write(journal, "{").unwrap(),
+        "too large" => std::fs::write(
+            journal,
+            format!(
+                r#"{{"mode":"renames","staging":"0a","old":"0b"}}{}"#,
+                " ".repeat(journal::MAX_JOURNAL as usize)
+            ),
+        )
+        .unwrap(),
+        "link" => std::os::unix::fs::symlink(victim, journal).unwrap(),
+        "dangling link" => std::os::unix::fs::symlink("/nonexistent/journal", journal).unwrap(),
+        "fifo" => rustix::fs::mknodat(
+            rustix::fs::CWD,
+            journal,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap(),
+        "directory" => {
+            std::fs::create_dir(journal).unwrap();
+            std::fs::write(journal.join("inside"), "x").unwrap();
+        }
+        other => unreachable!("{other}"),
+    }
+}
+
+const PLANTED: [&str; 7] = [
+    "outside",
+    "not json",
+    "too large",
+    "link",
+    "dangling link",
+    "fifo",
+    "directory",
+];
+
 #[test]
-fn a_journal_names_nothing_but_scratch_trees() {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("deno-dir");
-    let layout = Layout::of(&dest).unwrap();
-    std::fs::write(
-        layout.journal(),
-        r#"{"mode":"renames","staging":"../../etc","old":"00"}"#,
-    )
-    .unwrap();
-    let err = prepare(&dest, &AtomicBool::new(false)).unwrap_err();
-    assert!(
-        err.to_string().contains("not a scratch tree's token"),
-        "{err}"
-    );
-    std::fs::write(layout.journal(), "{").unwrap();
-    let err = prepare(&dest, &AtomicBool::new(false)).unwrap_err();
-    assert!(err.to_string().contains("remove it"), "{err}");
+fn what_is_planted_under_the_journals_name_is_removed_not_obeyed() {
+    for kind in PLANTED {
+        for dest_kind in [Dest::Directory, Dest::MountPoint] {
+            let dir = tempfile::tempdir().unwrap();
+            let victim = victim(dir.path());
+            let (run, staging) = scenario(dest_kind);
+            staging.discard();
+            plant(kind, &run.layout.journal(), &victim);
+            // A FIFO would block a plain read until a writer came: this one never does.
+            let started = std::time::Instant::now();
+            let staging = prepare_in(&run.layout);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{kind}"
+            );
+            assert!(
+                std::fs::symlink_metadata(run.layout.journal()).is_err(),
+                "{kind} {dest_kind:?}: still there"
+            );
+            assert_eq!(snapshot(&run.dest), run.old, "{kind} {dest_kind:?}");
+            assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+            staging.discard();
+            finish(&run);
+        }
+    }
+}
+
+#[test]
+fn the_journal_is_never_written_through_a_planted_link() {
+    let faults = Faults {
+        no_exchange: true,
+        ..Faults::default()
+    };
+    for planted in ["journal.new", "journal"] {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = victim(dir.path());
+        let (run, staging) = scenario(Dest::Directory);
+        let mut name = run.layout.journal().into_os_string();
+        name.push(&planted["journal".len()..]);
+        std::os::unix::fs::symlink(&victim, &name).unwrap();
+        // Planted after the restore prepared (and recovered): the install meets it.
+        install_killed(staging, faults).unwrap();
+        assert_eq!(snapshot(&run.dest), run.new, "{planted}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "precious",
+            "{planted}: written through"
+        );
+        finish(&run);
+    }
 }
 
 #[test]
