@@ -134,6 +134,14 @@ impl S3Server {
         }]});
         let config = self.dir.join("s3.json");
         std::fs::write(&config, serde_json::to_vec_pretty(&identities)?)?;
+        // Each bucket is a collection of its own, which the master grows seven volumes at a
+        // time by default: tens of test buckets would run out of volumes ("no free volumes
+        // left"). One at a time (read from master.toml in the working directory), and as many
+        // as the disk holds.
+        std::fs::write(
+            self.dir.join("master.toml"),
+            "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 2\ncopy_3 = 3\ncopy_other = 1\n",
+        )?;
         let [
             master,
             master_grpc,
@@ -153,7 +161,7 @@ impl S3Server {
             .args(["-master.telemetry=false", "-master.volumeSizeLimitMB=64"])
             .arg(format!("-volume.port={volume}"))
             .arg(format!("-volume.port.grpc={volume_grpc}"))
-            .arg("-volume.max=100")
+            .arg("-volume.max=0")
             .arg("-filer")
             .arg(format!("-filer.port={filer}"))
             .arg(format!("-filer.port.grpc={filer_grpc}"))
@@ -161,7 +169,8 @@ impl S3Server {
             .arg(format!("-s3.port={}", self.port))
             .arg(format!("-s3.port.grpc={s3_grpc}"))
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-            .arg(format!("-s3.config={}", config.display()));
+            .arg(format!("-s3.config={}", config.display()))
+            .current_dir(&self.dir);
         Ok(cmd)
     }
 
