@@ -16,6 +16,37 @@ async fn a_result_outlives_its_jobs_ttl_while_the_controller_cannot_record_it() 
     s.create_quick_site(name).await;
     s.wait_promoted(name, 1, Duration::from_secs(120)).await;
 
+    // Generation 2's warm step takes a while, so that the controller loses its right to write
+    // statuses here while the Job runs (not before it started: the status records the start).
+    let slow = "const dir = Deno.env.get('DENO_DIR');\n\
+                for (let i = 0; i < 5; i++) Deno.writeTextFileSync(`${dir}/file-${i}.txt`, 'y'.repeat(i));\n\
+                await new Promise((r) => setTimeout(r, 15_000));";
+    s.request_snapshot(
+        name,
+        "two",
+        json!({"warm": {"command": ["deno", "eval", slow]}}),
+    )
+    .await;
+    s.until(
+        "generation 2's Job started and recorded",
+        Duration::from_secs(90),
+        async || match s.sitecache(name).await {
+            Some(sc)
+                if sc.status.as_ref().and_then(|s| s.active_job.as_deref())
+                    == Some("outage-g2") =>
+            {
+                Poll::Done(())
+            }
+            other => Poll::Wait(format!(
+                "{:?}",
+                other
+                    .and_then(|sc| sc.status)
+                    .map(|s| (s.phase, s.active_job))
+            )),
+        },
+    )
+    .await;
+
     // The controller may no longer write statuses here.
     let roles: Api<Role> = Api::namespaced(s.client.clone(), &s.ns);
     let role = roles.get(RELEASE).await.expect("the chart's Role");
@@ -36,7 +67,6 @@ async fn a_result_outlives_its_jobs_ttl_while_the_controller_cannot_record_it() 
         .await
         .expect("cut the Role");
 
-    s.request_snapshot(name, "two", json!({})).await;
     let job_name = format!("{name}-g2");
     // Finished, then deleted by the TTL controller: kept by the result finalizer, with its pods.
     let job = s
