@@ -1061,3 +1061,42 @@ async fn real_deno_dir_runs_cached_only_after_restore() {
     let out = run_cached(&tmp.path().join("empty-deno-dir"));
     assert!(!out.status.success());
 }
+
+/// What the site (or anything else that writes beside DEST) planted under the install's own
+/// name: a FIFO where the journal of an interrupted install would be (a plain read blocks on it
+/// until the deadline). The restore removes it and restores. (Writing the journal through a
+/// planted link is the install's unit tests': this filesystem swaps DEST without a journal.)
+#[tokio::test]
+async fn a_planted_journal_is_removed_not_waited_on() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    fixtures::rich_tree(&source, 4096);
+    let out = snapshot(s3, &loc, &source, 1);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dest = tmp.path().join("deno-dir");
+    let journal = tmp.path().join(".deno-dir..sitecache-journal");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &journal,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let (out, line) = restore(
+        s3,
+        &loc,
+        &dest,
+        &["--generation", "1", "--strict", "--timeout", "20s"],
+    );
+    assert!(out.status.success(), "{line} {}", text(&out.stderr));
+    assert_eq!(line["reason"], "restored", "{line}");
+    fixtures::assert_same_tree(&source, &dest);
+    assert!(
+        std::fs::symlink_metadata(&journal).is_err(),
+        "the FIFO is left: {}",
+        text(&out.stderr)
+    );
+}

@@ -1,6 +1,7 @@
 //! Where an install keeps its staging tree, its lock and its journal.
 //!
-//! Beside DEST (`/cache/deno-dir`): `/cache/.deno-dir.sitecache-{journal,staging-*,old-*}`,
+//! Beside DEST (`/cache/deno-dir`): `/cache/.deno-dir..sitecache-{journal,staging-*,old-*}` (the
+//! name, a dot, and the reserved prefix, which starts with a dot too),
 //! so that staging and DEST are on one filesystem and can be swapped by a rename.
 //!
 //! When DEST is a mount point (an emptyDir, say) nothing can be renamed over it, and its parent

@@ -387,7 +387,7 @@ const PLANTED: [&str; 7] = [
 #[test]
 fn what_is_planted_under_the_journals_name_is_removed_not_obeyed() {
     for kind in PLANTED {
-        for dest_kind in [Dest::Directory, Dest::MountPoint] {
+        for dest_kind in [Dest::Missing, Dest::Directory, Dest::MountPoint] {
             let dir = tempfile::tempdir().unwrap();
             let victim = victim(dir.path());
             let (run, staging) = scenario(dest_kind);
