@@ -10,7 +10,7 @@ use serde_json::json;
 use sitecache_devtools::Store;
 
 use super::harness::{
-    Harness, Options, cond, condition, condition_reason, counter_sum, eventually, warm,
+    Harness, Options, cond, condition, condition_reason, counter_sum, eventually, quiet_proxy, warm,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -428,14 +428,7 @@ async fn a_snapshot_pod_abandoned_while_the_controller_was_down_is_said_so() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn abandoned_snapshot_pods_are_said_once_however_often_the_cleanup_is_retried() {
-    let s3 = crate::support::s3().await;
-    let proxy = sitecache_devtools::FaultProxy::start(
-        &s3.endpoint(),
-        5,
-        sitecache_devtools::fault_proxy::FaultRates::none(),
-    )
-    .await
-    .unwrap();
+    let proxy = quiet_proxy(5).await;
     let h = Harness::start(Options {
         controller_endpoint: Some(proxy.endpoint()),
         extra_args: vec!["--snapshot-pod-stop-timeout".into(), "2s".into()],
@@ -501,14 +494,7 @@ async fn a_sitecache_gone_without_its_cleanup_leaves_no_gauge_behind() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_that_does_not_list_uploads_blocks_neither_retention_nor_deletion() {
-    let s3 = crate::support::s3().await;
-    let proxy = sitecache_devtools::FaultProxy::start(
-        &s3.endpoint(),
-        3,
-        sitecache_devtools::fault_proxy::FaultRates::none(),
-    )
-    .await
-    .unwrap();
+    let proxy = quiet_proxy(3).await;
     // ListMultipartUploads is optional: some S3-compatible stores answer NotImplemented.
     proxy.not_implemented("GET", "uploads");
     let h = Harness::start(Options {

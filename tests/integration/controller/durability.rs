@@ -11,10 +11,8 @@ use serde_json::{Value, json};
 use sitecache::api::SnapshotResult;
 use sitecache::controller::jobs::RESULT_FINALIZER;
 use sitecache_devtools::FaultProxy;
-use sitecache_devtools::fault_proxy::FaultRates;
 
-use super::harness::{Harness, Options, condition_reason, current, eventually, warm};
-use crate::support;
+use super::harness::{Harness, Options, condition_reason, current, eventually, quiet_proxy, warm};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -34,10 +32,7 @@ fn restore(h: &Harness) -> Value {
 /// A harness whose controller calls storage through a fault proxy, with `shop` (of `spec`)
 /// promoted at generation 1.
 async fn shop_behind_a_proxy(seed: u64, spec: Value) -> (Harness, FaultProxy) {
-    let s3 = support::s3().await;
-    let proxy = FaultProxy::start(&s3.endpoint(), seed, FaultRates::none())
-        .await
-        .unwrap();
+    let proxy = quiet_proxy(seed).await;
     let h = Harness::start(Options {
         controller_endpoint: Some(proxy.endpoint()),
         ..Options::default()

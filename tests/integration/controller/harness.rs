@@ -302,6 +302,19 @@ impl Harness {
     }
 }
 
+/// A fault proxy in front of the shared S3 server that injects nothing until a test asks it to
+/// (`lose_responses`, `not_implemented`); its endpoint goes to [`Options::controller_endpoint`].
+pub async fn quiet_proxy(seed: u64) -> sitecache_devtools::FaultProxy {
+    let s3 = support::s3().await;
+    sitecache_devtools::FaultProxy::start(
+        &s3.endpoint(),
+        seed,
+        sitecache_devtools::fault_proxy::FaultRates::none(),
+    )
+    .await
+    .expect("start the fault proxy")
+}
+
 /// Polls `check` until it holds, for at most `timeout`, and panics naming `what` if it never
 /// does: the one definition of "eventually" for the tests' waits on what is not a SiteCache's
 /// status (objects in the bucket, Jobs, metrics); [`Harness::wait`] is the one for a SiteCache.
