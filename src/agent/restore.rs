@@ -498,6 +498,7 @@ async fn fetch_and_unpack(
             ..UnpackLimits::default()
         },
         cancel,
+        umask: None,
     };
     let key = target.key.clone();
     let decode = archive::DecodeOptions {

@@ -55,7 +55,7 @@ use super::policy;
 use budget::{Budget, OverLimit, Seen};
 use held::{Claim, HELD_BUDGET, Held};
 use tree::Tree;
-use write::{At, kept_by_umask, process_umask, worker, write_file};
+use write::{At, restore_umask, worker, write_file};
 
 /// Files up to this size are read into memory and written by a worker.
 const SMALL_FILE: u64 = 1024 * 1024;
@@ -177,6 +177,8 @@ pub struct Unpacker {
     pub limits: UnpackLimits,
     /// Set to stop an unpack early (it then fails with [`UnpackError::Cancelled`]).
     pub cancel: Arc<AtomicBool>,
+    /// What restored modes leave out; `None`: the process's umask ([`write::restore_umask`]).
+    pub umask: Option<u32>,
 }
 
 struct FileJob {
@@ -233,7 +235,7 @@ impl Unpacker {
         let held = Held::new(self.limits.max_held);
         let (tx, rx) = sync_channel::<Batch>(QUEUE);
         let rx = Mutex::new(rx);
-        let umask = process_umask();
+        let umask = self.umask.unwrap_or_else(restore_umask);
         let mut parse = Parse {
             unpacker: self,
             at: At {
@@ -305,7 +307,8 @@ struct Parse<'a> {
     at: At<'a>,
     tree: Tree,
     deferred: Deferred,
-    umask: Option<u32>,
+    /// What restored modes leave out ([`write::restore_umask`]).
+    umask: u32,
     stats: UnpackStats,
     held: &'a Held,
     failure: &'a Mutex<Option<UnpackError>>,
@@ -469,15 +472,16 @@ impl Parse<'_> {
     }
 
     /// A directory entry: created (unless created already as a missing parent) with its own
-    /// mode when that lets the owner write into it and the umask keeps it; otherwise owner-only
-    /// until the end, then chmod.
+    /// mode, less what the umask masks, when that lets the owner write into it; otherwise
+    /// owner-only until the end, then chmod.
     fn directory(&mut self, rel: &[u8], mode: u32, mtime: i64) -> Result<(), UnpackError> {
         let limits = *self.limits();
+        let mode = mode & !self.umask;
         let mut chmod = Some(mode);
         let path = if self.tree.is_dir(rel) {
             CString::new(rel).map_err(|_| unsafe_entry(rel, "NUL"))?
         } else {
-            let final_mode = mode & 0o700 == 0o700 && kept_by_umask(mode, self.umask);
+            let final_mode = mode & 0o700 == 0o700;
             let create = if final_mode { mode } else { 0o700 };
             let path = self.tree.create_dir(self.at, rel, create, &limits)?;
             if final_mode {

@@ -97,7 +97,7 @@ pub fn worker(
     failure: &Mutex<Option<UnpackError>>,
     cancel: &AtomicBool,
     held: &Held,
-    umask: Option<u32>,
+    umask: u32,
 ) {
     loop {
         let batch = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
@@ -127,43 +127,41 @@ pub fn worker(
     }
 }
 
-/// Whether creating with `mode` yields exactly `mode` under the process umask (when known).
-pub fn kept_by_umask(mode: u32, umask: Option<u32>) -> bool {
-    umask.is_some_and(|m| mode & m == 0)
-}
-
 /// The process's umask, from `/proc/self/status` (reading it with umask(2) would change it for
-/// a moment under other threads). `None` when unknown: modes are then always set explicitly.
+/// a moment under other threads). `None` when unknown.
 pub fn process_umask() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("Umask:"))?;
     u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
 }
 
-/// Creates a new file (never through an existing file or link), fills it, and sets its mode and
-/// modification time through the open handle. With the process `umask` known, the file is
-/// created with its mode and `fchmod` is only needed when the umask masks some of it.
+/// The umask restored modes obey: the process's, as every file the runner writes does, or 022
+/// (no write for group and others) when it cannot be read. An archive packed under umask 000
+/// would otherwise restore world-writable, and on a shared runner anyone could swap a module
+/// Deno runs.
+pub fn restore_umask() -> u32 {
+    process_umask().unwrap_or(0o022)
+}
+
+/// Creates a new file (never through an existing file or link) with `mode` less what `umask`
+/// masks, fills it, and sets its modification time through the open handle.
 pub fn write_file(
     at: At,
     path: &CStr,
     mode: u32,
     mtime: i64,
-    umask: Option<u32>,
+    umask: u32,
     fill: impl FnOnce(&mut File) -> Result<(), UnpackError>,
 ) -> Result<(), UnpackError> {
-    let mode_set_on_create = kept_by_umask(mode, umask);
     let fd: OwnedFd = rustix::fs::openat(
         at.fd,
         path,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(if mode_set_on_create { mode } else { 0o600 }),
+        Mode::from_raw_mode(mode & !umask),
     )
     .map_err(|e| at.error(path, e))?;
     let mut file = File::from(fd);
     fill(&mut file)?;
-    if !mode_set_on_create {
-        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(|e| at.error(path, e))?;
-    }
     let times = Timestamps {
         last_access: Timespec {
             tv_sec: 0,

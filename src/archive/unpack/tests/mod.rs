@@ -66,6 +66,9 @@ impl Archive {
     }
 }
 
+/// The umask the tests' unpacks obey (the process's may be anything).
+const TEST_UMASK: u32 = 0o027;
+
 /// Unpacks `archive`, cut into chunks of `chunk` bytes, into a fresh directory.
 fn unpack(
     archive: &[u8],
@@ -91,6 +94,7 @@ fn unpack_cut(
         workers: 2,
         limits,
         cancel: Arc::new(AtomicBool::new(false)),
+        umask: Some(TEST_UMASK),
     };
     let mut pieces: Vec<io::Result<Bytes>> = Vec::new();
     let mut rest = archive;
@@ -305,4 +309,47 @@ fn reserved_top_level_names_are_refused() {
         .bytes();
     let (_dir, r) = unpack(&archive, 512, UnpackLimits::default());
     assert_eq!(r.unwrap().files, 2);
+}
+
+/// An archive packed under umask 000 holds world-writable modes; what is restored obeys the
+/// restore's umask instead (on a shared runner, anyone could otherwise swap a module Deno runs).
+#[test]
+fn restored_modes_obey_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut archive = tar::Builder::new(Vec::new());
+    let entry = |kind, mode, size| {
+        let mut h = Archive::header(kind, size);
+        h.set_mode(mode);
+        h
+    };
+    let dir = |archive: &mut tar::Builder<Vec<u8>>, path: &str, mode| {
+        let mut h = entry(tar::EntryType::Directory, mode, 0);
+        archive.append_data(&mut h, path, io::empty()).unwrap();
+    };
+    let file = |archive: &mut tar::Builder<Vec<u8>>, path: &str, mode| {
+        let mut h = entry(tar::EntryType::Regular, mode, 1);
+        archive.append_data(&mut h, path, &b"x"[..]).unwrap();
+    };
+    dir(&mut archive, "open", 0o777);
+    file(&mut archive, "open/shared.js", 0o666);
+    file(&mut archive, "open/run.sh", 0o777);
+    dir(&mut archive, "ro", 0o555);
+    file(&mut archive, "ro/f", 0o444);
+    let archive = archive.into_inner().unwrap();
+    let (dir, result) = unpack(&archive, 4096, UnpackLimits::default());
+    result.unwrap();
+    let root = dir.path().join("root");
+    let mode = |rel: &str| {
+        std::fs::symlink_metadata(root.join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    // TEST_UMASK is 027.
+    assert_eq!(mode("open"), 0o750);
+    assert_eq!(mode("open/shared.js"), 0o640);
+    assert_eq!(mode("open/run.sh"), 0o750);
+    assert_eq!(mode("ro"), 0o550);
+    assert_eq!(mode("ro/f"), 0o440);
 }
