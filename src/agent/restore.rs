@@ -444,6 +444,19 @@ async fn resolve(
             .ok_or_else(|| RestoreError::NoCurrent(loc.to_string()))?;
         current.manifest
     };
+    // A manifest names an archive of its own generation, and `--generation N` reads N's: one
+    // that names any other key (another generation's, anything under the prefix or outside it)
+    // was not written by a snapshot, whoever could write to the bucket.
+    let n = manifest.generation;
+    let asked = args.generation.filter(|_| args.key.is_none());
+    if asked.is_some_and(|g| g != n) || loc.archive_token(n, &manifest.archive_key).is_none() {
+        return Err(RestoreError::NotFound(format!(
+            "the manifest of generation {} names {} for generation {n}, which is not an archive \
+             of that generation",
+            asked.unwrap_or(n),
+            manifest.archive_key
+        )));
+    }
     if manifest.format_version > archive::FORMAT_VERSION {
         return Err(RestoreError::UnsupportedFormat {
             key: manifest.archive_key,

@@ -1100,3 +1100,55 @@ async fn a_planted_journal_is_removed_not_waited_on() {
         text(&out.stderr)
     );
 }
+
+/// A manifest rewritten by whoever can write to the bucket to name another generation's archive
+/// (with that archive's size and hash, so that verification alone would pass) or a key outside
+/// the prefix: `--generation N` and `current.json` restore only an archive of the generation
+/// the manifest is for.
+#[tokio::test]
+async fn a_manifest_naming_an_archive_of_another_generation_is_refused() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    fixtures::rich_tree(&one, 1000);
+    fixtures::rich_tree(&two, 2000);
+    for (source, n) in [(&one, 1), (&two, 2)] {
+        let out = snapshot(s3, &loc, source, n);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let first: Manifest =
+        sitecache::storage::get_json(&s3.client(), &loc.bucket, &loc.manifest_key(1))
+            .await
+            .unwrap()
+            .unwrap();
+    let outside = format!("elsewhere/{}", first.archive_key);
+    for forged_key in [first.archive_key.clone(), outside] {
+        let forged = Manifest {
+            generation: 2,
+            archive_key: forged_key.clone(),
+            ..first.clone()
+        };
+        sitecache::storage::put_json(
+            &s3.client(),
+            &loc.bucket,
+            &loc.manifest_key(2),
+            &forged,
+            false,
+        )
+        .await
+        .unwrap();
+        promote(s3, &loc, 2).await;
+        for args in [&["--generation", "2"][..], &[]] {
+            let dest = tmp.path().join(format!("dest-{}", fastrand::u32(..)));
+            let (_, line) = restore(s3, &loc, &dest, args);
+            assert_eq!(line["ok"], false, "{forged_key} {args:?}: {line}");
+            assert_eq!(line["reason"], "not-found", "{line}");
+            assert!(
+                line["message"].as_str().unwrap().contains(&forged_key),
+                "{line}"
+            );
+            assert!(!dest.exists(), "{forged_key} {args:?}: restored");
+        }
+    }
+}
