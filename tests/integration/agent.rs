@@ -438,6 +438,30 @@ async fn restore_is_advisory_unless_strict() {
     let (out, line) = restore(s3, &loc, &dest, &["--strict"]);
     assert_eq!(out.status.code(), Some(1), "strict: exit non-zero");
     assert_eq!(line["reason"], "no-current-generation");
+    // The variable reads booleans as shell scripts write them (docs/runner.md#flags).
+    for yes in ["true", "1", "yes", "on"] {
+        let out = run(sitecache(s3).env("SITECACHE_STRICT", yes).args([
+            "restore",
+            "--url",
+            &loc.to_string(),
+            "--dest",
+            dest.to_str().unwrap(),
+        ]));
+        assert_eq!(out.status.code(), Some(1), "SITECACHE_STRICT={yes}");
+    }
+    let out = run(sitecache(s3).env("SITECACHE_STRICT", "maybe").args([
+        "restore",
+        "--url",
+        &loc.to_string(),
+        "--dest",
+        dest.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a usage error, in the advisory mode"
+    );
+    assert_eq!(result_line(&out)["reason"], "invalid-arguments");
 
     // Bad arguments are advisory too.
     let out = run(sitecache(s3).args(["restore", "--url", "not-a-url", "--dest", "/tmp/x"]));
