@@ -49,6 +49,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// is committed that a restore with its defaults refuses).
 pub const DEFAULT_MAX_UNPACKED_BYTES: &str = "32GiB";
 
+/// The largest archive a restore downloads by default (`--max-bytes`), which a snapshot does not
+/// commit past either.
+pub const DEFAULT_MAX_BYTES: &str = "4GiB";
+
 /// Parses a size flag (`500MiB`, `2GB`, `1048576`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     s.trim()

@@ -55,7 +55,7 @@ pub struct RestoreArgs {
     pub strict: bool,
 
     /// Refuse archives larger than this.
-    #[arg(long, default_value = "4GiB", value_parser = super::parse_size)]
+    #[arg(long, default_value = super::DEFAULT_MAX_BYTES, value_parser = super::parse_size)]
     pub max_bytes: u64,
 
     /// Refuse archives that unpack to more than this (directories count 4 KiB each).

@@ -69,6 +69,12 @@ pub struct SnapshotArgs {
     #[arg(long, env = "SITECACHE_MAX_UNPACKED_BYTES", default_value = super::DEFAULT_MAX_UNPACKED_BYTES, value_parser = super::parse_size)]
     pub max_unpacked_bytes: u64,
 
+    /// Never commit an archive larger than this (restore's default `--max-bytes`, which runners
+    /// check before downloading anything): one that came out larger is uploaded but not
+    /// committed. Keep it at or below the runners' `--max-bytes`.
+    #[arg(long, env = "SITECACHE_MAX_BYTES", default_value = super::DEFAULT_MAX_BYTES, value_parser = super::parse_size)]
+    pub max_bytes: u64,
+
     /// Refuse a tree with more entries than this (restore's default; keep it at or below the
     /// runners' `--max-entries`). Path length and depth and link length have restore's limits.
     #[arg(long, env = "SITECACHE_MAX_ENTRIES", default_value_t = UnpackLimits::DEFAULT.max_entries, value_parser = clap::value_parser!(u64).range(1..))]
@@ -115,6 +121,10 @@ pub enum SnapshotError {
         found: u64,
         expected: u64,
     },
+    #[error(
+        "the archive {key} is {size} bytes, over --max-bytes {max}: not committed, since no runner with that limit would download it"
+    )]
+    TooLarge { key: String, size: u64, max: u64 },
     #[error("committing the manifest: {0}")]
     Manifest(StorageError),
     #[error("storage: {0}")]
@@ -139,6 +149,7 @@ impl SnapshotError {
             SnapshotError::Pack(_) => "pack-failed",
             SnapshotError::GenerationExists { .. } => "generation-exists",
             SnapshotError::Upload(_) | SnapshotError::SizeMismatch { .. } => "upload-failed",
+            SnapshotError::TooLarge { .. } => "too-large",
             SnapshotError::Manifest(_) => "commit-failed",
             SnapshotError::Storage(_) => "storage-error",
             SnapshotError::Report { .. } => "report-failed",
@@ -318,6 +329,13 @@ async fn upload_and_commit(
             key: archive_key,
             found,
             expected: size,
+        });
+    }
+    if size > args.max_bytes {
+        return Err(SnapshotError::TooLarge {
+            key: archive_key,
+            size,
+            max: args.max_bytes,
         });
     }
     let manifest = Manifest {

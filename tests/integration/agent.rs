@@ -1176,3 +1176,39 @@ async fn a_manifest_naming_an_archive_of_another_generation_is_refused() {
         }
     }
 }
+
+/// An archive larger than the runners' `--max-bytes` is never committed: every runner would
+/// refuse it before downloading (the default is 4 GiB on both sides; a small limit here).
+#[tokio::test]
+async fn snapshot_never_commits_an_archive_over_the_runners_max_bytes() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    fixtures::rich_tree(&source, 64 * 1024);
+    let out = run(sitecache(s3).args([
+        "snapshot",
+        "--source",
+        source.to_str().unwrap(),
+        "--url",
+        &loc.to_string(),
+        "--generation",
+        "1",
+        "--max-bytes",
+        "16KiB",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("over --max-bytes 16384") && stderr.contains("not committed"),
+        "{stderr}"
+    );
+    let keys = s3.list_keys(&loc.bucket, &loc.prefix).await.unwrap();
+    assert!(
+        !keys.contains(&loc.manifest_key(1)),
+        "committed anyway: {keys:?}"
+    );
+    // Within the limit, the same tree commits.
+    let out = snapshot(s3, &loc, &source, 1);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
