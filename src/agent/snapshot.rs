@@ -210,11 +210,15 @@ async fn commit(args: SnapshotArgs) -> Result<(SnapshotReport, Report), Snapshot
         files = tree.files,
         entries = tree.entries(),
         bytes = tree.uncompressed_bytes,
-        skipped = tree.skipped.len(),
+        skipped = tree.skipped_count,
         "scanned the cache directory"
     );
     for path in &tree.skipped {
         tracing::warn!(path = %path.display(), "left out: not a file, directory or link");
+    }
+    let unnamed = tree.skipped_count - tree.skipped.len() as u64;
+    if unnamed > 0 {
+        tracing::warn!("left out {unnamed} more sockets, FIFOs or devices");
     }
 
     let client = storage::client(&args.storage.options(None, 5)).await;

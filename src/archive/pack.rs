@@ -84,8 +84,11 @@ pub struct Tree {
     pub files: u64,
     /// Total size of the regular files (each hard-linked file once).
     pub uncompressed_bytes: u64,
-    /// Sockets, FIFOs and device files, which are left out.
+    /// Sockets, FIFOs and device files, which are left out: the first [`SKIPPED_NAMED`] of them.
     pub skipped: Vec<PathBuf>,
+    /// How many were left out. They count against the entry limit as if they were packed: a
+    /// warm step that makes millions meets a clean refusal, not an out-of-memory kill.
+    pub skipped_count: u64,
     /// What a restore of the tree counts against its limits.
     pub budget: Budget,
     /// Who owns the entries.
@@ -150,6 +153,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
     }
 }
 
+/// How many of the entries left out a scan names ([`Tree::skipped`]); the rest are counted.
+pub const SKIPPED_NAMED: usize = 100;
+
 /// Scans `root` without following symbolic links. Refuses links that could not be restored
 /// safely (absolute, or leaving the tree) and trees that a restore with `limits` would refuse
 /// (stopping at the first entry past a limit); leaves out sockets, FIFOs and devices.
@@ -172,6 +178,7 @@ pub fn scan(root: &Path, limits: &UnpackLimits) -> Result<Tree, PackError> {
         files: 0,
         uncompressed_bytes: 0,
         skipped: Vec::new(),
+        skipped_count: 0,
         budget: Budget::default(),
         owners: Owners::Nobody,
     };
@@ -234,7 +241,19 @@ pub fn scan(root: &Path, limits: &UnpackLimits) -> Result<Tree, PackError> {
             })?;
             Kind::Symlink { target }
         } else {
-            tree.skipped.push(path.to_owned());
+            tree.skipped_count += 1;
+            if tree.budget.entries.saturating_add(tree.skipped_count) > limits.max_entries {
+                return Err(PackError::OverLimit {
+                    path: path.to_owned(),
+                    limit: OverLimit {
+                        what: "the entry limit (sockets, FIFOs and devices left out included)",
+                        limit: limits.max_entries,
+                    },
+                });
+            }
+            if tree.skipped.len() < SKIPPED_NAMED {
+                tree.skipped.push(path.to_owned());
+            }
             continue;
         };
         let (seen, target, size): (_, &[u8], _) = match &kind {
@@ -622,6 +641,37 @@ mod tests {
                     ..
                 }
             ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn what_is_left_out_counts_against_the_entry_limit_and_only_the_first_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("f"), "x").unwrap();
+        for i in 0..150 {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                root.join(format!("fifo-{i}")),
+                FileType::Fifo,
+                Mode::from_raw_mode(0o644),
+                0,
+            )
+            .unwrap();
+        }
+        let limits = |max_entries| UnpackLimits {
+            max_entries,
+            ..UnpackLimits::DEFAULT
+        };
+        let tree = scan(root, &limits(151)).unwrap();
+        assert_eq!(tree.entries(), 1);
+        assert_eq!(tree.skipped_count, 150);
+        assert_eq!(tree.skipped.len(), SKIPPED_NAMED);
+        let e = scan(root, &limits(150)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("FIFOs and devices left out included"),
             "{e}"
         );
     }
