@@ -216,6 +216,12 @@ async fn commit(args: SnapshotArgs) -> Result<(SnapshotReport, Report), Snapshot
     for path in &tree.skipped {
         tracing::warn!(path = %path.display(), "left out: not a file, directory or link");
     }
+    for path in &tree.mounts {
+        tracing::warn!(
+            path = %path.display(),
+            "left out: another filesystem is mounted here, and what it holds is not the cache"
+        );
+    }
     let unnamed = tree.skipped_count - tree.skipped.len() as u64;
     if unnamed > 0 {
         tracing::warn!("left out {unnamed} more sockets, FIFOs or devices");

@@ -89,6 +89,8 @@ pub struct Tree {
     /// How many were left out. They count against the entry limit as if they were packed: a
     /// warm step that makes millions meets a clean refusal, not an out-of-memory kill.
     pub skipped_count: u64,
+    /// Mount points in the tree (another filesystem): left out with what they hold.
+    pub mounts: Vec<PathBuf>,
     /// What a restore of the tree counts against its limits.
     pub budget: Budget,
     /// Who owns the entries.
@@ -179,11 +181,13 @@ pub fn scan(root: &Path, limits: &UnpackLimits) -> Result<Tree, PackError> {
         uncompressed_bytes: 0,
         skipped: Vec::new(),
         skipped_count: 0,
+        mounts: Vec::new(),
         budget: Budget::default(),
         owners: Owners::Nobody,
     };
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
-    let walker = walkdir::WalkDir::new(root)
+    let root_dev = meta.dev();
+    let mut walker = walkdir::WalkDir::new(root)
         .min_depth(1)
         .follow_links(false)
         .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
@@ -196,7 +200,7 @@ pub fn scan(root: &Path, limits: &UnpackLimits) -> Result<Tree, PackError> {
                 || !(policy::reserved(Path::new(e.file_name()))
                     || MACHINE_LOCAL.contains(&e.file_name().as_bytes()))
         });
-    for item in walker {
+    while let Some(item) = walker.next() {
         let item = item.map_err(|e| {
             let path = e.path().unwrap_or(root).to_owned();
             PackError::Io {
@@ -213,6 +217,14 @@ pub fn scan(root: &Path, limits: &UnpackLimits) -> Result<Tree, PackError> {
             source: e.into(),
         })?;
         let ft = meta.file_type();
+        // Another filesystem mounted in the cache directory (a Secret or a ServiceAccount token
+        // mounted under `cacheDir`) is not the cache: never packed. Directories only: overlayfs
+        // may report a lower layer's device for files, never for directories.
+        if ft.is_dir() && meta.dev() != root_dev {
+            walker.skip_current_dir();
+            tree.mounts.push(path.to_owned());
+            continue;
+        }
         let kind = if ft.is_dir() {
             Kind::Dir
         } else if ft.is_file() {

@@ -1212,3 +1212,51 @@ async fn snapshot_never_commits_an_archive_over_the_runners_max_bytes() {
     let out = snapshot(s3, &loc, &source, 1);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// Another filesystem mounted in the cache directory (as a ServiceAccount token is when
+/// `cacheDir` is above `/var/run/secrets`) is not the cache: the snapshot leaves it out with what
+/// it holds, and says so.
+#[tokio::test]
+async fn snapshot_never_packs_another_filesystem_mounted_in_the_cache() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    fixtures::rich_tree(&source, 1024);
+    let secrets = source.join("secrets/serviceaccount");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "none"])
+        .arg(&secrets)
+        .status()
+        .expect("run mount");
+    assert!(
+        mounted.success(),
+        "mount a tmpfs (the integration tests run as root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(secrets.clone());
+    std::fs::write(secrets.join("token"), "a service account's token").unwrap();
+
+    let out = snapshot(s3, &loc, &source, 1);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("another filesystem is mounted here") && stderr.contains("serviceaccount"),
+        "{stderr}"
+    );
+    let dest = tmp.path().join("restored");
+    let (_, line) = restore(s3, &loc, &dest, &["--generation", "1"]);
+    assert_eq!(line["ok"], true, "{line}");
+    assert!(dest.join("a/hello.txt").exists());
+    assert!(dest.join("secrets").is_dir());
+    assert!(
+        !dest.join("secrets/serviceaccount").exists(),
+        "the mounted filesystem was packed"
+    );
+}
