@@ -409,12 +409,22 @@ impl Parse<'_> {
                             return Ok(()); // workers are gone: a failure is recorded
                         }
                     } else {
-                        let at = self.at;
+                        let (at, cancel) = (self.at, &self.unpacker.cancel);
                         write_file(at, &dest, mode, mtime, self.umask, |file| {
+                            // Once cancelled (the deadline), a large file stops at its next
+                            // piece, not at its end.
                             entries
-                                .data_pieces(|piece| file.write_all(piece))
+                                .data_pieces(|piece| {
+                                    if cancel.load(Ordering::Relaxed) {
+                                        return Err(None);
+                                    }
+                                    file.write_all(piece).map_err(Some)
+                                })
                                 .map_err(UnpackError::Read)?
-                                .map_err(|e| at.error(&dest, e))
+                                .map_err(|e| match e {
+                                    Some(e) => at.error(&dest, e),
+                                    None => UnpackError::Cancelled,
+                                })
                         })?;
                     }
                 }

@@ -353,3 +353,41 @@ fn restored_modes_obey_the_umask() {
     assert_eq!(mode("ro"), 0o550);
     assert_eq!(mode("ro/f"), 0o440);
 }
+
+/// Cancelled (the restore's deadline) in the middle of a large file, the unpack stops at the
+/// file's next piece: it neither reads nor writes the rest of the file first.
+#[test]
+fn a_cancelled_unpack_stops_within_a_large_file() {
+    let size = 32 * 1024 * 1024;
+    let archive = Archive::new().file("big.bin", &vec![7u8; size]).bytes();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let unpacker = Unpacker {
+        root,
+        strip_prefix: None,
+        workers: 2,
+        limits: UnpackLimits::default(),
+        cancel: cancel.clone(),
+        umask: Some(TEST_UMASK),
+    };
+    let chunk = 64 * 1024;
+    let total = archive.len().div_ceil(chunk);
+    let fed = std::cell::Cell::new(0);
+    let mut chunks = archive.chunks(chunk).map(|c| {
+        fed.set(fed.get() + 1);
+        // The deadline passes once a few pieces of the file are in.
+        if fed.get() == 8 {
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(Bytes::copy_from_slice(c))
+    });
+    let result = unpacker.unpack(&mut chunks);
+    assert!(matches!(result, Err(UnpackError::Cancelled)), "{result:?}");
+    assert!(
+        fed.get() < 16,
+        "read {} of {total} chunks after the cancel",
+        fed.get()
+    );
+}
