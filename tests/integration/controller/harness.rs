@@ -680,6 +680,22 @@ impl StatusLog {
     pub fn seen(&self) -> Vec<SiteCacheStatus> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// The statuses seen until the log's watch has caught up with `sc` (read by another
+    /// request, which the watch may lag behind).
+    pub async fn seen_up_to(&self, sc: &SiteCache) -> Vec<SiteCacheStatus> {
+        let want = sc.status.clone().unwrap_or_default();
+        eventually(
+            "the status log to catch up",
+            Duration::from_secs(30),
+            || {
+                let caught_up = self.seen().last() == Some(&want);
+                async move { caught_up }
+            },
+        )
+        .await;
+        self.seen()
+    }
 }
 
 impl Drop for StatusLog {
