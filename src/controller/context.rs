@@ -60,9 +60,9 @@ pub struct Context {
     stale: Mutex<HashSet<String>>,
     /// SiteCaches (by uid) whose running snapshot Job is stalled, for the stalled gauge.
     stalled: Mutex<HashSet<String>>,
-    /// SiteCaches (by uid) being deleted whose snapshot pods this process said it abandoned, and
-    /// when. Not forgotten with the SiteCache: a reconcile may still run on its last copy.
-    abandoned: Mutex<HashMap<String, Instant>>,
+    /// SiteCaches (by uid) being deleted whose snapshot pods this process said it abandoned. Not
+    /// forgotten with the SiteCache: a reconcile may still run on its last copy.
+    abandoned: Recent,
     queue: Mutex<SlotQueue>,
     /// Failed reconciles in a row per object, for the error policy's backoff.
     pub errors: Errors,
@@ -73,7 +73,7 @@ pub struct Context {
     jobs_synced: tokio::sync::watch::Sender<bool>,
     /// Jobs (by uid) whose result this process released lately, while the watch may still show
     /// them with the finalizer ([`Context::released`]).
-    released: Mutex<HashMap<String, Instant>>,
+    released: Recent,
 }
 
 impl Context {
@@ -98,13 +98,13 @@ impl Context {
             claimed: Default::default(),
             stale: Default::default(),
             stalled: Default::default(),
-            abandoned: Default::default(),
+            abandoned: Recent::new(ABANDON_MEMORY),
             queue: Default::default(),
             errors: Default::default(),
             caches,
             reservations,
             jobs_synced: tokio::sync::watch::channel(false).0,
-            released: Default::default(),
+            released: Recent::new(RELEASE_MEMORY),
         };
         (ctx, expiries)
     }
@@ -163,15 +163,13 @@ impl Context {
     /// Whether this process released the result of the Job with `uid` lately: the watch may
     /// not show it yet, and a reconcile in between would release it again for nothing.
     pub fn released(&self, uid: &str) -> bool {
-        lock(&self.released).contains_key(uid)
+        self.released.contains(uid)
     }
 
     /// Notes that the result of the Job with `uid` was released. Entries last as long as a watch
     /// takes to catch up, at most.
     pub fn note_released(&self, uid: &str) {
-        let mut released = lock(&self.released);
-        released.retain(|_, at| at.elapsed() < RELEASE_MEMORY);
-        released.insert(uid.to_owned(), Instant::now());
+        self.released.note(uid);
     }
 
     /// Forgets a SiteCache that is gone (whether or not a cleanup reconcile saw it go): its
@@ -211,9 +209,7 @@ impl Context {
     /// with this uid: a cleanup retried after it, or run again on the watch's last copy of a
     /// SiteCache that is already gone, says so once.
     pub fn first_abandonment(&self, uid: &str) -> bool {
-        let mut abandoned = lock(&self.abandoned);
-        abandoned.retain(|_, at| at.elapsed() < ABANDON_MEMORY);
-        abandoned.insert(uid.to_owned(), Instant::now()).is_none()
+        self.abandoned.note(uid)
     }
 
     /// The snapshot Jobs of the SiteCache with this uid, as the watch last saw them.
@@ -386,6 +382,34 @@ impl Context {
         if let Err(e) = self.recorder.publish(sc, &what).await {
             tracing::warn!(error = %e, reason, "could not publish an Event");
         }
+    }
+}
+
+/// Uids noted lately, each forgotten `keep` after it was last noted (swept when one is noted).
+struct Recent {
+    keep: Duration,
+    at: Mutex<HashMap<String, Instant>>,
+}
+
+impl Recent {
+    fn new(keep: Duration) -> Self {
+        Recent {
+            keep,
+            at: Mutex::default(),
+        }
+    }
+
+    fn contains(&self, uid: &str) -> bool {
+        lock(&self.at)
+            .get(uid)
+            .is_some_and(|t| t.elapsed() < self.keep)
+    }
+
+    /// Notes `uid`; whether it was not noted within `keep` before.
+    fn note(&self, uid: &str) -> bool {
+        let mut at = lock(&self.at);
+        at.retain(|_, t| t.elapsed() < self.keep);
+        at.insert(uid.to_owned(), Instant::now()).is_none()
     }
 }
 

@@ -67,8 +67,11 @@ impl Recorder {
     /// server's `--event-ttl`) is created again.
     pub async fn publish(&self, sc: &SiteCache, what: &Note<'_>) -> kube::Result<()> {
         let now = Timestamp::now();
-        let key = self.lock().key(sc, what);
-        let send = self.lock().observe(key, now);
+        let (key, send) = {
+            let mut series = self.lock();
+            let key = series.key(sc, what);
+            (key, series.observe(key, now))
+        };
         let ns = sc.namespace().unwrap_or_else(|| "default".to_owned());
         let events: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         if let Send::Grow { first, count } = send {
