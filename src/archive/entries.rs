@@ -38,6 +38,8 @@ struct Chunks<I> {
     /// alive.
     id: u64,
     len: usize,
+    /// Bytes taken from the stream so far.
+    taken: u64,
 }
 
 /// A chunk of the stream: its number and length.
@@ -81,6 +83,7 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Chunks<I> {
             self.current.advance(k);
             n += k;
         }
+        self.taken += block.len() as u64;
         Ok(true)
     }
 
@@ -95,6 +98,7 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Chunks<I> {
         if !self.fill()? {
             return Err(truncated());
         }
+        self.taken += n as u64;
         if self.current.len() >= n {
             return Ok(Data {
                 bytes: self.current.split_to(n),
@@ -135,6 +139,7 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Chunks<I> {
                 return Ok(Err(e));
             }
             self.current.advance(k);
+            self.taken += k as u64;
             n -= k as u64;
         }
         Ok(Ok(()))
@@ -168,6 +173,7 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Entries<I> {
                 current: Bytes::new(),
                 id: 0,
                 len: 0,
+                taken: 0,
             },
             unread: 0,
             padding: 0,
@@ -212,6 +218,12 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Entries<I> {
                     || kind.is_gnu_longlink()
                     || kind.is_pax_local_extensions());
             let mut size = header.entry_size()?;
+            if kind.is_pax_global_extensions() && size > MAX_EXTENSION {
+                // Its data is skipped, but not for free: it is bounded like the others.
+                return Err(invalid(format!(
+                    "a PAX global header of {size} bytes (at most {MAX_EXTENSION})"
+                )));
+            }
             if !extension
                 && !kind.is_pax_global_extensions()
                 && let Some(pax_size) = pax.as_deref().and_then(|p| pax_value(p, b"size"))
@@ -295,6 +307,33 @@ impl<I: Iterator<Item = io::Result<Bytes>>> Entries<I> {
             self.ended = true;
         }
         result
+    }
+
+    /// Bytes of the tar stream read (or skipped) so far.
+    pub fn position(&self) -> u64 {
+        self.chunks.taken
+    }
+
+    /// After the end ([`Entries::next_entry`] gave `None`): reads the rest of the stream, which
+    /// may only be zeros (the padding of a tar writer's last record: 10 KiB for GNU tar and
+    /// bsdtar) and at most `max_trailer` bytes of them. Data after the end is what other readers
+    /// (`tar -i`) would take for more entries; past the bound it is work for nothing.
+    pub fn finish(&mut self, max_trailer: u64) -> io::Result<()> {
+        let mut trailer = 0u64;
+        while self.chunks.fill()? {
+            let piece = std::mem::take(&mut self.chunks.current);
+            trailer = trailer.saturating_add(piece.len() as u64);
+            if trailer > max_trailer {
+                return Err(invalid(format!(
+                    "more than {max_trailer} bytes after the archive's end"
+                )));
+            }
+            if piece.iter().any(|b| *b != 0) {
+                return Err(invalid("data after the archive's end"));
+            }
+            self.chunks.taken += piece.len() as u64;
+        }
+        Ok(())
     }
 
     fn skip_unread(&mut self) -> io::Result<()> {

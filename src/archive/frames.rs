@@ -8,16 +8,17 @@
 //! streaming decoder's window and an extra copy, and frames are compressed and decompressed on
 //! several threads ([`super::pool`]) without zstd's multithreaded mode.
 //!
-//! The reader accepts any zstd stream: archives written before frames were cut (one frame with no
-//! content size), large or skippable frames and damaged data go to the streaming decoder, which
-//! also gives the error.
+//! The reader accepts any zstd stream, one frame at a time: archives written before frames were
+//! cut (one frame with no content size), large frames and damaged data go to the streaming
+//! decoder, which also gives the error, and the frames after them are taken one at a time again.
+//! Frames with no content (empty or skippable) are bounded in number by the content.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::mpsc::Receiver;
 
-use bytes::{Bytes, BytesMut};
-use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter};
+use bytes::{Buf, Bytes, BytesMut};
+use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter, InBuffer, OutBuffer};
 
 use super::Compression;
 use super::pool::Pool;
@@ -184,34 +185,38 @@ pub struct DecodeOptions {
     pub frame_checksums: bool,
 }
 
+/// Frames with no content (empty or skippable) allowed beyond one per [`CONTENT_PER_EMPTY`]
+/// bytes of content: each costs a call and a hand-off for nothing, and nine bytes make one.
+/// The writer makes none; `pzstd` one skippable frame per frame of content.
+const EMPTY_FRAMES_BASE: u64 = 16;
+const CONTENT_PER_EMPTY: u64 = 64 * 1024;
+
 /// Decompresses an archive that arrives as chunks, in order, handing the pieces to `emit` in
-/// order (it returns false to stop). zstd frames that declare their size are decompressed in one
-/// call each, on `options.threads` threads; anything else, and gzip, as a stream on this one.
+/// order (it returns false to stop). zstd frames are taken one at a time: those that declare
+/// their size are decompressed in one call each, on `options.threads` threads; any other (a
+/// frame without a size, or one too large, or damaged) on this thread as a stream, to its end.
+/// gzip is decompressed as a stream (legacy archives).
 pub fn decompress(
     compression: Compression,
     input: &mut dyn Iterator<Item = io::Result<Bytes>>,
     options: DecodeOptions,
     emit: &mut dyn FnMut(Piece) -> bool,
 ) -> io::Result<()> {
-    let rest = match compression {
-        Compression::Zstd => match one_shot_frames(input, options, emit)? {
-            Some(rest) => rest,
-            None => return Ok(()),
-        },
-        Compression::Gzip => Bytes::new(),
-    };
+    match compression {
+        Compression::Zstd => zstd_frames(input, options, emit),
+        Compression::Gzip => gzip_stream(input, emit),
+    }
+}
+
+fn gzip_stream(
+    input: &mut dyn Iterator<Item = io::Result<Bytes>>,
+    emit: &mut dyn FnMut(Piece) -> bool,
+) -> io::Result<()> {
     let reader = ChunksRead {
-        current: rest,
+        current: Bytes::new(),
         input,
     };
-    let mut decoder: Box<dyn Read + '_> = match compression {
-        Compression::Zstd => {
-            let mut decoder = zstd::stream::read::Decoder::new(reader)?;
-            decoder.window_log_max(WINDOW_LOG_MAX)?;
-            Box::new(decoder)
-        }
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
-    };
+    let mut decoder = flate2::read::MultiGzDecoder::new(reader);
     loop {
         let mut buf = Vec::new();
         (&mut decoder)
@@ -230,15 +235,17 @@ fn stopped() -> io::Error {
     io::Error::other("extraction stopped")
 }
 
-/// Hands frames that declare their content size to decoding threads, one call each. Returns the
-/// bytes from the first frame that cannot be done so (to be decoded as a stream), or `None` at
-/// the end; the frames handed out are decoded by then.
-fn one_shot_frames(
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// The zstd frames of the input, one at a time, until its end.
+fn zstd_frames(
     input: &mut dyn Iterator<Item = io::Result<Bytes>>,
     options: DecodeOptions,
     emit: &mut dyn FnMut(Piece) -> bool,
-) -> io::Result<Option<Bytes>> {
-    let pool = Pool::new(options.threads, "zstd-decompress", || {
+) -> io::Result<()> {
+    let new_dctx = || {
         let mut dctx = DCtx::create();
         for param in [
             DParameter::ForceIgnoreChecksum(!options.frame_checksums),
@@ -247,46 +254,142 @@ fn one_shot_frames(
             dctx.set_parameter(param)
                 .map_err(|code| zstd_error("zstd parameters", code))?;
         }
-        Ok(move |(frame, size): (Bytes, u64)| {
-            let mut out = Vec::with_capacity(size as usize);
-            dctx.decompress(&mut out, &frame)
-                .map_err(|code| zstd_error("zstd decompression", code))?;
-            if out.len() as u64 != size {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("a zstd frame declares {size} bytes but holds {}", out.len()),
-                ));
-            }
-            Ok(Bytes::from(out))
-        })
+        Ok::<_, io::Error>(dctx)
+    };
+    let pool = Pool::new(options.threads, "zstd-decompress", || {
+        let mut dctx = new_dctx()?;
+        Ok(move |(frame, size): (Bytes, u64)| one_shot(&mut dctx, &frame, size).map(Bytes::from))
     })?;
-    let mut current = Bytes::new();
-    let mut ended = false;
+    // This thread's own, for frames with no content and frames decoded as a stream.
+    let mut dctx = new_dctx()?;
+    let mut input = Input {
+        input,
+        current: Bytes::new(),
+        ended: false,
+    };
+    let (mut content, mut empty) = (0u64, 0u64);
     loop {
         // zstd_safe's content size needs the whole frame header: 18 bytes at most.
-        while current.len() < 18 && !ended {
-            ended = !pull(input, &mut current)?;
+        while input.current.len() < 18 && input.pull()? {}
+        if input.current.is_empty() {
+            return Ok(());
         }
-        if current.is_empty() {
-            return Ok(None);
-        }
-        let size = match zstd_safe::get_frame_content_size(&current) {
-            Ok(Some(size)) if size <= MAX_ONE_SHOT => size,
-            _ => return Ok(Some(current)),
-        };
-        let frame_len = loop {
-            match zstd_safe::find_frame_compressed_size(&current) {
-                Ok(n) => break n,
-                Err(_) if !ended && current.len() < MAX_GATHER => {
-                    ended = !pull(input, &mut current)?;
-                }
-                Err(_) => return Ok(Some(current)),
+        let produced = match one_shot_size(&mut input)? {
+            Some((0, frame_len)) => {
+                // Checked here (it may not hold content after all), not handed out.
+                let frame = input.current.split_to(frame_len);
+                one_shot(&mut dctx, &frame, 0)?;
+                0
             }
+            Some((size, frame_len)) => {
+                let frame = input.current.split_to(frame_len);
+                if !emit(Piece::Decoding(pool.submit((frame, size))?)) {
+                    return Err(stopped());
+                }
+                size
+            }
+            None => stream_frame(&mut dctx, &mut input, emit)?,
         };
-        let frame = current.split_to(frame_len);
-        if !emit(Piece::Decoding(pool.submit((frame, size))?)) {
-            return Err(stopped());
+        content += produced;
+        if produced == 0 {
+            empty += 1;
+            if empty > EMPTY_FRAMES_BASE + content / CONTENT_PER_EMPTY {
+                return Err(invalid(format!(
+                    "more than {EMPTY_FRAMES_BASE} zstd frames with no content, and one per \
+                     {CONTENT_PER_EMPTY} bytes of content"
+                )));
+            }
         }
+    }
+}
+
+/// Decompresses a whole frame of a known size in one call.
+fn one_shot(dctx: &mut DCtx, frame: &[u8], size: u64) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(size as usize);
+    dctx.decompress(&mut out, frame)
+        .map_err(|code| zstd_error("zstd decompression", code))?;
+    if out.len() as u64 != size {
+        return Err(invalid(format!(
+            "a zstd frame declares {size} bytes but holds {}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// The content size and length of the frame the input starts with, when it can be decompressed
+/// in one call: it declares at most [`MAX_ONE_SHOT`] bytes and ends within [`MAX_GATHER`].
+fn one_shot_size(input: &mut Input<'_>) -> io::Result<Option<(u64, usize)>> {
+    let size = match zstd_safe::get_frame_content_size(&input.current) {
+        Ok(Some(size)) if size <= MAX_ONE_SHOT => size,
+        _ => return Ok(None),
+    };
+    loop {
+        match zstd_safe::find_frame_compressed_size(&input.current) {
+            Ok(n) => return Ok(Some((size, n))),
+            Err(_) if input.current.len() < MAX_GATHER && input.pull()? => {}
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// Decompresses the frame the input starts with as a stream, in pieces of [`STREAM_CHUNK`]
+/// bytes, up to its end (the input after it is left for the next frame). Returns its content's
+/// size.
+fn stream_frame(
+    dctx: &mut DCtx,
+    input: &mut Input<'_>,
+    emit: &mut dyn FnMut(Piece) -> bool,
+) -> io::Result<u64> {
+    dctx.reset(zstd_safe::ResetDirective::SessionOnly)
+        .map_err(|code| zstd_error("zstd reset", code))?;
+    let mut produced = 0u64;
+    let mut out = Vec::with_capacity(STREAM_CHUNK);
+    loop {
+        if input.current.is_empty() && !input.pull()? {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the archive ends in the middle of a zstd frame",
+            ));
+        }
+        let mut src = InBuffer::around(&input.current);
+        let filled = out.len();
+        let mut dst = OutBuffer::around_pos(&mut out, filled);
+        let hint = dctx
+            .decompress_stream(&mut dst, &mut src)
+            .map_err(|code| zstd_error("zstd decompression", code))?;
+        let consumed = src.pos();
+        input.current.advance(consumed);
+        let done = hint == 0;
+        if (done && !out.is_empty()) || out.len() == out.capacity() {
+            produced += out.len() as u64;
+            let full = std::mem::replace(&mut out, Vec::with_capacity(STREAM_CHUNK));
+            if !emit(Piece::Ready(Ok(full.into()))) {
+                return Err(stopped());
+            }
+        }
+        if done {
+            return Ok(produced);
+        }
+    }
+}
+
+/// The compressed input: what has arrived and not been used yet, and the rest.
+struct Input<'a> {
+    input: &'a mut dyn Iterator<Item = io::Result<Bytes>>,
+    current: Bytes,
+    ended: bool,
+}
+
+impl Input<'_> {
+    /// Appends the next chunk to `current`; false at the end of the input.
+    fn pull(&mut self) -> io::Result<bool> {
+        if self.ended {
+            return Ok(false);
+        }
+        let more = pull(self.input, &mut self.current)?;
+        self.ended = !more;
+        Ok(more)
     }
 }
 
@@ -483,6 +586,38 @@ mod tests {
         };
         let e = decompress(Compression::Zstd, &mut input, options, &mut |_| false).unwrap_err();
         assert!(e.to_string().contains("stopped"), "{e}");
+    }
+
+    /// Frames with no content, nine bytes each: 100,000 of them in under a megabyte.
+    fn empty_frames(n: usize, skippable: bool) -> Vec<u8> {
+        let one = if skippable {
+            [&0x184D_2A50u32.to_le_bytes()[..], &0u32.to_le_bytes()].concat()
+        } else {
+            zstd::bulk::compress(&[], 3).unwrap()
+        };
+        one.repeat(n)
+    }
+
+    #[test]
+    fn frames_with_no_content_are_bounded_by_the_content() {
+        let content = data(FRAME_INPUT);
+        let sized = zstd::bulk::compress(&content, 3).unwrap();
+        // As a legacy archive (no content size): frames after it are taken one by one too.
+        let streamed = zstd::stream::encode_all(&content[..], 3).unwrap();
+        for skippable in [false, true] {
+            for first in [&sized, &streamed] {
+                // One per 64 KiB of content, and 16, pass.
+                let few = [first.clone(), empty_frames(16 + 64, skippable)].concat();
+                assert_eq!(decode(Compression::Zstd, &few, 1 << 20).unwrap().concat(), content);
+                let empty = empty_frames(100_000, skippable);
+                assert!(empty.len() < 1 << 20);
+                let many = [first.clone(), empty, sized.clone()].concat();
+                match decode(Compression::Zstd, &many, 1 << 20) {
+                    Err(e) => assert!(e.to_string().contains("no content"), "{e}"),
+                    Ok(pieces) => panic!("decoded, {} pieces", pieces.len()),
+                }
+            }
+        }
     }
 
     mod props {

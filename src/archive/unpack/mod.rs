@@ -67,6 +67,27 @@ const BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// Batches queued for the workers at most (their memory is bounded by [`HELD_BUDGET`] anyway).
 const QUEUE: usize = 16;
 
+/// Bytes of the tar stream that are not file data (headers, GNU long names, PAX records,
+/// padding) allowed per entry counted, on average, beyond [`META_BASE`]. An honest entry uses at
+/// most about 11 KiB of them (a header, a 4 KiB long name and a 4 KiB long link target with
+/// their own headers, and padding); most use 512 to 1,536.
+pub const META_PER_ENTRY: u64 = 16 * 1024;
+/// Such bytes allowed whatever the entries (PAX global headers, the archive's root entry).
+pub const META_BASE: u64 = 1024 * 1024;
+/// Zeros allowed after the archive's end markers (GNU tar and bsdtar pad to 10 KiB records;
+/// `tar -b 2048` to 1 MiB).
+pub const MAX_TRAILER: u64 = 1024 * 1024;
+
+/// What the archive's manifest says it holds: a restore verified against a manifest stops the
+/// moment the stream holds more (a corrupt archive), before its checksum can be known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Declared {
+    /// Bytes of regular files (`uncompressedBytes`).
+    pub file_bytes: u64,
+    /// Entries of every kind (`entries`).
+    pub entries: u64,
+}
+
 /// What an unpack may use at most, whatever the archive holds.
 #[derive(Clone, Copy, Debug)]
 pub struct UnpackLimits {
@@ -86,6 +107,8 @@ pub struct UnpackLimits {
     /// Memory small files hold on their way to the writers (copies, and the chunks that slices
     /// keep alive).
     pub max_held: usize,
+    /// What the manifest declares, when there is one: hard limits too.
+    pub declared: Option<Declared>,
 }
 
 impl UnpackLimits {
@@ -97,6 +120,7 @@ impl UnpackLimits {
         max_link: 4095,
         max_path_bytes: 64 * 1024 * 1024,
         max_held: HELD_BUDGET,
+        declared: None,
     };
 }
 
@@ -134,6 +158,8 @@ pub enum UnpackError {
     Write { path: PathBuf, source: io::Error },
     #[error("the archive exceeds {what}: {limit}")]
     TooLarge { what: &'static str, limit: u64 },
+    #[error("the archive holds more {what} than its manifest declares ({declared})")]
+    Undeclared { what: &'static str, declared: u64 },
     #[error("cancelled")]
     Cancelled,
 }
@@ -152,7 +178,7 @@ impl UnpackError {
     pub fn kind(&self) -> &'static str {
         match self {
             UnpackError::Unsafe { .. } => "unsafe-entry",
-            UnpackError::Read(_) => "corrupt-archive",
+            UnpackError::Read(_) | UnpackError::Undeclared { .. } => "corrupt-archive",
             UnpackError::Write { .. } => "write-failed",
             UnpackError::TooLarge { .. } => "too-large",
             UnpackError::Cancelled => "cancelled",
@@ -215,8 +241,8 @@ struct Deferred {
 }
 
 impl Unpacker {
-    /// Unpacks an uncompressed tar stream, arriving in chunks, into the root. Reads up to the
-    /// archive's end: the chunks after the one it ends in are left in `input`.
+    /// Unpacks an uncompressed tar stream, arriving in chunks, into the root. Reads the whole
+    /// stream: after the archive's end, only zeros may follow, [`MAX_TRAILER`] bytes at most.
     pub fn unpack<I>(&self, input: &mut I) -> Result<UnpackStats, UnpackError>
     where
         I: Iterator<Item = io::Result<Bytes>>,
@@ -340,24 +366,30 @@ impl Parse<'_> {
                 // A worker failed; its error is reported by the caller.
                 return Ok(());
             }
+            self.count_meta(entries.position())?;
             let kind = entry.kind;
             if kind == tar::EntryType::XGlobalHeader {
-                // Global PAX records would apply to every later entry; none is honoured.
+                // Global PAX records would apply to every later entry; none is honoured. Their
+                // data (64 KiB at most) is skipped, counted as metadata.
                 continue;
             }
             let raw = entry.path;
-            let Some(rel) = self.unpacker.relative(&raw)? else {
-                continue; // the archive's root directory itself
-            };
-            let rel = rel.into_os_string().into_vec();
-            let limits = *self.limits();
-            self.tree.admit(&rel, &limits)?;
             let is_file = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
             if !is_file && entry.size > 0 {
                 // Only files have data; a size elsewhere would hide the entries after it from
                 // readers that skip it and show them to readers that do not.
                 return Err(unsafe_entry(&raw, format!("a {kind:?} entry with data")));
             }
+            let Some(rel) = self.unpacker.relative(&raw)? else {
+                // The archive's root directory itself: nothing to write.
+                if kind != tar::EntryType::Directory {
+                    return Err(unsafe_entry(&raw, format!("the archive's root as a {kind:?}")));
+                }
+                continue;
+            };
+            let rel = rel.into_os_string().into_vec();
+            let limits = *self.limits();
+            self.tree.admit(&rel, &limits)?;
             let seen = match kind {
                 tar::EntryType::Directory => Seen::Dir,
                 tar::EntryType::Symlink => Seen::Symlink,
@@ -366,6 +398,14 @@ impl Parse<'_> {
                 _ => Seen::File,
             };
             self.tree.parent(self.at, &rel, &limits)?;
+            if let Some(declared) = limits.declared
+                && self.tree.budget.entries > declared.entries
+            {
+                return Err(UnpackError::Undeclared {
+                    what: "entries",
+                    declared: declared.entries,
+                });
+            }
             self.tree.record(&rel, seen, &limits)?;
             let header = &entry.header;
             let mode = header.mode().map_err(UnpackError::Read)? & 0o777;
@@ -378,6 +418,14 @@ impl Parse<'_> {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let size = entry.size;
                     self.tree.count_disk(size, &limits)?;
+                    if let Some(declared) = limits.declared
+                        && self.stats.bytes + size > declared.file_bytes
+                    {
+                        return Err(UnpackError::Undeclared {
+                            what: "bytes of regular files",
+                            declared: declared.file_bytes,
+                        });
+                    }
                     self.stats.bytes += size;
                     self.stats.files += 1;
                     let dest = CString::new(rel).map_err(|_| unsafe_entry(&raw, "NUL"))?;
@@ -477,6 +525,26 @@ impl Parse<'_> {
         }
         if !batch.jobs.is_empty() {
             let _ = tx.send(batch);
+        }
+        // What follows the end is read too, within a bound: the decompressor runs to the end
+        // of the stream, and every byte it makes is counted.
+        entries.finish(MAX_TRAILER).map_err(UnpackError::Read)
+    }
+
+    /// Checks the bytes of the stream that were not file data, `position` bytes in: at most
+    /// [`META_BASE`] plus [`META_PER_ENTRY`] per entry counted so far, so that the work spent on
+    /// headers, extensions and skipped data stays in proportion to what is counted.
+    fn count_meta(&self, position: u64) -> Result<(), UnpackError> {
+        // Every file's data is read by now (the next header is read only after it).
+        let meta = position.saturating_sub(self.stats.bytes);
+        let allowed = META_PER_ENTRY
+            .saturating_mul(self.tree.budget.entries)
+            .saturating_add(META_BASE);
+        if meta > allowed {
+            return Err(UnpackError::TooLarge {
+                what: "the bytes of headers, long names and PAX records (16 KiB per entry and 1 MiB)",
+                limit: allowed,
+            });
         }
         Ok(())
     }

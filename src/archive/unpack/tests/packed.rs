@@ -51,6 +51,7 @@ fn limits() -> impl Strategy<Value = UnpackLimits> {
                     max_link,
                     max_path_bytes,
                     max_held: 64 * 1024,
+                    declared: None,
                 }
             },
         )

@@ -115,17 +115,28 @@ fn raw() -> impl Strategy<Value = Raw> {
 }
 
 fn limits() -> impl Strategy<Value = UnpackLimits> {
-    (1u64..60, 0u64..40_000, 1usize..40, 1usize..8, 1usize..40).prop_map(
-        |(max_entries, max_bytes, max_path, max_depth, max_link)| UnpackLimits {
-            max_entries,
-            max_bytes,
-            max_path,
-            max_depth,
-            max_link,
-            max_path_bytes: 4096,
-            max_held: 64 * 1024,
-        },
+    let declared = prop::option::of((0u64..20_000, 0u64..40).prop_map(|(file_bytes, entries)| {
+        Declared {
+            file_bytes,
+            entries,
+        }
+    }));
+    (
+        (1u64..60, 0u64..40_000, 1usize..40, 1usize..8, 1usize..40),
+        declared,
     )
+        .prop_map(
+            |((max_entries, max_bytes, max_path, max_depth, max_link), declared)| UnpackLimits {
+                max_entries,
+                max_bytes,
+                max_path,
+                max_depth,
+                max_link,
+                max_path_bytes: 4096,
+                max_held: 64 * 1024,
+                declared,
+            },
+        )
 }
 
 /// Resolves `target` from the directory `from` (both relative to the root) without touching
@@ -156,7 +167,8 @@ pub fn check_invariants(dir: &Path, limits: &UnpackLimits) -> Result<(), String>
         return Err(format!("written outside the root: {beside:?}"));
     }
     let real_root = root.canonicalize().unwrap();
-    let (mut entries, mut bytes) = (0u64, 0u64);
+    let (mut entries, mut bytes, mut file_bytes) = (0u64, 0u64, 0u64);
+    let mut inodes = std::collections::HashSet::new();
     let mut links: HashMap<u64, (u64, u64)> = HashMap::new();
     for e in walkdir::WalkDir::new(&root).min_depth(1) {
         let e = e.map_err(|e| e.to_string())?;
@@ -182,6 +194,9 @@ pub fn check_invariants(dir: &Path, limits: &UnpackLimits) -> Result<(), String>
             }
         } else if meta.is_file() {
             bytes += meta.len();
+            if inodes.insert(meta.ino()) {
+                file_bytes += meta.len();
+            }
             if meta.nlink() > 1 {
                 links.entry(meta.ino()).or_insert((meta.nlink(), 0)).1 += 1;
             }
@@ -204,6 +219,13 @@ pub fn check_invariants(dir: &Path, limits: &UnpackLimits) -> Result<(), String>
     }
     if bytes > limits.max_bytes {
         return Err(format!("{bytes} bytes, over {}", limits.max_bytes));
+    }
+    if let Some(d) = limits.declared
+        && (file_bytes > d.file_bytes || entries > d.entries)
+    {
+        return Err(format!(
+            "{entries} entries and {file_bytes} bytes of files, over the declared {d:?}"
+        ));
     }
     for (ino, (nlink, seen)) in links {
         if nlink != seen {
