@@ -4,6 +4,7 @@
 mod install;
 pub mod restore;
 pub mod snapshot;
+mod space;
 
 use std::time::Duration;
 
@@ -46,8 +47,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The most a restore unpacks by default, and what a snapshot admits by default (so that nothing
-/// is committed that a restore with its defaults refuses).
-pub const DEFAULT_MAX_UNPACKED_BYTES: &str = "32GiB";
+/// is committed that a restore with its defaults refuses). A Deno cache is about 200 MB (tens of
+/// thousands of files); the largest sites' reach a few GB. 8 GiB holds those with room to grow
+/// and keeps what a manifest can ask of a runner's disk (or, on a tmpfs, its memory) to that.
+pub const DEFAULT_MAX_UNPACKED_BYTES: &str = "8GiB";
 
 /// The largest archive a restore downloads by default (`--max-bytes`), which a snapshot does not
 /// commit past either.
@@ -68,6 +71,14 @@ fn elapsed_ms(start: std::time::Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unpack_default_is_the_flags_default() {
+        assert_eq!(
+            parse_size(DEFAULT_MAX_UNPACKED_BYTES).unwrap(),
+            crate::archive::UnpackLimits::DEFAULT.max_bytes
+        );
+    }
 
     #[test]
     fn sizes() {

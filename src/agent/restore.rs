@@ -20,8 +20,9 @@ use tokio::sync::mpsc;
 
 use super::StorageArgs;
 use super::install::{self, Layout, Staging};
+use super::space::{self, Free, Need};
 use crate::archive::{
-    self, Compression, Current, Manifest, Piece, UnpackError, UnpackLimits, Unpacker,
+    self, Compression, Current, Declared, Manifest, Piece, UnpackError, UnpackLimits, Unpacker,
 };
 use crate::storage::{self, DownloadOptions, Location, StorageError};
 
@@ -58,8 +59,10 @@ pub struct RestoreArgs {
     #[arg(long, default_value = super::DEFAULT_MAX_BYTES, value_parser = super::parse_size)]
     pub max_bytes: u64,
 
-    /// Refuse archives that unpack to more than this (directories count 4 KiB each).
-    #[arg(long, default_value = super::DEFAULT_MAX_UNPACKED_BYTES, value_parser = super::parse_size)]
+    /// Refuse archives that unpack to more than this (directories count 4 KiB each). In a pod,
+    /// set it from the Downward API (`limits.ephemeral-storage`) where DEST is on the pod's
+    /// ephemeral storage.
+    #[arg(long, env = "SITECACHE_MAX_UNPACKED_BYTES", default_value = super::DEFAULT_MAX_UNPACKED_BYTES, value_parser = super::parse_size)]
     pub max_unpacked_bytes: u64,
 
     /// Refuse archives with more entries than this (directories created as missing parents
@@ -92,6 +95,7 @@ pub struct RestoreArgs {
 pub struct RestoreReport {
     pub ok: bool,
     /// `restored`, or why not: `no-current-generation`, `not-found`, `timeout`, `too-large`,
+    /// `no-space`,
     /// `size-mismatch`, `checksum-mismatch`, `corrupt-archive`, `unsafe-entry`, `storage-error`, …
     pub reason: String,
     pub generation: Option<u64>,
@@ -115,8 +119,16 @@ pub enum RestoreError {
     NotFound(String),
     #[error("the restore did not finish within --timeout {0}")]
     Timeout(String),
-    #[error("{what} is {size} bytes, over --max-bytes {max}")]
-    TooLarge { what: String, size: u64, max: u64 },
+    #[error("{what} is {size} {unit}, over {flag} {max}")]
+    TooLarge {
+        what: String,
+        size: u64,
+        unit: &'static str,
+        flag: &'static str,
+        max: u64,
+    },
+    #[error("--dest: {0}")]
+    NoSpace(#[from] space::Shortfall),
     #[error("{key} is {found} bytes but its manifest says {expected}")]
     SizeMismatch {
         key: String,
@@ -152,6 +164,7 @@ impl RestoreError {
             RestoreError::NotFound(_) => "not-found",
             RestoreError::Timeout(_) => "timeout",
             RestoreError::TooLarge { .. } => "too-large",
+            RestoreError::NoSpace(_) => "no-space",
             RestoreError::SizeMismatch { .. } => "size-mismatch",
             RestoreError::ChecksumMismatch { .. } => "checksum-mismatch",
             RestoreError::UnknownFormat { .. } | RestoreError::UnsupportedFormat { .. } => {
@@ -174,6 +187,8 @@ struct Target {
     generation: Option<u64>,
     /// Size and checksum from a manifest, when there is one.
     expected: Option<(u64, String)>,
+    /// What the manifest says the archive holds: hard limits of the unpack.
+    declared: Option<Declared>,
 }
 
 struct Restored {
@@ -326,8 +341,13 @@ async fn restore(
         return Err(RestoreError::TooLarge {
             what: format!("s3://{}/{}", loc.bucket, target.key),
             size,
+            unit: "bytes",
+            flag: "--max-bytes",
             max: args.max_bytes,
         });
+    }
+    if let Some(declared) = target.declared {
+        refuse_declared(declared, &args)?;
     }
 
     let staging = on_dest(&args.dest, {
@@ -337,6 +357,20 @@ async fn restore(
     })
     .await?;
     *staging_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(staging.path.clone());
+    if let Some(declared) = target.declared {
+        // Beside the tree DEST holds now, which stays until the new one is in place.
+        let dir = staging.path.clone();
+        let free = on_dest(&args.dest, move || Free::of(&dir)).await?;
+        let need = Need::of(declared.file_bytes, declared.entries);
+        if let Err(short) = free.check(need, &args.dest) {
+            let _ = tokio::task::spawn_blocking(move || staging.discard()).await;
+            staging_slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            return Err(short.into());
+        }
+    }
 
     let phase = Instant::now();
     let result = fetch_and_unpack(
@@ -396,6 +430,30 @@ async fn restore(
     })
 }
 
+/// Refuses, before anything is downloaded, a generation whose manifest declares more than the
+/// flags allow: the unpack would stop there anyway, after the download.
+fn refuse_declared(declared: Declared, args: &RestoreArgs) -> Result<(), RestoreError> {
+    if declared.file_bytes > args.max_unpacked_bytes {
+        return Err(RestoreError::TooLarge {
+            what: "the generation's files (its manifest's uncompressedBytes)".to_owned(),
+            size: declared.file_bytes,
+            unit: "bytes",
+            flag: "--max-unpacked-bytes",
+            max: args.max_unpacked_bytes,
+        });
+    }
+    if declared.entries > args.max_entries {
+        return Err(RestoreError::TooLarge {
+            what: "the generation (its manifest's entries)".to_owned(),
+            size: declared.entries,
+            unit: "entries",
+            flag: "--max-entries",
+            max: args.max_entries,
+        });
+    }
+    Ok(())
+}
+
 /// Runs filesystem work on DEST on a blocking thread; its errors name `--dest`.
 async fn on_dest<T: Send + 'static>(
     dest: &std::path::Path,
@@ -426,6 +484,7 @@ async fn resolve(
                 key: key.clone(),
                 generation: None,
                 expected: None,
+                declared: None,
             });
         };
         let manifest = read_manifest(client, loc, n).await?;
@@ -467,6 +526,10 @@ async fn resolve(
         key: manifest.archive_key,
         generation: Some(manifest.generation),
         expected: Some((manifest.size_bytes, manifest.sha256)),
+        declared: Some(Declared {
+            file_bytes: manifest.uncompressed_bytes,
+            entries: manifest.entries,
+        }),
     })
 }
 
@@ -508,6 +571,7 @@ async fn fetch_and_unpack(
         limits: UnpackLimits {
             max_bytes: args.max_unpacked_bytes,
             max_entries: args.max_entries,
+            declared: target.declared,
             ..UnpackLimits::default()
         },
         cancel,

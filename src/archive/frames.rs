@@ -608,7 +608,10 @@ mod tests {
             for first in [&sized, &streamed] {
                 // One per 64 KiB of content, and 16, pass.
                 let few = [first.clone(), empty_frames(16 + 64, skippable)].concat();
-                assert_eq!(decode(Compression::Zstd, &few, 1 << 20).unwrap().concat(), content);
+                assert_eq!(
+                    decode(Compression::Zstd, &few, 1 << 20).unwrap().concat(),
+                    content
+                );
                 let empty = empty_frames(100_000, skippable);
                 assert!(empty.len() < 1 << 20);
                 let many = [first.clone(), empty, sized.clone()].concat();

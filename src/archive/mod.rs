@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use frames::{DecodeOptions, FRAME_INPUT, FrameEncoder, Piece, decompress};
 pub use pack::{Owner, PackError, PackStats, Tree, pack, scan};
-pub use unpack::{UnpackError, UnpackLimits, UnpackStats, Unpacker};
+pub use unpack::{Declared, UnpackError, UnpackLimits, UnpackStats, Unpacker};
 
 /// Version of the archive and manifest formats this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;

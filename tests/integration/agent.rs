@@ -793,9 +793,26 @@ async fn s3_killed_mid_upload_commits_nothing() {
     );
 }
 
+/// What [`commit_honestly`]'s manifests declare the archive holds: as much as every test's
+/// flags allow (`--max-unpacked-bytes 1MiB`, `--max-entries 5000`), as a hostile writer would,
+/// so that the unpack's own limits are what refuse an archive.
+pub(crate) const HONEST_FILE_BYTES: u64 = 1024 * 1024;
+pub(crate) const HONEST_ENTRIES: u64 = 5000;
+
 /// Uploads `archive` (compressed already) as generation 1 of `loc`, with a manifest whose size
 /// and SHA-256 are the archive's: whatever it holds, only the restore's own checks judge it.
 pub(crate) async fn commit_honestly(s3: &S3Server, loc: &Location, archive: Vec<u8>) {
+    commit_declaring(s3, loc, archive, HONEST_FILE_BYTES, HONEST_ENTRIES).await
+}
+
+/// [`commit_honestly`], the manifest declaring `file_bytes` and `entries`.
+pub(crate) async fn commit_declaring(
+    s3: &S3Server,
+    loc: &Location,
+    archive: Vec<u8>,
+    file_bytes: u64,
+    entries: u64,
+) {
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         generation: 1,
@@ -804,8 +821,8 @@ pub(crate) async fn commit_honestly(s3: &S3Server, loc: &Location, archive: Vec<
         size_bytes: archive.len() as u64,
         sha256: hex::encode(Sha256::digest(&archive)),
         files: 1,
-        entries: 1,
-        uncompressed_bytes: 1,
+        entries,
+        uncompressed_bytes: file_bytes,
         created_at: jiff::Timestamp::now(),
         source_revision: None,
         legacy_archive_key: None,
@@ -1225,22 +1242,7 @@ async fn snapshot_never_packs_another_filesystem_mounted_in_the_cache() {
     fixtures::rich_tree(&source, 1024);
     let secrets = source.join("secrets/serviceaccount");
     std::fs::create_dir_all(&secrets).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "none"])
-        .arg(&secrets)
-        .status()
-        .expect("run mount");
-    assert!(
-        mounted.success(),
-        "mount a tmpfs (the integration tests run as root)"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(secrets.clone());
+    let _mounted = fixtures::Tmpfs::mount(&secrets, None);
     std::fs::write(secrets.join("token"), "a service account's token").unwrap();
 
     let out = snapshot(s3, &loc, &source, 1);
@@ -1259,4 +1261,38 @@ async fn snapshot_never_packs_another_filesystem_mounted_in_the_cache() {
         !dest.join("secrets/serviceaccount").exists(),
         "the mounted filesystem was packed"
     );
+}
+
+/// A generation that cannot fit beside DEST (a 16 MiB tmpfs here: an `emptyDir` with `medium:
+/// Memory` and a `sizeLimit`) is refused from its manifest before anything is downloaded, as
+/// `no-space`; one that fits restores there.
+#[tokio::test]
+async fn a_generation_that_cannot_fit_is_refused_before_it_is_downloaded() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    fixtures::rich_tree(&source, 24 * 1024 * 1024);
+    assert!(snapshot(s3, &loc, &source, 1).status.success());
+    let small = tmp.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let _small = fixtures::Tmpfs::mount(&small, Some("16m"));
+    let dest = small.join("deno-dir");
+    let (_, line) = restore(s3, &loc, &dest, &["--generation", "1"]);
+    assert_eq!(line["ok"], false, "{line}");
+    assert_eq!(line["reason"], "no-space", "{line}");
+    let message = line["message"].as_str().unwrap();
+    assert!(
+        message.contains("disk space") && message.contains("--dest"),
+        "{line}"
+    );
+    assert_eq!(line["bytes"], 0, "{line}");
+    let left: Vec<_> = std::fs::read_dir(&small).unwrap().collect();
+    assert!(left.is_empty(), "left beside DEST: {left:?}");
+
+    let large = tmp.path().join("large");
+    std::fs::create_dir(&large).unwrap();
+    let _large = fixtures::Tmpfs::mount(&large, Some("64m"));
+    let (_, line) = restore(s3, &loc, &large.join("deno-dir"), &["--generation", "1"]);
+    assert_eq!(line["ok"], true, "{line}");
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use sitecache::storage::Location;
 use tar::EntryType;
 
-use crate::agent::{commit_honestly, location, sitecache};
+use crate::agent::{commit_declaring, commit_honestly, location, sitecache};
 use crate::fixtures::RawTar;
 use crate::support;
 
@@ -92,35 +92,31 @@ fn nothing_but(dir: &Path, expected: &[&Path]) {
 }
 
 #[tokio::test]
-async fn frames_that_each_declare_64_mib_and_hold_one_tiny_file_stay_within_256_mib() {
-    // Each frame: a tiny file, then a global PAX header whose 64 MiB of zeros nobody writes.
+async fn frames_that_each_declare_64_mib_stay_within_256_mib() {
+    // Each frame: a tiny file, then a file of zeros to fill it (a global PAX header filled it
+    // before those were bounded to 64 KiB: nothing was written, and an earlier build still held
+    // 4.2 GB for 64 such frames).
     const FRAME: u64 = 64 * MIB;
+    const FRAMES: u64 = 8;
     let mut archive = Vec::new();
-    for i in 0..64 {
-        let head = RawTar::default()
-            .file(&format!("tiny-{i}"), &[i as u8; 10])
-            .into_inner();
-        let filler = FRAME - head.len() as u64 - 512;
+    for i in 0..FRAMES {
         let frame = RawTar::default()
             .file(&format!("tiny-{i}"), &[i as u8; 10])
-            .entry(
-                b"global",
-                EntryType::XGlobalHeader,
-                b"",
-                &vec![0; filler as usize],
-            )
+            .file(&format!("fill-{i}"), &vec![0; (FRAME - 1536) as usize])
             .into_inner();
         assert_eq!(frame.len() as u64, FRAME);
         self::frame(&mut archive, &frame);
     }
     self::frame(&mut archive, &end_blocks());
     assert!(archive.len() < 2 * MIB as usize, "{} bytes", archive.len());
-    let loc = upload(archive).await;
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    commit_declaring(s3, &loc, archive, FRAMES * FRAME, 2 * FRAMES).await;
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("deno-dir");
     let m = restore_measured(&loc, &dest, &["--strict"]).await;
     assert_eq!(m.line["ok"], true, "{}", m.line);
-    assert_eq!(m.line["files"], 64, "{}", m.line);
+    assert_eq!(m.line["files"], 2 * FRAMES, "{}", m.line);
     assert!(m.peak <= 256 * MIB, "peak RSS {} MiB", m.peak / MIB);
 }
 
@@ -241,6 +237,32 @@ async fn a_link_to_itself_and_one_long_path_cost_no_time() {
         m.line["ms"].as_u64().unwrap() < 1000,
         "took {:?}: {}",
         m.took,
+        m.line
+    );
+    nothing_but(work.path(), &[]);
+}
+
+/// A manifest is a hard limit: an archive that holds more than its manifest declares (1 MiB
+/// here, and 256 MiB of zeros in 40 KB) is refused the moment it passes it, before its checksum
+/// can be known, and leaves nothing. (An earlier build wrote all 256 MiB, then restored it: the
+/// checksum was the archive's own.)
+#[tokio::test]
+async fn an_archive_holding_more_than_its_manifest_declares_stops_there() {
+    let tar = RawTar::default()
+        .file("big", &vec![0; 256 * MIB as usize])
+        .finish();
+    let archive = zstd::encode_all(&tar[..], 3).unwrap();
+    assert!(archive.len() < 64 * 1024);
+    let loc = upload(archive).await;
+    let work = tempfile::tempdir().unwrap();
+    let m = restore_measured(&loc, &work.path().join("deno-dir"), &[]).await;
+    assert_eq!(m.line["reason"], "corrupt-archive", "{}", m.line);
+    assert!(
+        m.line["message"]
+            .as_str()
+            .unwrap()
+            .contains("than its manifest declares"),
+        "{}",
         m.line
     );
     nothing_but(work.path(), &[]);

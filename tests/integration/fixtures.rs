@@ -258,3 +258,33 @@ impl RawTar {
         self.0
     }
 }
+
+/// A tmpfs mounted at an existing directory while the value lives (the integration tests run as
+/// root), of `size` (`16m`) or the kernel's default.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: Option<&str>) -> Tmpfs {
+        let mut mount = std::process::Command::new("mount");
+        mount.args(["-t", "tmpfs"]);
+        if let Some(size) = size {
+            mount.args(["-o", &format!("size={size}")]);
+        }
+        let status = mount.arg("none").arg(at).status().expect("run mount");
+        assert!(
+            status.success(),
+            "mount a tmpfs at {} (the integration tests run as root)",
+            at.display()
+        );
+        Tmpfs(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}

@@ -113,7 +113,7 @@ pub struct UnpackLimits {
 
 impl UnpackLimits {
     pub const DEFAULT: UnpackLimits = UnpackLimits {
-        max_bytes: 16 * 1024 * 1024 * 1024,
+        max_bytes: 8 * 1024 * 1024 * 1024,
         max_entries: 500_000,
         max_path: 4096,
         max_depth: 256,
@@ -383,7 +383,10 @@ impl Parse<'_> {
             let Some(rel) = self.unpacker.relative(&raw)? else {
                 // The archive's root directory itself: nothing to write.
                 if kind != tar::EntryType::Directory {
-                    return Err(unsafe_entry(&raw, format!("the archive's root as a {kind:?}")));
+                    return Err(unsafe_entry(
+                        &raw,
+                        format!("the archive's root as a {kind:?}"),
+                    ));
                 }
                 continue;
             };

@@ -136,7 +136,14 @@ fn hostile() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let mut records = Vec::new();
     for i in 0..100 {
         raw_entry(&mut records, b'x', b"p", b"", &vec![b'\n'; 60 << 10], None);
-        raw_entry(&mut records, b'0', format!("f{i}").as_bytes(), b"", b"", None);
+        raw_entry(
+            &mut records,
+            b'0',
+            format!("f{i}").as_bytes(),
+            b"",
+            b"",
+            None,
+        );
     }
     cases.push(("large-pax-records.tar.zst", "too-large", zst(&records)));
     cases.push((

@@ -115,12 +115,13 @@ fn raw() -> impl Strategy<Value = Raw> {
 }
 
 fn limits() -> impl Strategy<Value = UnpackLimits> {
-    let declared = prop::option::of((0u64..20_000, 0u64..40).prop_map(|(file_bytes, entries)| {
-        Declared {
-            file_bytes,
-            entries,
-        }
-    }));
+    let declared =
+        prop::option::of(
+            (0u64..20_000, 0u64..40).prop_map(|(file_bytes, entries)| Declared {
+                file_bytes,
+                entries,
+            }),
+        );
     (
         (1u64..60, 0u64..40_000, 1usize..40, 1usize..8, 1usize..40),
         declared,
