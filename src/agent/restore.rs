@@ -236,6 +236,29 @@ fn joined(
     })
 }
 
+/// What a restore leaves for [`run`] to finish, whatever becomes of it (a failure, or the
+/// deadline abandoning it part way).
+#[derive(Default)]
+struct Leftovers {
+    /// The staging tree, while it is not installed.
+    staging: Option<PathBuf>,
+    /// Disconnected once nothing writes into the staging tree any more (the unpack's threads
+    /// have stopped): only then can its removal be complete.
+    writers: Option<std::sync::mpsc::Receiver<()>>,
+    /// The sweep of earlier restores' leftovers, started with the restore.
+    early_sweep: Option<tokio::task::JoinHandle<io::Result<usize>>>,
+}
+
+type LeftoverSlot = Arc<std::sync::Mutex<Leftovers>>;
+
+fn leftovers(slot: &LeftoverSlot) -> std::sync::MutexGuard<'_, Leftovers> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long a failed or abandoned restore waits, past its deadline, for its unpack to stop and
+/// its staging tree to be removed.
+const CLEANUP_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs a restore and returns its result line. Never panics. Returns by the deadline plus a
 /// short grace for cleanup, except that a restore whose tree checked out and is being put in
 /// place (a few renames) when the deadline passes finishes doing so.
@@ -243,12 +266,12 @@ pub async fn run(args: RestoreArgs) -> RestoreReport {
     let start = Instant::now();
     let cancel = Arc::new(AtomicBool::new(false));
     let gate = Arc::new(CommitGate::default());
-    let staging_slot: Arc<std::sync::Mutex<Option<PathBuf>>> = Arc::default();
+    let slot = LeftoverSlot::default();
     let mut task = tokio::spawn(restore(
         args.clone(),
         cancel.clone(),
         gate.clone(),
-        staging_slot.clone(),
+        slot.clone(),
     ));
     let outcome = match tokio::time::timeout(args.timeout, &mut task).await {
         Ok(result) => joined(result),
@@ -263,15 +286,38 @@ pub async fn run(args: RestoreArgs) -> RestoreReport {
         // stopping could leave DEST half installed.
         Err(_) => joined(task.await),
     };
-    if outcome.is_err() {
-        // The staging directory of a failed or abandoned restore; DEST itself was never touched.
-        let staging = staging_slot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(path) = staging {
-            let cleanup = tokio::task::spawn_blocking(move || install::remove_tree(&path));
-            let _ = tokio::time::timeout(Duration::from_secs(2), cleanup).await;
+    let (staging, writers, early_sweep) = {
+        let mut left = leftovers(&slot);
+        (
+            left.staging.take(),
+            left.writers.take(),
+            left.early_sweep.take(),
+        )
+    };
+    if let Some(path) = staging.filter(|_| outcome.is_err()) {
+        // The staging tree of a failed or abandoned restore (DEST itself was never touched),
+        // once the unpack has stopped writing into it: cancelled, it stops at its next piece.
+        let cleanup = tokio::task::spawn_blocking(move || {
+            if let Some(writers) = writers {
+                let _ = writers.recv_timeout(CLEANUP_GRACE);
+            }
+            install::remove_tree(&path)
+        });
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(CLEANUP_GRACE, cleanup).await {
+            tracing::warn!("removing the staging tree: {e}");
+        }
+    }
+    // Earlier restores' leftovers, being removed since this one started: given what is left of
+    // the deadline (or the grace, past it) to finish.
+    if let Some(sweep) = early_sweep {
+        let left = args
+            .timeout
+            .saturating_sub(start.elapsed())
+            .max(CLEANUP_GRACE);
+        match tokio::time::timeout(left, sweep).await {
+            Ok(Ok(Ok(n))) if n > 0 => tracing::debug!(trees = n, "swept earlier leftovers"),
+            Ok(Ok(Err(e))) => tracing::warn!("removing earlier leftovers beside --dest: {e}"),
+            _ => {}
         }
     }
     // Housekeeping within what is left of the deadline: the tree DEST held before, and what
@@ -315,7 +361,7 @@ async fn restore(
     args: RestoreArgs,
     cancel: Arc<AtomicBool>,
     gate: Arc<CommitGate>,
-    staging_slot: Arc<std::sync::Mutex<Option<PathBuf>>>,
+    slot: LeftoverSlot,
 ) -> Result<Restored, RestoreError> {
     let loc: Location = args
         .url
@@ -356,18 +402,19 @@ async fn restore(
         move || install::prepare(&dest, &cancel)
     })
     .await?;
-    *staging_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(staging.path.clone());
+    {
+        let layout = staging.layout().clone();
+        let mut left = leftovers(&slot);
+        left.staging = Some(staging.path.clone());
+        left.early_sweep = Some(tokio::task::spawn_blocking(move || install::sweep(&layout)));
+    }
     if let Some(declared) = target.declared {
         // Beside the tree DEST holds now, which stays until the new one is in place.
         let dir = staging.path.clone();
         let free = on_dest(&args.dest, move || Free::of(&dir)).await?;
         let need = Need::of(declared.file_bytes, declared.entries);
         if let Err(short) = free.check(need, &args.dest) {
-            let _ = tokio::task::spawn_blocking(move || staging.discard()).await;
-            staging_slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            // `run` removes the staging tree.
             return Err(short.into());
         }
     }
@@ -382,6 +429,7 @@ async fn restore(
         &args,
         &staging,
         cancel.clone(),
+        &slot,
     )
     .await;
     tracing::debug!(
@@ -389,17 +437,8 @@ async fn restore(
         ok = result.is_ok(),
         "fetched and unpacked"
     );
-    let files = match result {
-        Ok(files) => files,
-        Err(e) => {
-            let _ = tokio::task::spawn_blocking(move || staging.discard()).await;
-            staging_slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            return Err(e);
-        }
-    };
+    // On failure, `run` removes the staging tree.
+    let files = result?;
 
     // Another restore may be installing into DEST: wait for it, within the deadline.
     let (staging, lock) = on_dest(&args.dest, move || {
@@ -414,10 +453,7 @@ async fn restore(
         )));
     }
     let installed = on_dest(&args.dest, move || staging.install(lock)).await?;
-    staging_slot
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    leftovers(&slot).staging = None;
     tracing::debug!(
         ms = super::elapsed_ms(phase),
         "installed (ms since the download started)"
@@ -560,6 +596,7 @@ async fn fetch_and_unpack(
     args: &RestoreArgs,
     staging: &Staging,
     cancel: Arc<AtomicBool>,
+    slot: &LeftoverSlot,
 ) -> Result<u64, RestoreError> {
     // Downloaded chunks queued for hashing and decompression (the ranges in flight are
     // `download_concurrency` more): see docs/runner.md for the memory each stage may hold.
@@ -583,7 +620,13 @@ async fn fetch_and_unpack(
         // With the manifest's SHA-256 to check, the frames' own checksums add nothing.
         frame_checksums: target.expected.is_none(),
     };
-    let consumer = tokio::task::spawn_blocking(move || unpack_stream(rx, unpacker, decode, &key));
+    let (writing, writers) = std::sync::mpsc::channel::<()>();
+    leftovers(slot).writers = Some(writers);
+    let consumer = tokio::task::spawn_blocking(move || {
+        // Dropped when the unpack's threads have all stopped, whether this task lives or not.
+        let _writing = writing;
+        unpack_stream(rx, unpacker, decode, &key)
+    });
 
     let mut chunks = std::pin::pin!(storage::ranged_download(
         client.clone(),

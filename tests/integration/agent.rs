@@ -733,6 +733,11 @@ async fn stalled_server_hits_the_deadline_and_leaves_dest_untouched() {
         "the 4s deadline was overrun: {elapsed:?}"
     );
     assert_untouched(&dest);
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [dest.file_name().unwrap()], "left beside DEST");
 }
 
 #[tokio::test]
@@ -1295,4 +1300,46 @@ async fn a_generation_that_cannot_fit_is_refused_before_it_is_downloaded() {
     let _large = fixtures::Tmpfs::mount(&large, Some("64m"));
     let (_, line) = restore(s3, &loc, &large.join("deno-dir"), &["--generation", "1"]);
     assert_eq!(line["ok"], true, "{line}");
+}
+
+/// Restores that keep failing on a DEST that persists (a volume, a re-run init container) do not
+/// pile their staging trees up: a restore removes what earlier ones left when it starts, while it
+/// downloads, and nothing of its own stays after it fails. (An earlier build swept only after a
+/// successful install, so every failed cold start added a tree.)
+#[tokio::test]
+async fn failed_restores_leave_nothing_and_remove_what_earlier_ones_left() {
+    let s3 = support::s3().await;
+    let loc = location(s3).await;
+    // Refused after the download started: an absolute path.
+    let tar = fixtures::RawTar::default()
+        .file("ok", b"1")
+        .file("/etc/evil", b"x")
+        .finish();
+    commit_honestly(s3, &loc, zstd::encode_all(&tar[..], 3).unwrap()).await;
+    let work = tempfile::tempdir().unwrap();
+    let dest = existing_dest(work.path());
+    // What killed restores left: a staging tree (read-only inside, as archives may make them)
+    // and a tree moved out of DEST.
+    let staging = work
+        .path()
+        .join(".deno-dir..sitecache-staging-0123456789abcdef");
+    let old = work
+        .path()
+        .join(".deno-dir..sitecache-old-fedcba9876543210");
+    for tree in [&staging, &old] {
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::write(tree.join("a/b/file"), "left").unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(staging.join("a"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    for _ in 0..2 {
+        let (_, line) = restore(s3, &loc, &dest, &["--generation", "1"]);
+        assert_eq!(line["reason"], "unsafe-entry", "{line}");
+        assert_untouched(&dest);
+        let left: Vec<_> = std::fs::read_dir(work.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [dest.file_name().unwrap()], "left beside DEST");
+    }
 }

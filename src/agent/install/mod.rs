@@ -10,7 +10,10 @@
 //! 4. [`sweep`], off the critical path and within what is left of the deadline: remove the
 //!    scratch trees nobody holds (the old tree, leftovers of failed or killed restores).
 //!
-//! Nothing is removed before the install, so a leftover never slows a restore down.
+//! A restore also sweeps when it starts, on a thread of its own while it downloads, so that
+//! restores that keep failing (on a DEST that persists: a volume, a re-run init container)
+//! cannot pile their leftovers up: at most the last one's remain between two restores. Nothing
+//! is removed on the critical path; with nothing to remove, the sweep is one directory listing.
 
 mod journal;
 mod layout;
@@ -93,7 +96,13 @@ impl Staging {
         Ok(self.layout)
     }
 
-    /// Removes the staging directory (after a failure).
+    /// Where the scratch trees are, to sweep.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Removes the staging directory (after a failure; a restore leaves that to its end).
+    #[cfg(test)]
     pub fn discard(self) {
         let _ = remove_tree(&self.path);
     }
