@@ -21,6 +21,14 @@ pub struct SiteCacheStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 
+    /// The S3 endpoint the controller accepted from `spec.storage.endpoint` (one of its
+    /// `--allowed-endpoints`), kept while a later spec names one it refuses. `kubectl sitecache
+    /// restore` sends a user's requests only there (or where its own `--endpoint` says), never to
+    /// whatever the spec names. Absent when the SiteCache names no endpoint (the controller's
+    /// default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+
     /// The promoted generation: what `sitecache restore` fetches by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<GenerationInfo>,

@@ -26,6 +26,11 @@ fn plugin_dir(h: &Harness) -> PathBuf {
 /// Runs `kubectl ARGS` as a user would: the plugin found on PATH, the kubeconfig from
 /// KUBECONFIG, storage settings from the AWS environment.
 async fn kubectl(h: &Harness, args: &[&str]) -> Output {
+    kubectl_with(h, args, &[]).await
+}
+
+/// [`kubectl`], with more environment (after the storage settings).
+async fn kubectl_with(h: &Harness, args: &[&str], env: &[(&str, &str)]) -> Output {
     let kubectl = Asset::Kubectl.path().expect("kubectl (make test-assets)");
     let path = format!(
         "{}:{}",
@@ -37,6 +42,7 @@ async fn kubectl(h: &Harness, args: &[&str]) -> Output {
         .env("PATH", path)
         .env("KUBECONFIG", support::kubeconfig_path())
         .envs(h.s3().aws_env())
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("run kubectl")
@@ -367,4 +373,110 @@ fn completion_scripts_name_both_binaries() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'tcsh' for '<SHELL>'"));
+}
+
+/// `kubectl sitecache restore NAME` into `dest`, the user's own default store (`AWS_ENDPOINT_URL_S3`)
+/// being `elsewhere`.
+async fn restore_as(
+    h: &Harness,
+    name: &str,
+    dest: &Path,
+    elsewhere: &str,
+    more: &[&str],
+) -> Output {
+    let ns = h.ns.as_str();
+    let mut args = vec![
+        "sitecache",
+        "restore",
+        name,
+        "-n",
+        ns,
+        "--dest",
+        dest.to_str().unwrap(),
+    ];
+    args.extend(["--path-style", "--timeout", "5s"]);
+    args.extend(more);
+    kubectl_with(h, &args, &[("AWS_ENDPOINT_URL_S3", elsewhere)]).await
+}
+
+/// The plugin signs requests with the user's own credentials: it sends them to the endpoint the
+/// controller accepted (`status.endpoint`) or to the user's `--endpoint`, never to whatever a
+/// namespace editor writes into `spec.storage.endpoint` (an earlier build sent them there), and
+/// says where before it connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_sends_credentials_only_where_the_controller_or_the_user_chose() {
+    let mut h = Harness::start(Options::default()).await;
+    let store = h.s3().endpoint();
+    // Something that counts who connects to it.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_url = format!("http://127.0.0.1:{}/", trap.local_addr().unwrap().port());
+    let nobody_came = |trap: &std::net::TcpListener| matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    let dest = h.dir.join("restored");
+
+    // An endpoint the controller accepted: there, whatever the user's environment says.
+    h.create(
+        "named",
+        json!({"site": "named", "warm": warm("", 2), "storage": {"endpoint": store}}),
+    )
+    .await;
+    let sc = h.wait_promoted("named", 1).await;
+    assert_eq!(sc.status.unwrap().endpoint.as_deref(), Some(store.as_str()));
+    let out = restore_as(&h, "named", &dest, &trap_url, &[]).await;
+    ok(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("Connecting to {store} (status.endpoint"))
+            && err.contains("plain http"),
+        "{err}"
+    );
+    assert!(dest.join("warmed").is_file());
+    assert!(nobody_came(&trap));
+
+    // A spec that names an endpoint the controller has not accepted, with a location in its
+    // status (a controller of an earlier version wrote none of `status.endpoint`; or it refused
+    // the endpoint once its allow-list changed): refused, nothing sent there.
+    h.stop_controller();
+    h.create(
+        "open",
+        json!({"site": "open", "warm": warm("", 2), "storage": {"endpoint": trap_url}}),
+    )
+    .await;
+    let url = format!("s3://{}/open/", h.bucket);
+    h.api()
+        .patch_status(
+            "open",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"url": url}})),
+        )
+        .await
+        .unwrap();
+    let out = restore_as(&h, "open", &dest, &trap_url, &["--generation", "1"]).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&trap_url) && err.contains("has not accepted") && err.contains("--endpoint"),
+        "{err}"
+    );
+    assert!(
+        nobody_came(&trap),
+        "the plugin connected to spec.storage.endpoint"
+    );
+    // Told where by the user: there (and nothing is there).
+    let out = restore_as(
+        &h,
+        "open",
+        &dest,
+        &trap_url,
+        &["--generation", "1", "--endpoint", &store],
+    )
+    .await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("Connecting to {store} (--endpoint)")),
+        "{err}"
+    );
+    assert!(err.contains("not committed"), "{err}");
+    h.shutdown().await;
 }

@@ -45,7 +45,7 @@ use crate::controller::error::Error;
 use crate::controller::objects::{Prefix, Removed};
 use crate::controller::settings::identity::MANAGER;
 use crate::controller::settings::schedule::{self, Backoff};
-use crate::controller::settings::validate::{Validated, validate};
+use crate::controller::settings::validate::{Invalid, Validated, validate};
 use crate::controller::status::{self, Activity, Trouble};
 
 /// Reconciles a SiteCache that is not being deleted.
@@ -132,12 +132,18 @@ impl<'a> Run<'a> {
         let spec = match validate(&self.sc, &self.ctx.settings) {
             Ok(spec) => self.spec.insert(spec).clone(),
             Err(invalid) => {
+                if matches!(invalid, Invalid::EndpointNotAllowed { .. }) {
+                    // No longer accepted (the allow-list changed): no one is sent there.
+                    self.status.endpoint = None;
+                }
                 // What runs is finished whatever the spec says now.
                 self.finish_refused().await?;
                 return Ok(self.blocked(invalid.reason(), invalid.to_string()));
             }
         };
         self.status.url = Some(spec.target.location.to_string());
+        // Accepted (allowed) by the validation: what the plugin may send a user's requests to.
+        self.status.endpoint = self.sc.spec.storage.endpoint.clone();
         let s3 = self.ctx.storage(&spec.target).await;
         let prefix = Prefix::new(&s3, &spec.target.location);
         // A standby follows the cluster that owns the prefix, and writes nothing.

@@ -64,6 +64,39 @@ async fn an_endpoint_outside_the_allow_list_is_refused() {
     h.shutdown().await;
 }
 
+/// `status.endpoint` says which endpoint the controller accepted (the plugin connects only
+/// there): set while the spec's endpoint is allowed, cleared once the allow-list drops it.
+#[tokio::test]
+async fn the_accepted_endpoint_is_in_the_status_until_it_is_no_longer_allowed() {
+    let proxy = super::harness::quiet_proxy(7).await;
+    let endpoint = proxy.endpoint();
+    let mut h = Harness::start(Options {
+        extra_args: vec!["--allowed-endpoints".into(), endpoint.clone()],
+        ..Options::default()
+    })
+    .await;
+    h.create(
+        "shop",
+        json!({"site": "shop", "warm": warm("", 2), "storage": {"endpoint": endpoint}}),
+    )
+    .await;
+    let sc = h.wait_promoted("shop", 1).await;
+    assert_eq!(sc.status.unwrap().endpoint, Some(endpoint.clone()));
+    h.restart_controller_with(&[]);
+    let sc = h
+        .wait("shop", "refusing its endpoint", MINUTE, |sc| {
+            condition(sc, "Degraded") == Some("True")
+                && cond(sc, "Degraded").reason == "EndpointNotAllowed"
+        })
+        .await;
+    // What was restored stays restorable (Ready), from an endpoint no one is sent to now.
+    assert_eq!(condition(&sc, "Ready"), Some("True"));
+    let status = sc.status.unwrap();
+    assert_eq!(status.endpoint, None);
+    assert!(status.url.is_some(), "the location stays");
+    h.shutdown().await;
+}
+
 #[tokio::test]
 async fn malformed_and_unknown_manifests_are_rejected_not_waited_on() {
     let h = Harness::start(Options::default()).await;
