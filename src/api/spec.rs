@@ -211,12 +211,19 @@ pub struct WarmSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Absolute path of the cache directory in the snapshot pod; `DENO_DIR` is set to it.
+    /// Absolute path of the cache directory in the snapshot pod; `DENO_DIR` is set to it. An
+    /// `emptyDir` is mounted there, and everything in it is packed and published: it must be a
+    /// clean path (no `.`, `..` or empty components, no trailing `/`) outside the directories
+    /// the kubelet and the runtime put secrets and system files in (`/proc`, `/sys`, `/dev`,
+    /// `/etc`, `/run`, `/var/run`, `/var/lib/kubelet`), which a mount above them would also
+    /// shadow. The same rules as [`CACHE_DIR_RESERVED`] (checked by the controller too).
     #[serde(default = "default_cache_dir")]
     #[schemars(length(min = 2, max = 1024))]
     #[x_kube(
         validation = Rule::new("self.startsWith('/')").message("spec.warm.cacheDir must be an absolute path"),
-        validation = Rule::new("!self.split('/').exists(p, p == '..')").message("spec.warm.cacheDir must not contain '..'")
+        validation = Rule::new("!self.split('/').exists(p, p == '..')").message("spec.warm.cacheDir must not contain '..'"),
+        validation = Rule::new("!self.endsWith('/') && !self.contains('//') && !self.split('/').exists(p, p == '.')").message("spec.warm.cacheDir must be a clean path: no '.' or empty components, no trailing '/'"),
+        validation = Rule::new("!['/proc', '/sys', '/dev', '/etc', '/run', '/var/run', '/var/lib/kubelet'].exists(r, self == r || self.startsWith(r + '/'))").message("spec.warm.cacheDir must not be in /proc, /sys, /dev, /etc, /run, /var/run or /var/lib/kubelet")
     )]
     pub cache_dir: String,
 
@@ -238,6 +245,44 @@ pub struct WarmSpec {
     /// (`runAsUser`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+}
+
+/// Directories `spec.warm.cacheDir` may not be in (or be): where the kubelet and the runtime
+/// put service account tokens, Secrets and system files.
+pub const CACHE_DIR_RESERVED: [&str; 7] = [
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc",
+    "/run",
+    "/var/run",
+    "/var/lib/kubelet",
+];
+
+/// Why `dir` cannot be a `spec.warm.cacheDir`, if it cannot: the CRD's rules, for SiteCaches
+/// stored before they were (or restored from elsewhere).
+pub fn cache_dir_problem(dir: &str) -> Option<String> {
+    if !dir.starts_with('/') || dir.len() < 2 {
+        return Some("must be an absolute path below /".into());
+    }
+    if dir.ends_with('/')
+        || dir[1..]
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+    {
+        return Some(
+            "must be a clean path: no '.', '..' or empty components, no trailing '/'".into(),
+        );
+    }
+    CACHE_DIR_RESERVED
+        .iter()
+        .find(|r| {
+            dir == **r
+                || dir
+                    .strip_prefix(**r)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+        .map(|r| format!("must not be in {r}, where secrets and system files are mounted"))
 }
 
 fn default_cache_dir() -> String {

@@ -19,6 +19,7 @@ mod pack;
 pub mod policy;
 mod pool;
 mod unpack;
+mod walk;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};

@@ -2,6 +2,7 @@
 //! any upload), then stream every entry in sorted order.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -14,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::policy;
 use super::unpack::UnpackLimits;
-use super::unpack::budget::{Budget, OverLimit, Seen};
+use super::unpack::budget::{Budget, ENTRY_LIMIT, OverLimit, Seen};
+use super::walk::{Counted, Walk, WalkError};
 
 /// Why a tree could not be scanned or packed.
 #[derive(Debug, thiserror::Error)]
@@ -187,45 +189,40 @@ pub fn scan(root: &Path, limits: &UnpackLimits) -> Result<Tree, PackError> {
     };
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
     let root_dev = meta.dev();
-    let mut walker = walkdir::WalkDir::new(root)
-        .min_depth(1)
-        .follow_links(false)
-        .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
-        // A restore refuses these (its own files when DEST is a mount point, a volume's
-        // `lost+found`): left out, as a restore's scratch left in a snapshotted DEST would be.
-        // So are the warming machine's own shims (see `MACHINE_LOCAL`).
-        .into_iter()
-        .filter_entry(|e| {
-            e.depth() != 1
-                || !(policy::reserved(Path::new(e.file_name()))
-                    || MACHINE_LOCAL.contains(&e.file_name().as_bytes()))
-        });
-    while let Some(item) = walker.next() {
-        let item = item.map_err(|e| {
-            let path = e.path().unwrap_or(root).to_owned();
-            PackError::Io {
-                path,
-                source: e.into(),
-            }
+    // A restore refuses these (its own files when DEST is a mount point, a volume's
+    // `lost+found`): left out, as a restore's scratch left in a snapshotted DEST would be. So are
+    // the warming machine's own shims (see `MACHINE_LOCAL`).
+    let leave_out = |name: &[u8]| {
+        policy::reserved(Path::new(OsStr::from_bytes(name))) || MACHINE_LOCAL.contains(&name)
+    };
+    let mut walker = Walk::new(root, limits, &leave_out);
+    loop {
+        let counted = Counted {
+            entries: tree.budget.entries.saturating_add(tree.skipped_count),
+            path_bytes: tree.budget.path_bytes,
+        };
+        let Some(item) = walker.next(counted) else {
+            break;
+        };
+        let (path, _depth) = item.map_err(|e| match e {
+            WalkError::Io { path, source } => PackError::Io { path, source },
+            WalkError::OverLimit { path, limit } => PackError::OverLimit { path, limit },
         })?;
-        let path = item.path();
+        let path = path.as_path();
         let rel = path
             .strip_prefix(root)
-            .expect("walkdir yields paths under its root");
-        let meta = item.metadata().map_err(|e| PackError::Io {
-            path: path.to_owned(),
-            source: e.into(),
-        })?;
+            .expect("the walk yields paths under its root");
+        let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
         let ft = meta.file_type();
         // Another filesystem mounted in the cache directory (a Secret or a ServiceAccount token
         // mounted under `cacheDir`) is not the cache: never packed. Directories only: overlayfs
         // may report a lower layer's device for files, never for directories.
         if ft.is_dir() && meta.dev() != root_dev {
-            walker.skip_current_dir();
             tree.mounts.push(path.to_owned());
             continue;
         }
         let kind = if ft.is_dir() {
+            walker.descend(path);
             Kind::Dir
         } else if ft.is_file() {
             tree.files += 1;
@@ -258,7 +255,7 @@ pub fn scan(root: &Path, limits: &UnpackLimits) -> Result<Tree, PackError> {
                 return Err(PackError::OverLimit {
                     path: path.to_owned(),
                     limit: OverLimit {
-                        what: "the entry limit (sockets, FIFOs and devices left out included)",
+                        what: ENTRY_LIMIT,
                         limit: limits.max_entries,
                     },
                 });
@@ -683,9 +680,33 @@ mod tests {
         let e = scan(root, &limits(150)).unwrap_err();
         assert!(
             e.to_string()
-                .contains("FIFOs and devices left out included"),
+                .contains("FIFOs and devices a snapshot leaves out"),
             "{e}"
         );
+    }
+
+    /// A directory of more names than the limits allow is refused while it is read, naming the
+    /// directory (an earlier build read all its names into memory first, and named the entry
+    /// after the limit).
+    #[test]
+    fn a_directory_past_the_entry_limit_is_refused_while_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::create_dir(&big).unwrap();
+        for i in 0..300 {
+            std::fs::write(big.join(format!("f{i:03}")), "").unwrap();
+        }
+        let limits = UnpackLimits {
+            max_entries: 100,
+            ..UnpackLimits::DEFAULT
+        };
+        match scan(dir.path(), &limits) {
+            Err(PackError::OverLimit { path, limit }) => {
+                assert_eq!(path, big);
+                assert_eq!(limit.what, ENTRY_LIMIT);
+            }
+            other => panic!("not refused as it should be: {other:?}"),
+        }
     }
 
     #[test]

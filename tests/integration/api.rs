@@ -226,6 +226,36 @@ async fn invalid_sitecaches_are_rejected_naming_the_field() {
             "spec.warm.cacheDir",
         ),
         (
+            "cacheDir with an empty component",
+            spec_with("warm.cacheDir", json!("/a//b")),
+            "spec.warm.cacheDir",
+        ),
+        (
+            "cacheDir with a trailing slash",
+            spec_with("warm.cacheDir", json!("/deno/")),
+            "spec.warm.cacheDir",
+        ),
+        (
+            "cacheDir with .",
+            spec_with("warm.cacheDir", json!("/a/./b")),
+            "spec.warm.cacheDir",
+        ),
+        (
+            "cacheDir above the service account token",
+            spec_with("warm.cacheDir", json!("/var/run/secrets")),
+            "spec.warm.cacheDir",
+        ),
+        (
+            "cacheDir in /etc",
+            spec_with("warm.cacheDir", json!("/etc/deno")),
+            "spec.warm.cacheDir",
+        ),
+        (
+            "cacheDir /proc",
+            spec_with("warm.cacheDir", json!("/proc")),
+            "spec.warm.cacheDir",
+        ),
+        (
             "unknown deletionPolicy",
             spec_with("deletionPolicy", json!("Destroy")),
             "spec.deletionPolicy",

@@ -163,7 +163,7 @@ async fn deep_paths_count_their_directories_and_a_refusal_leaves_nothing_that_sl
         m.line["message"]
             .as_str()
             .unwrap()
-            .contains("implied directories"),
+            .contains("directories created as missing parents"),
         "{}",
         m.line
     );

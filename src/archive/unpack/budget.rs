@@ -11,6 +11,13 @@ pub const DIR_BYTES: u64 = 4096;
 /// Memory a path held costs beyond its bytes (a map slot, an allocation).
 pub const PATH_OVERHEAD: u64 = 64;
 
+/// What the entry limit is called wherever it is met: an unpack counts the directories it
+/// creates as missing parents, a snapshot the sockets, FIFOs and devices it leaves out.
+pub const ENTRY_LIMIT: &str = "the entry limit (directories created as missing parents, and sockets, FIFOs and devices a snapshot leaves out, included)";
+
+/// What the limit on the bytes of the paths held is called wherever it is met.
+pub const PATH_BYTES_LIMIT: &str = "the limit on the bytes of all paths (memory)";
+
 /// A limit that was reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{what}: {limit}")]
@@ -64,7 +71,7 @@ impl Budget {
         self.entries += 1;
         if self.entries > limits.max_entries {
             return Err(OverLimit {
-                what: "the entry limit (implied directories included)",
+                what: ENTRY_LIMIT,
                 limit: limits.max_entries,
             });
         }
@@ -91,7 +98,7 @@ impl Budget {
         self.path_bytes = self.path_bytes.saturating_add(n as u64 + PATH_OVERHEAD);
         if self.path_bytes > limits.max_path_bytes {
             return Err(OverLimit {
-                what: "the limit on the bytes of all paths (memory)",
+                what: PATH_BYTES_LIMIT,
                 limit: limits.max_path_bytes,
             });
         }

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::api::{RebuildSpec, SiteCache, duration};
+use crate::api::{RebuildSpec, SiteCache, cache_dir_problem, duration};
 use crate::storage::Location;
 
 use crate::controller::settings::podspec::{self, RunAs};
@@ -49,6 +49,8 @@ pub enum Invalid {
     LegacyKey { key: String, why: String },
     #[error("{0}")]
     PodSettings(String),
+    #[error("spec.warm.cacheDir {dir:?} {why}")]
+    CacheDir { dir: String, why: String },
 }
 
 impl Invalid {
@@ -61,6 +63,7 @@ impl Invalid {
             Invalid::Timeout(_) => "InvalidSnapshotTimeout",
             Invalid::LegacyKey { .. } => "InvalidLegacyKey",
             Invalid::PodSettings(_) => "InvalidPodSettings",
+            Invalid::CacheDir { .. } => "InvalidCacheDir",
         }
     }
 }
@@ -98,6 +101,12 @@ pub fn validate(sc: &SiteCache, settings: &Settings) -> Result<Validated, Invali
             Some(key.clone())
         }
     };
+    if let Some(why) = cache_dir_problem(&spec.warm.cache_dir) {
+        return Err(Invalid::CacheDir {
+            dir: spec.warm.cache_dir.clone(),
+            why,
+        });
+    }
     let run_as = podspec::check(sc).map_err(Invalid::PodSettings)?;
     Ok(Validated {
         target,
@@ -206,6 +215,39 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.reason(), "InvalidSchedule");
         assert!(e.to_string().contains("spec.schedule.cron"), "{e}");
+    }
+
+    #[test]
+    fn cache_dirs_are_clean_paths_away_from_secrets() {
+        for ok in [
+            "/deno-dir",
+            "/cache/deno",
+            "/var/cache/deno",
+            "/runner",
+            "/etcetera",
+        ] {
+            assert_eq!(cache_dir_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "/",
+            "deno",
+            "/a/../etc",
+            "/a/./b",
+            "/a//b",
+            "/deno/",
+            "/etc",
+            "/var/run/secrets/kubernetes.io",
+            "/run/secrets",
+            "/proc/self",
+            "/var/lib/kubelet/pods",
+        ] {
+            assert!(cache_dir_problem(bad).is_some(), "{bad}");
+        }
+        let sc =
+            site(serde_json::json!({"warm": {"image": "deno", "cacheDir": "/var/run/secrets"}}));
+        let e = validate(&sc, &settings()).unwrap_err();
+        assert_eq!(e.reason(), "InvalidCacheDir");
+        assert!(e.to_string().contains("spec.warm.cacheDir"), "{e}");
     }
 
     #[test]

@@ -141,7 +141,7 @@ fn implied_directories_count_as_entries() {
         ..UnpackLimits::default()
     };
     let (_d, refused) = unpack(&archive, 4096, limits);
-    assert!(too_large(refused).contains("implied directories"));
+    assert!(too_large(refused).contains("directories created as missing parents"));
 }
 
 #[test]
