@@ -12,7 +12,7 @@
 # Resolution order for each binary:
 #   1. TEST_ASSET_ETCD / TEST_ASSET_KUBE_APISERVER / TEST_ASSET_KUBECTL / TEST_ASSET_MINIO /
 #      TEST_ASSET_MINIO_ADMIN / TEST_ASSET_SEAWEEDFS / TEST_ASSET_DENO / TEST_ASSET_HELM / TEST_ASSET_HADOLINT /
-#      TEST_ASSET_CARGO_DENY / TEST_ASSET_PROMTOOL / TEST_ASSET_KUBELET /
+#      TEST_ASSET_CARGO_DENY / TEST_ASSET_PROMTOOL / TEST_ASSET_GITOPS_STATUS / TEST_ASSET_KUBELET /
 #      TEST_ASSET_KUBE_SCHEDULER / TEST_ASSET_KUBE_CONTROLLER_MANAGER / TEST_ASSET_CONTAINERD /
 #      TEST_ASSET_CTR / TEST_ASSET_RUNC / TEST_ASSET_CNI_PLUGINS (a directory)
 #   2. KUBEBUILDER_ASSETS/<name> (etcd, kube-apiserver, kubectl)
@@ -147,6 +147,27 @@ build_wrapped() {
   )
   publish "$tmp/out" "$final"
   log "$name cached in $final"
+}
+
+# gitops-status: a main (hack/assets/gitops-status) around cli-utils' kstatus and gopher-lua, both
+# pinned.
+build_gitops_status() {
+  local final="$cache_root/gitops-status-$CLI_UTILS_VERSION-lua$GOPHER_LUA_VERSION"
+  [ -x "$final/gitops-status" ] && return 0
+  local tmp; tmp=$(new_tmp gitops-status); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "building gitops-status (cli-utils $CLI_UTILS_VERSION, gopher-lua $GOPHER_LUA_VERSION) from Go modules (first run only)"
+  mkdir -p "$tmp/src"
+  cp "$here/assets/gitops-status/main.go" "$tmp/src/"
+  (
+    cd "$tmp/src"
+    go mod init sitecache.dev/test-assets/gitops-status >/dev/null 2>&1
+    go get "sigs.k8s.io/cli-utils@$CLI_UTILS_VERSION" "github.com/yuin/gopher-lua@$GOPHER_LUA_VERSION" >&2
+    go mod tidy >&2
+    log "compiling gitops-status"
+    with_heartbeat gitops-status env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/out/gitops-status" .
+  )
+  publish "$tmp/out" "$final"
+  log "gitops-status cached in $final"
 }
 
 build_helm() {
@@ -304,6 +325,7 @@ resolve() {
     cargo-deny) install_cargo_deny; echo "$cache_root/cargo-deny-$CARGO_DENY_VERSION/cargo-deny" ;;
     helm) build_helm; echo "$cache_root/helm-$HELM_VERSION/helm" ;;
     promtool) build_promtool; echo "$cache_root/promtool-$PROMETHEUS_VERSION/promtool" ;;
+    gitops-status) build_gitops_status; echo "$cache_root/gitops-status-$CLI_UTILS_VERSION-lua$GOPHER_LUA_VERSION/gitops-status" ;;
     kubelet|kube-scheduler|kube-controller-manager) build_kubernetes_node; echo "$cache_root/kubernetes-node-$KUBERNETES_VERSION/$name" ;;
     containerd|ctr) ensure_node_packages; echo "/usr/bin/$name" ;;
     runc) ensure_node_packages; echo "/usr/sbin/runc" ;;
@@ -324,6 +346,7 @@ all_env() {
   echo "TEST_ASSET_CARGO_DENY=$(resolve cargo-deny TEST_ASSET_CARGO_DENY)"
   echo "TEST_ASSET_HELM=$(resolve helm TEST_ASSET_HELM)"
   echo "TEST_ASSET_PROMTOOL=$(resolve promtool TEST_ASSET_PROMTOOL)"
+  echo "TEST_ASSET_GITOPS_STATUS=$(resolve gitops-status TEST_ASSET_GITOPS_STATUS)"
   echo "TEST_ASSET_KUBELET=$(resolve kubelet TEST_ASSET_KUBELET)"
   echo "TEST_ASSET_KUBE_SCHEDULER=$(resolve kube-scheduler TEST_ASSET_KUBE_SCHEDULER)"
   echo "TEST_ASSET_KUBE_CONTROLLER_MANAGER=$(resolve kube-controller-manager TEST_ASSET_KUBE_CONTROLLER_MANAGER)"

@@ -21,6 +21,9 @@ pub enum Asset {
     Helm,
     /// Prometheus' rule checker and unit tester (the chart's alerts).
     Promtool,
+    /// What GitOps tools make of an object's status, with their own code: cli-utils' kstatus
+    /// and Argo CD's Lua health checks (`hack/assets/gitops-status`).
+    GitopsStatus,
     /// The real node's Kubernetes components: one binary, `hack/node/kube-node`, under three
     /// names.
     Kubelet,
@@ -49,6 +52,7 @@ impl Asset {
             Asset::Deno => "deno",
             Asset::Helm => "helm",
             Asset::Promtool => "promtool",
+            Asset::GitopsStatus => "gitops-status",
             Asset::Kubelet => "kubelet",
             Asset::KubeScheduler => "kube-scheduler",
             Asset::KubeControllerManager => "kube-controller-manager",
@@ -70,6 +74,7 @@ impl Asset {
             Asset::Deno => "TEST_ASSET_DENO",
             Asset::Helm => "TEST_ASSET_HELM",
             Asset::Promtool => "TEST_ASSET_PROMTOOL",
+            Asset::GitopsStatus => "TEST_ASSET_GITOPS_STATUS",
             Asset::Kubelet => "TEST_ASSET_KUBELET",
             Asset::KubeScheduler => "TEST_ASSET_KUBE_SCHEDULER",
             Asset::KubeControllerManager => "TEST_ASSET_KUBE_CONTROLLER_MANAGER",
@@ -93,6 +98,13 @@ impl Asset {
 
     /// The cache directory `hack/test-assets.sh` builds this binary into.
     fn cache_dir(self) -> Result<String> {
+        if let Asset::GitopsStatus = self {
+            return Ok(format!(
+                "gitops-status-{}-lua{}",
+                pinned_version("CLI_UTILS_VERSION")?,
+                pinned_version("GOPHER_LUA_VERSION")?
+            ));
+        }
         let (package, key) = match self {
             Asset::Kubelet | Asset::KubeScheduler | Asset::KubeControllerManager => {
                 ("kubernetes-node", "KUBERNETES_VERSION")
@@ -108,6 +120,7 @@ impl Asset {
             Asset::Deno => ("deno", "DENO_VERSION"),
             Asset::Helm => ("helm", "HELM_VERSION"),
             Asset::Promtool => ("promtool", "PROMETHEUS_VERSION"),
+            Asset::GitopsStatus => unreachable!("named above"),
         };
         Ok(format!("{package}-{}", pinned_version(key)?))
     }

@@ -128,6 +128,8 @@ fn analyse(typed: &[String], partial: &str) -> (Want, KubeArgs) {
         None => match (sub, positionals.len()) {
             (None, _) => Want::Subcommand,
             (Some("snapshot" | "restore" | "generations"), 1) => Want::SiteCache,
+            // Any number of names.
+            (Some("suspend" | "resume"), _) => Want::SiteCache,
             (Some("completion"), 1) => Want::Nothing,
             _ => Want::Nothing,
         },
@@ -217,6 +219,7 @@ mod tests {
         assert_eq!(want("", ""), Want::Subcommand);
         assert_eq!(want("", "sn"), Want::Subcommand);
         assert_eq!(want("snapshot", ""), Want::SiteCache);
+        assert_eq!(want("suspend shop", ""), Want::SiteCache);
         assert_eq!(want("-n shop generations", "w"), Want::SiteCache);
         assert_eq!(want("restore -n", ""), Want::Namespace);
         assert_eq!(want("restore web --dest", ""), Want::Directory);

@@ -6,6 +6,7 @@
 //!   its end;
 //! - [`restore`]: a SiteCache's generation into a directory, with `sitecache restore`'s code;
 //! - [`generations`]: the retained generations;
+//! - [`suspend`]: `suspend` and `resume`, by name, label selector or all;
 //! - [`complete`]: shell completion, including kubectl's plugin completion protocol.
 //!
 //! It is the `sitecache` binary under another name: `main` dispatches on the name it was called
@@ -17,6 +18,7 @@ mod generations;
 mod restore;
 mod snapshot;
 mod status;
+mod suspend;
 mod table;
 
 use std::path::PathBuf;
@@ -77,6 +79,10 @@ pub enum PluginCommand {
     Restore(restore::RestoreArgs),
     /// List a SiteCache's retained generations.
     Generations(generations::GenerationsArgs),
+    /// Stop new snapshots (spec.suspend): runners keep restoring the promoted generation.
+    Suspend(suspend::SuspendArgs),
+    /// Let snapshots run again.
+    Resume(suspend::SuspendArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(complete::CompletionArgs),
 }
@@ -98,6 +104,8 @@ pub fn main(cli: PluginCli) -> ExitCode {
             PluginCommand::Snapshot(args) => snapshot::run(&kube, &args, &mut out).await,
             PluginCommand::Restore(args) => restore::run(&kube, args, &mut out).await,
             PluginCommand::Generations(args) => generations::run(&kube, &args, &mut out).await,
+            PluginCommand::Suspend(args) => suspend::run(&kube, &args, true, &mut out).await,
+            PluginCommand::Resume(args) => suspend::run(&kube, &args, false, &mut out).await,
             PluginCommand::Completion(_) => unreachable!("handled above"),
         }
     });

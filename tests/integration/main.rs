@@ -28,6 +28,7 @@ mod cluster;
 mod controller;
 mod faults;
 mod fixtures;
+mod gitops;
 mod install;
 mod job_runner;
 mod node;

@@ -480,3 +480,66 @@ async fn restore_sends_credentials_only_where_the_controller_or_the_user_chose()
     assert!(err.contains("not committed"), "{err}");
     h.shutdown().await;
 }
+
+/// `suspend` and `resume` set `spec.suspend` by name, label selector or all, and say what each
+/// SiteCache was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_and_resume_by_name_selector_or_all() {
+    let h = Harness::start(Options {
+        start_controller: false,
+        ..Options::default()
+    })
+    .await;
+    let ns = h.ns.as_str();
+    for (name, tier) in [("a", "canary"), ("b", "canary"), ("c", "main")] {
+        h.create(name, json!({"site": name, "warm": warm("", 1)}))
+            .await;
+        h.api()
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"metadata": {"labels": {"tier": tier}}})),
+            )
+            .await
+            .unwrap();
+    }
+    let suspended = || async {
+        let mut names = Vec::new();
+        for sc in h.api().list(&Default::default()).await.unwrap() {
+            if sc.spec.suspend {
+                names.push(sc.metadata.name.unwrap());
+            }
+        }
+        names.sort();
+        names
+    };
+    let lines = ok(&kubectl(&h, &["sitecache", "suspend", "-n", ns, "-l", "tier=canary"]).await);
+    assert_eq!(
+        lines,
+        [
+            format!("SiteCache {ns}/a suspended."),
+            format!("SiteCache {ns}/b suspended.")
+        ]
+    );
+    assert_eq!(suspended().await, ["a", "b"]);
+    let lines = ok(&kubectl(&h, &["sitecache", "suspend", "-n", ns, "b", "c"]).await);
+    assert_eq!(
+        lines,
+        [
+            format!("SiteCache {ns}/b was suspended already."),
+            format!("SiteCache {ns}/c suspended.")
+        ]
+    );
+    ok(&kubectl(&h, &["sitecache", "resume", "-n", ns, "--all"]).await);
+    assert!(suspended().await.is_empty());
+    let out = kubectl(&h, &["sitecache", "suspend", "-n", ns, "nosuch"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("SiteCache nosuch not found"),
+        "{}",
+        stderr(&out)
+    );
+    let out = kubectl(&h, &["sitecache", "suspend", "-n", ns]).await;
+    assert!(!out.status.success(), "no names, no selector, no --all");
+    h.shutdown().await;
+}

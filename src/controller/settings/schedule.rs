@@ -56,6 +56,9 @@ pub struct Verdict {
     /// When the current generation turns `Stale` by age, if it is `Fresh` now: the status
     /// changes then, whatever the SiteCache is doing.
     pub fresh_until: Option<Timestamp>,
+    /// The spec asks for a generation that is not promoted yet: there is none, or the source
+    /// revision has none (what kstatus reads as a change still in progress; age alone is not).
+    pub unmet: bool,
 }
 
 /// Failure backoff: the first delay and the cap.
@@ -149,10 +152,12 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
     let mut next_due: Option<Timestamp> = None;
     let (freshness, freshness_reason);
     let mut fresh_until = None;
+    let mut unmet = false;
     match &status.current {
         None => {
             freshness = Freshness::Missing;
             freshness_reason = "no generation has been promoted yet".to_owned();
+            unmet = true;
             triggers.push((
                 Trigger::Initial,
                 sc.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -167,6 +172,7 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
                 .as_ref()
                 .is_some_and(|r| current.source_revision.as_ref() != Some(r));
             if revision_changed {
+                unmet = true;
                 freshness = Freshness::Stale;
                 freshness_reason = format!(
                     "generation {} was built from source revision {}, the source is at {}",
@@ -263,6 +269,7 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
         backoff_until,
         due_since,
         fresh_until,
+        unmet,
     }
 }
 

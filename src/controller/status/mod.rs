@@ -2,6 +2,7 @@
 //! and did (pure functions).
 
 pub mod events;
+pub mod gitops;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -337,6 +338,7 @@ pub fn derive(
             now,
         ),
     }
+    gitops::set(status, verdict, activity, trouble, suspended, g, now);
 }
 
 /// Whether two statuses differ in more than the order of their conditions.
@@ -401,6 +403,7 @@ mod tests {
             backoff_until: None,
             due_since: None,
             fresh_until: None,
+            unmet: false,
         }
     }
 
