@@ -469,25 +469,32 @@ async fn restore(
 /// Refuses, before anything is downloaded, a generation whose manifest declares more than the
 /// flags allow: the unpack would stop there anyway, after the download.
 fn refuse_declared(declared: Declared, args: &RestoreArgs) -> Result<(), RestoreError> {
-    if declared.file_bytes > args.max_unpacked_bytes {
-        return Err(RestoreError::TooLarge {
-            what: "the generation's files (its manifest's uncompressedBytes)".to_owned(),
-            size: declared.file_bytes,
-            unit: "bytes",
-            flag: "--max-unpacked-bytes",
-            max: args.max_unpacked_bytes,
-        });
+    let limits = [
+        (
+            "the generation's files (its manifest's uncompressedBytes)",
+            declared.file_bytes,
+            "bytes",
+            "--max-unpacked-bytes",
+            args.max_unpacked_bytes,
+        ),
+        (
+            "the generation (its manifest's entries)",
+            declared.entries,
+            "entries",
+            "--max-entries",
+            args.max_entries,
+        ),
+    ];
+    match limits.into_iter().find(|(_, size, _, _, max)| size > max) {
+        Some((what, size, unit, flag, max)) => Err(RestoreError::TooLarge {
+            what: what.to_owned(),
+            size,
+            unit,
+            flag,
+            max,
+        }),
+        None => Ok(()),
     }
-    if declared.entries > args.max_entries {
-        return Err(RestoreError::TooLarge {
-            what: "the generation (its manifest's entries)".to_owned(),
-            size: declared.entries,
-            unit: "entries",
-            flag: "--max-entries",
-            max: args.max_entries,
-        });
-    }
-    Ok(())
 }
 
 /// Runs filesystem work on DEST on a blocking thread; its errors name `--dest`.
@@ -816,4 +823,44 @@ pub fn strict_in_args(args: &[std::ffi::OsString]) -> bool {
                 "y" | "yes" | "t" | "true" | "on" | "1"
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RestoreArgs,
+    }
+
+    fn args(extra: &[&str]) -> RestoreArgs {
+        let base = ["restore", "--url", "s3://b/p/", "--dest", "/d"];
+        Cli::parse_from(base.iter().chain(extra)).args
+    }
+
+    #[test]
+    fn what_a_manifest_declares_is_refused_past_either_flag_naming_it() {
+        let declared = |file_bytes, entries| Declared {
+            file_bytes,
+            entries,
+        };
+        let a = args(&["--max-unpacked-bytes", "1000", "--max-entries", "10"]);
+        assert!(refuse_declared(declared(1000, 10), &a).is_ok());
+        let e = refuse_declared(declared(1001, 10), &a).unwrap_err();
+        assert_eq!(e.reason(), "too-large");
+        assert!(
+            e.to_string()
+                .contains("1001 bytes, over --max-unpacked-bytes 1000"),
+            "{e}"
+        );
+        let e = refuse_declared(declared(5, 11), &a).unwrap_err();
+        assert!(
+            e.to_string().contains("11 entries, over --max-entries 10"),
+            "{e}"
+        );
+    }
 }

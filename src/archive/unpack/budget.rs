@@ -15,6 +15,10 @@ pub const PATH_OVERHEAD: u64 = 64;
 /// creates as missing parents, a snapshot the sockets, FIFOs and devices it leaves out.
 pub const ENTRY_LIMIT: &str = "the entry limit (directories created as missing parents, and sockets, FIFOs and devices a snapshot leaves out, included)";
 
+/// The entries an archive's manifest declares, met: the archive is corrupt, not too large
+/// ([`super::UnpackError::Undeclared`]).
+pub const DECLARED_ENTRIES: &str = "the entries its manifest declares";
+
 /// What the limit on the bytes of the paths held is called wherever it is met.
 pub const PATH_BYTES_LIMIT: &str = "the limit on the bytes of all paths (memory)";
 
@@ -66,13 +70,22 @@ impl Budget {
         self.count_entry(limits)
     }
 
-    /// Counts one entry more (an implied directory, or through [`Budget::admit`]).
+    /// Counts one entry more (an implied directory, or through [`Budget::admit`]), before it
+    /// is made.
     pub fn count_entry(&mut self, limits: &UnpackLimits) -> Result<(), OverLimit> {
         self.entries += 1;
         if self.entries > limits.max_entries {
             return Err(OverLimit {
                 what: ENTRY_LIMIT,
                 limit: limits.max_entries,
+            });
+        }
+        if let Some(declared) = limits.declared
+            && self.entries > declared.entries
+        {
+            return Err(OverLimit {
+                what: DECLARED_ENTRIES,
+                limit: declared.entries,
             });
         }
         Ok(())

@@ -166,6 +166,12 @@ pub enum UnpackError {
 
 impl From<OverLimit> for UnpackError {
     fn from(o: OverLimit) -> Self {
+        if o.what == budget::DECLARED_ENTRIES {
+            return UnpackError::Undeclared {
+                what: "entries",
+                declared: o.limit,
+            };
+        }
         UnpackError::TooLarge {
             what: o.what,
             limit: o.limit,
@@ -400,15 +406,9 @@ impl Parse<'_> {
                 // Anything else is a regular file or refused below.
                 _ => Seen::File,
             };
+            // Implied directories are counted (against what the manifest declares too) before
+            // they are made.
             self.tree.parent(self.at, &rel, &limits)?;
-            if let Some(declared) = limits.declared
-                && self.tree.budget.entries > declared.entries
-            {
-                return Err(UnpackError::Undeclared {
-                    what: "entries",
-                    declared: declared.entries,
-                });
-            }
             self.tree.record(&rel, seen, &limits)?;
             let header = &entry.header;
             let mode = header.mode().map_err(UnpackError::Read)? & 0o777;
