@@ -38,7 +38,20 @@ enum Command {
     /// Fetch, verify and extract a generation (runs in a site runner at cold start).
     Restore(restore::RestoreArgs),
     /// Print the SiteCache CustomResourceDefinition as YAML (what crds/ holds).
-    Crd,
+    Crd {
+        /// Serve these versions, each with this release's schema (a release that adds a
+        /// version; see docs/api-versions.md).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "VERSION,…",
+            requires = "storage"
+        )]
+        serve: Vec<String>,
+        /// Store this one of the served versions.
+        #[arg(long, value_name = "VERSION", requires = "serve")]
+        storage: Option<String>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion {
         #[arg(value_enum)]
@@ -75,9 +88,22 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut cmd, "sitecache", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::Crd => {
+        Command::Crd { serve, storage } => {
+            let yaml = match storage {
+                None => sitecache::api::crd_yaml(),
+                Some(storage) => {
+                    let served: Vec<&str> = serve.iter().map(String::as_str).collect();
+                    match sitecache::api::crd_serving(&served, &storage) {
+                        Ok(crd) => sitecache::api::yaml_of(&crd),
+                        Err(e) => {
+                            eprintln!("error: --storage: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+            };
             let mut out = std::io::stdout().lock();
-            match out.write_all(sitecache::api::crd_yaml().as_bytes()) {
+            match out.write_all(yaml.as_bytes()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: writing the CRD to stdout: {e}");

@@ -7,6 +7,7 @@
 //! - [`restore`]: a SiteCache's generation into a directory, with `sitecache restore`'s code;
 //! - [`generations`]: the retained generations;
 //! - [`suspend`]: `suspend` and `resume`, by name, label selector or all;
+//! - [`migrate`]: `migrate-storage`, between releases that change the API's storage version;
 //! - [`complete`]: shell completion, including kubectl's plugin completion protocol.
 //!
 //! It is the `sitecache` binary under another name: `main` dispatches on the name it was called
@@ -15,6 +16,7 @@
 
 pub mod complete;
 mod generations;
+mod migrate;
 mod restore;
 mod snapshot;
 mod status;
@@ -83,6 +85,9 @@ pub enum PluginCommand {
     Suspend(suspend::SuspendArgs),
     /// Let snapshots run again.
     Resume(suspend::SuspendArgs),
+    /// Write every SiteCache back in the CRD's storage version and record it as the only one
+    /// stored (between releases that change it; docs/api-versions.md).
+    MigrateStorage(migrate::MigrateArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(complete::CompletionArgs),
 }
@@ -106,6 +111,7 @@ pub fn main(cli: PluginCli) -> ExitCode {
             PluginCommand::Generations(args) => generations::run(&kube, &args, &mut out).await,
             PluginCommand::Suspend(args) => suspend::run(&kube, &args, true, &mut out).await,
             PluginCommand::Resume(args) => suspend::run(&kube, &args, false, &mut out).await,
+            PluginCommand::MigrateStorage(args) => migrate::run(&kube, &args, &mut out).await,
             PluginCommand::Completion(_) => unreachable!("handled above"),
         }
     });

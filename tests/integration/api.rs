@@ -470,3 +470,134 @@ async fn kubectl_explain_describes_fields() {
         assert!(out.contains(field), "{field} missing from:\n{out}");
     }
 }
+
+/// The versioning mechanism, proved on a control plane of its own (the CRD is cluster-wide):
+/// SiteCaches stored in `v1alpha1`; a release that serves `v1beta1` too and stores it (`sitecache
+/// crd --serve … --storage …`); the API server refuses to drop `v1alpha1` while objects may be
+/// stored in it; `kubectl sitecache migrate-storage` writes each back and records `v1beta1` alone;
+/// then `v1alpha1` can go, and every object reads in `v1beta1`, spec and status as they were.
+#[tokio::test]
+async fn a_second_version_is_served_stored_and_migrated_to() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::GroupVersionKind;
+    use sitecache_devtools::assets::Asset;
+    use sitecache_devtools::control_plane::{self, ControlPlane};
+
+    let cp =
+        ControlPlane::start(&support::run_dir().join(sitecache_devtools::unique_name("versions")))
+            .await
+            .unwrap_or_else(|e| panic!("the control plane did not start: {e:#}"));
+    let client = cp.client().await.unwrap();
+    control_plane::install_crds(&client, &support::repo_path("crds"))
+        .await
+        .unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let apply = |crd: CustomResourceDefinition| {
+        let crds = crds.clone();
+        async move {
+            crds.patch(
+                "sitecaches.sitecache.dev",
+                &PatchParams::apply("release").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+        }
+    };
+    let stored = || {
+        let crds = crds.clone();
+        async move {
+            let crd = crds.get("sitecaches.sitecache.dev").await.unwrap();
+            crd.status.unwrap().stored_versions.unwrap_or_default()
+        }
+    };
+    let version = |v: &str| {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("sitecache.dev", v, "SiteCache"),
+            "sitecaches",
+        )
+    };
+    let mut written = Vec::new();
+    for ns in ["shops", "outlets"] {
+        written.push(control_plane::create_namespace(&client, ns).await.unwrap());
+    }
+    for (i, ns) in written.iter().enumerate() {
+        let api = dynamic_api(&client, ns);
+        for name in ["a", "b"] {
+            api.create(
+                &PostParams::default(),
+                &object(name, spec_with("source.revision", json!(format!("r{i}")))),
+            )
+            .await
+            .unwrap();
+            api.patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"status": {"url": format!("s3://b/{name}/"), "latestGeneration": 7}}),
+                ),
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    // The next release: both served, v1beta1 stored.
+    let next = sitecache::api::crd_serving(&["v1alpha1", "v1beta1"], "v1beta1").unwrap();
+    apply(next).await.unwrap();
+    assert_eq!(stored().await, ["v1alpha1", "v1beta1"]);
+    let beta_of =
+        |ns: &str| Api::<DynamicObject>::namespaced_with(client.clone(), ns, &version("v1beta1"));
+    let read = beta_of(&written[0]).get("a").await.unwrap();
+    assert_eq!(
+        read.types.as_ref().unwrap().api_version,
+        "sitecache.dev/v1beta1"
+    );
+    // The one after: v1alpha1 is refused while it may still be stored.
+    let last = sitecache::api::crd_serving(&["v1beta1"], "v1beta1").unwrap();
+    let refused = apply(last.clone())
+        .await
+        .expect_err("v1alpha1 is still recorded as stored");
+    assert!(refused.to_string().contains("storedVersions"), "{refused}");
+
+    // The migration, through kubectl.
+    let kubectl = Asset::Kubectl.path().expect("kubectl (make test-assets)");
+    let plugin_dir = support::run_dir().join(sitecache_devtools::unique_name("plugin"));
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_sitecache"),
+        plugin_dir.join("kubectl-sitecache"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(kubectl)
+        .args(["sitecache", "migrate-storage"])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                plugin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("KUBECONFIG", cp.kubeconfig())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Wrote 4 SiteCaches in v1beta1"), "{stdout}");
+    assert_eq!(stored().await, ["v1beta1"]);
+
+    // Now v1alpha1 can go, and every object reads as it was.
+    apply(last).await.unwrap();
+    for (i, ns) in written.iter().enumerate() {
+        for name in ["a", "b"] {
+            let sc = beta_of(ns).get(name).await.unwrap();
+            assert_eq!(sc.data["spec"]["source"]["revision"], format!("r{i}"));
+            assert_eq!(sc.data["status"]["url"], format!("s3://b/{name}/"));
+            assert_eq!(sc.data["status"]["latestGeneration"], 7);
+        }
+    }
+}
