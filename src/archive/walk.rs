@@ -122,6 +122,16 @@ impl<'a> Walk<'a> {
             limit: OverLimit { what, limit },
         };
         let mut names = Vec::new();
+        // A name's path below the root, without building it: the directory's, a '/', the name.
+        let dir_rel = dir
+            .strip_prefix(&self.root)
+            .unwrap_or(dir)
+            .as_os_str()
+            .len() as u64;
+        let held_below = |name: &OsString| {
+            let sep = u64::from(dir_rel > 0);
+            dir_rel + sep + name.len() as u64 + PATH_OVERHEAD
+        };
         for entry in std::fs::read_dir(dir).map_err(io_err)? {
             let name = entry.map_err(io_err)?.file_name();
             if top && (self.leave_out)(name.as_bytes()) {
@@ -131,7 +141,7 @@ impl<'a> Walk<'a> {
             if counted.entries.saturating_add(self.pending) > self.limits.max_entries {
                 return Err(over(ENTRY_LIMIT, self.limits.max_entries));
             }
-            self.pending_bytes += held(&dir.join(&name), &self.root);
+            self.pending_bytes += held_below(&name);
             if counted.path_bytes.saturating_add(self.pending_bytes) > self.limits.max_path_bytes {
                 return Err(over(PATH_BYTES_LIMIT, self.limits.max_path_bytes));
             }
