@@ -8,8 +8,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use spec::{
-    BUCKET_PATTERN, CACHE_DIR_RESERVED, CRON_PATTERN, DeletionPolicy, LegacySpec, RebuildSpec,
-    RetentionSpec, SITE_PATTERN, ScheduleSpec, SecretRef, SiteCache, SiteCacheSpec,
+    BUCKET_PATTERN, CACHE_DIR_RESERVED, CRON_PATTERN, DeletionPolicy, LegacySpec, PinSpec,
+    RebuildSpec, RetentionSpec, SITE_PATTERN, ScheduleSpec, SecretRef, SiteCache, SiteCacheSpec,
     SnapshotPodSpec, SnapshotSpec, SourceSpec, StorageSpec, WarmSpec, cache_dir_problem,
 };
 pub use status::{

@@ -137,6 +137,16 @@ pub struct SiteCacheSpec {
     #[serde(default)]
     pub suspend: bool,
 
+    /// Rolls the cache back (or forward) to a retained generation and holds it there: the
+    /// controller promotes `pin.generation` (runners restore it from their next start), keeps it
+    /// whatever `retention.keep` says, and promotes nothing over it while the pin is set: no
+    /// scheduled snapshot starts, and an on-demand snapshot is verified and kept, not promoted.
+    /// Removing the pin leaves the pinned generation current until the next snapshot replaces
+    /// it. `kubectl sitecache promote NAME --generation N` sets it, `kubectl sitecache unpin
+    /// NAME` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<PinSpec>,
+
     /// What happens to the site's objects in storage when the SiteCache is deleted: `Delete`
     /// (the default) removes every object under the prefix; `Retain` leaves them.
     #[serde(default)]
@@ -347,6 +357,17 @@ fn default_max_age() -> String {
 
 fn default_jitter() -> String {
     "10m".to_owned()
+}
+
+/// A generation held as the current one (see `spec.pin`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PinSpec {
+    /// The generation to promote and hold: one of `status.generations` (a retained generation,
+    /// verified when its snapshot finished). Another number is refused (`InvalidPin`) and nothing
+    /// changes.
+    #[schemars(range(min = 1))]
+    pub generation: u64,
 }
 
 /// How many generations are kept.

@@ -127,7 +127,9 @@ fn analyse(typed: &[String], partial: &str) -> (Want, KubeArgs) {
         None if partial.starts_with('-') => Want::Flag(sub.unwrap_or_default().to_owned()),
         None => match (sub, positionals.len()) {
             (None, _) => Want::Subcommand,
-            (Some("snapshot" | "restore" | "generations"), 1) => Want::SiteCache,
+            (Some("snapshot" | "restore" | "generations" | "promote" | "unpin"), 1) => {
+                Want::SiteCache
+            }
             // Any number of names.
             (Some("suspend" | "resume"), _) => Want::SiteCache,
             (Some("completion"), 1) => Want::Nothing,
@@ -220,6 +222,7 @@ mod tests {
         assert_eq!(want("", "sn"), Want::Subcommand);
         assert_eq!(want("snapshot", ""), Want::SiteCache);
         assert_eq!(want("suspend shop", ""), Want::SiteCache);
+        assert_eq!(want("promote", ""), Want::SiteCache);
         assert_eq!(want("-n shop generations", "w"), Want::SiteCache);
         assert_eq!(want("restore -n", ""), Want::Namespace);
         assert_eq!(want("restore web --dest", ""), Want::Directory);

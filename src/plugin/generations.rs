@@ -27,6 +27,8 @@ pub fn render(sc: &SiteCache, now: jiff::Timestamp) -> String {
         return "No generations retained yet.\n".to_owned();
     };
     let current = status.current.as_ref().map(|g| g.generation);
+    // The current generation held by spec.pin says so.
+    let pinned = sc.spec.pin.as_ref().map(|p| p.generation) == current;
     let mut table = Table::new([
         "GENERATION",
         "CURRENT",
@@ -40,7 +42,7 @@ pub fn render(sc: &SiteCache, now: jiff::Timestamp) -> String {
         table.row([
             g.generation.to_string(),
             if current == Some(g.generation) {
-                "yes"
+                if pinned { "pinned" } else { "yes" }
             } else {
                 ""
             }

@@ -17,6 +17,7 @@
 pub mod complete;
 mod generations;
 mod migrate;
+mod pin;
 mod restore;
 mod snapshot;
 mod status;
@@ -85,6 +86,10 @@ pub enum PluginCommand {
     Suspend(suspend::SuspendArgs),
     /// Let snapshots run again.
     Resume(suspend::SuspendArgs),
+    /// Roll back (or forward) to a retained generation and hold it there (spec.pin).
+    Promote(pin::PromoteArgs),
+    /// Remove the pin: the pinned generation stays current until the next snapshot.
+    Unpin(pin::UnpinArgs),
     /// Write every SiteCache back in the CRD's storage version and record it as the only one
     /// stored (between releases that change it; docs/api-versions.md).
     MigrateStorage(migrate::MigrateArgs),
@@ -111,6 +116,8 @@ pub fn main(cli: PluginCli) -> ExitCode {
             PluginCommand::Generations(args) => generations::run(&kube, &args, &mut out).await,
             PluginCommand::Suspend(args) => suspend::run(&kube, &args, true, &mut out).await,
             PluginCommand::Resume(args) => suspend::run(&kube, &args, false, &mut out).await,
+            PluginCommand::Promote(args) => pin::promote(&kube, &args, &mut out).await,
+            PluginCommand::Unpin(args) => pin::unpin(&kube, &args, &mut out).await,
             PluginCommand::MigrateStorage(args) => migrate::run(&kube, &args, &mut out).await,
             PluginCommand::Completion(_) => unreachable!("handled above"),
         }

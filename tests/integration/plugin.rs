@@ -543,3 +543,175 @@ async fn suspend_and_resume_by_name_selector_or_all() {
     assert!(!out.status.success(), "no names, no selector, no --all");
     h.shutdown().await;
 }
+
+/// The rollback: `promote --generation N` pins a retained generation, which the controller
+/// promotes (`current.json` names it: what runners restore) and holds: a revision change starts
+/// nothing, an on-demand snapshot is verified and kept but not promoted, retention keeps it.
+/// `unpin` lets the schedule go on from it. A generation that is not retained is refused by
+/// the plugin, and by the controller when the spec names it anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_pins_a_retained_generation_and_unpin_lets_it_go() {
+    let h = Harness::start(Options::default()).await;
+    let ns = h.ns.as_str();
+    let minute = std::time::Duration::from_secs(60);
+    h.create(
+        "shop",
+        json!({"site": "shop", "warm": warm("", 2), "source": {"revision": "r1"},
+               "retention": {"keep": 2}}),
+    )
+    .await;
+    h.wait_promoted("shop", 1).await;
+    for (rev, n) in [("r2", 2), ("r3", 3)] {
+        h.patch("shop", json!({"spec": {"source": {"revision": rev}}}))
+            .await;
+        h.wait_promoted("shop", n).await;
+    }
+    let current_json = async || {
+        let bytes = h.get("shop/current.json").await.expect("current.json");
+        let c: sitecache::archive::Current = serde_json::from_slice(&bytes).unwrap();
+        c.manifest.generation
+    };
+    assert_eq!(current_json().await, 3);
+
+    // Generation 1 went with retention (keep 2): not retained, refused before anything changes.
+    let out = kubectl(
+        &h,
+        &[
+            "sitecache",
+            "promote",
+            "-n",
+            ns,
+            "shop",
+            "--generation",
+            "1",
+        ],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("generation 1 of SiteCache")
+            && stderr(&out).contains("(retained: 3, 2)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(h.api().get("shop").await.unwrap().spec.pin.is_none());
+
+    let lines = ok(&kubectl(
+        &h,
+        &[
+            "sitecache",
+            "promote",
+            "-n",
+            ns,
+            "shop",
+            "--generation",
+            "2",
+        ],
+    )
+    .await);
+    assert_eq!(
+        lines,
+        [
+            format!("SiteCache {ns}/shop pinned to generation 2."),
+            "Generation 2 promoted: runners restore it from their next start. Nothing is \
+             promoted over it until `kubectl sitecache unpin shop`."
+                .to_owned(),
+        ]
+    );
+    assert_eq!(
+        current_json().await,
+        2,
+        "current.json names the pinned generation"
+    );
+    let sc = h.api().get("shop").await.unwrap();
+    assert_eq!(
+        crate::controller::harness::condition_reason(&sc, "Progressing"),
+        Some("Pinned")
+    );
+    assert!(h.event_reasons("shop").await.iter().any(|r| r == "Pinned"));
+    let listed = ok(&kubectl(&h, &["sitecache", "generations", "-n", ns, "shop"]).await);
+    assert!(
+        listed[2].starts_with("2") && listed[2].contains("pinned"),
+        "{listed:?}"
+    );
+
+    // A revision change starts nothing under the pin.
+    h.patch("shop", json!({"spec": {"source": {"revision": "r4"}}}))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        h.jobs().get_opt("shop-g4").await.unwrap().is_none(),
+        "a Job started under the pin"
+    );
+
+    // A request runs: generation 4 is verified and kept, not promoted; 2 stays, as does 3.
+    h.request_snapshot("shop", "try-a-fix").await;
+    let sc = h
+        .wait(
+            "shop",
+            "with generation 4 verified and kept",
+            minute,
+            |sc| {
+                sc.status.as_ref().is_some_and(|s| {
+                    s.last_handled_request.as_deref() == Some("try-a-fix")
+                        && s.last_snapshot.as_ref().and_then(|l| l.reason.as_deref())
+                            == Some("Verified")
+                })
+            },
+        )
+        .await;
+    let status = sc.status.unwrap();
+    assert_eq!(status.current.as_ref().map(|c| c.generation), Some(2));
+    let retained: Vec<u64> = status.generations.iter().map(|g| g.generation).collect();
+    assert_eq!(retained, [4, 3, 2]);
+    assert_eq!(current_json().await, 2);
+    assert_eq!(h.stored_generations("shop/").await, [2, 3, 4]);
+
+    // A pin the controller cannot serve (written past the plugin): refused, nothing changes.
+    h.patch("shop", json!({"spec": {"pin": {"generation": 1}}}))
+        .await;
+    let sc = h
+        .wait("shop", "refusing the pin", minute, |sc| {
+            crate::controller::harness::condition_reason(sc, "Degraded") == Some("InvalidPin")
+        })
+        .await;
+    assert_eq!(crate::controller::harness::current(&sc), Some(2));
+    assert_eq!(current_json().await, 2);
+
+    // Forward to 4, then unpin: 4 stays current, and the schedule goes on from it (r4's
+    // generation 4 is current: nothing is due).
+    ok(&kubectl(
+        &h,
+        &[
+            "sitecache",
+            "promote",
+            "-n",
+            ns,
+            "shop",
+            "--generation",
+            "4",
+        ],
+    )
+    .await);
+    assert_eq!(current_json().await, 4);
+    let lines = ok(&kubectl(&h, &["sitecache", "unpin", "-n", ns, "shop"]).await);
+    assert_eq!(
+        lines,
+        [format!(
+            "SiteCache {ns}/shop unpinned: generation 4 stays current until the next snapshot \
+             replaces it."
+        )]
+    );
+    h.patch("shop", json!({"spec": {"source": {"revision": "r5"}}}))
+        .await;
+    let sc = h.wait_promoted("shop", 5).await;
+    let retained: Vec<u64> = sc
+        .status
+        .unwrap()
+        .generations
+        .iter()
+        .map(|g| g.generation)
+        .collect();
+    assert_eq!(retained, [5, 4]);
+    h.shutdown().await;
+}

@@ -114,6 +114,30 @@ pub fn growth_after(
     })
 }
 
+/// The growth of retained generation `n` when it becomes current again (a pin): counted along
+/// its bases back to the rebuild it grew from, as the generations record them. Unknown when that
+/// chain leaves the retained generations (the next snapshot then rebuilds).
+pub fn growth_of(generations: &[GenerationInfo], n: u64) -> Option<CacheGrowth> {
+    let find = |g: u64| generations.iter().find(|i| i.generation == g);
+    let pinned = find(n)?;
+    let mut at = pinned;
+    let mut steps: u32 = 0;
+    while let Some(base) = at.base_generation {
+        // Bases are older generations: a record saying otherwise ends the walk.
+        if base >= at.generation {
+            return None;
+        }
+        at = find(base)?;
+        steps = steps.saturating_add(1);
+    }
+    Some(CacheGrowth {
+        rebuilt_generation: at.generation,
+        rebuilt_uncompressed_bytes: at.uncompressed_bytes,
+        incremental_generations: steps,
+        percent: growth_percent(at.uncompressed_bytes, pinned.uncompressed_bytes),
+    })
+}
+
 /// How much larger `now` is than `base`, in percent (rounded toward zero).
 fn growth_percent(base: u64, now: u64) -> i64 {
     let delta = i128::from(now) - i128::from(base);
@@ -175,6 +199,27 @@ mod tests {
         assert_eq!(growth_after(None, &g2, false), None);
         assert_eq!(growth_percent(0, 10), 1000);
         assert_eq!(growth_percent(u64::MAX, 0), -100);
+    }
+
+    #[test]
+    fn a_pinned_generation_grows_from_its_own_rebuild() {
+        let generations = [
+            info(5, 1500, Some(4), "r2"),
+            info(4, 1000, None, "r2"),
+            info(3, 1300, Some(2), "r1"),
+            info(2, 1100, Some(1), "r1"),
+        ];
+        let of = |n| {
+            growth_of(&generations, n)
+                .map(|g| (g.rebuilt_generation, g.incremental_generations, g.percent))
+        };
+        assert_eq!(of(5), Some((4, 1, 50)));
+        assert_eq!(of(4), Some((4, 0, 0)));
+        // Generation 1, its rebuild, is no longer retained: unknown.
+        assert_eq!(of(3), None);
+        assert_eq!(of(9), None);
+        // A base that is not older cannot be followed.
+        assert_eq!(growth_of(&[info(2, 1, Some(2), "r")], 2), None);
     }
 
     #[test]

@@ -41,7 +41,8 @@ impl Run<'_> {
         // A promotion newer than the status's that nothing expired (its Job was not lost or
         // rejected): the status is behind, not current.json (a status restored from a backup
         // older than the bucket). The status follows current.json, as adoption does.
-        if let Some(Ok(c)) = &found {
+        // Not under a pin: the pinned generation is current whatever is newer.
+        if let Some(Ok(c)) = found.as_ref().filter(|_| spec.pin.is_none()) {
             let n = c.manifest.generation;
             let newer = want.as_ref().is_none_or(|w| n > w.generation);
             if newer && !self.status.expired_generations.contains(&n) {

@@ -157,6 +157,8 @@ impl Run<'_> {
             (Some(s), Some(c)) => Some(c.0.duration_since(s.0).as_secs_f64().max(0.0)),
             _ => None,
         };
+        // Verified but not promoted: why.
+        let mut kept: Option<String> = None;
         let failure = match &job.state {
             JobState::Failed {
                 reason, message, ..
@@ -210,7 +212,7 @@ impl Run<'_> {
                 };
                 match checked {
                     Ok((manifest, owner)) => {
-                        self.promote(job, &manifest, owner, prefix, legacy).await?;
+                        kept = self.promote(job, &manifest, owner, prefix, legacy).await?;
                         None
                     }
                     Err(rejection) => {
@@ -233,11 +235,12 @@ impl Run<'_> {
             Some(_) if matches!(job.state, JobState::Succeeded { .. }) => SnapshotResult::Rejected,
             Some(_) => SnapshotResult::Failed,
         };
-        let (reason, message) = failure.clone().unwrap_or_else(|| {
-            (
+        let (reason, message) = failure.clone().unwrap_or_else(|| match &kept {
+            Some(why) => ("Verified".to_owned(), why.clone()),
+            None => (
                 "Promoted".to_owned(),
                 format!("generation {} promoted", job.generation),
-            )
+            ),
         });
         self.announcements.push(Announcement::JobFinished {
             result: match result {
@@ -306,8 +309,9 @@ impl Run<'_> {
         Ok(reported(&self.pods_of(job).await?, &job.uid))
     }
 
-    /// Promotes a verified generation (if it is newer than the current one) and lists it first
-    /// among the retained ones; retention follows in step 6.
+    /// Promotes a verified generation (if it is newer than the current one and no pin holds
+    /// another) and lists it first among the retained ones; retention follows in step 6.
+    /// Returns why it was kept without being promoted, if it was.
     async fn promote(
         &mut self,
         job: &JobView,
@@ -315,7 +319,7 @@ impl Run<'_> {
         owner: Option<Owner>,
         prefix: &Prefix<'_>,
         legacy: Option<&str>,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<String>, Error> {
         let n = manifest.generation;
         let mut info = generation_info(manifest);
         info.cache_owner = owner.map(|o| CacheOwner {
@@ -326,12 +330,23 @@ impl Run<'_> {
             Base::Generation(b) => Some(b),
             Base::Empty | Base::Unknown => None,
         };
-        let newer = self
-            .status
-            .current
-            .as_ref()
-            .is_none_or(|c| n > c.generation);
-        if newer {
+        let current = self.status.current.as_ref().map(|c| c.generation);
+        let newer = current.is_none_or(|c| n > c);
+        // A pin holds its generation, even one the spec has refused.
+        let held = self.sc.spec.pin.as_ref().map(|p| p.generation);
+        let kept = match held {
+            Some(pinned) if newer => {
+                let note = format!(
+                    "generation {n} verified and kept, not promoted: spec.pin holds generation \
+                     {pinned} (kubectl sitecache promote --generation {n} promotes it)"
+                );
+                tracing::info!(generation = n, "{note}");
+                self.event(EventType::Normal, "Verified", "Snapshot", note.clone());
+                Some(note)
+            }
+            _ => None,
+        };
+        if newer && kept.is_none() {
             self.confirm_claim(prefix).await?;
             if let Some(key) = legacy {
                 self.check_legacy_key(prefix, key).await?;
@@ -370,7 +385,7 @@ impl Run<'_> {
         );
         self.status.generations = generations;
         self.retention_due = true;
-        Ok(())
+        Ok(kept)
     }
 
     /// The legacy key must not lie under a prefix another SiteCache owns (checked against

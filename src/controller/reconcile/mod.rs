@@ -4,7 +4,8 @@
 //! 2. **Validate** its spec against the controller's configuration ([`validate`]).
 //! 3. **Claim** its prefix ([`claim`]).
 //! 4. **Adopt** what the prefix holds when the status knows nothing of it ([`adopt`]).
-//! 5. **Finish** each finished snapshot Job, exactly once ([`finish`]).
+//! 5. **Finish** each finished snapshot Job, exactly once ([`finish`]); then make the generation
+//!    `spec.pin` names current ([`pin`]).
 //! 6. **Retention**: delete expired and rejected generations ([`retention`]), once `current.json`
 //!    is known to name the status's current generation ([`agree`]: also after each start).
 //! 7. **Decide**: follow the running Job, or start one if a snapshot is due ([`decide`]).
@@ -25,6 +26,7 @@ mod agree;
 mod claim;
 mod decide;
 mod finish;
+mod pin;
 mod release;
 mod retention;
 mod standby;
@@ -163,6 +165,8 @@ impl<'a> Run<'a> {
         let jobs = self
             .finish_jobs(&prefix, spec.legacy_key.as_deref())
             .await?;
+        // 5b. Pin.
+        self.pin(&prefix, &spec).await?;
         // 6a. Agree: after a start, and before retention deletes anything.
         if first_in_process || !self.status.expired_generations.is_empty() || self.retention_due {
             self.agree(&prefix, &spec).await?;
@@ -282,12 +286,14 @@ impl<'a> Run<'a> {
         let mut new = self.status.clone();
         status::derive(
             &mut new,
-            verdict.as_ref(),
-            activity,
-            trouble,
-            self.sc.spec.suspend,
-            self.sc.metadata.generation,
-            self.now,
+            &status::Observed {
+                verdict: verdict.as_ref(),
+                activity,
+                trouble,
+                holds: status::Holds::of(&self.sc.spec),
+                observed_generation: self.sc.metadata.generation,
+                now: self.now,
+            },
         );
         let old = self.sc.status.as_ref();
         if !status::changed(old, &new) {

@@ -219,6 +219,14 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
         }
     }
     triggers.sort_by_key(|(t, _)| priority(t));
+    // A pin holds its generation: nothing scheduled starts, and the spec asks for nothing more
+    // than the pinned generation, promoted before this is evaluated. A request still runs (its
+    // generation is verified and kept, not promoted), so a fix can be tried under the pin.
+    let pinned = spec.pin.is_some();
+    if pinned {
+        triggers.clear();
+        unmet = false;
+    }
     if let Some(token) = request {
         triggers.insert(0, (Trigger::Request(token), None));
     }
@@ -260,7 +268,7 @@ pub fn evaluate(sc: &SiteCache, schedule: &Schedule, now: Timestamp, backoff: Ba
     Verdict {
         freshness,
         freshness_reason,
-        next_due: if spec.suspend || due.is_some() {
+        next_due: if spec.suspend || pinned || due.is_some() {
             None
         } else {
             next_due
@@ -508,6 +516,30 @@ mod tests {
         assert_eq!(v.due, None);
         assert_eq!(v.next_due, None);
         assert_eq!(v.freshness, Freshness::Missing);
+    }
+
+    #[test]
+    fn a_pin_holds_everything_but_requests() {
+        // Stale by age and by revision: both would be due.
+        let mut sc = with_current(
+            site("1h", "0s", Some("v2")),
+            "2026-01-01T00:00:00Z",
+            Some("v1"),
+        );
+        let now = ts("2026-01-01T05:00:00Z");
+        let v = eval(&sc, now);
+        assert_eq!(v.due, Some(Trigger::Revision));
+        assert!(v.unmet);
+        sc.spec.pin = Some(crate::api::PinSpec { generation: 4 });
+        let v = eval(&sc, now);
+        assert_eq!(v.due, None);
+        assert_eq!(v.next_due, None);
+        // The spec asks for the pinned generation, which is current: met, and still Stale.
+        assert!(!v.unmet);
+        assert_eq!(v.freshness, Freshness::Stale);
+        sc.metadata.annotations =
+            Some([(SNAPSHOT_REQUEST_ANNOTATION.to_owned(), "try".to_owned())].into());
+        assert_eq!(eval(&sc, now).due, Some(Trigger::Request("try".into())));
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Validated {
     pub rebuild: RebuildSpec,
     /// The warm container's declared non-root user, which the agent containers run as.
     pub run_as: Option<RunAs>,
+    /// The generation `spec.pin` holds as current: a retained one.
+    pub pin: Option<u64>,
 }
 
 /// Why the controller cannot act on a SiteCache until its spec or the controller's configuration
@@ -51,6 +53,11 @@ pub enum Invalid {
     PodSettings(String),
     #[error("spec.warm.cacheDir {dir:?} {why}")]
     CacheDir { dir: String, why: String },
+    #[error(
+        "spec.pin.generation {generation} is not a retained generation ({retained}): only a \
+         generation in status.generations can be promoted again"
+    )]
+    Pin { generation: u64, retained: String },
 }
 
 impl Invalid {
@@ -64,6 +71,7 @@ impl Invalid {
             Invalid::LegacyKey { .. } => "InvalidLegacyKey",
             Invalid::PodSettings(_) => "InvalidPodSettings",
             Invalid::CacheDir { .. } => "InvalidCacheDir",
+            Invalid::Pin { .. } => "InvalidPin",
         }
     }
 }
@@ -108,6 +116,10 @@ pub fn validate(sc: &SiteCache, settings: &Settings) -> Result<Validated, Invali
         });
     }
     let run_as = podspec::check(sc).map_err(Invalid::PodSettings)?;
+    let pin = match &spec.pin {
+        None => None,
+        Some(pin) => Some(retained(sc, pin.generation)?),
+    };
     Ok(Validated {
         target,
         schedule,
@@ -115,6 +127,39 @@ pub fn validate(sc: &SiteCache, settings: &Settings) -> Result<Validated, Invali
         legacy_key,
         rebuild: spec.snapshot.rebuild.clone(),
         run_as,
+        pin,
+    })
+}
+
+/// `n` if the status records it as a retained generation (verified when its snapshot finished,
+/// or when the prefix was adopted) that retention has not expired: the only ones a pin may
+/// promote, since their records are what `current.json` is checked against.
+fn retained(sc: &SiteCache, n: u64) -> Result<u64, Invalid> {
+    let status = sc.status.clone().unwrap_or_default();
+    let current = status.current.as_ref().map(|c| c.generation);
+    let kept = |g: u64| !status.expired_generations.contains(&g);
+    if current == Some(n)
+        || status
+            .generations
+            .iter()
+            .any(|g| g.generation == n && kept(n))
+    {
+        return Ok(n);
+    }
+    let retained: Vec<String> = status
+        .generations
+        .iter()
+        .map(|g| g.generation)
+        .filter(|&g| kept(g))
+        .map(|g| g.to_string())
+        .collect();
+    Err(Invalid::Pin {
+        generation: n,
+        retained: if retained.is_empty() {
+            "none is retained".into()
+        } else {
+            format!("retained: {}", retained.join(", "))
+        },
     })
 }
 
@@ -303,5 +348,45 @@ mod tests {
             e.to_string()
                 .starts_with("spec.legacy.publishKey \"other/current.json\"")
         );
+    }
+
+    #[test]
+    fn a_pin_must_name_a_retained_generation() {
+        let info = |generation: u64| crate::api::GenerationInfo {
+            generation,
+            key: format!("shop/generations/{generation}/a.tar.zst"),
+            size_bytes: 1,
+            uncompressed_bytes: 1,
+            files: 1,
+            sha256: "0".repeat(64),
+            created_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::UNIX_EPOCH,
+            ),
+            promoted_at: None,
+            source_revision: None,
+            base_generation: None,
+            cache_owner: None,
+        };
+        let mut sc = site(serde_json::json!({"pin": {"generation": 4}}));
+        // No status yet: nothing is retained.
+        let e = validate(&sc, &settings()).unwrap_err();
+        assert_eq!(e.reason(), "InvalidPin");
+        assert!(e.to_string().contains("(none is retained)"), "{e}");
+        sc.status = Some(crate::api::SiteCacheStatus {
+            current: Some(info(6)),
+            generations: vec![info(6), info(5), info(4)],
+            expired_generations: vec![4],
+            ..Default::default()
+        });
+        // 4 is on its way out (superseded, within its grace period): refused, and the message
+        // names what may be pinned.
+        let e = validate(&sc, &settings()).unwrap_err();
+        assert!(e.to_string().contains("(retained: 6, 5)"), "{e}");
+        sc.spec.pin = Some(crate::api::PinSpec { generation: 5 });
+        assert_eq!(validate(&sc, &settings()).unwrap().pin, Some(5));
+        sc.spec.pin = Some(crate::api::PinSpec { generation: 6 });
+        assert_eq!(validate(&sc, &settings()).unwrap().pin, Some(6));
+        sc.spec.pin = None;
+        assert_eq!(validate(&sc, &settings()).unwrap().pin, None);
     }
 }

@@ -13,27 +13,24 @@
 //! `Degraded` say the rest. Argo CD reads the same conditions through
 //! `deploy/argocd/.../health.lua`.
 
-use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use super::{Activity, Trouble, clear_condition, set_condition};
+use super::{Activity, Observed, clear_condition, set_condition};
 use crate::api::SiteCacheStatus;
-use crate::controller::settings::schedule::Verdict;
 
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 
 /// Sets or clears `Reconciling` and `Stalled`.
-#[allow(clippy::too_many_arguments)]
-pub fn set(
-    status: &mut SiteCacheStatus,
-    verdict: Option<&Verdict>,
-    activity: &Activity,
-    trouble: Option<&Trouble>,
-    suspended: bool,
-    observed_generation: Option<i64>,
-    now: Timestamp,
-) {
+pub fn set(status: &mut SiteCacheStatus, observed: &Observed) {
+    let &Observed {
+        verdict,
+        activity,
+        trouble,
+        holds,
+        observed_generation,
+        now,
+    } = observed;
     let unmet = verdict.is_some_and(|v| v.unmet);
     let why = || {
         verdict
@@ -44,7 +41,7 @@ pub fn set(
     let stalled: Option<(String, String)> = match activity {
         Activity::Blocked { reason, message } => Some((reason.clone(), message.clone())),
         _ if !unmet => None,
-        Activity::Idle if suspended => Some((
+        Activity::Idle if holds.suspended => Some((
             "Suspended".into(),
             format!("spec.suspend is true, and {}", why()),
         )),

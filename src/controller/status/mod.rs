@@ -103,17 +103,48 @@ pub fn generation_info(m: &Manifest) -> GenerationInfo {
     }
 }
 
+/// What the spec holds back, whatever the schedule says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Holds {
+    /// `spec.suspend`: nothing new starts.
+    pub suspended: bool,
+    /// `spec.pin.generation`: that generation is current, and nothing is promoted over it.
+    pub pinned: Option<u64>,
+}
+
+impl Holds {
+    pub fn of(spec: &crate::api::SiteCacheSpec) -> Self {
+        Holds {
+            suspended: spec.suspend,
+            pinned: spec.pin.as_ref().map(|p| p.generation),
+        }
+    }
+}
+
+/// What a reconcile found and did, from which the status is derived.
+pub struct Observed<'a> {
+    /// The schedule's verdict (absent when the spec is refused).
+    pub verdict: Option<&'a Verdict>,
+    pub activity: &'a Activity,
+    /// The error the reconcile ran into, if any.
+    pub trouble: Option<&'a Trouble>,
+    pub holds: Holds,
+    /// The SiteCache's `metadata.generation`.
+    pub observed_generation: Option<i64>,
+    pub now: Timestamp,
+}
+
 /// Fills in the derived parts of `status` (phase, freshness, next snapshot time, size and the
 /// conditions) from what the reconcile found and did, and the error it ran into, if any.
-pub fn derive(
-    status: &mut SiteCacheStatus,
-    verdict: Option<&Verdict>,
-    activity: &Activity,
-    trouble: Option<&Trouble>,
-    suspended: bool,
-    observed_generation: Option<i64>,
-    now: Timestamp,
-) {
+pub fn derive(status: &mut SiteCacheStatus, observed: &Observed) {
+    let &Observed {
+        verdict,
+        activity,
+        trouble,
+        holds,
+        observed_generation,
+        now,
+    } = observed;
     status.observed_generation = observed_generation;
     status.size = status
         .current
@@ -220,10 +251,18 @@ pub fn derive(
                 owner.as_deref().unwrap_or("the prefix's owner")
             ),
         ),
-        Activity::Idle if suspended => (
+        Activity::Idle if holds.suspended => (
             false,
             "Suspended",
             "spec.suspend is true: no new snapshots".into(),
+        ),
+        Activity::Idle if let Some(n) = holds.pinned => (
+            false,
+            "Pinned",
+            format!(
+                "spec.pin holds generation {n}: no scheduled snapshots, and an on-demand one is \
+                 verified and kept, not promoted"
+            ),
         ),
         Activity::Idle => match verdict {
             Some(Verdict {
@@ -338,7 +377,7 @@ pub fn derive(
             now,
         ),
     }
-    gitops::set(status, verdict, activity, trouble, suspended, g, now);
+    gitops::set(status, observed);
 }
 
 /// Whether two statuses differ in more than the order of their conditions.
@@ -454,12 +493,17 @@ mod tests {
         };
         derive(
             &mut s,
-            Some(&verdict(Freshness::Missing)),
-            &activity,
-            None,
-            false,
-            Some(1),
-            now,
+            &Observed {
+                verdict: Some(&verdict(Freshness::Missing)),
+                activity: &activity,
+                trouble: None,
+                holds: Holds {
+                    suspended: false,
+                    pinned: None,
+                },
+                observed_generation: Some(1),
+                now,
+            },
         );
         assert_eq!(s.phase, Some(Phase::Snapshotting));
         assert_eq!(cond(&s, READY).status, "False");
@@ -475,12 +519,17 @@ mod tests {
         let activity = Activity::Waiting { limit: 2 };
         derive(
             &mut s,
-            Some(&verdict(Freshness::Missing)),
-            &activity,
-            None,
-            false,
-            None,
-            ts("2026-01-01T00:00:00Z"),
+            &Observed {
+                verdict: Some(&verdict(Freshness::Missing)),
+                activity: &activity,
+                trouble: None,
+                holds: Holds {
+                    suspended: false,
+                    pinned: None,
+                },
+                observed_generation: None,
+                now: ts("2026-01-01T00:00:00Z"),
+            },
         );
         assert_eq!(s.phase, Some(Phase::Pending));
         let p = cond(&s, PROGRESSING);
@@ -505,12 +554,17 @@ mod tests {
         };
         derive(
             &mut s,
-            Some(&verdict(Freshness::Fresh)),
-            &Activity::Idle,
-            None,
-            false,
-            None,
-            ts("2026-01-01T00:00:00Z"),
+            &Observed {
+                verdict: Some(&verdict(Freshness::Fresh)),
+                activity: &Activity::Idle,
+                trouble: None,
+                holds: Holds {
+                    suspended: false,
+                    pinned: None,
+                },
+                observed_generation: None,
+                now: ts("2026-01-01T00:00:00Z"),
+            },
         );
         assert_eq!(s.phase, Some(Phase::Ready));
         assert_eq!(cond(&s, READY).status, "True");
@@ -539,12 +593,14 @@ mod tests {
         let run = |s: &mut SiteCacheStatus, activity: &Activity| {
             derive(
                 s,
-                Some(&verdict(Freshness::Fresh)),
-                activity,
-                None,
-                false,
-                None,
-                ts("2026-01-01T00:00:00Z"),
+                &Observed {
+                    verdict: Some(&verdict(Freshness::Fresh)),
+                    activity,
+                    trouble: None,
+                    holds: Holds::default(),
+                    observed_generation: None,
+                    now: ts("2026-01-01T00:00:00Z"),
+                },
             )
         };
         run(&mut s, &stalled(Some(no_pod.clone())));
@@ -588,12 +644,17 @@ mod tests {
         };
         derive(
             &mut s,
-            None,
-            &activity,
-            None,
-            false,
-            None,
-            ts("2026-01-01T00:00:00Z"),
+            &Observed {
+                verdict: None,
+                activity: &activity,
+                trouble: None,
+                holds: Holds {
+                    suspended: false,
+                    pinned: None,
+                },
+                observed_generation: None,
+                now: ts("2026-01-01T00:00:00Z"),
+            },
         );
         assert_eq!(s.phase, Some(Phase::Failed));
         assert_eq!(cond(&s, READY).reason, "PrefixOwnedByAnother");
@@ -609,12 +670,17 @@ mod tests {
         let mut s = SiteCacheStatus::default();
         derive(
             &mut s,
-            None,
-            &Activity::Idle,
-            Some(&trouble),
-            false,
-            None,
-            ts("2026-01-01T00:00:00Z"),
+            &Observed {
+                verdict: None,
+                activity: &Activity::Idle,
+                trouble: Some(&trouble),
+                holds: Holds {
+                    suspended: false,
+                    pinned: None,
+                },
+                observed_generation: None,
+                now: ts("2026-01-01T00:00:00Z"),
+            },
         );
         assert_eq!(s.phase, Some(Phase::Failed));
         for t in [READY, DEGRADED] {
@@ -630,12 +696,17 @@ mod tests {
         };
         derive(
             &mut s,
-            Some(&verdict(Freshness::Fresh)),
-            &Activity::Idle,
-            Some(&trouble),
-            false,
-            None,
-            ts("2026-01-01T00:00:00Z"),
+            &Observed {
+                verdict: Some(&verdict(Freshness::Fresh)),
+                activity: &Activity::Idle,
+                trouble: Some(&trouble),
+                holds: Holds {
+                    suspended: false,
+                    pinned: None,
+                },
+                observed_generation: None,
+                now: ts("2026-01-01T00:00:00Z"),
+            },
         );
         assert_eq!(s.phase, Some(Phase::Ready));
         assert_eq!(cond(&s, READY).status, "True");

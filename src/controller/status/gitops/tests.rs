@@ -4,7 +4,7 @@
 
 use jiff::Timestamp;
 
-use super::super::{Activity, Trouble, derive};
+use super::super::{Activity, Holds, Observed, Trouble, derive};
 use crate::api::{Freshness, GenerationInfo, LastSnapshot, SiteCacheStatus, SnapshotResult};
 use crate::controller::settings::schedule::Verdict;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -98,12 +98,17 @@ fn read(
     };
     derive(
         &mut status,
-        verdict.as_ref(),
-        &activity,
-        None::<&Trouble>,
-        suspended,
-        Some(3),
-        now(),
+        &Observed {
+            verdict: verdict.as_ref(),
+            activity: &activity,
+            trouble: None::<&Trouble>,
+            holds: Holds {
+                suspended,
+                pinned: None,
+            },
+            observed_generation: Some(3),
+            now: now(),
+        },
     );
     let k = kstatus(3, &status);
     (status, k)
@@ -244,12 +249,17 @@ fn conditions_go_once_they_are_false() {
     s.current = Some(generation(2, "b"));
     derive(
         &mut s,
-        Some(&verdict(false, Freshness::Fresh)),
-        &Activity::Idle,
-        None,
-        false,
-        Some(3),
-        now(),
+        &Observed {
+            verdict: Some(&verdict(false, Freshness::Fresh)),
+            activity: &Activity::Idle,
+            trouble: None,
+            holds: Holds {
+                suspended: false,
+                pinned: None,
+            },
+            observed_generation: Some(3),
+            now: now(),
+        },
     );
     assert_eq!(kstatus(3, &s), KStatus::Current);
     assert!(s.conditions.iter().all(|c| c.type_ != "Reconciling"));
