@@ -16,11 +16,13 @@
 
 pub mod complete;
 mod generations;
+mod logs;
 mod migrate;
 mod pin;
 mod restore;
 mod snapshot;
 mod status;
+mod store;
 mod suspend;
 mod table;
 
@@ -82,6 +84,8 @@ pub enum PluginCommand {
     Restore(restore::RestoreArgs),
     /// List a SiteCache's retained generations.
     Generations(generations::GenerationsArgs),
+    /// What the snapshot Job of a generation printed (kept in the bucket past the Job's TTL).
+    Logs(logs::LogsArgs),
     /// Stop new snapshots (spec.suspend): runners keep restoring the promoted generation.
     Suspend(suspend::SuspendArgs),
     /// Let snapshots run again.
@@ -114,6 +118,7 @@ pub fn main(cli: PluginCli) -> ExitCode {
             PluginCommand::Snapshot(args) => snapshot::run(&kube, &args, &mut out).await,
             PluginCommand::Restore(args) => restore::run(&kube, args, &mut out).await,
             PluginCommand::Generations(args) => generations::run(&kube, &args, &mut out).await,
+            PluginCommand::Logs(args) => logs::run(&kube, &args, &mut out).await,
             PluginCommand::Suspend(args) => suspend::run(&kube, &args, true, &mut out).await,
             PluginCommand::Resume(args) => suspend::run(&kube, &args, false, &mut out).await,
             PluginCommand::Promote(args) => pin::promote(&kube, &args, &mut out).await,

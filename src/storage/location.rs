@@ -147,6 +147,28 @@ impl Location {
         format!("{}generations/", self.prefix)
     }
 
+    /// `P/logs/`: the parent of the snapshot Jobs' logs.
+    pub fn logs_prefix(&self) -> String {
+        format!("{}logs/", self.prefix)
+    }
+
+    /// `P/logs/<n>.json`: the logs of the snapshot Job of generation `n` (zero-padded as
+    /// generations are).
+    pub fn log_key(&self, generation: u64) -> String {
+        format!("{}{generation:020}.json", self.logs_prefix())
+    }
+
+    /// The generation a key under `P/logs/` holds the logs of.
+    pub fn generation_of_log_key(&self, key: &str) -> Option<u64> {
+        let num = key
+            .strip_prefix(&self.logs_prefix())?
+            .strip_suffix(".json")?;
+        if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        num.parse().ok()
+    }
+
     /// `P/current.json`: the promoted generation.
     pub fn current_key(&self) -> String {
         format!("{}current.json", self.prefix)
@@ -276,6 +298,11 @@ mod tests {
             loc.archive_key(7),
             "shop/generations/00000000000000000007/cache.tar.zst"
         );
+        assert_eq!(loc.log_key(7), "shop/logs/00000000000000000007.json");
+        assert_eq!(loc.generation_of_log_key(&loc.log_key(7)), Some(7));
+        assert_eq!(loc.generation_of_log_key("shop/logs/.json"), None);
+        assert_eq!(loc.generation_of_log_key("shop/logs/7.txt"), None);
+        assert_eq!(loc.generation_of_log_key("shop/generations/7.json"), None);
         assert_eq!(
             loc.manifest_key(7),
             "shop/generations/00000000000000000007/manifest.json"

@@ -2,6 +2,7 @@
 //! streaming upload and download primitives the agent commands are built on.
 
 mod download;
+pub mod joblog;
 mod location;
 mod tls;
 mod upload;

@@ -378,6 +378,7 @@ fn controller_permissions() -> BTreeMap<(String, String), BTreeSet<String>> {
             &["get", "list", "watch", "create", "patch", "delete"],
         ),
         ("", "pods", &["list", "get", "patch"]),
+        ("", "pods/log", &["get"]),
         ("events.k8s.io", "events", &["create", "patch", "list"]),
     ];
     table

@@ -715,3 +715,65 @@ async fn promote_pins_a_retained_generation_and_unpin_lets_it_go() {
     assert_eq!(retained, [5, 4]);
     h.shutdown().await;
 }
+
+/// `logs` prints what the controller kept of a generation's Job in the bucket, the most recent
+/// snapshot's by default. The fast tier's job runner has no kubelet to serve containers' logs,
+/// so here each container says why its log is missing; the real node's scenario
+/// (`cluster::undeclared_user`) checks the logs themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_show_what_the_controller_kept_of_a_generations_job() {
+    let h = Harness::start(Options {
+        failure_backoff: "1h",
+        ..Options::default()
+    })
+    .await;
+    let ns = h.ns.as_str();
+    h.create(
+        "shop",
+        json!({"site": "shop", "warm": warm("echo 'npm registry unreachable' >&2; exit 3", 2),
+               "snapshot": {"backoffLimit": 0}}),
+    )
+    .await;
+    h.wait(
+        "shop",
+        "failed once",
+        std::time::Duration::from_secs(60),
+        |sc| {
+            sc.status
+                .as_ref()
+                .is_some_and(|s| s.consecutive_failures == 1)
+        },
+    )
+    .await;
+    let lines = ok(&kubectl(&h, &["sitecache", "logs", "-n", ns, "shop"]).await);
+    assert!(
+        lines[0].starts_with(
+            "Generation 1, Job shop-g1: Failed (BackoffLimitExceeded): Job shop-g1 failed"
+        ),
+        "{lines:#?}"
+    );
+    // Generation 1 restores nothing first: warm, then snapshot, which never started.
+    let headers: Vec<&String> = lines.iter().filter(|l| l.starts_with("==> ")).collect();
+    assert_eq!(headers.len(), 2, "{lines:#?}");
+    assert!(
+        headers[0].contains("container warm (exit 3 (Error))")
+            && headers[1].contains("container snapshot (waiting (PodInitializing))"),
+        "{headers:?}"
+    );
+    assert!(
+        lines.contains(&"(no log: the container did not start)".to_owned()),
+        "{lines:#?}"
+    );
+    let out = kubectl(
+        &h,
+        &["sitecache", "logs", "-n", ns, "shop", "--generation", "9"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no logs are kept for generation 9 of SiteCache"),
+        "{}",
+        stderr(&out)
+    );
+    h.shutdown().await;
+}

@@ -4,6 +4,7 @@
 //!   another SiteCache's prefix), and which SiteCache a key belongs to;
 //! - [`manifest`]: reading and checking what a snapshot committed before it is promoted;
 //! - [`delete`]: retention and the deletion of everything, never of another SiteCache's objects;
+//! - [`logs`]: the snapshot Jobs' logs, and how many are kept;
 //! - [`retention`]: which generations retention deletes (pure).
 //!
 //! Nothing here ever lists or deletes outside `P`. A key belongs to the SiteCache whose marker
@@ -12,6 +13,7 @@
 
 pub mod clients;
 pub mod delete;
+pub mod logs;
 pub mod manifest;
 pub mod ownership;
 pub mod retention;

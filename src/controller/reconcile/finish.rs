@@ -271,6 +271,7 @@ impl Run<'_> {
         } else {
             self.status.consecutive_failures = 0;
         }
+        self.keep_logs(job, prefix).await;
         Ok(())
     }
 
@@ -281,7 +282,7 @@ impl Run<'_> {
     }
 
     /// The Job's pods, listed once per reconcile (step 9 releases them).
-    async fn pods_of(&mut self, job: &JobView) -> Result<Vec<Pod>, Error> {
+    pub(super) async fn pods_of(&mut self, job: &JobView) -> Result<Vec<Pod>, Error> {
         if job.uid.is_empty() {
             return Ok(Vec::new());
         }

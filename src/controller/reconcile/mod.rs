@@ -4,8 +4,8 @@
 //! 2. **Validate** its spec against the controller's configuration ([`validate`]).
 //! 3. **Claim** its prefix ([`claim`]).
 //! 4. **Adopt** what the prefix holds when the status knows nothing of it ([`adopt`]).
-//! 5. **Finish** each finished snapshot Job, exactly once ([`finish`]); then make the generation
-//!    `spec.pin` names current ([`pin`]).
+//! 5. **Finish** each finished snapshot Job, exactly once ([`finish`]), keeping its logs
+//!    ([`logs`]); then make the generation `spec.pin` names current ([`pin`]).
 //! 6. **Retention**: delete expired and rejected generations ([`retention`]), once `current.json`
 //!    is known to name the status's current generation ([`agree`]: also after each start).
 //! 7. **Decide**: follow the running Job, or start one if a snapshot is due ([`decide`]).
@@ -26,6 +26,7 @@ mod agree;
 mod claim;
 mod decide;
 mod finish;
+mod logs;
 mod pin;
 mod release;
 mod retention;

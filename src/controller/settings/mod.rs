@@ -72,6 +72,11 @@ pub struct ControllerArgs {
     #[arg(long, env = "SITECACHE_JOB_TTL", default_value = "1h", value_parser = parse_duration)]
     pub job_ttl: Duration,
 
+    /// How much of the end of each snapshot container's log is kept in the bucket when the Job
+    /// is handled (`P/logs/<n>.json`, read by `kubectl sitecache logs`). 0 keeps none.
+    #[arg(long, env = "SITECACHE_JOB_LOG_BYTES", default_value = "64KiB", value_parser = crate::agent::parse_size)]
+    pub job_log_bytes: u64,
+
     /// How long deletion waits for a SiteCache's snapshot pods to stop (a pod on a lost node never
     /// does) before it goes on without them.
     #[arg(long, env = "SITECACHE_SNAPSHOT_POD_STOP_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
@@ -178,7 +183,14 @@ pub enum ConfigError {
     BadEndpoint(String),
     #[error("--cluster-id {0:?} must be 1 to 128 printable characters without spaces")]
     BadClusterId(String),
+    #[error(
+        "--job-log-bytes {0} is more than 256KiB: a Job's logs are one document of at most 1 MiB"
+    )]
+    JobLogTooLarge(u64),
 }
+
+/// The most of each container's log `--job-log-bytes` may keep.
+const MAX_JOB_LOG_BYTES: u64 = 256 * 1024;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -196,6 +208,7 @@ pub struct Settings {
     pub agent_image: String,
     pub job_service_account: Option<String>,
     pub job_ttl: Duration,
+    pub job_log_bytes: u64,
     pub snapshot_pod_stop_timeout: Duration,
     pub snapshot_stall_after: Duration,
     pub namespaces: Vec<String>,
@@ -258,6 +271,9 @@ impl TryFrom<&ControllerArgs> for Settings {
         if a.failure_backoff > a.failure_backoff_max {
             return Err(ConfigError::BackoffOrder);
         }
+        if a.job_log_bytes > MAX_JOB_LOG_BYTES {
+            return Err(ConfigError::JobLogTooLarge(a.job_log_bytes));
+        }
         if a.agent_image.trim().is_empty() {
             return Err(ConfigError::NoAgentImage);
         }
@@ -287,6 +303,7 @@ impl TryFrom<&ControllerArgs> for Settings {
             agent_image: a.agent_image.clone(),
             job_service_account: a.job_service_account.clone(),
             job_ttl: a.job_ttl,
+            job_log_bytes: a.job_log_bytes,
             snapshot_pod_stop_timeout: a.snapshot_pod_stop_timeout,
             snapshot_stall_after: a.snapshot_stall_after,
             namespaces,

@@ -716,7 +716,11 @@ fn runner_policy(bucket: &str, site: &str) -> Value {
             {
                 "Effect": "Allow",
                 "Action": "s3:GetObject",
-                "Resource": format!("arn:aws:s3:::{bucket}/{site}/*"),
+                // What a restore reads, not the Jobs' logs (docs/iam.md).
+                "Resource": [
+                    format!("arn:aws:s3:::{bucket}/{site}/current.json"),
+                    format!("arn:aws:s3:::{bucket}/{site}/generations/*"),
+                ],
             },
             {
                 "Effect": "Allow",
