@@ -468,6 +468,136 @@ async fn a_job_being_deleted_has_its_processes_killed() {
     deleting_kills(PropagationPolicy::Foreground).await;
 }
 
+/// The pod of a deleted Job is deleted even when the API server refuses that for a while (it is
+/// restarting, in the soak): as the garbage collector, the runner keeps at it. Here the refusal
+/// is a ValidatingAdmissionPolicy denying the deletion of the namespace's pods until its binding
+/// goes.
+#[tokio::test]
+async fn a_pod_whose_deletion_was_refused_is_deleted_once_allowed() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::DynamicObject;
+    use kube::discovery::ApiResource;
+
+    let (client, ns) = support::kube().await;
+    let pids = support::run_dir()
+        .join("job-runner")
+        .join(format!("{ns}-pids"));
+    std::fs::create_dir_all(&pids).unwrap();
+    let env = vec![("PIDS".to_owned(), pids.to_string_lossy().into_owned())];
+    let (runner, _) = runner(&client, &ns, HashMap::new(), env);
+    let api: Api<Job> = Api::namespaced(client.clone(), &ns);
+    create(&api, &job("stubborn", shell_pod(SLEEPER), json!({}))).await;
+    let main = read_pid(&pids.join("main")).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = pods
+        .list(&kube::api::ListParams::default().labels("job-name=stubborn"))
+        .await
+        .unwrap()
+        .items
+        .pop()
+        .expect("the Job's pod");
+    let pod_name = kube::ResourceExt::name_any(&pod);
+
+    let resource = |kind: &str, plural: &str| ApiResource {
+        group: "admissionregistration.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "admissionregistration.k8s.io/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    let policies: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &resource("ValidatingAdmissionPolicy", "validatingadmissionpolicies"),
+    );
+    let bindings: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &resource(
+            "ValidatingAdmissionPolicyBinding",
+            "validatingadmissionpolicybindings",
+        ),
+    );
+    let name = format!("no-pod-deletions-{ns}");
+    let policy: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["DELETE"],
+                "resources": ["pods"],
+            }]},
+            "validations": [{"expression": "false", "message": "pod deletions are paused"}],
+        },
+    }))
+    .unwrap();
+    let binding: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": ns,
+            }}},
+        },
+    }))
+    .unwrap();
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    // In force once a dry run of the deletion is refused.
+    let dry = DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pods.delete(&pod_name, &dry).await.is_ok() {
+        assert!(Instant::now() < deadline, "the policy never took effect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    api.delete("stubborn", &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_dead(main, "the container's process").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let refused = pods.get(&pod_name).await.unwrap();
+    assert!(
+        refused.metadata.deletion_timestamp.is_none(),
+        "the pod was deleted through the policy"
+    );
+
+    bindings
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match pods.get_opt(&pod_name).await.unwrap() {
+            None => break,
+            Some(p) if p.metadata.deletion_timestamp.is_some() => break,
+            Some(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod of the deleted Job was never deleted:\n{}",
+            logs(&runner, &ns, "stubborn")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    policies
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    runner.stop().await;
+}
+
 #[tokio::test]
 async fn stopping_the_runner_kills_processes_and_leaves_status() {
     let (client, ns) = support::kube().await;

@@ -25,6 +25,9 @@ use super::{
     time_json,
 };
 
+/// How long the deletion of a pod whose processes were killed is retried.
+const POD_DELETE_PATIENCE: Duration = Duration::from_secs(120);
+
 /// How a Job's task ended.
 pub(super) enum End {
     Complete,
@@ -578,18 +581,32 @@ impl JobTask {
         }
     }
 
-    /// Deletes a pod (best effort: a pod left behind is logged). At once, as kubelet confirms
-    /// the deletion of a pod whose containers are dead: the runner has killed them.
+    /// Deletes a pod at once, as kubelet confirms the deletion of a pod whose containers are
+    /// dead: the runner has killed them. Retried (the API server may be restarting) for up to
+    /// [`POD_DELETE_PATIENCE`], as the garbage collector and kubelet keep at it: a pod left
+    /// `Running` after its processes died would be waited on by whoever deleted its Job.
     async fn delete_pod(&self, pod: &Pod) {
         let name = pod.name_any();
         let now = DeleteParams {
             grace_period_seconds: Some(0),
             ..DeleteParams::default()
         };
-        match self.pods.delete(&name, &now).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => tracing::warn!(pod = %name, error = %e, "could not delete a pod"),
+        let deadline = tokio::time::Instant::now() + POD_DELETE_PATIENCE;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match self.pods.delete(&name, &now).await {
+                Ok(_) => return,
+                Err(kube::Error::Api(s)) if s.code == 404 => return,
+                Err(e) if tokio::time::Instant::now() + pause > deadline => {
+                    tracing::warn!(pod = %name, error = %e, "could not delete a pod; left behind");
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(pod = %name, error = %e, "could not delete a pod; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_WRITE_BACKOFF);
+                }
+            }
         }
     }
 
