@@ -23,8 +23,9 @@ fmt: ## Format the code
 fmt-check: ## Fail if the code is not formatted
 	$(CARGO) fmt --all -- --check
 
-lint: ## clippy on every target (warnings are errors), hadolint on the Dockerfile, cargo-deny's licence and duplicate checks (offline, deny.toml)
+lint: ## clippy on every target (warnings are errors), hadolint on the Dockerfile, cargo-deny's licence and duplicate checks (offline, deny.toml), deno fmt/lint/check of the runner kit
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	cd clients/deno && deno="$$(../../hack/test-assets.sh path deno)" && "$$deno" fmt --check && "$$deno" lint && "$$deno" check *.ts
 	"$$(hack/test-assets.sh path hadolint)" Dockerfile
 	"$$(hack/test-assets.sh path cargo-deny)" --offline --locked --workspace check --hide-inclusion-graph licenses bans
 
