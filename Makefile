@@ -7,7 +7,7 @@ SHELL := /bin/bash
 # Cargo's target directory (CARGO_TARGET_DIR or the configured one), where the binaries are built.
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps --offline | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 
-.PHONY: help test test-assets fmt fmt-check lint unit integration fuzz soak crds crds-check build release dev dev-down bench bench-fleet clean-assets
+.PHONY: help test test-assets fmt fmt-check lint unit integration fuzz soak crds crds-check build release dev dev-down bench bench-fleet bench-wakeup clean-assets
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -73,6 +73,10 @@ bench: test-assets ## Benchmark snapshot and restore against the older runner an
 bench-fleet: test-assets ## Benchmark the controller with 10,000 SiteCaches: adoption, at rest, backlogs, memory (on demand; BENCH_ARGS=--n 2000)
 	$(CARGO) build --release --locked --bin sitecache
 	$(CARGO) run --release --locked -p sitecache-bench-fleet -- --sitecache "$(TARGET_DIR)/release/sitecache" $(BENCH_ARGS)
+
+bench-wakeup: test-assets ## Benchmark a site's wake-up from an empty DENO_DIR to its first responses: the seed's flow, a deno cache warm, a warm that served the site (on demand; BENCH_ARGS=--runs 5)
+	$(CARGO) build --release --locked --bin sitecache
+	$(CARGO) run --release --locked -p sitecache-bench-wakeup -- --sitecache "$(TARGET_DIR)/release/sitecache" $(BENCH_ARGS)
 
 clean-assets: ## Forget the cached test assets (the next run rebuilds them)
 	rm -rf "$${XDG_CACHE_HOME:-$$HOME/.cache}/sitecache/assets"

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sitecache::agent::{restore, snapshot};
+use sitecache::agent::{restore, serve, snapshot};
 use sitecache::plugin;
 use sitecache::telemetry::{self, LogFormat};
 
@@ -37,6 +37,9 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Fetch, verify and extract a generation (runs in a site runner at cold start).
     Restore(restore::RestoreArgs),
+    /// Warm a cache by serving the site: start it, request paths, stop it (the snapshot Job's
+    /// warm step, with spec.warm.serve).
+    WarmServe(serve::WarmServeArgs),
     /// Print the SiteCache CustomResourceDefinition as YAML (what crds/ holds).
     Crd {
         /// Serve these versions, each with this release's schema (a release that adds a
@@ -121,6 +124,19 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("error: snapshot failed ({}): {e}", e.kind());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::WarmServe(args) => {
+            telemetry::init(cli.log_format, "info");
+            match runtime().block_on(serve::run(args)) {
+                Ok(served) => {
+                    println!("{}", serde_json::to_string(&served).expect("serializes"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: warm-serve failed: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -1,13 +1,20 @@
-// A tiny Deno storefront: renders a product page to stdout with Preact, from npm packages pinned
-// to exact versions. Its module cache (DENO_DIR) is what sitecache snapshots and restores: with it,
+// A tiny Deno storefront: renders a product page with Preact, from npm packages pinned to exact
+// versions. Its module cache (DENO_DIR) is what sitecache snapshots and restores: with it,
 // `deno run --cached-only main.ts` starts without downloading anything.
 //
-// The warm step of sitecache.yaml caches exactly these specifiers: keep the two lists in step.
+// Without `--port N` it prints the home page once (what `make dev` runs). With it, it serves over
+// HTTP (`deno run --allow-net main.ts --port 8000`), and `/product/<sku>` renders a section that
+// it imports at run time, by a specifier computed from the request, as storefront frameworks load
+// their sections and blocks: `deno cache main.ts` cannot see that import; a warm step that serves
+// the site (`sitecache warm-serve`) loads it.
+//
+// The warm step of sitecache.yaml caches exactly the specifiers of this file: keep the two lists
+// in step.
 import { h } from "npm:preact@11.2.0";
 import { renderToString } from "npm:preact-render-to-string@6.8.2";
 import ms from "npm:ms@2.1.3";
 
-type Product = { sku: string; name: string; priceCents: number; stock: number };
+export type Product = { sku: string; name: string; priceCents: number; stock: number };
 
 const products: Product[] = [
   { sku: "TEE-01", name: "Organic cotton tee", priceCents: 2400, stock: 12 },
@@ -34,7 +41,7 @@ function ProductList({ items }: { items: Product[] }) {
   );
 }
 
-const page = h(
+const home = h(
   "main",
   null,
   h("h1", null, "Storefront"),
@@ -46,4 +53,25 @@ const page = h(
   ),
 );
 
-console.log(renderToString(page));
+const portFlag = Deno.args.indexOf("--port");
+const port = portFlag >= 0 ? Deno.args[portFlag + 1] : undefined;
+if (port === undefined) {
+  console.log(renderToString(home));
+} else {
+  const html = (body: string, status = 200) =>
+    new Response(`<!doctype html>${body}`, {
+      status,
+      headers: { "content-type": "text/html; charset=utf-8" },
+    });
+  Deno.serve({ port: Number(port), hostname: "0.0.0.0" }, async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === "/") return html(renderToString(home));
+    const sku = path.match(/^\/product\/([A-Z0-9-]+)$/)?.[1];
+    const product = products.find((p) => p.sku === sku);
+    if (!product) return html("<p>not found</p>", 404);
+    // Loaded at run time, by a specifier computed from the request.
+    const section = "product";
+    const { render } = await import(`./sections/${section}.ts`);
+    return html(renderToString(render(product, price)));
+  });
+}

@@ -1,8 +1,9 @@
-//! The agent commands: `sitecache snapshot` (in the snapshot Job) and `sitecache restore` (in a
-//! site runner at cold start).
+//! The agent commands: `sitecache snapshot` and `sitecache warm-serve` (in the snapshot Job) and
+//! `sitecache restore` (in a site runner at cold start).
 
 mod install;
 pub mod restore;
+pub mod serve;
 pub mod snapshot;
 mod space;
 

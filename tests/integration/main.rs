@@ -37,3 +37,4 @@ mod runner_kit;
 mod s3;
 mod soak;
 mod support;
+mod warm_serve;
