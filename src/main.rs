@@ -40,6 +40,13 @@ enum Command {
     /// Warm a cache by serving the site: start it, request paths, stop it (the snapshot Job's
     /// warm step, with spec.warm.serve).
     WarmServe(serve::WarmServeArgs),
+    /// Copy this binary to PATH (the snapshot Job's init container that gives a warm step that
+    /// serves the agent: the agent image has no shell or cp).
+    #[command(hide = true)]
+    InstallSelf {
+        /// Where to put it (its directory must exist).
+        path: std::path::PathBuf,
+    },
     /// Print the SiteCache CustomResourceDefinition as YAML (what crds/ holds).
     Crd {
         /// Serve these versions, each with this release's schema (a release that adds a
@@ -128,6 +135,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::InstallSelf { path } => match install_self(&path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot put the agent at {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::WarmServe(args) => {
             telemetry::init(cli.log_format, "info");
             match runtime().block_on(serve::run(args)) {
@@ -191,4 +205,15 @@ fn usage_error(e: clap::Error, raw: &[std::ffi::OsString]) -> ExitCode {
         message: e.render().to_string().trim().to_owned(),
     };
     restore::report(&report, false)
+}
+
+/// Copies this binary to `path`, executable by anyone (the warm container's user is the site's):
+/// written beside it and renamed, so that no one runs a half-written binary.
+fn install_self(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe()?;
+    let tmp = path.with_extension("partial");
+    std::fs::copy(&exe, &tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, path)
 }

@@ -3,7 +3,7 @@
 // `deno run --cached-only main.ts` starts without downloading anything.
 //
 // Without `--port N` it prints the home page once (what `make dev` runs). With it, it serves over
-// HTTP (`deno run --allow-net main.ts --port 8000`), and `/product/<sku>` renders a section that
+// HTTP (`deno run --allow-net --allow-read main.ts --port 8000`), and `/product/<sku>` renders a section that
 // it imports at run time, by a specifier computed from the request, as storefront frameworks load
 // their sections and blocks: `deno cache main.ts` cannot see that import; a warm step that serves
 // the site (`sitecache warm-serve`) loads it.
@@ -69,9 +69,10 @@ if (port === undefined) {
     const sku = path.match(/^\/product\/([A-Z0-9-]+)$/)?.[1];
     const product = products.find((p) => p.sku === sku);
     if (!product) return html("<p>not found</p>", 404);
-    // Loaded at run time, by a specifier computed from the request.
-    const section = "product";
-    const { render } = await import(`./sections/${section}.ts`);
+    // Loaded at run time, by a specifier computed at run time (a variable: Deno's module graph
+    // follows string literals and template literals, not this).
+    const specifier = new URL(`./sections/${"product"}.ts`, import.meta.url).href;
+    const { render } = await import(specifier);
     return html(renderToString(render(product, price)));
   });
 }

@@ -9,8 +9,9 @@ use kube::CustomResourceExt;
 
 pub use spec::{
     BUCKET_PATTERN, CACHE_DIR_RESERVED, CRON_PATTERN, DeletionPolicy, LegacySpec, PinSpec,
-    RebuildSpec, RetentionSpec, SITE_PATTERN, ScheduleSpec, SecretRef, SiteCache, SiteCacheSpec,
-    SnapshotPodSpec, SnapshotSpec, SourceSpec, StorageSpec, WarmSpec, cache_dir_problem,
+    RebuildSpec, RetentionSpec, SITE_PATTERN, ScheduleSpec, SecretRef, ServeSpec, SiteCache,
+    SiteCacheSpec, SnapshotPodSpec, SnapshotSpec, SourceSpec, StorageSpec, WarmSpec,
+    cache_dir_problem,
 };
 pub use status::{
     CacheGrowth, CacheOwner, Freshness, GenerationInfo, LastSnapshot, Phase, SiteCacheStatus,

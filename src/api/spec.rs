@@ -200,6 +200,7 @@ pub struct StorageSpec {
 /// The container that warms the cache.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.serve) || has(self.command)").message("spec.warm.serve needs spec.warm.command: the site's command, which the warm step starts and stops"))]
 pub struct WarmSpec {
     /// Image of the warm container, normally the site's own image.
     #[schemars(length(min = 1, max = 1024))]
@@ -246,6 +247,18 @@ pub struct WarmSpec {
     )]
     pub service_account_name: Option<String>,
 
+    /// Warm by serving the site instead of running `command` to its end: the warm step starts
+    /// `command` (with `args`; the site's server, such as `deno run -A main.ts`), waits until
+    /// it answers on `serve.port`, requests `serve.paths`, then stops it with SIGTERM and waits
+    /// for it. What the site loads at run time (modules imported by computed specifiers, npm
+    /// packages it resolves while it runs) and Deno's V8 code cache get into the cache, which a
+    /// `deno cache` warm leaves out. The agent binary is put in the warm container by an init
+    /// container and runs the site as its child: the image needs no shell, but its C library
+    /// must be glibc (Debian, Ubuntu or distroless `cc` based, as the official Deno images
+    /// are, not Alpine's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<ServeSpec>,
+
     /// Security context of the warm container. A warm container declared non-root (here or in
     /// `spec.snapshot.pod.securityContext`: `runAsNonRoot`, or a `runAsUser` other than 0) gets
     /// the Pod Security `restricted` settings for the fields left unset (no privilege
@@ -255,6 +268,47 @@ pub struct WarmSpec {
     /// (`runAsUser`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+}
+
+/// How the warm step serves the site (see `spec.warm.serve`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServeSpec {
+    /// The port the site listens on, on the pod's loopback or all addresses.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// The path whose answer (any status below 500) says the site is ready.
+    #[serde(default = "default_readiness_path")]
+    #[schemars(regex(pattern = r"^/[!-~]*$"), length(max = 1024))]
+    pub readiness_path: String,
+    /// Paths to request once it is ready, in order: the pages whose modules the cache should
+    /// hold. Each must answer with a status below 400, or the snapshot fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 100),
+        inner(regex(pattern = r"^/[!-~]*$"), length(max = 1024))
+    )]
+    pub paths: Vec<String>,
+    /// How long the site has to become ready and answer every path (a duration).
+    #[serde(default = "default_serve_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout: String,
+    /// How long the site has to exit after SIGTERM before it is killed (a duration).
+    #[serde(default = "default_stop_grace")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub stop_grace: String,
+}
+
+fn default_readiness_path() -> String {
+    "/".into()
+}
+
+fn default_serve_timeout() -> String {
+    "5m".into()
+}
+
+fn default_stop_grace() -> String {
+    "20s".into()
 }
 
 /// Directories `spec.warm.cacheDir` may not be in (or be): where the kubelet and the runtime

@@ -151,6 +151,19 @@ async fn invalid_sitecaches_are_rejected_naming_the_field() {
         ),
         ("missing site", spec_with("site", Value::Null), "spec.site"),
         (
+            "serve without a command",
+            spec_with("warm.serve", json!({"port": 8000})),
+            "spec.warm.serve needs spec.warm.command",
+        ),
+        (
+            "serve path not absolute",
+            spec_with(
+                "warm",
+                json!({"image": "i", "command": ["deno"], "serve": {"port": 8000, "paths": ["cart"]}}),
+            ),
+            "spec.warm.serve.paths[0]",
+        ),
+        (
             "empty prefix",
             spec_with("storage.prefix", json!("")),
             "spec.storage.prefix",

@@ -9,7 +9,9 @@
 //!   cache are in it.
 //!
 //! Each part is printed (the restore; from the site's start to its first response; to the last
-//! path's response) with the medians' ratios to the seed's flow. The sites are the storefront
+//! path's response) with the medians' ratios to the seed's flow. Every cache is warmed and
+//! restored at one path, as a snapshot Job's `cacheDir` and its runners' `DENO_DIR` should be:
+//! Deno's V8 code cache of npm packages is keyed by their absolute paths in `DENO_DIR`. The sites are the storefront
 //! example (`examples/storefront`) and a larger one of real npm packages (`site/`), each with a
 //! section imported at run time by a computed specifier. Deno runs without `--cached-only`, as
 //! runners do: what a cache lacks is downloaded from the registry during the wake-up.
@@ -89,13 +91,15 @@ fn site(name: &str) -> Result<Site> {
         "storefront" => Site {
             name: "storefront",
             dir: repo().join("examples/storefront"),
-            flags: &["--allow-net"],
+            // A module imported by a computed specifier is read with read permission.
+            flags: &["--allow-net", "--allow-read"],
             paths: &["/", "/product/TEE-01"],
         },
         "large" => Site {
             name: "large",
             dir: repo().join("bench/wakeup/site"),
-            flags: &["--allow-net"],
+            // TypeScript reads its environment and files.
+            flags: &["--allow-net", "--allow-env", "--allow-read"],
             paths: &["/", "/report"],
         },
         other => bail!("unknown site {other}\n{USAGE}"),
@@ -133,6 +137,14 @@ impl Wakeup {
     fn total(&self) -> Duration {
         self.restore + self.last
     }
+}
+
+fn run_std(cmd: &mut std::process::Command) -> Result<()> {
+    let status = cmd.status()?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
 }
 
 fn free_port() -> Result<u16> {
@@ -205,12 +217,30 @@ impl Bench<'_> {
         format!("{}/cache.tgz", site.name)
     }
 
+    /// Where every cache is warmed and restored: one path, as in a snapshot Job
+    /// (`spec.warm.cacheDir`) and its runners. Deno keys its V8 code cache of npm packages by
+    /// their absolute paths, which lie in `DENO_DIR`: restored elsewhere, that cache misses.
+    fn deno_dir(&self) -> PathBuf {
+        self.args.dest.join("deno-dir")
+    }
+
+    /// Moves what was warmed at [`deno_dir`](Self::deno_dir) to `to`.
+    fn keep(&self, to: &Path) -> Result<PathBuf> {
+        let to = fresh(to)?;
+        run_std(
+            std::process::Command::new("mv")
+                .arg(self.deno_dir())
+                .arg(&to),
+        )?;
+        Ok(to)
+    }
+
     /// The three caches of `site`: made once per run of the benchmark (the registry's current
     /// answers, as a warm step would get them).
     async fn prepare(&self, site: &Site) -> Result<()> {
         let work = self.args.work.join(site.name);
         // (a) and (b): deno cache main.ts.
-        let cached = fresh(&work.join("deno-cache"))?;
+        let cached = fresh(&self.deno_dir())?;
         run_ok(
             Command::new(&self.args.deno)
                 .args(["cache", "main.ts"])
@@ -220,8 +250,9 @@ impl Bench<'_> {
             "deno cache main.ts",
         )
         .await?;
+        let cached = self.keep(&work.join("deno-cache"))?;
         // (c): served, its paths requested, stopped.
-        let served = fresh(&work.join("deno-serve"))?;
+        let served = fresh(&self.deno_dir())?;
         let port = free_port()?.to_string();
         let mut cmd = self.sitecache();
         cmd.arg("warm-serve").args(["--port", &port]);
@@ -237,6 +268,7 @@ impl Bench<'_> {
             .env("DENO_DIR", &served)
             .env("NO_COLOR", "1");
         run_ok(&mut cmd, "sitecache warm-serve").await?;
+        let served = self.keep(&work.join("deno-serve"))?;
         // The seed's tarball.
         let out = Command::new("tar")
             .args(["-czf", "-", "-C"])
@@ -362,7 +394,7 @@ impl Bench<'_> {
     }
 
     async fn wakeup(&self, site: &Site, flow: Flow) -> Result<Wakeup> {
-        let dest = fresh(&self.args.dest.join(format!("{}-{flow:?}", site.name)))?;
+        let dest = fresh(&self.deno_dir())?;
         let restore = self.restore(site, flow, &dest).await?;
         let (first, last) = self.serve(site, &dest).await?;
         std::fs::remove_dir_all(&dest)?;

@@ -208,17 +208,45 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
             .filter(|e| e.name != "DENO_DIR")
             .cloned(),
     );
+    let mut warm_mounts = mount.clone();
+    let (command, args) = match &spec.warm.serve {
+        None => (spec.warm.command.clone(), spec.warm.args.clone()),
+        // The agent, put in the pod by an init container, runs the site as its child.
+        Some(_) => {
+            init.push(agent_container(
+                INSTALL_AGENT_CONTAINER,
+                inputs.settings,
+                vec!["install-self".into(), AGENT_IN_WARM.into()],
+                Vec::new(),
+                vec![VolumeMount {
+                    name: AGENT_VOLUME.into(),
+                    mount_path: AGENT_DIR.into(),
+                    ..Default::default()
+                }],
+            ));
+            warm_mounts.push(VolumeMount {
+                name: AGENT_VOLUME.into(),
+                mount_path: AGENT_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+            (
+                Some(vec![AGENT_IN_WARM.to_owned()]),
+                Some(serve_args(&spec.warm)),
+            )
+        }
+    };
     init.push(Container {
         name: WARM_CONTAINER.into(),
         image: Some(spec.warm.image.clone()),
         // The end of its log becomes its termination message when it fails: the status quotes
         // it (see `report`).
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        command: spec.warm.command.clone(),
-        args: spec.warm.args.clone(),
+        command,
+        args,
         env: Some(warm_env),
         resources: spec.warm.resources.clone(),
-        volume_mounts: Some(mount.clone()),
+        volume_mounts: Some(warm_mounts),
         ..Default::default()
     });
 
@@ -268,11 +296,16 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
             .or_else(|| inputs.settings.job_service_account.clone()),
         init_containers: Some(init),
         containers: vec![snapshot],
-        volumes: Some(vec![Volume {
-            name: CACHE_VOLUME.into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        }]),
+        volumes: Some(
+            std::iter::once(CACHE_VOLUME)
+                .chain(spec.warm.serve.as_ref().map(|_| AGENT_VOLUME))
+                .map(|name| Volume {
+                    name: name.into(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
         ..Default::default()
     };
     podspec::apply(
@@ -312,6 +345,38 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
         }),
         status: None,
     }
+}
+
+/// The init container that puts the agent binary in the pod for a warm step that serves.
+pub const INSTALL_AGENT_CONTAINER: &str = "install-agent";
+/// Its volume, and where the warm container finds the binary.
+const AGENT_VOLUME: &str = "sitecache-agent";
+const AGENT_DIR: &str = "/sitecache-agent";
+const AGENT_IN_WARM: &str = "/sitecache-agent/sitecache";
+
+/// `sitecache warm-serve`'s arguments for `spec.warm.serve`: the site's command after `--`.
+fn serve_args(warm: &crate::api::WarmSpec) -> Vec<String> {
+    let Some(serve) = &warm.serve else {
+        return Vec::new();
+    };
+    let mut args = vec![
+        "warm-serve".to_owned(),
+        "--port".into(),
+        serve.port.to_string(),
+        "--ready-path".into(),
+        serve.readiness_path.clone(),
+        "--timeout".into(),
+        serve.timeout.clone(),
+        "--stop-grace".into(),
+        serve.stop_grace.clone(),
+    ];
+    for path in &serve.paths {
+        args.extend(["--path".into(), path.clone()]);
+    }
+    args.push("--".into());
+    args.extend(warm.command.iter().flatten().cloned());
+    args.extend(warm.args.iter().flatten().cloned());
+    args
 }
 
 /// The standard AWS variables that point the agent at the SiteCache's store.
@@ -756,5 +821,68 @@ pub(crate) mod tests {
         let annotations = job.metadata.annotations.as_ref().unwrap();
         assert_eq!(annotations[REBUILD_ANNOTATION], "first-generation");
         assert_eq!(JobView::of(&job).unwrap().base, Base::Empty);
+    }
+
+    #[test]
+    fn a_warm_step_that_serves_runs_the_site_under_the_agent_it_was_given() {
+        let s = settings();
+        let t = target();
+        let mut sc = site();
+        sc.spec.warm.command = Some(vec!["deno".into(), "run".into(), "-A".into()]);
+        sc.spec.warm.args = Some(vec!["main.ts".into()]);
+        sc.spec.warm.serve = Some(
+            serde_json::from_value(serde_json::json!({"port": 8000, "paths": ["/", "/p/1"]}))
+                .unwrap(),
+        );
+        let job = snapshot_job(
+            &sc,
+            &JobInputs {
+                settings: &s,
+                target: &t,
+                generation: 2,
+                base: Ok(1),
+                request: None,
+                timeout: Duration::from_secs(900),
+                run_as: None,
+                observed_user: None,
+            },
+        );
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let init = pod.init_containers.unwrap();
+        let names: Vec<&str> = init.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["restore-previous", "install-agent", "warm"]);
+        let install = &init[1];
+        assert_eq!(
+            install.image.as_deref(),
+            Some("ghcr.io/sitecache/sitecache:test")
+        );
+        assert_eq!(
+            install.args.as_ref().unwrap(),
+            &["install-self", "/sitecache-agent/sitecache"]
+        );
+        let warm = &init[2];
+        assert_eq!(warm.image.as_deref(), Some("shop:1"));
+        assert_eq!(
+            warm.command.as_ref().unwrap(),
+            &["/sitecache-agent/sitecache"]
+        );
+        assert_eq!(
+            warm.args.as_ref().unwrap().join(" "),
+            "warm-serve --port 8000 --ready-path / --timeout 5m --stop-grace 20s --path / \
+             --path /p/1 -- deno run -A main.ts"
+        );
+        let mounts: Vec<(&str, Option<bool>)> = warm
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| (m.mount_path.as_str(), m.read_only))
+            .collect();
+        assert_eq!(
+            mounts,
+            [("/deno-dir", None), ("/sitecache-agent", Some(true))]
+        );
+        let volumes: Vec<String> = pod.volumes.unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(volumes, ["cache", "sitecache-agent"]);
     }
 }

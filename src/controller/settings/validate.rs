@@ -53,6 +53,8 @@ pub enum Invalid {
     PodSettings(String),
     #[error("spec.warm.cacheDir {dir:?} {why}")]
     CacheDir { dir: String, why: String },
+    #[error("{0}")]
+    Serve(String),
     #[error(
         "spec.pin.generation {generation} is not a retained generation ({retained}): only a \
          generation in status.generations can be promoted again"
@@ -71,6 +73,7 @@ impl Invalid {
             Invalid::LegacyKey { .. } => "InvalidLegacyKey",
             Invalid::PodSettings(_) => "InvalidPodSettings",
             Invalid::CacheDir { .. } => "InvalidCacheDir",
+            Invalid::Serve(_) => "InvalidWarm",
             Invalid::Pin { .. } => "InvalidPin",
         }
     }
@@ -116,6 +119,9 @@ pub fn validate(sc: &SiteCache, settings: &Settings) -> Result<Validated, Invali
         });
     }
     let run_as = podspec::check(sc).map_err(Invalid::PodSettings)?;
+    if let Some(serve) = &spec.warm.serve {
+        serve_problem(&spec.warm, serve).map_or(Ok(()), |why| Err(Invalid::Serve(why)))?;
+    }
     let pin = match &spec.pin {
         None => None,
         Some(pin) => Some(retained(sc, pin.generation)?),
@@ -129,6 +135,40 @@ pub fn validate(sc: &SiteCache, settings: &Settings) -> Result<Validated, Invali
         run_as,
         pin,
     })
+}
+
+/// What is wrong with `spec.warm.serve`, if anything (the CRD refuses most of it; SiteCaches
+/// stored before its rules are checked here).
+fn serve_problem(warm: &crate::api::WarmSpec, serve: &crate::api::ServeSpec) -> Option<String> {
+    if warm.command.as_ref().is_none_or(|c| c.is_empty()) {
+        return Some(
+            "spec.warm.serve needs spec.warm.command: the site's command, which the warm step \
+             starts and stops"
+                .into(),
+        );
+    }
+    for (field, value) in [
+        ("timeout", &serve.timeout),
+        ("stopGrace", &serve.stop_grace),
+    ] {
+        if let Err(e) = duration::parse(value) {
+            return Some(format!("spec.warm.serve.{field}: {e}"));
+        }
+    }
+    let bad_path = |p: &String| {
+        !p.starts_with('/')
+            || p.len() > 1024
+            || p.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    if let Some(p) = std::iter::once(&serve.readiness_path)
+        .chain(&serve.paths)
+        .find(|p| bad_path(p))
+    {
+        return Some(format!(
+            "spec.warm.serve: path {p:?} must be absolute, without spaces, at most 1024 characters"
+        ));
+    }
+    (serve.port == 0).then(|| "spec.warm.serve.port must be 1 to 65535".into())
 }
 
 /// `n` if the status records it as a retained generation (verified when its snapshot finished,

@@ -1,6 +1,7 @@
 //! A Deno site in a namespace that enforces Pod Security `restricted`: generations warmed by
-//! Deno from real `npm:` packages (the second as uid 1000 on top of `restore-previous`), and
-//! runner pods that serve the site from the restored cache alone.
+//! Deno from real `npm:` packages (the second as uid 1000 on top of `restore-previous`, the
+//! third by serving the site), and runner pods that serve the site from the restored cache
+//! alone.
 
 use super::*;
 
@@ -174,6 +175,62 @@ async fn a_deno_site_in_a_restricted_namespace() {
     {
         s.fail(&format!(
             "the runner did not run from generation 2:\nrestore: {restored}\nsite: {page}\nadded: {added}"
+        ))
+        .await;
+    }
+
+    // Generation 3 is warmed by serving the site (spec.warm.serve): the agent, put in the warm
+    // container by an init container, starts the storefront's server as uid 1000, requests a
+    // product page, whose section the site imports by a computed specifier (npm:marked, which
+    // no `deno cache` of main.ts sees), and stops it with SIGTERM.
+    s.request_snapshot(
+        site,
+        "served",
+        json!({"warm": {
+            "command": ["deno", "run", "--allow-net", "--allow-read", "/site/main.ts", "--port", "8000"],
+            "serve": {"port": 8000, "paths": ["/", "/product/TEE-01"], "timeout": "3m"},
+        }}),
+    )
+    .await;
+    let sc = s.wait_promoted(site, 3, Duration::from_secs(240)).await;
+    let pod = s.job_pod(site, 3).await;
+    ensure_eq!(s, run_as_user(&pod, "install-agent"), Some(1000));
+    let warm_log = s.log(&pod, "warm").await;
+    ensure!(
+        s,
+        warm_log.contains("Download https://registry.npmjs.org/marked")
+            && warm_log.contains("\"path\":\"/product/TEE-01\",\"status\":200"),
+        "generation 3's warm step did not serve the product page: {warm_log}"
+    );
+    ensure!(
+        s,
+        sc.status.as_ref().unwrap().current.as_ref().unwrap().files > second.files
+    );
+    // The section, and its npm package, load from the restored cache alone.
+    let section = "const { render } = await import('/site/sections/product.ts'); \
+                   console.log(`section: ${typeof render}`);";
+    let pod = s
+        .run_pod(
+            runner(
+                "runner-g3",
+                vec![json!({
+                    "name": "section",
+                    "image": images.site,
+                    "imagePullPolicy": "Never",
+                    "args": ["eval", "--cached-only", section],
+                    "env": [{"name": "DENO_DIR", "value": DENO_DIR}, {"name": "NO_COLOR", "value": "1"}],
+                    "volumeMounts": [{"name": "deno-dir", "mountPath": DENO_DIR}],
+                    "securityContext": restricted(),
+                })],
+            ),
+            Duration::from_secs(120),
+        )
+        .await;
+    let restored = s.log(&pod, "restore").await;
+    let loaded = s.log(&pod, "section").await;
+    if !restored.contains("\"generation\":3") || !loaded.contains("section: function") {
+        s.fail(&format!(
+            "the runner did not load the section from generation 3:\nrestore: {restored}\nsection: {loaded}"
         ))
         .await;
     }
