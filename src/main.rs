@@ -203,6 +203,9 @@ fn usage_error(e: clap::Error, raw: &[std::ffi::OsString]) -> ExitCode {
         files: 0,
         ms: 0,
         message: e.render().to_string().trim().to_owned(),
+        runtime: None,
+        runtime_mismatch: None,
+        cache_dir_mismatch: None,
     };
     restore::report(&report, false)
 }

@@ -39,6 +39,18 @@ export interface RestoreResult {
   ms: number;
   /** What happened, in words. */
   message: string;
+  /** The Deno version that warmed the generation, when its manifest records it. */
+  runtime: string | null;
+  /**
+   * Whether this Deno differs from the one that warmed it (`null` when unknown): Deno then
+   * discards the generation's V8 code cache on its first start.
+   */
+  runtimeMismatch: boolean | null;
+  /**
+   * Whether `dest` differs from where the generation was warmed (`null` when unknown): Deno's code
+   * cache of npm packages applies only there.
+   */
+  cacheDirMismatch: boolean | null;
   /** The end of what the command wrote on stderr (its warnings), at most 4 KiB. */
   stderr: string;
 }
@@ -66,6 +78,11 @@ export interface RestoreOptions {
   region?: string;
   /** Path-style addressing (`--path-style`), as MinIO and most self-hosted stores need. */
   pathStyle?: boolean;
+  /**
+   * The Deno version the site will run with (`--runtime-version`); default this process's own,
+   * `Deno.version.deno`. `null` leaves it out.
+   */
+  runtimeVersion?: string | null;
   /** More environment for the command (credentials, `AWS_REGION`, …), over the daemon's own. */
   env?: Record<string, string>;
   /** Stops the restore early (the process is killed, the result is `killed`). */
@@ -93,6 +110,8 @@ export function restoreArgs(options: RestoreOptions): string[] {
   if (options.endpoint) args.push("--endpoint", options.endpoint);
   if (options.region) args.push("--region", options.region);
   if (options.pathStyle) args.push("--path-style");
+  const runtime = options.runtimeVersion === undefined ? Deno.version.deno : options.runtimeVersion;
+  if (runtime) args.push("--runtime-version", runtime);
   return args;
 }
 
@@ -115,6 +134,7 @@ export function parseResult(stdout: string): Omit<RestoreResult, "stderr"> | nul
     ) {
       const v = value as Record<string, unknown>;
       const num = (x: unknown) => (typeof x === "number" ? x : 0);
+      const flag = (x: unknown) => (typeof x === "boolean" ? x : null);
       return {
         ok: v.ok as boolean,
         reason: v.reason as string,
@@ -123,6 +143,9 @@ export function parseResult(stdout: string): Omit<RestoreResult, "stderr"> | nul
         files: num(v.files),
         ms: num(v.ms),
         message: typeof v.message === "string" ? v.message : "",
+        runtime: typeof v.runtime === "string" ? v.runtime : null,
+        runtimeMismatch: flag(v.runtimeMismatch),
+        cacheDirMismatch: flag(v.cacheDirMismatch),
       };
     }
   }
@@ -146,6 +169,9 @@ export async function restore(options: RestoreOptions): Promise<RestoreResult> {
     files: 0,
     ms: Math.round(performance.now() - started),
     message,
+    runtime: null,
+    runtimeMismatch: null,
+    cacheDirMismatch: null,
     stderr,
   });
   const binary = options.binary ?? Deno.env.get("SITECACHE_BIN") ?? "sitecache";

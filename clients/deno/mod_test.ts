@@ -46,6 +46,10 @@ Deno.test("restores the promoted generation and returns its result line", async 
   assert(result.bytes > 0 && result.ms > 0, JSON.stringify(result));
   const file = await Deno.stat(`${into}/${env("SITECACHE_TEST_FILE")}`);
   assert(file.isFile, "the restored file");
+  // A tree no Deno warmed: nothing to compare.
+  assertEquals([result.runtime, result.runtimeMismatch], [null, null], "runtime");
+  // Snapshotted from another directory than this one.
+  assertEquals(result.cacheDirMismatch, true, "cacheDirMismatch");
 });
 
 Deno.test("nothing promoted is a result, not an exception", async () => {
@@ -144,8 +148,17 @@ Deno.test("the arguments and the result line", () => {
       "--generation",
       "3",
       "--path-style",
+      "--runtime-version",
+      Deno.version.deno,
     ],
     "args",
+  );
+  assertEquals(
+    restoreArgs({ url: "s3://b/p/", dest: "/d", runtimeVersion: null }).includes(
+      "--runtime-version",
+    ),
+    false,
+    "no runtime version",
   );
   const line =
     '{"ok":true,"reason":"restored","generation":7,"bytes":5,"files":2,"ms":9,"message":"m"}';

@@ -70,6 +70,11 @@ pub struct RestoreArgs {
     #[arg(long, default_value_t = UnpackLimits::default().max_entries, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_entries: u64,
 
+    /// The runner's Deno version (`deno --version`, `Deno.version.deno`): the result line says
+    /// when the generation was warmed by another, whose V8 code cache this Deno discards.
+    #[arg(long, env = "SITECACHE_RUNTIME_VERSION", value_name = "VERSION")]
+    pub runtime_version: Option<String>,
+
     /// Threads writing files (default: twice the CPUs, 2 to 16).
     #[arg(long, hide = true, env = "SITECACHE_RESTORE_THREADS")]
     pub threads: Option<usize>,
@@ -106,6 +111,17 @@ pub struct RestoreReport {
     pub ms: u64,
     /// What happened, in words.
     pub message: String,
+    /// The Deno version that warmed the restored generation, when its manifest records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// Whether it differs from `--runtime-version` (absent when either is unknown): Deno then
+    /// discards the generation's V8 code cache on its first start.
+    #[serde(rename = "runtimeMismatch", skip_serializing_if = "Option::is_none")]
+    pub runtime_mismatch: Option<bool>,
+    /// Whether DEST is another path than the one the generation was warmed at (absent when the
+    /// manifest does not say): Deno's code cache of npm packages then does not apply.
+    #[serde(rename = "cacheDirMismatch", skip_serializing_if = "Option::is_none")]
+    pub cache_dir_mismatch: Option<bool>,
 }
 
 /// Why a restore failed. DEST was not changed in any case.
@@ -189,10 +205,20 @@ struct Target {
     expected: Option<(u64, String)>,
     /// What the manifest says the archive holds: hard limits of the unpack.
     declared: Option<Declared>,
+    /// What the manifest says warmed it.
+    warmed: Warmed,
+}
+
+/// Which Deno warmed a generation, and where (from its manifest).
+#[derive(Clone, Debug, Default)]
+struct Warmed {
+    deno_version: Option<String>,
+    cache_dir: Option<String>,
 }
 
 struct Restored {
     generation: Option<u64>,
+    warmed: Warmed,
     bytes: u64,
     files: u64,
     /// Where the install's scratch trees are, to sweep.
@@ -336,15 +362,26 @@ pub async fn run(args: RestoreArgs) -> RestoreReport {
     }
     let ms = super::elapsed_ms(start);
     match outcome {
-        Ok(r) => RestoreReport {
-            ok: true,
-            reason: "restored".to_owned(),
-            generation: r.generation,
-            bytes: r.bytes,
-            files: r.files,
-            ms,
-            message: format!("restored {} files into {}", r.files, args.dest.display()),
-        },
+        Ok(r) => {
+            let fit = CodeCacheFit::of(&r.warmed, &args);
+            RestoreReport {
+                ok: true,
+                reason: "restored".to_owned(),
+                generation: r.generation,
+                bytes: r.bytes,
+                files: r.files,
+                ms,
+                message: format!(
+                    "restored {} files into {}{}",
+                    r.files,
+                    args.dest.display(),
+                    fit.note(&r.warmed, &args)
+                ),
+                runtime: r.warmed.deno_version.clone(),
+                runtime_mismatch: fit.runtime_mismatch,
+                cache_dir_mismatch: fit.cache_dir_mismatch,
+            }
+        }
         Err(e) => RestoreReport {
             ok: false,
             reason: e.reason().to_owned(),
@@ -353,7 +390,56 @@ pub async fn run(args: RestoreArgs) -> RestoreReport {
             files: 0,
             ms,
             message: e.to_string(),
+            runtime: None,
+            runtime_mismatch: None,
+            cache_dir_mismatch: None,
         },
+    }
+}
+
+/// Whether the V8 code cache a generation holds is of use to this runner.
+#[derive(Debug, Default, PartialEq)]
+struct CodeCacheFit {
+    runtime_mismatch: Option<bool>,
+    cache_dir_mismatch: Option<bool>,
+}
+
+impl CodeCacheFit {
+    fn of(warmed: &Warmed, args: &RestoreArgs) -> Self {
+        let runtime_mismatch = match (&warmed.deno_version, &args.runtime_version) {
+            (Some(theirs), Some(ours)) => {
+                Some(theirs.trim_start_matches('v') != ours.trim_start_matches('v'))
+            }
+            _ => None,
+        };
+        let cache_dir_mismatch = warmed.cache_dir.as_ref().map(|warmed_at| {
+            let dest = std::path::absolute(&args.dest).unwrap_or_else(|_| args.dest.clone());
+            std::path::Path::new(warmed_at) != dest
+        });
+        CodeCacheFit {
+            runtime_mismatch,
+            cache_dir_mismatch,
+        }
+    }
+
+    /// What the message says of it: nothing when the code cache applies (or it is not known).
+    fn note(&self, warmed: &Warmed, args: &RestoreArgs) -> String {
+        let mut out = String::new();
+        if self.runtime_mismatch == Some(true) {
+            out.push_str(&format!(
+                "; warmed by Deno {}, this runner's is {}: Deno discards its V8 code cache on \
+                 the first start",
+                warmed.deno_version.as_deref().unwrap_or_default(),
+                args.runtime_version.as_deref().unwrap_or_default()
+            ));
+        }
+        if self.cache_dir_mismatch == Some(true) {
+            out.push_str(&format!(
+                "; warmed at {}: Deno's code cache of npm packages applies only there",
+                warmed.cache_dir.as_deref().unwrap_or_default()
+            ));
+        }
+        out
     }
 }
 
@@ -460,6 +546,7 @@ async fn restore(
     );
     Ok(Restored {
         generation: target.generation,
+        warmed: target.warmed.clone(),
         bytes: size,
         files,
         installed,
@@ -528,6 +615,7 @@ async fn resolve(
                 generation: None,
                 expected: None,
                 declared: None,
+                warmed: Warmed::default(),
             });
         };
         let manifest = read_manifest(client, loc, n).await?;
@@ -573,6 +661,10 @@ async fn resolve(
             file_bytes: manifest.uncompressed_bytes,
             entries: manifest.entries,
         }),
+        warmed: Warmed {
+            deno_version: manifest.deno_version,
+            cache_dir: manifest.cache_dir,
+        },
     })
 }
 

@@ -361,6 +361,10 @@ async fn upload_and_commit(
         created_at: jiff::Timestamp::now(),
         source_revision: args.source_revision.clone(),
         legacy_archive_key,
+        deno_version: archive::runtime::deno_version(&args.source),
+        cache_dir: std::path::absolute(&args.source)
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned()),
         writer: archive::writer(),
     };
     storage::put_json(client, &loc.bucket, &manifest_key, &manifest, true)

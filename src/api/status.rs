@@ -159,6 +159,11 @@ pub struct GenerationInfo {
     /// restored cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_owner: Option<CacheOwner>,
+    /// The version of the Deno that warmed it, as its caches record it: its V8 code cache is of
+    /// use only to a runner with the same version (whose `sitecache restore --runtime-version`
+    /// says otherwise in `runtimeMismatch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deno_version: Option<String>,
 }
 
 /// A user and group (numeric).

@@ -18,6 +18,7 @@ mod frames;
 mod pack;
 pub mod policy;
 mod pool;
+pub mod runtime;
 mod unpack;
 mod walk;
 
@@ -67,6 +68,14 @@ pub struct Manifest {
     /// Key of the legacy gzip copy, when one was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legacy_archive_key: Option<String>,
+    /// The version of the Deno that warmed the cache, as its caches record it (`runtime.rs`):
+    /// its V8 code cache is of use only to that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deno_version: Option<String>,
+    /// Where the cache was warmed (its `DENO_DIR`): Deno keys its code cache of npm packages by
+    /// their paths under it, so a runner's `DENO_DIR` elsewhere does not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<String>,
     /// The program that wrote it.
     pub writer: String,
 }
@@ -216,6 +225,8 @@ mod tests {
             created_at: "2026-11-23T10:00:00Z".parse().unwrap(),
             source_revision: Some("r1".into()),
             legacy_archive_key: None,
+            deno_version: None,
+            cache_dir: None,
             writer: writer(),
         };
         let current = Current {

@@ -831,6 +831,8 @@ pub(crate) async fn commit_declaring(
         created_at: jiff::Timestamp::now(),
         source_revision: None,
         legacy_archive_key: None,
+        deno_version: None,
+        cache_dir: None,
         writer: "test".into(),
     };
     put(s3, loc, &loc.archive_key(1), archive).await;
@@ -1081,11 +1083,60 @@ async fn real_deno_dir_runs_cached_only_after_restore() {
         .unwrap();
     assert!(out.status.success(), "deno cache: {}", text(&out.stderr));
 
+    // Warmed by running the site: Deno's caches record its version.
+    let out = Command::new(&deno)
+        .args(["run", "--cached-only", "main.ts"])
+        .current_dir(&site)
+        .env("DENO_DIR", &deno_dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "deno run: {}", text(&out.stderr));
     assert!(snapshot(s3, &loc, &deno_dir, 1).status.success());
     promote(s3, &loc, 1).await;
+    let manifest: Manifest =
+        sitecache::storage::get_json(&s3.client(), &loc.bucket, &loc.manifest_key(1))
+            .await
+            .unwrap()
+            .unwrap();
+    let version = sitecache_devtools::assets::pinned_version("DENO_VERSION")
+        .unwrap()
+        .to_owned();
+    assert_eq!(manifest.deno_version.as_deref(), Some(version.as_str()));
+    assert_eq!(
+        manifest.cache_dir.as_deref(),
+        Some(deno_dir.to_str().unwrap())
+    );
     let fresh = tmp.path().join("fresh-deno-dir");
-    let (_, line) = restore(s3, &loc, &fresh, &["--strict"]);
+    let (_, line) = restore(
+        s3,
+        &loc,
+        &fresh,
+        &["--strict", "--runtime-version", &version],
+    );
     assert_eq!(line["ok"], true, "{line}");
+    assert_eq!(line["runtime"], version.as_str(), "{line}");
+    assert_eq!(line["runtimeMismatch"], false, "{line}");
+    // Restored elsewhere than it was warmed: said, as Deno's code cache does not apply there.
+    assert_eq!(line["cacheDirMismatch"], true, "{line}");
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .contains("applies only there"),
+        "{line}"
+    );
+    // The same path, by another Deno.
+    std::fs::remove_dir_all(&deno_dir).unwrap();
+    let (_, line) = restore(s3, &loc, &deno_dir, &["--runtime-version", "1.46.3"]);
+    assert_eq!(line["runtimeMismatch"], true, "{line}");
+    assert_eq!(line["cacheDirMismatch"], false, "{line}");
+    assert!(
+        line["message"].as_str().unwrap().contains(&format!(
+            "warmed by Deno {version}, this runner's is 1.46.3"
+        )),
+        "{line}"
+    );
 
     let run_cached = |dir: &Path| {
         Command::new(&deno)

@@ -161,6 +161,8 @@ impl World {
                 created_at: now,
                 source_revision: Some("r1".into()),
                 legacy_archive_key: None,
+                deno_version: None,
+                cache_dir: None,
                 writer: sitecache::archive::writer(),
             };
             let current = Current {

@@ -311,6 +311,8 @@ mod tests {
             created_at: "2026-11-23T10:00:00Z".parse().unwrap(),
             source_revision: None,
             legacy_archive_key: Some(loc().legacy_archive_key(n)),
+            deno_version: None,
+            cache_dir: None,
             writer: writer(),
         }
     }

@@ -100,6 +100,7 @@ pub fn generation_info(m: &Manifest) -> GenerationInfo {
         source_revision: m.source_revision.clone(),
         base_generation: None,
         cache_owner: None,
+        deno_version: m.deno_version.clone(),
     }
 }
 
@@ -430,6 +431,7 @@ mod tests {
             source_revision: None,
             base_generation: None,
             cache_owner: None,
+            deno_version: None,
         }
     }
 
