@@ -234,6 +234,124 @@ async fn a_deno_site_in_a_restricted_namespace() {
         ))
         .await;
     }
+    // Wake-ups on the node, both ways: a runner pod restores a generation, then serves the site
+    // (a native sidecar, with the registry proxy for what the cache lacks) while a probe asks
+    // for the product page until it answers. Printed (kubelet's log timestamps), not asserted.
+    let wakeup = |name: &str, generation: u64| {
+        let probe = "const end = Date.now() + 90000; while (Date.now() < end) { try { \
+                     const r = await fetch('http://127.0.0.1:8000/product/TEE-01'); \
+                     const body = await r.text(); if (r.ok) { console.log(`answered ${r.status}`); \
+                     Deno.exit(0); } console.log(`${r.status}: ${body.slice(0, 200)}`); } \
+                     catch { /* not listening yet */ } await new Promise((r) => setTimeout(r, 10)); } \
+                     Deno.exit(1);";
+        let env = json!([
+            {"name": "DENO_DIR", "value": DENO_DIR},
+            {"name": "NO_COLOR", "value": "1"},
+            {"name": "HTTPS_PROXY", "value": format!("http://{proxy_in_node}")},
+        ]);
+        json!({
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": false,
+                "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                "initContainers": [
+                    {
+                        "name": "restore",
+                        "image": images.agent,
+                        "imagePullPolicy": "Never",
+                        "args": ["restore", "--strict", "--url", url, "--dest", DENO_DIR,
+                                 "--generation", generation.to_string()],
+                        "env": s.agent_env("runner-storage"),
+                        "volumeMounts": [{"name": "deno-dir", "mountPath": DENO_DIR}],
+                        // As the site's user: the site adds what the cache lacks to the tree.
+                        "securityContext": restricted_as(1000),
+                    },
+                    {
+                        "name": "site",
+                        "image": images.site,
+                        "imagePullPolicy": "Never",
+                        "restartPolicy": "Always",
+                        "args": ["run", "--allow-net", "--allow-read", "/site/main.ts", "--port", "8000"],
+                        "env": env,
+                        "volumeMounts": [{"name": "deno-dir", "mountPath": DENO_DIR}],
+                        "securityContext": restricted(),
+                    },
+                ],
+                "containers": [{
+                    "name": "probe",
+                    "image": images.site,
+                    "imagePullPolicy": "Never",
+                    "args": ["eval", probe],
+                    "env": [{"name": "DENO_DIR", "value": "/tmp/probe"}, {"name": "NO_COLOR", "value": "1"}],
+                    "securityContext": restricted(),
+                }],
+                "volumes": [{"name": "deno-dir", "emptyDir": {}}],
+            },
+        })
+    };
+    // `2026-12-06T14:00:00.123456789Z stdout F …`: the time kubelet read the line that holds
+    // `needle`.
+    let logged_at = |log: &str, needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    };
+    // Three of each, alternating; medians (one pod's start on this node varies by a second).
+    let mut samples: std::collections::BTreeMap<u64, Vec<(i128, i128, i64)>> = Default::default();
+    for run in 0..3 {
+        for generation in [2, 3] {
+            let name = format!("wakeup-g{generation}-{run}");
+            let created = jiff::Timestamp::now();
+            let pod = s
+                .run_pod(wakeup(&name, generation), Duration::from_secs(180))
+                .await;
+            let restored = s.log(&pod, "restore").await;
+            let probed = s.log(&pod, "probe").await;
+            let (Some(restore_end), Some(answered)) = (
+                logged_at(&restored, "\"ok\":true"),
+                logged_at(&probed, "answered 200"),
+            ) else {
+                s.fail(&format!(
+                    "no wake-up in {name}:\nrestore: {restored}\nprobe: {probed}"
+                ))
+                .await
+            };
+            let restore_ms = restored
+                .split("\"ms\":")
+                .nth(1)
+                .and_then(|r| r.split([',', '}']).next())
+                .and_then(|ms| ms.parse::<i64>().ok())
+                .unwrap_or(0);
+            let ms = |a: jiff::Timestamp, b: jiff::Timestamp| b.duration_since(a).as_millis();
+            samples.entry(generation).or_default().push((
+                ms(created, answered),
+                ms(restore_end, answered),
+                restore_ms,
+            ));
+        }
+    }
+    for (generation, mut runs) in samples {
+        let how = if generation == 2 {
+            "a deno cache warm"
+        } else {
+            "a warm that served the site"
+        };
+        let median = |runs: &mut Vec<(i128, i128, i64)>, k: usize| {
+            let mut v: Vec<i128> = runs.iter().map(|r| [r.0, r.1, r.2 as i128][k]).collect();
+            v.sort();
+            v[v.len() / 2]
+        };
+        eprintln!(
+            "wake-up on the node from {how} (generation {generation}), medians of 3: pod created \
+             to the product page's first answer {} ms; the restore {} ms, its end to the answer {} \
+             ms",
+            median(&mut runs, 0),
+            median(&mut runs, 2),
+            median(&mut runs, 1)
+        );
+    }
     ensure!(
         s,
         proxy.tunnels() > 0,

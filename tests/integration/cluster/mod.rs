@@ -743,6 +743,14 @@ fn restricted() -> Value {
 }
 
 /// The names of `container`'s variables.
+/// [`restricted`] settings, as `uid` (and its group).
+fn restricted_as(uid: i64) -> Value {
+    let mut ctx = restricted();
+    ctx["runAsUser"] = json!(uid);
+    ctx["runAsGroup"] = json!(uid);
+    ctx
+}
+
 fn env_names(container: &Container) -> BTreeSet<String> {
     container
         .env
