@@ -164,3 +164,93 @@ fn a_site_that_ignores_sigterm_is_killed_after_the_grace() {
     assert_eq!(line["signal"], 9, "{line}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
+
+/// The storefront's product section, imported by a computed specifier, runs `--cached-only`
+/// from a generation warmed by serving the site, restored; from one warmed by `deno cache
+/// main.ts` it cannot (the import is not in the module graph that command follows).
+#[tokio::test]
+async fn a_section_imported_at_run_time_is_served_cached_only_only_when_warmed_by_serving() {
+    let s3 = crate::support::s3().await;
+    let loc = crate::agent::location(s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let site = crate::support::repo_path("examples/storefront");
+    let deno_dir = tmp.path().join("deno-dir");
+    let run_deno = |args: &[&str], dir: &Path| {
+        Command::new(deno())
+            .args(args)
+            .current_dir(&site)
+            .env("DENO_DIR", dir)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    // Generation 1: deno cache main.ts. Generation 2: served, the product page asked for.
+    let out = run_deno(&["cache", "main.ts"], &deno_dir);
+    assert!(out.status.success(), "deno cache: {}", text(&out.stderr));
+    assert!(
+        crate::agent::snapshot(s3, &loc, &deno_dir, 1)
+            .status
+            .success()
+    );
+    std::fs::remove_dir_all(&deno_dir).unwrap();
+    let port = free_port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_sitecache"))
+        .args([
+            "warm-serve",
+            "--port",
+            &port,
+            "--path",
+            "/product/TEE-01",
+            "--",
+        ])
+        .arg(deno())
+        .args([
+            "run",
+            "--allow-net",
+            "--allow-read",
+            "main.ts",
+            "--port",
+            &port,
+        ])
+        .current_dir(&site)
+        .env("DENO_DIR", &deno_dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "warm-serve: {}", text(&out.stderr));
+    assert!(
+        crate::agent::snapshot(s3, &loc, &deno_dir, 2)
+            .status
+            .success()
+    );
+
+    let section = "const { render } = await import(new URL('./sections/product.ts', \
+                   `file://${Deno.cwd()}/`).href); console.log(typeof render);";
+    for (generation, served) in [(1, false), (2, true)] {
+        let restored = tmp.path().join(format!("restored-{generation}"));
+        let (_, line) = crate::agent::restore(
+            s3,
+            &loc,
+            &restored,
+            &["--generation", &generation.to_string(), "--strict"],
+        );
+        assert_eq!(line["ok"], true, "{line}");
+        let out = run_deno(&["eval", "--cached-only", section], &restored);
+        assert_eq!(
+            out.status.success(),
+            served,
+            "generation {generation}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        if served {
+            assert_eq!(text(&out.stdout).trim(), "function");
+        } else {
+            assert!(
+                text(&out.stderr).contains("marked"),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+    }
+}
