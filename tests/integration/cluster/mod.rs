@@ -102,6 +102,7 @@ async fn start() -> Result<Cluster> {
         &NodeConfig {
             sitecache_bin: env!("CARGO_BIN_EXE_sitecache").into(),
             dockerfile: support::repo_path("Dockerfile"),
+            other_agents: Vec::new(),
         },
     )
     .await
