@@ -14,8 +14,10 @@
 //! generation is on its way, gone once it is promoted), every status converges to Ready, the CRD
 //! is the working tree's, and a snapshot requested after the upgrade is promoted by the new
 //! controller on top of a generation the earlier agent made. Last, `helm rollback` to the
-//! earlier release with a Job of the new one held at the gate: the earlier controller handles it
-//! once too.
+//! earlier release with two Jobs of the new one held at the gate (one of them a first generation,
+//! which the new controller reports as `Reconciling`): the earlier controller handles each once
+//! too, and once the status's conditions are removed as docs/operations.md says (the earlier
+//! release leaves a condition it does not know as it was), it writes its own again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -420,45 +422,72 @@ async fn upgrading_from_the_earlier_release_and_back_handles_every_job_once() {
         upgraded.as_secs_f64()
     );
 
-    // Rolling the chart back to its first revision, the earlier release, with a Job of the new
-    // one held at the gate: the earlier controller handles it once.
+    // Rolling the chart back to its first revision, the earlier release, with two Jobs of the
+    // new one held at the gate: generation 3 of `steady`, and generation 1 of `late`, which the
+    // new controller reports as Reconciling. The earlier controller handles each once.
     a.request_snapshot(
         "steady",
         "before-rollback",
         json!({"warm": gate.warm(&site_image, "steady")}),
     )
     .await;
-    a.until(
-        "Job steady-g3 recorded and its warm step at the gate",
-        Duration::from_secs(120),
-        async || {
-            let active = a
-                .sitecache("steady")
-                .await
-                .and_then(|sc| sc.status?.active_job);
-            if active.as_deref() == Some("steady-g3") && gate.asked("steady") {
-                Poll::Done(())
-            } else {
-                Poll::Wait(format!("active job {active:?}"))
-            }
-        },
-    )
-    .await;
+    b.create_site("late", gate.warm(&site_image, "late")).await;
+    for (s, name, job) in [(&a, "steady", "steady-g3"), (&b, "late", "late-g1")] {
+        s.until(
+            &format!("Job {job} recorded and its warm step at the gate"),
+            Duration::from_secs(120),
+            async || {
+                let sc = s.sitecache(name).await;
+                let active = sc
+                    .as_ref()
+                    .and_then(|sc| sc.status.as_ref()?.active_job.clone());
+                let reconciling = sc.as_ref().and_then(|sc| condition(sc, "Reconciling"));
+                // Only `late`'s first generation is on its way to what the spec asks for.
+                let expected = (name == "late").then_some("True");
+                if active.as_deref() == Some(job) && gate.asked(name) && reconciling == expected {
+                    Poll::Done(())
+                } else {
+                    Poll::Wait(format!(
+                        "active job {active:?}, Reconciling {reconciling:?}"
+                    ))
+                }
+            },
+        )
+        .await;
+    }
     if let Err(e) = cluster.helm_rollback(1).await {
         a.fail(&format!("helm rollback to {commit}: {e:#}")).await;
     }
     let rolled_back = a.controllers_run(&old_image, "the rollback").await;
     gate.open("steady");
+    gate.open("late");
     a.wait_promoted("steady", 3, Duration::from_secs(180)).await;
+    b.wait_promoted("late", 1, Duration::from_secs(180)).await;
+    // What docs/operations.md says to do after rolling back: conditions the earlier release does
+    // not know (it leaves them as the new one last wrote them) go with the status's conditions,
+    // which the controller writes again.
+    b.kubectl(&[
+        "patch",
+        "sitecache",
+        "late",
+        "--subresource=status",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/status/conditions"}]"#,
+    ])
+    .await;
     a.converged("steady", 3, Some("before-rollback"), &log)
         .await;
-    let promoter = a.promoter("steady", 3).await;
-    ensure!(
-        a,
-        promoter.as_ref().is_some_and(|p| rolled_back.contains(p)),
-        "steady's generation 3 was promoted by {promoter:?}, not by the earlier release's \
-         controllers {rolled_back:?}"
-    );
+    b.converged("late", 1, None, &log).await;
+    for (s, name, generation) in [(&a, "steady", 3), (&b, "late", 1)] {
+        let promoter = s.promoter(name, generation).await;
+        ensure!(
+            s,
+            promoter.as_ref().is_some_and(|p| rolled_back.contains(p)),
+            "{name}'s generation {generation} was promoted by {promoter:?}, not by the earlier \
+             release's controllers {rolled_back:?}"
+        );
+    }
     a.done("the upgrade from the earlier release and the rollback");
 }
 
@@ -479,6 +508,20 @@ impl Scenario<'_> {
             }),
         )
         .await;
+    }
+
+    /// Runs kubectl with `args` in the scenario's namespace; fails the scenario if it fails.
+    async fn kubectl(&self, args: &[&str]) {
+        let mut command = std::process::Command::new(Asset::Kubectl.path().expect("kubectl"));
+        command
+            .arg("--kubeconfig")
+            .arg(self.node().kubeconfig())
+            .args(["--namespace", &self.ns])
+            .args(args);
+        match tokio::task::spawn_blocking(move || command.output()).await {
+            Ok(Ok(out)) if out.status.success() => {}
+            other => self.fail(&format!("kubectl {args:?}: {other:?}")).await,
+        }
     }
 
     /// Waits until the release's controllers are two Ready pods of `image` (and no other), one
