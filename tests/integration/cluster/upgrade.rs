@@ -17,7 +17,8 @@
 //! earlier release with two Jobs of the new one held at the gate (one of them a first generation,
 //! which the new controller reports as `Reconciling`): the earlier controller handles each once
 //! too, and once the status's conditions are removed as docs/operations.md says (the earlier
-//! release leaves a condition it does not know as it was), it writes its own again.
+//! release leaves a condition it does not know as it was), it writes its own again; a snapshot
+//! after the rollback is warmed by the earlier agent on top of the generation the new one made.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -334,14 +335,15 @@ async fn upgrading_from_the_earlier_release_and_back_handles_every_job_once() {
         .await;
     let steady = a.wait_promoted("steady", 2, Duration::from_secs(180)).await;
     let pod = a.job_pod("steady", 2).await;
-    for agent in ["restore-previous", "snapshot"] {
-        ensure_eq!(
-            a,
-            container(&pod, agent).image.as_deref(),
-            Some(new_image.as_str()),
-            "in the pod of steady-g2"
-        );
-    }
+    ensure_eq!(
+        a,
+        agent_images(&pod),
+        BTreeMap::from([
+            ("restore-previous", new_image.clone()),
+            ("snapshot", new_image.clone())
+        ]),
+        "in the pod of steady-g2"
+    );
     let steady_current = steady.status.as_ref().and_then(|s| s.current.clone());
     ensure_eq!(
         a,
@@ -479,7 +481,31 @@ async fn upgrading_from_the_earlier_release_and_back_handles_every_job_once() {
     a.converged("steady", 3, Some("before-rollback"), &log)
         .await;
     b.converged("late", 1, None, &log).await;
-    for (s, name, generation) in [(&a, "steady", 3), (&b, "late", 1)] {
+
+    // A snapshot after the rollback: the earlier agent restores the generation the new one
+    // packed, and warms on top of it.
+    a.request_snapshot("steady", "after-rollback", json!({}))
+        .await;
+    let steady = a.wait_promoted("steady", 4, Duration::from_secs(180)).await;
+    let pod = a.job_pod("steady", 4).await;
+    ensure_eq!(
+        a,
+        agent_images(&pod),
+        BTreeMap::from([
+            ("restore-previous", old_image.clone()),
+            ("snapshot", old_image.clone())
+        ]),
+        "in the pod of steady-g4"
+    );
+    let steady_current = steady.status.as_ref().and_then(|s| s.current.clone());
+    ensure_eq!(
+        a,
+        steady_current.as_ref().and_then(|c| c.base_generation),
+        Some(3),
+        "steady's generation 4 was not warmed on top of generation 3: {steady_current:?}"
+    );
+    a.converged("steady", 4, Some("after-rollback"), &log).await;
+    for (s, name, generation) in [(&a, "steady", 3), (&a, "steady", 4), (&b, "late", 1)] {
         let promoter = s.promoter(name, generation).await;
         ensure!(
             s,
@@ -493,7 +519,10 @@ async fn upgrading_from_the_earlier_release_and_back_handles_every_job_once() {
 
 impl Scenario<'_> {
     /// Creates SiteCache `name` of the site image warmed by `warm`, with the keys of a Secret
-    /// of its own whose rights are the site's snapshot policy.
+    /// of its own whose rights are the site's snapshot policy, keeping every generation the test
+    /// makes (the checks see them all). Its snapshots warm on top of the current generation
+    /// unless there is none: the cache is a few kilobytes, most of them Deno's own databases,
+    /// whose size alone can pass the default growth limit of a rebuild.
     async fn create_site(&self, name: &str, warm: Value) {
         let secret = format!("{name}-storage");
         self.storage_secret(&secret, snapshot_policy(&self.bucket, name))
@@ -504,7 +533,13 @@ impl Scenario<'_> {
                 "site": name,
                 "storage": {"bucket": self.bucket},
                 "warm": warm,
-                "snapshot": {"minFiles": 3, "backoffLimit": 0, "credentialsSecret": {"name": secret}},
+                "snapshot": {
+                    "minFiles": 3,
+                    "backoffLimit": 0,
+                    "credentialsSecret": {"name": secret},
+                    "rebuild": {"maxGrowthPercent": 0},
+                },
+                "retention": {"keep": 10},
             }),
         )
         .await;
@@ -635,7 +670,7 @@ impl Scenario<'_> {
             (generation, Some(SnapshotResult::Succeeded)),
             "{name}: {last:?}"
         );
-        // Every generation retained (keep: 3), newest first, with no gap.
+        // Every generation retained, newest first, with no gap.
         let retained: Vec<u64> = status.generations.iter().map(|g| g.generation).collect();
         ensure_eq!(
             self,
@@ -782,4 +817,21 @@ impl Scenario<'_> {
             "{name}"
         );
     }
+}
+
+/// The images of `pod`'s agent containers (`restore-previous`, `snapshot`) that it has.
+fn agent_images(pod: &Pod) -> BTreeMap<&'static str, String> {
+    let spec = pod.spec.as_ref();
+    let all = spec
+        .into_iter()
+        .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers));
+    let mut images = BTreeMap::new();
+    for c in all {
+        for agent in ["restore-previous", "snapshot"] {
+            if c.name == agent {
+                images.insert(agent, c.image.clone().unwrap_or_default());
+            }
+        }
+    }
+    images
 }
