@@ -6,7 +6,8 @@
 # (from its npm package); with them Helm and promtool (the chart's tests and its alert rules'
 # unit tests) and hadolint (the Dockerfile's lint). For the real-node tier: kubelet,
 # kube-scheduler and kube-controller-manager (one binary, hack/node/kube-node), and Debian's
-# containerd, runc and CNI plugins (installed with apt-get at the versions of versions.env).
+# containerd, runc and CNI plugins (installed with apt-get at the versions of versions.env); and
+# the earlier release the upgrade test starts from (UPGRADE_FROM_COMMIT of this repository).
 # Test and dev tooling only.
 #
 # Resolution order for each binary:
@@ -14,7 +15,8 @@
 #      TEST_ASSET_MINIO_ADMIN / TEST_ASSET_SEAWEEDFS / TEST_ASSET_DENO / TEST_ASSET_HELM / TEST_ASSET_HADOLINT /
 #      TEST_ASSET_CARGO_DENY / TEST_ASSET_PROMTOOL / TEST_ASSET_GITOPS_STATUS / TEST_ASSET_KUBELET /
 #      TEST_ASSET_KUBE_SCHEDULER / TEST_ASSET_KUBE_CONTROLLER_MANAGER / TEST_ASSET_CONTAINERD /
-#      TEST_ASSET_CTR / TEST_ASSET_RUNC / TEST_ASSET_CNI_PLUGINS (a directory)
+#      TEST_ASSET_CTR / TEST_ASSET_RUNC / TEST_ASSET_CNI_PLUGINS (a directory) /
+#      TEST_ASSET_UPGRADE_BASE (a directory: the upgrade test's earlier release)
 #   2. KUBEBUILDER_ASSETS/<name> (etcd, kube-apiserver, kubectl)
 #   3. ~/.cache/sitecache/assets/<name>-<version>/<name>, built here from the pinned Go modules
 #      (hack/versions.env) through the Go module proxy the first time, then reused; Deno is
@@ -274,6 +276,60 @@ build_kubernetes_node() {
   log "kube-node cached in $final"
 }
 
+# The earlier release the upgrade test starts from (tests/integration/cluster/upgrade.rs): the
+# commit UPGRADE_FROM_COMMIT of this repository, its `sitecache` binary built in the dev profile,
+# with its chart and Dockerfile beside it (the parts a release is made of; the test builds the
+# node's older agent image from the binary and the Dockerfile, and installs the chart):
+#   upgrade-base-<commit>/sitecache, upgrade-base-<commit>/Dockerfile,
+#   upgrade-base-<commit>/charts/sitecache/
+# The commit's tree comes from this clone's history (`git archive`); it is built in the
+# workspace's own target directory, so that the dependencies it shares with the working tree
+# (its Cargo.lock, where they are the same) are compiled once for both and only the sitecache
+# crate itself is compiled again: measured on 2 cores, about 25 s more in a cold run (whose
+# `cargo build --bin sitecache` then finds the dependencies built), nothing once cached here.
+#
+# Cargo names a workspace member's build by its path relative to the workspace root, not by
+# where the workspace is, and decides whether it is fresh by the mtimes of its sources: the
+# earlier tree's sitecache and the working tree's would be one build, each taken for the other.
+# A setting that changes nothing in the program, `codegen-units = 255` for the sitecache package
+# alone (the dev profile has 256), gives the earlier tree's a name of its own; its dependencies
+# keep theirs.
+build_upgrade_base() {
+  local final="$cache_root/upgrade-base-$UPGRADE_FROM_COMMIT"
+  [ -x "$final/sitecache" ] && return 0
+  command -v cargo >/dev/null 2>&1 || die "cargo is required to build the upgrade test's earlier release (or set TEST_ASSET_UPGRADE_BASE)"
+  command -v git >/dev/null 2>&1 || die "git is required to build the upgrade test's earlier release (or set TEST_ASSET_UPGRADE_BASE)"
+  local repo; repo=$(cd "$here/.." && pwd)
+  git -C "$repo" rev-parse --git-dir >/dev/null 2>&1 \
+    || die "$repo is not a git clone: the upgrade test's earlier release (UPGRADE_FROM_COMMIT=$UPGRADE_FROM_COMMIT) is built from its history (or set TEST_ASSET_UPGRADE_BASE)"
+  git -C "$repo" cat-file -e "$UPGRADE_FROM_COMMIT^{commit}" 2>/dev/null \
+    || die "commit $UPGRADE_FROM_COMMIT (UPGRADE_FROM_COMMIT in hack/versions.env) is not in $repo's history: a shallow clone? Fetch it (git fetch --unshallow, or git fetch origin $UPGRADE_FROM_COMMIT), or set TEST_ASSET_UPGRADE_BASE"
+  local target
+  target=$(cd "$repo" && cargo metadata --format-version 1 --no-deps --offline | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+  [ -n "$target" ] || die "could not find the workspace's target directory (cargo metadata)"
+  local tmp; tmp=$(new_tmp upgrade-base); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "building sitecache of commit $UPGRADE_FROM_COMMIT, the upgrade test's earlier release (once per commit)"
+  mkdir -p "$tmp/src" "$tmp/out/charts"
+  git -C "$repo" archive "$UPGRADE_FROM_COMMIT" | tar -x -C "$tmp/src"
+  # Cargo links the binary it builds to $target/debug/sitecache, where the working tree's is:
+  # that one is put back afterwards, so that nothing run from there meanwhile finds the older.
+  local linked="$target/debug/sitecache" saved="$tmp/working-tree-sitecache"
+  [ ! -e "$linked" ] || cp -p "$linked" "$saved"
+  local start=$SECONDS rc=0
+  (cd "$tmp/src" && with_heartbeat "sitecache $UPGRADE_FROM_COMMIT" env CARGO_TARGET_DIR="$target" \
+    cargo build --quiet --locked --bin sitecache \
+    --config 'profile.dev.package.sitecache.codegen-units=255' >&2) || rc=$?
+  [ $rc -eq 0 ] && cp -p "$linked" "$tmp/out/sitecache"
+  if [ -e "$saved" ]; then mv -f "$saved" "$linked"; else rm -f "$linked"; fi
+  [ $rc -eq 0 ] || die "could not build sitecache of commit $UPGRADE_FROM_COMMIT"
+  log "sitecache of $UPGRADE_FROM_COMMIT built in $((SECONDS - start)) s"
+  "$tmp/out/sitecache" --version >/dev/null || die "the built sitecache of $UPGRADE_FROM_COMMIT does not run"
+  cp -p "$tmp/src/Dockerfile" "$tmp/out/Dockerfile"
+  cp -rp "$tmp/src/charts/sitecache" "$tmp/out/charts/sitecache"
+  publish "$tmp/out" "$final"
+  log "upgrade-base cached in $final"
+}
+
 # The node's container runtime and CNI plugins, from Debian's packages at the versions pinned in
 # versions.env (installed with apt-get when missing; a different installed version is an error:
 # the pin says which one the tests were made with).
@@ -330,6 +386,7 @@ resolve() {
     containerd|ctr) ensure_node_packages; echo "/usr/bin/$name" ;;
     runc) ensure_node_packages; echo "/usr/sbin/runc" ;;
     cni-plugins) ensure_node_packages; echo "/usr/lib/cni" ;;
+    upgrade-base) build_upgrade_base; echo "$cache_root/upgrade-base-$UPGRADE_FROM_COMMIT" ;;
     *) die "unknown asset $name" ;;
   esac
 }
@@ -354,6 +411,7 @@ all_env() {
   echo "TEST_ASSET_CTR=$(resolve ctr TEST_ASSET_CTR)"
   echo "TEST_ASSET_RUNC=$(resolve runc TEST_ASSET_RUNC)"
   echo "TEST_ASSET_CNI_PLUGINS=$(resolve cni-plugins TEST_ASSET_CNI_PLUGINS)"
+  echo "TEST_ASSET_UPGRADE_BASE=$(resolve upgrade-base TEST_ASSET_UPGRADE_BASE)"
 }
 
 case "${1:-ensure}" in

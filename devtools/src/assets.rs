@@ -37,6 +37,10 @@ pub enum Asset {
     Runc,
     /// The directory of the CNI plugins (Debian's `containernetworking-plugins`).
     CniPlugins,
+    /// The directory of the earlier release the upgrade test starts from, built from
+    /// `UPGRADE_FROM_COMMIT` of this repository (`hack/versions.env`): its `sitecache` binary
+    /// (dev profile), its `Dockerfile` and its chart, `charts/sitecache/`.
+    UpgradeBase,
 }
 
 impl Asset {
@@ -60,6 +64,7 @@ impl Asset {
             Asset::Ctr => "ctr",
             Asset::Runc => "runc",
             Asset::CniPlugins => "cni-plugins",
+            Asset::UpgradeBase => "upgrade-base",
         }
     }
 
@@ -82,6 +87,7 @@ impl Asset {
             Asset::Ctr => "TEST_ASSET_CTR",
             Asset::Runc => "TEST_ASSET_RUNC",
             Asset::CniPlugins => "TEST_ASSET_CNI_PLUGINS",
+            Asset::UpgradeBase => "TEST_ASSET_UPGRADE_BASE",
         }
     }
 
@@ -98,6 +104,12 @@ impl Asset {
 
     /// The cache directory `hack/test-assets.sh` builds this binary into.
     fn cache_dir(self) -> Result<String> {
+        if let Asset::UpgradeBase = self {
+            return Ok(format!(
+                "upgrade-base-{}",
+                pinned_version("UPGRADE_FROM_COMMIT")?
+            ));
+        }
         if let Asset::GitopsStatus = self {
             return Ok(format!(
                 "gitops-status-{}-lua{}",
@@ -120,7 +132,7 @@ impl Asset {
             Asset::Deno => ("deno", "DENO_VERSION"),
             Asset::Helm => ("helm", "HELM_VERSION"),
             Asset::Promtool => ("promtool", "PROMETHEUS_VERSION"),
-            Asset::GitopsStatus => unreachable!("named above"),
+            Asset::GitopsStatus | Asset::UpgradeBase => unreachable!("named above"),
         };
         Ok(format!("{package}-{}", pinned_version(key)?))
     }
@@ -132,11 +144,13 @@ impl Asset {
             let p = PathBuf::from(p);
             let kind_ok = match self {
                 Asset::CniPlugins => p.is_dir(),
+                Asset::UpgradeBase => p.join("sitecache").is_file(),
                 _ => p.is_file(),
             };
             if !kind_ok {
                 bail!(
-                    "{}={} is not a file (a directory for CNI plugins)",
+                    "{}={} is not a file (a directory for CNI plugins, one with a sitecache \
+                     binary for the upgrade base)",
                     self.env_var(),
                     p.display()
                 );
@@ -163,6 +177,20 @@ impl Asset {
                     "{} not found at {}: run `hack/test-assets.sh` (or `make test-assets`), which \
                      installs the real node's Debian packages, or set {}",
                     self.name(),
+                    p.display(),
+                    self.env_var()
+                );
+            }
+            return Ok(p);
+        }
+        if let Asset::UpgradeBase = self {
+            // A directory, published whole by `hack/test-assets.sh` once its build succeeded.
+            let p = cache_root()?.join(self.cache_dir()?);
+            if !p.join("sitecache").is_file() {
+                bail!(
+                    "the upgrade test's earlier release is not at {}: run `hack/test-assets.sh` \
+                     (or `make test-assets`), which builds it from UPGRADE_FROM_COMMIT of this \
+                     repository's history, or set {}",
                     p.display(),
                     self.env_var()
                 );

@@ -22,6 +22,7 @@ async fn start_node() -> Node {
         &NodeConfig {
             sitecache_bin: env!("CARGO_BIN_EXE_sitecache").into(),
             dockerfile: support::repo_path("Dockerfile"),
+            other_agents: Vec::new(),
         },
     )
     .await

@@ -1,6 +1,7 @@
 //! The node's images, built locally (no registry is reachable and no image builder runs here):
 //! the sandbox ("pause") image, the agent image (this project's `sitecache` binary laid out as
-//! the Dockerfile's final stage lays it out), a Deno image and a site image (Deno plus the example
+//! the Dockerfile's final stage lays it out; optionally more, each from its own binary and
+//! Dockerfile, such as an earlier release's), a Deno image and a site image (Deno plus the example
 //! storefront). They are OCI archives (`oci`) imported into containerd under full references, so
 //! that nothing is ever pulled; the Deno and site images share their Deno layer.
 
@@ -34,6 +35,11 @@ pub struct Images {
 }
 
 impl Images {
+    /// The reference of an agent image that [`AgentImage`] `tag` builds.
+    pub fn agent_tagged(tag: &str) -> String {
+        format!("{REPOSITORY}/sitecache:{tag}")
+    }
+
     pub fn new() -> Result<Self> {
         Ok(Self {
             pause: format!("{REPOSITORY}/pause:{LOCAL_TAG}"),
@@ -58,12 +64,24 @@ const PAUSE_C: &str = include_str!("../../../hack/node/pause.c");
 /// The example site that the site image holds at `/site`.
 const SITE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/storefront");
 
+/// An agent image besides [`Images::agent`], built the same way from another `sitecache` binary
+/// and the Dockerfile that goes with it (an earlier release's), as [`Images::agent_tagged`]`(tag)`.
+#[derive(Clone, Debug)]
+pub struct AgentImage {
+    /// The tag, neither [`LOCAL_TAG`] (the working tree's agent) nor `latest` (which kubelet
+    /// would pull).
+    pub tag: String,
+    pub sitecache_bin: PathBuf,
+    pub dockerfile: PathBuf,
+}
+
 /// Builds the archives into `dir` and returns each with the references of its images.
 pub fn build(
     dir: &Path,
     images: &Images,
     sitecache_bin: &Path,
     dockerfile: &Path,
+    other_agents: &[AgentImage],
 ) -> Result<Vec<(Vec<String>, PathBuf)>> {
     std::fs::create_dir_all(dir)?;
     let work = dir.join("work");
@@ -94,45 +112,33 @@ pub fn build(
     )?;
     out.push((vec![images.pause.clone()], archive));
 
-    // The agent: the Dockerfile's final stage over a base like its distroless one.
-    let mut layer = distroless_like_base()?;
-    let stage = DockerfileStage::parse(
-        &std::fs::read_to_string(dockerfile)
-            .with_context(|| format!("read {}", dockerfile.display()))?,
-    )?;
-    for (source, dest) in &stage.copies {
-        if Path::new(source).file_name() != Some("sitecache".as_ref()) {
-            bail!(
-                "{}: COPY {source} {dest}: only the sitecache binary is known to the local image",
-                dockerfile.display()
-            );
+    // The agents: the Dockerfile's final stage over a base like its distroless one.
+    out.push((
+        vec![images.agent.clone()],
+        agent_image(
+            dir,
+            &work,
+            "agent",
+            &images.agent,
+            sitecache_bin,
+            dockerfile,
+        )?,
+    ));
+    for other in other_agents {
+        if other.tag == LOCAL_TAG || other.tag == "latest" {
+            bail!("an agent image may not be tagged {:?}", other.tag);
         }
-        layer.file(dest, sitecache_bin, 0o755);
+        let reference = Images::agent_tagged(&other.tag);
+        let archive = agent_image(
+            dir,
+            &work,
+            &format!("agent-{}", other.tag),
+            &reference,
+            &other.sitecache_bin,
+            &other.dockerfile,
+        )?;
+        out.push((vec![reference], archive));
     }
-    add_libraries(&mut layer, sitecache_bin)?;
-    let archive = dir.join("agent.tar");
-    let mut env = vec![
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
-        "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt".to_owned(),
-    ];
-    env.extend(stage.env.iter().cloned());
-    super::oci::write_archive(
-        &archive,
-        &images.agent,
-        &layer,
-        &ImageConfig {
-            user: stage.user.clone(),
-            entrypoint: stage.entrypoint.clone(),
-            cmd: stage.cmd.clone(),
-            env,
-            working_dir: stage
-                .workdir
-                .clone()
-                .unwrap_or_else(|| "/home/nonroot".into()),
-        },
-        &work,
-    )?;
-    out.push((vec![images.agent.clone()], archive));
 
     // Deno: the pinned binary and its libraries, as uid 1000; the site adds its files on top.
     let deno = crate::assets::Asset::Deno.path()?;
@@ -195,6 +201,57 @@ pub fn build(
     out.push((vec![images.deno.clone(), images.site.clone()], archive));
     let _ = std::fs::remove_dir_all(&work);
     Ok(out)
+}
+
+/// Writes `<name>.tar` into `dir` (working in `work`): the agent image `reference`,
+/// `sitecache_bin` laid out as the final stage of `dockerfile` lays it out, over a base like its
+/// distroless one.
+fn agent_image(
+    dir: &Path,
+    work: &Path,
+    name: &str,
+    reference: &str,
+    sitecache_bin: &Path,
+    dockerfile: &Path,
+) -> Result<PathBuf> {
+    let mut layer = distroless_like_base()?;
+    let stage = DockerfileStage::parse(
+        &std::fs::read_to_string(dockerfile)
+            .with_context(|| format!("read {}", dockerfile.display()))?,
+    )?;
+    for (source, dest) in &stage.copies {
+        if Path::new(source).file_name() != Some("sitecache".as_ref()) {
+            bail!(
+                "{}: COPY {source} {dest}: only the sitecache binary is known to the local image",
+                dockerfile.display()
+            );
+        }
+        layer.file(dest, sitecache_bin, 0o755);
+    }
+    add_libraries(&mut layer, sitecache_bin)?;
+    let archive = dir.join(format!("{name}.tar"));
+    let mut env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt".to_owned(),
+    ];
+    env.extend(stage.env.iter().cloned());
+    super::oci::write_archive(
+        &archive,
+        reference,
+        &layer,
+        &ImageConfig {
+            user: stage.user.clone(),
+            entrypoint: stage.entrypoint.clone(),
+            cmd: stage.cmd.clone(),
+            env,
+            working_dir: stage
+                .workdir
+                .clone()
+                .unwrap_or_else(|| "/home/nonroot".into()),
+        },
+        work,
+    )?;
+    Ok(archive)
 }
 
 /// The files of `site` (the example storefront) at `/site`, owned by root and readable by all:

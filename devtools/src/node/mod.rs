@@ -18,7 +18,8 @@
 //! - [`containerd`], [`kubelet`], [`controllers`]: the parts, each a [`ManagedProcess`] logging
 //!   to a file in the node's directory.
 //! - [`images`] and [`oci`]: the local images as OCI archives, imported into containerd (the
-//!   agent, pause, Deno, and a site: Deno plus `examples/storefront/` at `/site`).
+//!   agent, and optionally an earlier release's, pause, Deno, and a site: Deno plus
+//!   `examples/storefront/` at `/site`).
 //!
 //! Needs root (kubelet, containerd, network namespaces), cgroups, overlayfs, and the assets of
 //! `hack/test-assets.sh` (kube-node, Debian's containerd, runc and CNI plugins); a C compiler
@@ -44,7 +45,7 @@ use kube::api::Api;
 
 use crate::control_plane::{ControlPlane, ControlPlaneOptions};
 use crate::process::ManagedProcess;
-pub use images::Images;
+pub use images::{AgentImage, Images};
 pub use kubelet::NODE_NAME;
 use netns::{API_SERVICE_IP, NODE_IP};
 
@@ -59,6 +60,9 @@ pub struct NodeConfig {
     /// The Dockerfile whose final stage the agent image follows (user, entrypoint, command,
     /// where the binary is copied).
     pub dockerfile: PathBuf,
+    /// More agent images, each from its own binary and Dockerfile (an earlier release's, which
+    /// the upgrade test installs first), at [`Images::agent_tagged`].
+    pub other_agents: Vec<AgentImage>,
 }
 
 /// A running single-node cluster. Dropping it stops every part and removes what the node left
@@ -131,7 +135,13 @@ impl Node {
         let archives = {
             let (dir, images, config) = (dir.join("images"), images.clone(), config.clone());
             tokio::task::spawn_blocking(move || {
-                images::build(&dir, &images, &config.sitecache_bin, &config.dockerfile)
+                images::build(
+                    &dir,
+                    &images,
+                    &config.sitecache_bin,
+                    &config.dockerfile,
+                    &config.other_agents,
+                )
             })
         };
         let containerd_dir = dir.join("containerd");

@@ -2,7 +2,8 @@
 //! controller running as pods, and snapshot Jobs run by the real Job controller and kubelet
 //! (containerd, runc), where the local job runner of the fast tier only simulates them.
 //!
-//! One node per test run, with one release of `charts/sitecache` on it ([`cluster`]): the local
+//! One node shared by the scenarios of a test run (the upgrade has its own, below), with one
+//! release of `charts/sitecache` on it ([`cluster`]): the local
 //! agent image (`pullPolicy: Never`), two replicas electing a leader, the shared MinIO at the
 //! address the node forwards it to (`storage.endpoint`, path-style), the controller's own keys
 //! from a Secret (`controller.extraEnv`), finished Jobs kept [`JOB_TTL`]. Each scenario has a
@@ -31,13 +32,15 @@
 //!   result finalizer against the real TTL controller and garbage collector);
 //! - [`stalled`]: Jobs that make no progress (a pod Pod Security refuses, a container whose
 //!   Secret is missing) are reported with what the Job controller and kubelet say, long before
-//!   their deadline.
+//!   their deadline;
+//! - [`upgrade`], on a node and release of its own: `helm upgrade` from the earlier release
+//!   (`UPGRADE_FROM_COMMIT`) to the working tree with snapshot Jobs in flight, each handled once.
 //!
 //! Run just this tier with `cargo test --test integration -- node:: cluster::`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -52,7 +55,7 @@ use serde_json::{Value, json};
 use sitecache::api::{SiteCache, SnapshotResult};
 use sitecache_devtools::assets::Asset;
 use sitecache_devtools::connect_proxy::{ConnectProxy, PACKAGE_REGISTRIES};
-use sitecache_devtools::node::{NODE_NAME, Node, NodeConfig};
+use sitecache_devtools::node::{AgentImage, NODE_NAME, Node, NodeConfig};
 use sitecache_devtools::process::tail;
 use tokio::sync::OnceCell;
 
@@ -71,7 +74,8 @@ const STALL_AFTER: Duration = Duration::from_secs(1);
 /// Where the scenarios' pods mount the Deno cache.
 const DENO_DIR: &str = "/deno-dir";
 
-/// The node with the chart installed, shared by the scenarios of a run.
+/// A node with the chart installed: the one the scenarios of a run share ([`cluster`]), or one
+/// of a scenario's own ([`upgrade`]).
 struct Cluster {
     node: Node,
     /// The release's namespace.
@@ -80,6 +84,24 @@ struct Cluster {
     s3_endpoint: String,
     /// Each scenario's (name, namespace, bucket).
     places: Vec<(&'static str, String, String)>,
+    /// The release's values but the image, which [`Cluster::helm`] adds.
+    values: Value,
+}
+
+/// What [`start`] makes: a node and a release of the chart on it.
+struct ClusterConfig {
+    /// The node's directory, under the run's.
+    dir: &'static str,
+    /// The agent images beside the working tree's.
+    other_agents: Vec<AgentImage>,
+    /// The scenarios, each with a namespace (watched by the release) and a bucket.
+    scenarios: &'static [&'static str],
+    /// The scenario whose bucket is the release's default bucket; the others' are allowed.
+    default_bucket: &'static str,
+    /// The chart to install.
+    chart: PathBuf,
+    /// The image of the controller and its agents; `None`: the working tree's.
+    image: Option<String>,
 }
 
 /// The shared node and release, started by the first scenario that asks. A start that failed
@@ -87,7 +109,18 @@ struct Cluster {
 async fn cluster() -> &'static Cluster {
     static CLUSTER: OnceCell<Result<Cluster, String>> = OnceCell::const_new();
     let started = CLUSTER
-        .get_or_init(|| async { start().await.map_err(|e| format!("{e:#}")) })
+        .get_or_init(|| async {
+            let config = ClusterConfig {
+                dir: "cluster-node",
+                other_agents: Vec::new(),
+                scenarios: &SCENARIOS,
+                // The credentials scenario uses the default bucket; the others name theirs.
+                default_bucket: "creds",
+                chart: support::repo_path("charts/sitecache"),
+                image: None,
+            };
+            start(&config).await.map_err(|e| format!("{e:#}"))
+        })
         .await;
     match started {
         Ok(c) => c,
@@ -95,13 +128,14 @@ async fn cluster() -> &'static Cluster {
     }
 }
 
-async fn start() -> Result<Cluster> {
+async fn start(config: &ClusterConfig) -> Result<Cluster> {
     let begun = Instant::now();
     let node = Node::start(
-        &support::run_dir().join("cluster-node"),
+        &support::run_dir().join(config.dir),
         &NodeConfig {
             sitecache_bin: env!("CARGO_BIN_EXE_sitecache").into(),
             dockerfile: support::repo_path("Dockerfile"),
+            other_agents: config.other_agents.clone(),
         },
     )
     .await
@@ -114,7 +148,7 @@ async fn start() -> Result<Cluster> {
 
     let release_ns = node.create_namespace("sitecache").await?;
     let mut places = Vec::new();
-    for name in SCENARIOS {
+    for &name in config.scenarios {
         let ns = node.create_namespace(name).await?;
         let bucket = s3.create_bucket(name).await?;
         places.push((name, ns, bucket));
@@ -128,11 +162,6 @@ async fn start() -> Result<Cluster> {
         .collect();
     create_secret(&client, &release_ns, "controller-storage", keys).await?;
 
-    let (repository, tag) = node
-        .images()
-        .agent
-        .rsplit_once(':')
-        .context("the agent image has no tag")?;
     let secret_env = |name: &str| json!({"name": name, "valueFrom": {"secretKeyRef": {"name": "controller-storage", "key": name}}});
     let bucket_of = |name: &str| {
         places
@@ -142,11 +171,13 @@ async fn start() -> Result<Cluster> {
             .unwrap_or_default()
     };
     let values = json!({
-        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "storage": {
-            // The credentials scenario uses the default bucket; the others name theirs.
-            "defaultBucket": bucket_of("creds"),
-            "allowedBuckets": [bucket_of("deno"), bucket_of("hang"), bucket_of("stall"), bucket_of("owner"), bucket_of("outage")],
+            "defaultBucket": bucket_of(config.default_bucket),
+            "allowedBuckets": places
+                .iter()
+                .filter(|p| p.0 != config.default_bucket)
+                .map(|p| p.2.clone())
+                .collect::<Vec<_>>(),
             "region": "us-east-1",
             "endpoint": s3_endpoint,
             "pathStyle": true,
@@ -164,49 +195,90 @@ async fn start() -> Result<Cluster> {
             ],
         },
     });
-    let values_file = node.dir().join("values.json");
-    std::fs::write(&values_file, serde_json::to_vec_pretty(&values)?)?;
-    let helm = Asset::Helm.path().context("helm (make test-assets)")?;
-    let args: Vec<String> = vec![
-        "install".into(),
-        RELEASE.into(),
-        support::repo_path("charts/sitecache").display().to_string(),
-        "--namespace".into(),
-        release_ns.clone(),
-        "--kubeconfig".into(),
-        node.kubeconfig().display().to_string(),
-        "--values".into(),
-        values_file.display().to_string(),
-        "--wait".into(),
-        "--timeout".into(),
-        "3m".into(),
-    ];
+    let cluster = Cluster {
+        node,
+        release_ns,
+        s3_endpoint,
+        places,
+        values,
+    };
+    let image = match &config.image {
+        Some(image) => image.clone(),
+        None => cluster.node.images().agent.clone(),
+    };
     let installing = Instant::now();
-    let out =
-        tokio::task::spawn_blocking(move || std::process::Command::new(helm).args(&args).output())
-            .await??;
-    if !out.status.success() {
-        let mut report = format!(
-            "helm install failed ({}): {}{}\n",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        report.push_str(&pod_logs(&node, &release_ns));
-        report.push_str(&node.log_tails());
-        bail!("{report}");
-    }
+    cluster.helm("install", &config.chart, &image).await?;
     eprintln!(
         "cluster: the node was ready in {:.1}s, helm install --wait took {:.1}s",
         node_ready.as_secs_f64(),
         installing.elapsed().as_secs_f64()
     );
-    Ok(Cluster {
-        node,
-        release_ns,
-        s3_endpoint,
-        places,
-    })
+    Ok(cluster)
+}
+
+impl Cluster {
+    /// `helm <verb>` (install, upgrade) of release [`RELEASE`] from `chart` with the cluster's
+    /// values and `image` (`pullPolicy: Never`: the node's own), waiting until its workloads are
+    /// ready; an error with the release's pod logs and the node's when it fails.
+    async fn helm(&self, verb: &str, chart: &Path, image: &str) -> Result<()> {
+        let (repository, tag) = image
+            .rsplit_once(':')
+            .with_context(|| format!("the image {image} has no tag"))?;
+        let mut values = self.values.clone();
+        values["image"] = json!({"repository": repository, "tag": tag, "pullPolicy": "Never"});
+        let values_file = self.node.dir().join(format!("values-{verb}.json"));
+        std::fs::write(&values_file, serde_json::to_vec_pretty(&values)?)?;
+        self.run_helm(vec![
+            verb.into(),
+            RELEASE.into(),
+            chart.display().to_string(),
+            "--values".into(),
+            values_file.display().to_string(),
+        ])
+        .await
+    }
+
+    /// `helm rollback` of release [`RELEASE`] to `revision`, waiting as [`Cluster::helm`] does.
+    async fn helm_rollback(&self, revision: u32) -> Result<()> {
+        self.run_helm(vec![
+            "rollback".into(),
+            RELEASE.into(),
+            revision.to_string(),
+        ])
+        .await
+    }
+
+    /// Helm with `args`, on the release's namespace, waiting (3 minutes at most) until what it
+    /// changed is ready.
+    async fn run_helm(&self, mut args: Vec<String>) -> Result<()> {
+        let helm = Asset::Helm.path().context("helm (make test-assets)")?;
+        let what = args.first().cloned().unwrap_or_default();
+        args.extend([
+            "--namespace".into(),
+            self.release_ns.clone(),
+            "--kubeconfig".into(),
+            self.node.kubeconfig().display().to_string(),
+            "--wait".into(),
+            "--timeout".into(),
+            "3m".into(),
+        ]);
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(helm).args(&args).output()
+        })
+        .await??;
+        if !out.status.success() {
+            let mut report = format!(
+                "helm {what} failed ({}): {}{}\n",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            report.push_str(&pod_logs(&self.node, &self.release_ns));
+            report.push_str(&self.node.log_tails());
+            bail!("{report}");
+        }
+        Ok(())
+    }
 }
 
 async fn create_secret(
@@ -276,18 +348,19 @@ enum Poll<T> {
     Fail(String),
 }
 
-/// A scenario: its namespace and bucket on the shared cluster, an admin client of its own.
-struct Scenario {
-    c: &'static Cluster,
+/// A scenario: its namespace and bucket on a cluster (the shared one, or its own), an admin
+/// client of its own.
+struct Scenario<'c> {
+    c: &'c Cluster,
     client: Client,
     ns: String,
     bucket: String,
     started: Instant,
 }
 
-impl Scenario {
+impl<'c> Scenario<'c> {
     /// The scenario `name` of [`SCENARIOS`], in its namespace, with its bucket.
-    async fn new(name: &str) -> Scenario {
+    async fn new(name: &str) -> Scenario<'static> {
         let c = cluster().await;
         let (_, ns, bucket) = c
             .places
@@ -298,12 +371,12 @@ impl Scenario {
     }
 
     /// A scenario about the release itself, in its namespace (no bucket).
-    async fn release() -> Scenario {
+    async fn release() -> Scenario<'static> {
         let c = cluster().await;
         Scenario::in_namespace(c, &c.release_ns, "").await
     }
 
-    async fn in_namespace(c: &'static Cluster, ns: &str, bucket: &str) -> Scenario {
+    async fn in_namespace(c: &'c Cluster, ns: &str, bucket: &str) -> Scenario<'c> {
         Scenario {
             c,
             client: c.node.client().await.expect("an admin client"),
@@ -830,3 +903,4 @@ mod hanging;
 mod outage;
 mod stalled;
 mod undeclared_user;
+mod upgrade;

@@ -85,7 +85,7 @@ async fn stalled_jobs_are_reported_before_their_deadline() {
     s.done("stalled Jobs");
 }
 
-impl Scenario {
+impl Scenario<'_> {
     /// Waits until SiteCache `name` reports its running Job stalled with `reason`, in
     /// `Progressing` and `Degraded` and with a Warning Event, within [`STALL_AFTER`] and a
     /// minute; returns it.
