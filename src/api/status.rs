@@ -164,6 +164,10 @@ pub struct GenerationInfo {
     /// says otherwise in `runtimeMismatch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deno_version: Option<String>,
+    /// The image the warm step ran, by digest as kubelet reported it (`imageID`), when the pod
+    /// that committed the generation was still there to say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_image: Option<String>,
 }
 
 /// A user and group (numeric).

@@ -163,6 +163,7 @@ mod tests {
             base_generation: base,
             cache_owner: None,
             deno_version: None,
+            warm_image: None,
         }
     }
 

@@ -121,6 +121,25 @@ fn pods_of<'a>(pods: &'a [Pod], job_uid: &'a str) -> impl Iterator<Item = &'a Po
 }
 
 /// How container `name` (an init container when `init`) of the pod ended, if it did.
+/// The image the warm step ran in the Job's pod whose snapshot committed (exit 0), by digest as
+/// kubelet reported it: `…@sha256:…`, or a local image's `sha256:…`. `None` when no such pod is
+/// left or kubelet gave no digest.
+pub fn warm_image(pods: &[Pod], job_uid: &str) -> Option<String> {
+    pods_of(pods, job_uid)
+        .filter(|pod| terminated(pod).is_some_and(|t| t.exit_code == 0))
+        .find_map(|pod| {
+            let id = &pod
+                .status
+                .as_ref()?
+                .init_container_statuses
+                .as_ref()?
+                .iter()
+                .find(|c| c.name == WARM_CONTAINER)?
+                .image_id;
+            (id.contains("@sha256:") || id.starts_with("sha256:")).then(|| id.clone())
+        })
+}
+
 fn container_end<'a>(pod: &'a Pod, name: &str, init: bool) -> Option<&'a ContainerStateTerminated> {
     let status = pod.status.as_ref()?;
     let statuses = if init {
@@ -169,6 +188,37 @@ mod tests {
             }]},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn the_warm_image_is_the_committing_pods_by_digest() {
+        let with_warm = |exit: i32, image_id: &str| {
+            let mut p = pod("job-uid", true, exit, "{}", "2026-12-01T10:00:00Z");
+            p.status.as_mut().unwrap().init_container_statuses = Some(vec![
+                serde_json::from_value(json!({
+                    "name": "warm", "image": "shop:1", "imageID": image_id, "ready": false,
+                    "restartCount": 0, "state": {"terminated": {"exitCode": 0}},
+                }))
+                .unwrap(),
+            ]);
+            p
+        };
+        let digest = "registry.example.com/shop@sha256:0123";
+        assert_eq!(
+            warm_image(
+                &[with_warm(1, "x@sha256:9"), with_warm(0, digest)],
+                "job-uid"
+            ),
+            Some(digest.to_owned())
+        );
+        assert_eq!(
+            warm_image(&[with_warm(0, "sha256:27972663")], "job-uid").as_deref(),
+            Some("sha256:27972663")
+        );
+        // No digest, or only a failed attempt's pod: not known.
+        assert_eq!(warm_image(&[with_warm(0, "shop:1")], "job-uid"), None);
+        assert_eq!(warm_image(&[with_warm(1, digest)], "job-uid"), None);
+        assert_eq!(warm_image(&[with_warm(0, digest)], "other"), None);
     }
 
     #[test]

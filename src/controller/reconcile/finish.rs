@@ -14,7 +14,7 @@ use crate::api::{CacheOwner, LastSnapshot, SiteCacheStatus, SnapshotResult};
 use crate::archive::{Manifest, Owner};
 use crate::controller::error::Error;
 use crate::controller::jobs::rebuild::growth_after;
-use crate::controller::jobs::report::{JOB_UID_LABEL, Reported, reported};
+use crate::controller::jobs::report::{JOB_UID_LABEL, Reported, reported, warm_image};
 use crate::controller::jobs::results;
 use crate::controller::jobs::{Base, JobState, JobView, is_ours};
 use crate::controller::objects::{Prefix, Rejection};
@@ -212,7 +212,10 @@ impl Run<'_> {
                 };
                 match checked {
                     Ok((manifest, owner)) => {
-                        kept = self.promote(job, &manifest, owner, prefix, legacy).await?;
+                        let image = warm_image(&self.pods_of(job).await?, &job.uid);
+                        kept = self
+                            .promote(job, &manifest, (owner, image), prefix, legacy)
+                            .await?;
                         None
                     }
                     Err(rejection) => {
@@ -317,12 +320,13 @@ impl Run<'_> {
         &mut self,
         job: &JobView,
         manifest: &Manifest,
-        owner: Option<Owner>,
+        (owner, warm_image): (Option<Owner>, Option<String>),
         prefix: &Prefix<'_>,
         legacy: Option<&str>,
     ) -> Result<Option<String>, Error> {
         let n = manifest.generation;
         let mut info = generation_info(manifest);
+        info.warm_image = warm_image;
         info.cache_owner = owner.map(|o| CacheOwner {
             uid: o.uid,
             gid: o.gid,

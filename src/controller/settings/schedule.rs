@@ -375,6 +375,7 @@ mod tests {
             base_generation: None,
             cache_owner: None,
             deno_version: None,
+            warm_image: None,
         });
         sc
     }

@@ -407,6 +407,7 @@ mod tests {
             base_generation: None,
             cache_owner: None,
             deno_version: None,
+            warm_image: None,
         };
         let mut sc = site(serde_json::json!({"pin": {"generation": 4}}));
         // No status yet: nothing is retained.

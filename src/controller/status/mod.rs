@@ -101,6 +101,7 @@ pub fn generation_info(m: &Manifest) -> GenerationInfo {
         base_generation: None,
         cache_owner: None,
         deno_version: m.deno_version.clone(),
+        warm_image: None,
     }
 }
 
@@ -432,6 +433,7 @@ mod tests {
             base_generation: None,
             cache_owner: None,
             deno_version: None,
+            warm_image: None,
         }
     }
 

@@ -3,6 +3,8 @@
 //! third by serving the site), and runner pods that serve the site from the restored cache
 //! alone.
 
+use sitecache_devtools::assets::pinned_version;
+
 use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,9 +204,18 @@ async fn a_deno_site_in_a_restricted_namespace() {
             && warm_log.contains("\"path\":\"/product/TEE-01\",\"status\":200"),
         "generation 3's warm step did not serve the product page: {warm_log}"
     );
+    let third = sc.status.as_ref().unwrap().current.clone().unwrap();
+    ensure!(s, third.files > second.files);
+    // The runtime that warmed it: the Deno its caches record, the image by digest.
+    let deno = pinned_version("DENO_VERSION").unwrap();
+    ensure_eq!(s, third.deno_version.as_deref(), Some(deno), "{third:?}");
     ensure!(
         s,
-        sc.status.as_ref().unwrap().current.as_ref().unwrap().files > second.files
+        third
+            .warm_image
+            .as_deref()
+            .is_some_and(|i| i.starts_with("sha256:")),
+        "{third:?}"
     );
     // The section, and its npm package, load from the restored cache alone.
     let section = "const { render } = await import('/site/sections/product.ts'); \

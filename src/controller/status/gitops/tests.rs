@@ -50,6 +50,7 @@ fn generation(n: u64, revision: &str) -> GenerationInfo {
         base_generation: None,
         cache_owner: None,
         deno_version: None,
+        warm_image: None,
     }
 }
 
