@@ -14,8 +14,8 @@ pub use spec::{
     cache_dir_problem,
 };
 pub use status::{
-    CacheGrowth, CacheOwner, Freshness, GenerationInfo, LastSnapshot, Phase, SiteCacheStatus,
-    SnapshotResult,
+    CacheGrowth, CacheOwner, Freshness, GenerationInfo, LastSnapshot, Phase, Runtime,
+    SiteCacheStatus, SnapshotResult,
 };
 
 /// API group of the SiteCache resource.

@@ -159,11 +159,21 @@ pub struct GenerationInfo {
     /// restored cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_owner: Option<CacheOwner>,
+    /// What warmed it, where known. (Boxed: absent for most generations of a large fleet, and
+    /// one pointer in the controller's cache of each.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Box<Runtime>>,
+}
+
+/// What warmed a generation.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Runtime {
     /// The version of the Deno that warmed it, as its caches record it: its V8 code cache is of
     /// use only to a runner with the same version (whose `sitecache restore --runtime-version`
     /// says otherwise in `runtimeMismatch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deno_version: Option<String>,
+    pub deno: Option<String>,
     /// The image the warm step ran, by digest as kubelet reported it (`imageID`), when the pod
     /// that committed the generation was still there to say.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -162,8 +162,7 @@ mod tests {
             source_revision: Some(rev.into()),
             base_generation: base,
             cache_owner: None,
-            deno_version: None,
-            warm_image: None,
+            runtime: None,
         }
     }
 

@@ -326,7 +326,9 @@ impl Run<'_> {
     ) -> Result<Option<String>, Error> {
         let n = manifest.generation;
         let mut info = generation_info(manifest);
-        info.warm_image = warm_image;
+        if let Some(image) = warm_image {
+            info.runtime.get_or_insert_with(Default::default).warm_image = Some(image);
+        }
         info.cache_owner = owner.map(|o| CacheOwner {
             uid: o.uid,
             gid: o.gid,

@@ -374,8 +374,7 @@ mod tests {
             source_revision: revision.map(str::to_owned),
             base_generation: None,
             cache_owner: None,
-            deno_version: None,
-            warm_image: None,
+            runtime: None,
         });
         sc
     }

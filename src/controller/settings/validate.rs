@@ -406,8 +406,7 @@ mod tests {
             source_revision: None,
             base_generation: None,
             cache_owner: None,
-            deno_version: None,
-            warm_image: None,
+            runtime: None,
         };
         let mut sc = site(serde_json::json!({"pin": {"generation": 4}}));
         // No status yet: nothing is retained.

@@ -7,7 +7,7 @@ pub mod gitops;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{Freshness, GenerationInfo, Phase, SiteCacheStatus};
+use crate::api::{Freshness, GenerationInfo, Phase, Runtime, SiteCacheStatus};
 use crate::archive::Manifest;
 use crate::controller::jobs::stall::Stall;
 use crate::controller::settings::schedule::Verdict;
@@ -100,8 +100,12 @@ pub fn generation_info(m: &Manifest) -> GenerationInfo {
         source_revision: m.source_revision.clone(),
         base_generation: None,
         cache_owner: None,
-        deno_version: m.deno_version.clone(),
-        warm_image: None,
+        runtime: m.deno_version.clone().map(|deno| {
+            Box::new(Runtime {
+                deno: Some(deno),
+                warm_image: None,
+            })
+        }),
     }
 }
 
@@ -432,8 +436,7 @@ mod tests {
             source_revision: None,
             base_generation: None,
             cache_owner: None,
-            deno_version: None,
-            warm_image: None,
+            runtime: None,
         }
     }
 

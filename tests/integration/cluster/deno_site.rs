@@ -208,10 +208,11 @@ async fn a_deno_site_in_a_restricted_namespace() {
     ensure!(s, third.files > second.files);
     // The runtime that warmed it: the Deno its caches record, the image by digest.
     let deno = pinned_version("DENO_VERSION").unwrap();
-    ensure_eq!(s, third.deno_version.as_deref(), Some(deno), "{third:?}");
+    let runtime = third.runtime.clone().unwrap_or_default();
+    ensure_eq!(s, runtime.deno.as_deref(), Some(deno), "{third:?}");
     ensure!(
         s,
-        third
+        runtime
             .warm_image
             .as_deref()
             .is_some_and(|i| i.starts_with("sha256:")),

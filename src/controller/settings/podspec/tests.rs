@@ -49,8 +49,7 @@ fn pod_observing(
         source_revision: None,
         base_generation: None,
         cache_owner: Some(crate::api::CacheOwner { uid, gid }),
-        deno_version: None,
-        warm_image: None,
+        runtime: None,
     });
     let observed_user = crate::controller::jobs::observed_user(run_as, current.as_ref());
     let settings = crate::controller::jobs::tests::settings();

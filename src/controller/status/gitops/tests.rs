@@ -49,8 +49,7 @@ fn generation(n: u64, revision: &str) -> GenerationInfo {
         source_revision: Some(revision.into()),
         base_generation: None,
         cache_owner: None,
-        deno_version: None,
-        warm_image: None,
+        runtime: None,
     }
 }
 
