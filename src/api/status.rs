@@ -94,6 +94,34 @@ pub struct SiteCacheStatus {
     pub conditions: Vec<Condition>,
 }
 
+impl SiteCacheStatus {
+    /// The generations `spec.pin` may name, newest first: the current one and the retained ones
+    /// retention has not expired (their records are verified: what `current.json` is written
+    /// from).
+    pub fn pinnable(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .generations
+            .iter()
+            .map(|g| g.generation)
+            .chain(self.current.as_ref().map(|c| c.generation))
+            .filter(|g| !self.expired_generations.contains(g))
+            .collect();
+        out.sort_unstable_by(|a, b| b.cmp(a));
+        out.dedup();
+        out
+    }
+
+    /// [`pinnable`](Self::pinnable) in words: `retained: 6, 5`, or `none is retained`.
+    pub fn pinnable_text(&self) -> String {
+        let list: Vec<String> = self.pinnable().iter().map(u64::to_string).collect();
+        if list.is_empty() {
+            "none is retained".into()
+        } else {
+            format!("retained: {}", list.join(", "))
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

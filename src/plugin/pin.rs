@@ -79,28 +79,11 @@ pub async fn promote(kube: &Kube, args: &PromoteArgs, out: &mut impl Write) -> a
     let sc = kube.sitecache(name).await?;
     // A clear refusal before anything changes (the controller would refuse it too).
     let status = sc.status.clone().unwrap_or_default();
-    let retained: Vec<u64> = status
-        .generations
-        .iter()
-        .map(|g| g.generation)
-        .filter(|g| !status.expired_generations.contains(g))
-        .collect();
-    if !retained.contains(&n) {
+    if !status.pinnable().contains(&n) {
         anyhow::bail!(
             "generation {n} of SiteCache {ns}/{name} is not retained ({}): only those can be \
              promoted",
-            if retained.is_empty() {
-                "none is".to_owned()
-            } else {
-                format!(
-                    "retained: {}",
-                    retained
-                        .iter()
-                        .map(u64::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
+            status.pinnable_text()
         );
     }
     let patch = json!({ "spec": { "pin": { "generation": n } } });

@@ -159,6 +159,26 @@ pub fn check_manifest(manifest: &Manifest, location: &Location, n: u64) -> Resul
 }
 
 impl Prefix<'_> {
+    /// The manifest of the generation `info` records, if it still says what the record does
+    /// (archive key, size, SHA-256): what promoting a recorded generation again (`agree`, a pin)
+    /// writes `current.json` from. `Ok(Err(why))` when it does not.
+    pub async fn manifest_as_recorded(
+        &self,
+        info: &crate::api::GenerationInfo,
+    ) -> Result<Result<Manifest, String>, StorageError> {
+        Ok(match self.manifest(info.generation).await? {
+            Ok(m)
+                if m.sha256 == info.sha256
+                    && m.archive_key == info.key
+                    && m.size_bytes == info.size_bytes =>
+            {
+                Ok(m)
+            }
+            Ok(_) => Err("its manifest differs from what the status records".to_owned()),
+            Err(rejection) => Err(rejection.to_string()),
+        })
+    }
+
     /// The manifest of generation `n`, checked: `Ok(Err(_))` when the generation cannot be
     /// promoted as it is.
     pub async fn manifest(&self, n: u64) -> Result<Result<Manifest, Rejection>, StorageError> {

@@ -77,19 +77,9 @@ impl Run<'_> {
         let note = match want {
             Some(info) => {
                 let n = info.generation;
-                let manifest = match prefix.manifest(n).await? {
-                    Ok(m)
-                        if m.sha256 == info.sha256
-                            && m.archive_key == info.key
-                            && m.size_bytes == info.size_bytes =>
-                    {
-                        m
-                    }
-                    other => {
-                        let why = match other {
-                            Ok(_) => "its manifest differs from what the status records".to_owned(),
-                            Err(rejection) => rejection.to_string(),
-                        };
+                let manifest = match prefix.manifest_as_recorded(&info).await? {
+                    Ok(m) => m,
+                    Err(why) => {
                         return Err(Error::Refused {
                             reason: "CurrentDisagrees",
                             message: format!(

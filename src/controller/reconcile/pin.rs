@@ -33,13 +33,9 @@ impl Run<'_> {
             // Step 2 refuses a pin that names no retained generation.
             return Ok(());
         };
-        let manifest = match prefix.manifest(n).await? {
-            Ok(m) if m.sha256 == info.sha256 && m.archive_key == info.key => m,
-            other => {
-                let why = match other {
-                    Ok(_) => "its manifest differs from what the status records".to_owned(),
-                    Err(rejection) => rejection.to_string(),
-                };
+        let manifest = match prefix.manifest_as_recorded(&info).await? {
+            Ok(m) => m,
+            Err(why) => {
                 return Err(Error::Refused {
                     reason: "PinUnavailable",
                     message: format!(

@@ -175,31 +175,18 @@ fn serve_problem(warm: &crate::api::WarmSpec, serve: &crate::api::ServeSpec) -> 
 /// or when the prefix was adopted) that retention has not expired: the only ones a pin may
 /// promote, since their records are what `current.json` is checked against.
 fn retained(sc: &SiteCache, n: u64) -> Result<u64, Invalid> {
-    let status = sc.status.clone().unwrap_or_default();
-    let current = status.current.as_ref().map(|c| c.generation);
-    let kept = |g: u64| !status.expired_generations.contains(&g);
-    if current == Some(n)
-        || status
-            .generations
-            .iter()
-            .any(|g| g.generation == n && kept(n))
-    {
+    let Some(status) = &sc.status else {
+        return Err(Invalid::Pin {
+            generation: n,
+            retained: "none is retained".into(),
+        });
+    };
+    if status.pinnable().contains(&n) {
         return Ok(n);
     }
-    let retained: Vec<String> = status
-        .generations
-        .iter()
-        .map(|g| g.generation)
-        .filter(|&g| kept(g))
-        .map(|g| g.to_string())
-        .collect();
     Err(Invalid::Pin {
         generation: n,
-        retained: if retained.is_empty() {
-            "none is retained".into()
-        } else {
-            format!("retained: {}", retained.join(", "))
-        },
+        retained: status.pinnable_text(),
     })
 }
 
