@@ -7,12 +7,12 @@ SHELL := /bin/bash
 # Cargo's target directory (CARGO_TARGET_DIR or the configured one), where the binaries are built.
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps --offline | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 
-.PHONY: help test test-assets fmt fmt-check lint unit integration fuzz soak crds crds-check build release dev dev-down bench bench-fleet bench-wakeup clean-assets
+.PHONY: version dist test-dist help test test-assets fmt fmt-check lint unit integration fuzz soak crds crds-check build release dev dev-down bench bench-fleet bench-wakeup clean-assets
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-test: test-assets fmt-check lint unit integration ## Everything CI runs: formatting, clippy, unit and real-part tests
+test: test-assets fmt-check lint unit integration test-dist ## Everything CI runs: formatting, clippy, unit and real-part tests, the release's files and install paths
 
 test-assets: ## Build or install (first run) or find the real parts: control plane, node (kubelet, containerd, runc), MinIO, Helm, promtool, Deno, linters
 	hack/test-assets.sh ensure
@@ -23,10 +23,11 @@ fmt: ## Format the code
 fmt-check: ## Fail if the code is not formatted
 	$(CARGO) fmt --all -- --check
 
-lint: ## clippy on every target (warnings are errors), hadolint on the Dockerfile, cargo-deny's licence and duplicate checks (offline, deny.toml), deno fmt/lint/check of the runner kit
+lint: ## clippy on every target (warnings are errors), hadolint on the Dockerfile, cargo-deny's licence and duplicate checks (offline, deny.toml), deno fmt/lint/check of the runner kit, actionlint on the workflows
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	cd clients/deno && deno="$$(../../hack/test-assets.sh path deno)" && "$$deno" fmt --check && "$$deno" lint && "$$deno" check *.ts
 	"$$(hack/test-assets.sh path hadolint)" Dockerfile
+	"$$(hack/test-assets.sh path actionlint)" .github/workflows/*.yml
 	"$$(hack/test-assets.sh path cargo-deny)" --offline --locked --workspace check --hide-inclusion-graph licenses bans
 
 unit: ## Unit tests (no real parts)
@@ -51,6 +52,27 @@ fuzz: ## The property tests with a long budget: the tar reader, decompression, t
 crds: ## Regenerate crds/ and the chart's copy from the Rust types
 	$(CARGO) run --quiet --locked -- crd > crds/sitecache.yaml
 	cp crds/sitecache.yaml charts/sitecache/files/crd.yaml
+
+# The release's version: Cargo.toml's, which the binary reports and the chart, the image and every
+# file name of dist/ carry.
+VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+DIST ?= dist
+# The release build has a target directory of its own (its flags differ from every other
+# build's) and maps this checkout's, Cargo's and its own paths to fixed ones, so that two clones of
+# a commit build the same binary, and so the same image digest.
+DIST_TARGET_DIR = $(TARGET_DIR)/dist-build
+CARGO_HOME ?= $(HOME)/.cargo
+DIST_RUSTFLAGS = --remap-path-prefix=$(CURDIR)=/sitecache --remap-path-prefix=$(CARGO_HOME)=/cargo --remap-path-prefix=$(DIST_TARGET_DIR)=/target
+version: ## Print the version a release of this checkout has (Cargo.toml's)
+	@echo "$(VERSION)"
+
+dist: ## Build the release into dist/ (DIST=dir): binary, image (OCI archive), chart package and OCI layout, install.yaml, kustomize base, krew plugin, SBOM, notes, SHA256SUMS (docs/releasing.md)
+	RUSTFLAGS="$(DIST_RUSTFLAGS)" CARGO_TARGET_DIR="$(DIST_TARGET_DIR)" $(CARGO) build --release --locked -p sitecache --bin sitecache
+	$(CARGO) build --locked --quiet -p sitecache-devtools --bin sitecache-dev
+	"$(TARGET_DIR)/debug/sitecache-dev" --repo "$(CURDIR)" dist --sitecache-bin "$(DIST_TARGET_DIR)/release/sitecache" --out "$(DIST)" $(DIST_ARGS)
+
+test-dist: test-assets dist ## Check the release (make dist) with the tools its users use, and install it from dist/ on the real node with Helm, install.yaml and kustomize
+	SITECACHE_DIST="$(abspath $(DIST))" $(CARGO) test --locked --test integration -- --ignored dist::
 
 build: ## Debug build of the sitecache binary
 	$(CARGO) build --locked

@@ -245,6 +245,40 @@ install_cargo_deny() {
   log "cargo-deny cached in $final"
 }
 
+# build_go_tool NAME VERSION PACKAGE: a Go command (`go install PACKAGE@VERSION`, static,
+# stripped) cached as $cache_root/NAME-VERSION/NAME: the release's tools (crane, krew,
+# actionlint).
+build_go_tool() {
+  local name=$1 version=$2 package=$3
+  local final="$cache_root/$name-$version"
+  [ -x "$final/$name" ] && return 0
+  local tmp; tmp=$(new_tmp "$name"); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "building $name $version from Go modules (first run only)"
+  with_heartbeat "$name" env CGO_ENABLED=0 GOBIN="$tmp/out" GOFLAGS=-mod=mod \
+    go install -trimpath -ldflags "-s -w" "$package@$version"
+  local built; built=$(ls "$tmp/out")
+  [ "$built" = "$name" ] || mv "$tmp/out/$built" "$tmp/out/$name"
+  "$tmp/out/$name" version >/dev/null 2>&1 || "$tmp/out/$name" --version >/dev/null 2>&1 \
+    || "$tmp/out/$name" -version >/dev/null 2>&1 || die "the built $name does not run"
+  publish "$tmp/out" "$final"
+  log "$name cached in $final"
+}
+
+# cargo-cyclonedx: the release's SBOM of the Rust dependency graph, from crates.io.
+install_cargo_cyclonedx() {
+  local final="$cache_root/cargo-cyclonedx-$CARGO_CYCLONEDX_VERSION"
+  [ -x "$final/cargo-cyclonedx" ] && return 0
+  local tmp; tmp=$(new_tmp cargo-cyclonedx); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "building cargo-cyclonedx $CARGO_CYCLONEDX_VERSION from crates.io (first run only: a few minutes)"
+  with_heartbeat cargo-cyclonedx env CARGO_TARGET_DIR="$tmp/target" \
+    cargo install --quiet --locked --version "$CARGO_CYCLONEDX_VERSION" --root "$tmp/root" cargo-cyclonedx >&2
+  mkdir -p "$tmp/out"
+  mv "$tmp/root/bin/cargo-cyclonedx" "$tmp/out/cargo-cyclonedx"
+  "$tmp/out/cargo-cyclonedx" cyclonedx --version >/dev/null || die "the installed cargo-cyclonedx does not run"
+  publish "$tmp/out" "$final"
+  log "cargo-cyclonedx cached in $final"
+}
+
 # The node tier's Kubernetes components (kubelet, kube-scheduler, kube-controller-manager) as one
 # multi-call binary, hack/node/kube-node, in its own cache directory so that kube-apiserver's and
 # kubectl's stays valid; the three names are symlinks to it. Measured: the shared packages are
@@ -386,6 +420,10 @@ resolve() {
     containerd|ctr) ensure_node_packages; echo "/usr/bin/$name" ;;
     runc) ensure_node_packages; echo "/usr/sbin/runc" ;;
     cni-plugins) ensure_node_packages; echo "/usr/lib/cni" ;;
+    cargo-cyclonedx) install_cargo_cyclonedx; echo "$cache_root/cargo-cyclonedx-$CARGO_CYCLONEDX_VERSION/cargo-cyclonedx" ;;
+    crane) build_go_tool crane "$CRANE_VERSION" github.com/google/go-containerregistry/cmd/crane; echo "$cache_root/crane-$CRANE_VERSION/crane" ;;
+    krew) build_go_tool krew "$KREW_VERSION" sigs.k8s.io/krew/cmd/krew; echo "$cache_root/krew-$KREW_VERSION/krew" ;;
+    actionlint) build_go_tool actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint; echo "$cache_root/actionlint-$ACTIONLINT_VERSION/actionlint" ;;
     upgrade-base) build_upgrade_base; echo "$cache_root/upgrade-base-$UPGRADE_FROM_COMMIT" ;;
     *) die "unknown asset $name" ;;
   esac
@@ -412,6 +450,10 @@ all_env() {
   echo "TEST_ASSET_RUNC=$(resolve runc TEST_ASSET_RUNC)"
   echo "TEST_ASSET_CNI_PLUGINS=$(resolve cni-plugins TEST_ASSET_CNI_PLUGINS)"
   echo "TEST_ASSET_UPGRADE_BASE=$(resolve upgrade-base TEST_ASSET_UPGRADE_BASE)"
+  echo "TEST_ASSET_CARGO_CYCLONEDX=$(resolve cargo-cyclonedx TEST_ASSET_CARGO_CYCLONEDX)"
+  echo "TEST_ASSET_CRANE=$(resolve crane TEST_ASSET_CRANE)"
+  echo "TEST_ASSET_KREW=$(resolve krew TEST_ASSET_KREW)"
+  echo "TEST_ASSET_ACTIONLINT=$(resolve actionlint TEST_ASSET_ACTIONLINT)"
 }
 
 case "${1:-ensure}" in

@@ -41,6 +41,15 @@ pub enum Asset {
     /// `UPGRADE_FROM_COMMIT` of this repository (`hack/versions.env`): its `sitecache` binary
     /// (dev profile), its `Dockerfile` and its chart, `charts/sitecache/`.
     UpgradeBase,
+    /// The release's SBOM generator (`make dist`).
+    CargoCyclonedx,
+    /// go-containerregistry's `crane`: a registry for the release's tests (`crane registry
+    /// serve`) and its client.
+    Crane,
+    /// The kubectl plugin manager, which installs the plugin from the release's krew manifest.
+    Krew,
+    /// The GitHub Actions workflow linter (`make lint`).
+    Actionlint,
 }
 
 impl Asset {
@@ -65,6 +74,10 @@ impl Asset {
             Asset::Runc => "runc",
             Asset::CniPlugins => "cni-plugins",
             Asset::UpgradeBase => "upgrade-base",
+            Asset::CargoCyclonedx => "cargo-cyclonedx",
+            Asset::Crane => "crane",
+            Asset::Krew => "krew",
+            Asset::Actionlint => "actionlint",
         }
     }
 
@@ -88,6 +101,10 @@ impl Asset {
             Asset::Runc => "TEST_ASSET_RUNC",
             Asset::CniPlugins => "TEST_ASSET_CNI_PLUGINS",
             Asset::UpgradeBase => "TEST_ASSET_UPGRADE_BASE",
+            Asset::CargoCyclonedx => "TEST_ASSET_CARGO_CYCLONEDX",
+            Asset::Crane => "TEST_ASSET_CRANE",
+            Asset::Krew => "TEST_ASSET_KREW",
+            Asset::Actionlint => "TEST_ASSET_ACTIONLINT",
         }
     }
 
@@ -132,6 +149,10 @@ impl Asset {
             Asset::Deno => ("deno", "DENO_VERSION"),
             Asset::Helm => ("helm", "HELM_VERSION"),
             Asset::Promtool => ("promtool", "PROMETHEUS_VERSION"),
+            Asset::CargoCyclonedx => ("cargo-cyclonedx", "CARGO_CYCLONEDX_VERSION"),
+            Asset::Crane => ("crane", "CRANE_VERSION"),
+            Asset::Krew => ("krew", "KREW_VERSION"),
+            Asset::Actionlint => ("actionlint", "ACTIONLINT_VERSION"),
             Asset::GitopsStatus | Asset::UpgradeBase => unreachable!("named above"),
         };
         Ok(format!("{package}-{}", pinned_version(key)?))

@@ -26,6 +26,7 @@ mod bounds;
 mod chart;
 mod cluster;
 mod controller;
+mod dist;
 mod faults;
 mod fixtures;
 mod gitops;

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use sitecache_devtools::assets::Asset;
 use sitecache_devtools::dev::{self, StateDir};
+use sitecache_devtools::dist;
 
 /// Runs sitecache locally: a control plane (etcd + kube-apiserver), an S3 server (MinIO), the
 /// controller and a local job runner, with the example site of examples/. Dev tooling only.
@@ -39,6 +41,21 @@ enum Cmd {
     },
     /// Stop everything `up` started and remove the state directory.
     Down,
+    /// Build a release into a directory (`make dist`, docs/releasing.md): the binary's archive,
+    /// the image as an OCI layout archive, the chart package and its OCI layout, install.yaml,
+    /// a kustomize base, the kubectl plugin with its krew manifest, the SBOM, the release notes
+    /// and SHA256SUMS.
+    Dist {
+        /// The sitecache binary to release (linux-amd64, built from this checkout).
+        #[arg(long)]
+        sitecache_bin: PathBuf,
+        /// The output directory (emptied first).
+        #[arg(long, default_value = "dist")]
+        out: PathBuf,
+        /// A release proper: a clean tree and CHANGELOG.md's section for the version required.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Say whether the environment runs, and where it is.
     Status,
     /// Run the environment in the foreground until SIGTERM (what `up` starts in the background).
@@ -75,6 +92,27 @@ fn run(cli: Cli) -> Result<()> {
     let repo = std::path::absolute(&cli.repo)
         .with_context(|| format!("resolve --repo {}", cli.repo.display()))?;
     let repo = repo.canonicalize().unwrap_or(repo);
+    if let Cmd::Dist {
+        sitecache_bin,
+        out,
+        strict,
+    } = cli.command
+    {
+        let files = dist::build(&dist::Options {
+            repo,
+            sitecache_bin: std::path::absolute(&sitecache_bin)?,
+            out: std::path::absolute(&out)?,
+            strict,
+            helm: Asset::Helm.path()?,
+            cargo_cyclonedx: Asset::CargoCyclonedx.path()?,
+        })?;
+        println!("{}:", out.display());
+        for f in files {
+            println!("  {f}");
+        }
+        println!("  {}", dist::sums::SUMS);
+        return Ok(());
+    }
     let dir = cli.dir.filter(|d| !d.as_os_str().is_empty());
     let dir = StateDir::new(&dir.unwrap_or_else(|| dev::default_dir(&repo)))?;
     match cli.command {
@@ -92,6 +130,7 @@ fn run(cli: Cli) -> Result<()> {
                 sitecache_bin,
             }))
         }
+        Cmd::Dist { .. } => unreachable!("handled above"),
         Cmd::Down => dev::down::down(&dir),
         Cmd::Status => dev::down::status(&dir),
         Cmd::Serve {

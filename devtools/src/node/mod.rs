@@ -17,7 +17,7 @@
 //!   kubelet's root directory, whose sockets' paths must stay short.
 //! - [`containerd`], [`kubelet`], [`controllers`]: the parts, each a [`ManagedProcess`] logging
 //!   to a file in the node's directory.
-//! - [`images`] and [`oci`]: the local images as OCI archives, imported into containerd (the
+//! - [`images`]: the local images as OCI archives ([`crate::image`]), imported into containerd (the
 //!   agent, and optionally an earlier release's, pause, Deno, and a site: Deno plus
 //!   `examples/storefront/` at `/site`).
 //!
@@ -32,7 +32,6 @@ pub mod images;
 pub mod janitor;
 pub mod kubelet;
 pub mod netns;
-pub mod oci;
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -285,6 +284,13 @@ impl Node {
     /// The admin kubeconfig (from the host: the API server on loopback).
     pub fn kubeconfig(&self) -> &Path {
         self.control_plane.kubeconfig()
+    }
+
+    /// Imports an OCI image archive made elsewhere (a release's image, `make dist`) into the
+    /// node's containerd, and checks that it lists the image as `reference` (the archive's
+    /// `io.containerd.image.name`).
+    pub fn import_image(&self, reference: &str, archive: &Path) -> Result<()> {
+        self.containerd.import(&[reference.to_owned()], archive)
     }
 
     /// The references of the local images, for pod specs.

@@ -899,6 +899,7 @@ macro_rules! ensure_eq {
 mod chart;
 mod credentials;
 mod deno_site;
+mod dist;
 mod hanging;
 mod outage;
 mod stalled;

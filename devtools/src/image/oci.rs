@@ -1,11 +1,14 @@
-//! OCI image archives built without an image builder: one uncompressed tar layer of given files
-//! and an image config (user, entrypoint, command, environment, working directory), written as an
-//! OCI image layout in a tar (`oci-layout`, `index.json`, `blobs/sha256/…`) that
-//! `ctr images import` reads.
+//! OCI image archives built without an image builder: tar layers of given files (uncompressed, or
+//! gzip-compressed for a release) and an image config (user, entrypoint, command, environment,
+//! working directory, labels), written as an OCI image layout in a tar (`oci-layout`,
+//! `index.json`, `blobs/sha256/…`) that `ctr images import`, `skopeo copy oci-archive:…` and
+//! registries' clients read.
 //!
-//! Every entry is written with a fixed modification time and numeric owners, so the same inputs
-//! give the same image.
+//! Every entry is written with a fixed modification time and numeric owners, the JSON documents
+//! with sorted keys and the compression without a timestamp, so the same inputs give the same
+//! image, to the digest.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -24,6 +27,8 @@ pub struct ImageConfig {
     /// `NAME=value`.
     pub env: Vec<String>,
     pub working_dir: String,
+    /// The config's `Labels` (what `docker inspect` shows).
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug)]
@@ -211,7 +216,17 @@ pub struct ImageSpec<'a> {
     pub reference: &'a str,
     pub layers: Vec<&'a Layer>,
     pub config: &'a ImageConfig,
+    /// The manifest's annotations (`org.opencontainers.image.*`), repeated on its descriptor in
+    /// `index.json`. `org.opencontainers.image.created`, when given, is also the config's
+    /// `created` (else the epoch).
+    pub annotations: BTreeMap<String, String>,
+    /// Compress the layers with gzip (a release's image); uncompressed otherwise (the node's,
+    /// which containerd would only decompress again).
+    pub gzip: bool,
 }
+
+/// The annotation of the image's creation time.
+pub const CREATED: &str = "org.opencontainers.image.created";
 
 /// Writes an OCI image archive of `layer` and `config` to `out`, named `reference` (a full
 /// reference such as `docker.io/sitecache-test/agent:local`: the name containerd files it under).
@@ -229,6 +244,8 @@ pub fn write_archive(
             reference,
             layers: vec![layer],
             config,
+            annotations: BTreeMap::new(),
+            gzip: false,
         }],
         work,
     )
@@ -239,8 +256,9 @@ pub fn write_archive(
 /// `work` holds the layers while the archive is written (removed after).
 pub fn write_images(out: &Path, images: &[ImageSpec], work: &Path) -> Result<()> {
     std::fs::create_dir_all(work)?;
-    // Each distinct layer (by address), written to `work` once: (layer, its file, its blob).
-    let mut layers: Vec<(*const Layer, PathBuf, Blob)> = Vec::new();
+    // Each distinct layer (by address and compression), written to `work` once: (layer, its
+    // file, its blob, its diff id).
+    let mut layers: Vec<((*const Layer, bool), PathBuf, Blob, String)> = Vec::new();
     let mut blobs: Vec<(Blob, Vec<u8>)> = Vec::new();
     let mut manifests = Vec::new();
     for image in images {
@@ -254,21 +272,33 @@ pub fn write_images(out: &Path, images: &[ImageSpec], work: &Path) -> Result<()>
         let mut diff_ids = Vec::new();
         let mut descriptors = Vec::new();
         for layer in &image.layers {
-            let key: *const Layer = *layer;
-            if !layers.iter().any(|(k, _, _)| *k == key) {
+            let key: (*const Layer, bool) = (*layer, image.gzip);
+            if !layers.iter().any(|(k, ..)| *k == key) {
                 let path = work.join(format!(
                     "layer-{}-{}.tar",
                     out.file_name().unwrap_or_default().to_string_lossy(),
                     layers.len()
                 ));
                 let blob = write_layer(layer, &path)?;
-                layers.push((key, path, blob));
+                let diff_id = blob.digest.clone();
+                let (path, blob) = if image.gzip {
+                    let compressed = path.with_extension("tar.gz");
+                    let blob = gzip(&path, &compressed)?;
+                    std::fs::remove_file(&path)?;
+                    (compressed, blob)
+                } else {
+                    (path, blob)
+                };
+                layers.push((key, path, blob, diff_id));
             }
-            let (_, _, blob) = layers.iter().find(|(k, _, _)| *k == key).unwrap();
-            // Uncompressed: a layer's digest is its diff id.
-            diff_ids.push(json!(blob.digest));
+            let (_, _, blob, diff_id) = layers.iter().find(|(k, ..)| *k == key).unwrap();
+            diff_ids.push(json!(diff_id));
             descriptors.push(json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "mediaType": if image.gzip {
+                    "application/vnd.oci.image.layer.v1.tar+gzip"
+                } else {
+                    "application/vnd.oci.image.layer.v1.tar"
+                },
                 "digest": blob.digest,
                 "size": blob.size,
             }));
@@ -290,13 +320,20 @@ pub fn write_images(out: &Path, images: &[ImageSpec], work: &Path) -> Result<()>
         if !config.working_dir.is_empty() {
             cfg.insert("WorkingDir".into(), json!(config.working_dir));
         }
+        if !config.labels.is_empty() {
+            cfg.insert("Labels".into(), json!(config.labels));
+        }
+        let created = image
+            .annotations
+            .get(CREATED)
+            .map_or("1970-01-01T00:00:00Z", String::as_str);
         let history: Vec<_> = image
             .layers
             .iter()
-            .map(|_| json!({ "created": "1970-01-01T00:00:00Z", "created_by": "sitecache-devtools node::oci" }))
+            .map(|_| json!({ "created": created, "created_by": "sitecache-devtools image::oci" }))
             .collect();
         let image_config = serde_json::to_vec(&json!({
-            "created": "1970-01-01T00:00:00Z",
+            "created": created,
             "architecture": "amd64",
             "os": "linux",
             "config": cfg,
@@ -304,7 +341,7 @@ pub fn write_images(out: &Path, images: &[ImageSpec], work: &Path) -> Result<()>
             "history": history,
         }))?;
         let config_blob = blob_of(&image_config);
-        let manifest = serde_json::to_vec(&json!({
+        let mut manifest = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {
@@ -313,17 +350,21 @@ pub fn write_images(out: &Path, images: &[ImageSpec], work: &Path) -> Result<()>
                 "size": config_blob.size,
             },
             "layers": descriptors,
-        }))?;
+        });
+        if !image.annotations.is_empty() {
+            manifest["annotations"] = json!(image.annotations);
+        }
+        let manifest = serde_json::to_vec(&manifest)?;
         let manifest_blob = blob_of(&manifest);
+        let mut annotations = image.annotations.clone();
+        annotations.insert("io.containerd.image.name".into(), image.reference.into());
+        annotations.insert("org.opencontainers.image.ref.name".into(), tag.into());
         manifests.push(json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": manifest_blob.digest,
             "size": manifest_blob.size,
             "platform": { "architecture": "amd64", "os": "linux" },
-            "annotations": {
-                "io.containerd.image.name": image.reference,
-                "org.opencontainers.image.ref.name": tag,
-            },
+            "annotations": annotations,
         }));
         blobs.push((config_blob, image_config));
         blobs.push((manifest_blob, manifest));
@@ -336,23 +377,15 @@ pub fn write_images(out: &Path, images: &[ImageSpec], work: &Path) -> Result<()>
 
     let file = File::create(out).with_context(|| format!("create {}", out.display()))?;
     let mut tar = tar::Builder::new(BufWriter::new(file));
-    let mut add = |name: &str, bytes: &[u8]| -> io::Result<()> {
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_size(bytes.len() as u64);
-        h.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut h, name, bytes)
-    };
-    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    add("index.json", &index)?;
+    add_file(&mut tar, "oci-layout", OCI_LAYOUT)?;
+    add_file(&mut tar, "index.json", &index)?;
     let mut written = std::collections::BTreeSet::new();
     for (blob, bytes) in &blobs {
         if written.insert(blob.digest.clone()) {
-            add(&blob_path(&blob.digest), bytes)?;
+            add_file(&mut tar, &blob_path(&blob.digest), bytes)?;
         }
     }
-    for (_, path, blob) in &layers {
+    for (_, path, blob, _) in &layers {
         // Two layers with the same files are one blob.
         if !written.insert(blob.digest.clone()) {
             continue;
@@ -365,7 +398,7 @@ pub fn write_images(out: &Path, images: &[ImageSpec], work: &Path) -> Result<()>
         tar.append_data(&mut h, blob_path(&blob.digest), File::open(path)?)?;
     }
     tar.into_inner()?.into_inner().map_err(|e| e.into_error())?;
-    for (_, path, _) in &layers {
+    for (_, path, ..) in &layers {
         std::fs::remove_file(path)?;
     }
     Ok(())
@@ -386,6 +419,82 @@ fn write_layer(layer: &Layer, path: &Path) -> Result<Blob> {
     };
     hashing
         .inner
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    Ok(blob)
+}
+
+/// The descriptor of a blob of `media_type` holding `bytes`.
+pub fn descriptor(media_type: &str, bytes: &[u8]) -> serde_json::Value {
+    let blob = blob_of(bytes);
+    json!({ "mediaType": media_type, "digest": blob.digest, "size": blob.size })
+}
+
+/// Writes an OCI image layout archive of one artifact (a Helm chart, say) to `out`: its
+/// `manifest`, tagged `tag` (`org.opencontainers.image.ref.name`), and the `blobs` it names.
+pub fn write_artifact(out: &Path, tag: &str, manifest: &[u8], blobs: &[Vec<u8>]) -> Result<()> {
+    let manifest_blob = blob_of(manifest);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_blob.digest,
+            "size": manifest_blob.size,
+            "annotations": { "org.opencontainers.image.ref.name": tag },
+        }],
+    }))?;
+    let file = File::create(out).with_context(|| format!("create {}", out.display()))?;
+    let mut tar = tar::Builder::new(BufWriter::new(file));
+    add_file(&mut tar, "oci-layout", OCI_LAYOUT)?;
+    add_file(&mut tar, "index.json", &index)?;
+    let mut written = std::collections::BTreeSet::new();
+    for bytes in std::iter::once(manifest).chain(blobs.iter().map(Vec::as_slice)) {
+        let blob = blob_of(bytes);
+        if written.insert(blob.digest.clone()) {
+            add_file(&mut tar, &blob_path(&blob.digest), bytes)?;
+        }
+    }
+    tar.into_inner()?.into_inner().map_err(|e| e.into_error())?;
+    Ok(())
+}
+
+/// The `oci-layout` file of an image layout.
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Adds a regular file of the layout (mode 0644, time 0) to its tar.
+fn add_file<W: Write>(tar: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_size(bytes.len() as u64);
+    h.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut h, name, bytes)
+}
+
+/// Compresses the file `from` into `to` with gzip (no name, no time in its header: the same
+/// input gives the same bytes); returns the compressed blob.
+fn gzip(from: &Path, to: &Path) -> Result<Blob> {
+    let mut input = File::open(from).with_context(|| format!("open {}", from.display()))?;
+    let out = Hashing {
+        inner: BufWriter::new(
+            File::create(to).with_context(|| format!("create {}", to.display()))?,
+        ),
+        hash: Sha256::new(),
+        len: 0,
+    };
+    let mut encoder = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(255)
+        .write(out, flate2::Compression::default());
+    io::copy(&mut input, &mut encoder)?;
+    let out = encoder.finish()?;
+    let blob = Blob {
+        digest: format!("sha256:{:x}", out.hash.finalize()),
+        size: out.len,
+    };
+    out.inner
         .into_inner()
         .map_err(|e| e.into_error())?
         .sync_all()?;
@@ -508,11 +617,15 @@ mod tests {
                     reference: "docker.io/x/base:t",
                     layers: vec![&base],
                     config: &cfg,
+                    annotations: BTreeMap::new(),
+                    gzip: false,
                 },
                 ImageSpec {
                     reference: "docker.io/x/site:t",
                     layers: vec![&base, &top],
                     config: &cfg,
+                    annotations: BTreeMap::new(),
+                    gzip: false,
                 },
             ],
             dir.path(),

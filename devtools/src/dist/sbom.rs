@@ -1,0 +1,57 @@
+//! `sitecache-<version>.cdx.json`: the CycloneDX SBOM (JSON, spec 1.5) of the `sitecache`
+//! package's Rust dependency graph for the release's target, written by cargo-cyclonedx
+//! (`hack/versions.env`) from Cargo.lock. `SOURCE_DATE_EPOCH` (the commit's time) makes it
+//! reproducible: its timestamp is the commit's and it has no random serial number.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use super::{Options, Release, output};
+
+/// The target the release's binary is built for.
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The SBOM's name.
+pub fn sbom_name(version: &str) -> String {
+    format!("sitecache-{version}.cdx.json")
+}
+
+/// Writes the SBOM into `opts.out`. cargo-cyclonedx writes it beside the manifest it reads, the
+/// checkout's, from where it is moved at once (and removed if anything failed).
+pub fn build(opts: &Options, release: &Release) -> Result<PathBuf> {
+    let stem = "sitecache-sbom";
+    let written = opts.repo.join(format!("{stem}.json"));
+    if written.exists() {
+        bail!(
+            "{} exists: remove it (a leftover of a failed make dist)",
+            written.display()
+        );
+    }
+    let result = output(
+        Command::new(&opts.cargo_cyclonedx)
+            .arg("cyclonedx")
+            .arg("--manifest-path")
+            .arg(opts.repo.join("Cargo.toml"))
+            .args([
+                "--format",
+                "json",
+                "--spec-version",
+                "1.5",
+                "--target",
+                TARGET,
+            ])
+            .args(["--override-filename", stem, "--quiet"])
+            .env("SOURCE_DATE_EPOCH", release.created_unix.to_string()),
+    );
+    let out = opts.out.join(sbom_name(&release.version));
+    let moved = result.and_then(|_| {
+        std::fs::rename(&written, &out)
+            .with_context(|| format!("cargo-cyclonedx did not write {}", written.display()))
+    });
+    // Nothing of it stays in the checkout, whatever happened.
+    let _ = std::fs::remove_file(&written);
+    moved?;
+    Ok(out)
+}
