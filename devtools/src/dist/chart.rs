@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::archives::write_tar_gz;
-use super::{INSTALL_NAMESPACE, Options, Release, output};
+use super::{IMAGE_REPOSITORY, INSTALL_NAMESPACE, Options, Release, output};
 use crate::image::oci;
 
 /// The chart's name (Chart.yaml).
@@ -107,13 +107,17 @@ fn package(opts: &Options, release: &Release, work: &Path) -> Result<PathBuf> {
     Ok(package)
 }
 
-/// Chart.yaml with `version` and `appVersion` set to `version`.
+/// Chart.yaml with `version` and `appVersion` set to `version`, and the release's image in
+/// Artifact Hub's `artifacthub.io/images` tagged with it.
 pub fn stamp_chart_yaml(text: &str, version: &str) -> Result<String> {
     let mut seen = (false, false);
+    let image = format!("image: {IMAGE_REPOSITORY}:");
     let lines: Vec<String> = text
         .lines()
         .map(|l| {
-            if l.starts_with("version:") {
+            if let Some(at) = l.find(&image) {
+                format!("{}{image}{version}", &l[..at])
+            } else if l.starts_with("version:") {
                 seen.0 = true;
                 format!("version: {version}")
             } else if l.starts_with("appVersion:") {
@@ -335,11 +339,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stamping_sets_both_versions_and_nothing_else() {
-        let text = "apiVersion: v2\nname: sitecache\nversion: 0.1.0\nappVersion: \"0.1.0\"\nannotations:\n  version: keep\n";
+    fn stamping_sets_the_versions_and_the_artifact_hub_image_and_nothing_else() {
+        let text = "apiVersion: v2\nname: sitecache\nversion: 0.1.0\nappVersion: \"0.1.0\"\nannotations:\n  version: keep\n  artifacthub.io/images: |\n    - name: sitecache\n      image: ghcr.io/sitecache/sitecache:0.1.0\n";
         assert_eq!(
             stamp_chart_yaml(text, "1.2.3").unwrap(),
-            "apiVersion: v2\nname: sitecache\nversion: 1.2.3\nappVersion: \"1.2.3\"\nannotations:\n  version: keep\n"
+            "apiVersion: v2\nname: sitecache\nversion: 1.2.3\nappVersion: \"1.2.3\"\nannotations:\n  version: keep\n  artifacthub.io/images: |\n    - name: sitecache\n      image: ghcr.io/sitecache/sitecache:1.2.3\n"
         );
         assert!(stamp_chart_yaml("name: x\nversion: 1\n", "2").is_err());
     }

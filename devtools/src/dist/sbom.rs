@@ -51,7 +51,26 @@ pub fn build(opts: &Options, release: &Release) -> Result<PathBuf> {
             .with_context(|| format!("cargo-cyclonedx did not write {}", written.display()))
     });
     // Nothing of it stays in the checkout, whatever happened.
-    let _ = std::fs::remove_file(&written);
+    for path in &leftovers {
+        let _ = std::fs::remove_file(path);
+    }
     moved?;
     Ok(out)
+}
+
+/// The directories of the workspace's packages (`[workspace] members` of the root Cargo.toml,
+/// one line in this repository's).
+fn workspace_members(repo: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(repo.join("Cargo.toml"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("members = ["))
+        .context("Cargo.toml has no one-line `members = [...]`")?;
+    Ok(line
+        .trim_start_matches("members = [")
+        .trim_end_matches(']')
+        .split(',')
+        .map(|m| m.trim().trim_matches('"').to_owned())
+        .filter(|m| !m.is_empty())
+        .collect())
 }
