@@ -7,14 +7,14 @@ SHELL := /bin/bash
 # Cargo's target directory (CARGO_TARGET_DIR or the configured one), where the binaries are built.
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps --offline | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 
-.PHONY: version dist test-dist help test test-assets fmt fmt-check lint unit integration fuzz soak crds crds-check build release dev dev-down bench bench-fleet bench-wakeup clean-assets
+.PHONY: version dist test-dist help test test-assets fmt fmt-check lint chart-docs chart-docs-check unit integration fuzz soak crds crds-check build release dev dev-down bench bench-fleet bench-wakeup clean-assets
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 test: test-assets fmt-check lint unit integration test-dist ## Everything CI runs: formatting, clippy, unit and real-part tests, the release's files and install paths
 
-test-assets: ## Build or install (first run) or find the real parts: control plane, node (kubelet, containerd, runc), MinIO, Helm, promtool, Deno, linters
+test-assets: ## Build or install (first run) or find the real parts: control plane, node (kubelet, containerd, runc), MinIO, Helm, promtool, helm-docs, Deno, linters
 	hack/test-assets.sh ensure
 
 fmt: ## Format the code
@@ -23,12 +23,24 @@ fmt: ## Format the code
 fmt-check: ## Fail if the code is not formatted
 	$(CARGO) fmt --all -- --check
 
-lint: ## clippy on every target (warnings are errors), hadolint on the Dockerfile, cargo-deny's licence and duplicate checks (offline, deny.toml), deno fmt/lint/check of the runner kit, actionlint on the workflows
+lint: chart-docs-check ## clippy on every target (warnings are errors), hadolint on the Dockerfile, cargo-deny's licence and duplicate checks (offline, deny.toml), deno fmt/lint/check of the runner kit, the chart README's values table, actionlint on the workflows
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	cd clients/deno && deno="$$(../../hack/test-assets.sh path deno)" && "$$deno" fmt --check && "$$deno" lint && "$$deno" check *.ts
 	"$$(hack/test-assets.sh path hadolint)" Dockerfile
 	"$$(hack/test-assets.sh path actionlint)" .github/workflows/*.yml
 	"$$(hack/test-assets.sh path cargo-deny)" --offline --locked --workspace check --hide-inclusion-graph licenses bans
+
+# helm-docs as `make chart-docs` and `make lint` run it: the values table in values.yaml's order.
+HELM_DOCS = "$$(hack/test-assets.sh path helm-docs)" --chart-search-root charts --chart-to-generate charts/sitecache --sort-values-order file
+CHART_README_GENERATED = $${TMPDIR:-/tmp}/sitecache-chart-README.md
+
+chart-docs: ## Regenerate charts/sitecache/README.md from README.md.gotmpl and values.yaml's comments (helm-docs)
+	$(HELM_DOCS) --log-level warning
+
+chart-docs-check: ## Fail if charts/sitecache/README.md is not what make chart-docs generates (part of lint)
+	@$(HELM_DOCS) --dry-run --log-level error > $(CHART_README_GENERATED)
+	@diff -u charts/sitecache/README.md $(CHART_README_GENERATED) \
+	  || { echo "charts/sitecache/README.md differs from what helm-docs generates from README.md.gotmpl and values.yaml (above): run make chart-docs" >&2; exit 1; }
 
 unit: ## Unit tests (no real parts)
 	$(CARGO) test --workspace --locked --lib --bins

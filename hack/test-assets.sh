@@ -4,7 +4,7 @@
 # S3-compatible server) with minio-admin (its users and policies, through madmin-go), SeaweedFS
 # (a second S3-compatible server, so that no MinIO-only behaviour hides) and Deno
 # (from its npm package); with them Helm and promtool (the chart's tests and its alert rules'
-# unit tests) and hadolint (the Dockerfile's lint). For the real-node tier: kubelet,
+# unit tests), helm-docs (the chart's README values table) and hadolint (the Dockerfile's lint). For the real-node tier: kubelet,
 # kube-scheduler and kube-controller-manager (one binary, hack/node/kube-node), and Debian's
 # containerd, runc and CNI plugins (installed with apt-get at the versions of versions.env); and
 # the earlier release the upgrade test starts from (UPGRADE_FROM_COMMIT of this repository).
@@ -13,7 +13,8 @@
 # Resolution order for each binary:
 #   1. TEST_ASSET_ETCD / TEST_ASSET_KUBE_APISERVER / TEST_ASSET_KUBECTL / TEST_ASSET_MINIO /
 #      TEST_ASSET_MINIO_ADMIN / TEST_ASSET_SEAWEEDFS / TEST_ASSET_DENO / TEST_ASSET_HELM / TEST_ASSET_HADOLINT /
-#      TEST_ASSET_CARGO_DENY / TEST_ASSET_PROMTOOL / TEST_ASSET_GITOPS_STATUS / TEST_ASSET_KUBELET /
+#      TEST_ASSET_CARGO_DENY / TEST_ASSET_PROMTOOL / TEST_ASSET_HELM_DOCS / TEST_ASSET_GITOPS_STATUS /
+#      TEST_ASSET_KUBELET /
 #      TEST_ASSET_KUBE_SCHEDULER / TEST_ASSET_KUBE_CONTROLLER_MANAGER / TEST_ASSET_CONTAINERD /
 #      TEST_ASSET_CTR / TEST_ASSET_RUNC / TEST_ASSET_CNI_PLUGINS (a directory) /
 #      TEST_ASSET_UPGRADE_BASE (a directory: the upgrade test's earlier release)
@@ -213,6 +214,19 @@ install_deno() {
   "$tmp/out/deno" --version >/dev/null || die "the installed deno does not run"
   publish "$tmp/out" "$final"
   log "deno cached in $final"
+}
+
+# helm-docs: the chart's README values table from values.yaml (make chart-docs, make lint).
+build_helm_docs() {
+  local final="$cache_root/helm-docs-$HELM_DOCS_VERSION"
+  [ -x "$final/helm-docs" ] && return 0
+  local tmp; tmp=$(new_tmp helm-docs); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "building helm-docs $HELM_DOCS_VERSION from Go modules (first run only)"
+  with_heartbeat helm-docs env CGO_ENABLED=0 GOBIN="$tmp/out" GOFLAGS=-mod=mod \
+    go install -trimpath -ldflags "-s -w" "github.com/norwoodj/helm-docs/cmd/helm-docs@$HELM_DOCS_VERSION"
+  "$tmp/out/helm-docs" --help >/dev/null || die "the built helm-docs does not run"
+  publish "$tmp/out" "$final"
+  log "helm-docs cached in $final"
 }
 
 install_hadolint() {
@@ -415,6 +429,7 @@ resolve() {
     cargo-deny) install_cargo_deny; echo "$cache_root/cargo-deny-$CARGO_DENY_VERSION/cargo-deny" ;;
     helm) build_helm; echo "$cache_root/helm-$HELM_VERSION/helm" ;;
     promtool) build_promtool; echo "$cache_root/promtool-$PROMETHEUS_VERSION/promtool" ;;
+    helm-docs) build_helm_docs; echo "$cache_root/helm-docs-$HELM_DOCS_VERSION/helm-docs" ;;
     gitops-status) build_gitops_status; echo "$cache_root/gitops-status-$CLI_UTILS_VERSION-lua$GOPHER_LUA_VERSION/gitops-status" ;;
     kubelet|kube-scheduler|kube-controller-manager) build_kubernetes_node; echo "$cache_root/kubernetes-node-$KUBERNETES_VERSION/$name" ;;
     containerd|ctr) ensure_node_packages; echo "/usr/bin/$name" ;;
@@ -441,6 +456,7 @@ all_env() {
   echo "TEST_ASSET_CARGO_DENY=$(resolve cargo-deny TEST_ASSET_CARGO_DENY)"
   echo "TEST_ASSET_HELM=$(resolve helm TEST_ASSET_HELM)"
   echo "TEST_ASSET_PROMTOOL=$(resolve promtool TEST_ASSET_PROMTOOL)"
+  echo "TEST_ASSET_HELM_DOCS=$(resolve helm-docs TEST_ASSET_HELM_DOCS)"
   echo "TEST_ASSET_GITOPS_STATUS=$(resolve gitops-status TEST_ASSET_GITOPS_STATUS)"
   echo "TEST_ASSET_KUBELET=$(resolve kubelet TEST_ASSET_KUBELET)"
   echo "TEST_ASSET_KUBE_SCHEDULER=$(resolve kube-scheduler TEST_ASSET_KUBE_SCHEDULER)"

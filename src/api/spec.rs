@@ -488,6 +488,15 @@ pub struct SnapshotSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<SecretRef>,
 
+    /// Compute resources of the Job's agent containers (`restore-previous`, `snapshot`, and
+    /// `install-agent` with `warm.serve`; the warm container's are `warm.resources`). Unset: the
+    /// controller's Job defaults (`--job-defaults`, the chart's `jobDefaults.agentResources`),
+    /// else requests of 250m CPU and 128Mi memory and a 512Mi memory limit. Set, it wins over
+    /// the default as a whole: requests and limits come from here together, never mixed with
+    /// the default's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_resources: Option<Box<ResourceRequirements>>,
+
     /// Settings of the snapshot Job's pod: where it may run, how it pulls images, its labels and
     /// annotations, its security context.
     #[serde(default, skip_serializing_if = "SnapshotPodSpec::is_empty")]
@@ -495,7 +504,9 @@ pub struct SnapshotSpec {
 }
 
 /// Settings of the snapshot Job's pod. The controller's own labels (`app.kubernetes.io/*` it
-/// sets, `sitecache.dev/*`) cannot be set or overridden here.
+/// sets, `sitecache.dev/*`) cannot be set or overridden here. `imagePullSecrets`, `nodeSelector`
+/// and `tolerations` default to the controller's Job defaults (`--job-defaults`, the chart's
+/// `jobDefaults`); each one set here (non-empty) wins over its default as a whole.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotPodSpec {
@@ -514,15 +525,19 @@ pub struct SnapshotPodSpec {
     pub security_context: Option<PodSecurityContext>,
 
     /// Secrets holding credentials for pulling the warm image (and the agent image) from private
-    /// registries.
+    /// registries. Empty: the controller's default (`jobDefaults.imagePullSecrets` in the chart);
+    /// set, this list replaces the default, not added to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
 
-    /// Node labels the pod must match.
+    /// Node labels the pod must match. Empty: the controller's default
+    /// (`jobDefaults.nodeSelector` in the chart); set, this map replaces the default as a whole
+    /// (the default's other keys do not apply).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
 
-    /// Taints the pod tolerates.
+    /// Taints the pod tolerates. Empty: the controller's default (`jobDefaults.tolerations` in
+    /// the chart); set, this list replaces the default, not added to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
 
@@ -563,6 +578,7 @@ impl Default for SnapshotSpec {
             compression_level: default_compression_level(),
             rebuild: RebuildSpec::default(),
             credentials_secret: None,
+            agent_resources: None,
             pod: SnapshotPodSpec::default(),
         }
     }

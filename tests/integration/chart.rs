@@ -580,6 +580,11 @@ async fn controller_with_only_the_chart_rbac_completes_a_lifecycle() {
                 "logFormat": "text"
             },
             "agentImage": AGENT_IMAGE,
+            "jobDefaults": {
+                "agentResources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "300Mi"}},
+                "nodeSelector": {"node-pool": "snapshots"},
+                "tolerations": [{"key": "snapshots", "operator": "Exists", "effect": "NoSchedule"}]
+            },
         }),
     );
     // Named after the test's namespace: the chart's cluster-scoped objects (the cluster-identity
@@ -603,6 +608,28 @@ async fn controller_with_only_the_chart_rbac_completes_a_lifecycle() {
             ))
         })
         .collect();
+    // The Job defaults file is the chart's ConfigMap, mounted where SITECACHE_JOB_DEFAULTS points:
+    // here a file with its content.
+    let defaults = of_kind(&objects, "ConfigMap")
+        .into_iter()
+        .find(|c| {
+            c["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .ends_with("-job-defaults")
+        })
+        .expect("the job-defaults ConfigMap");
+    let defaults_file = h.dir.join("job-defaults.yaml");
+    std::fs::write(
+        &defaults_file,
+        defaults["data"]["job-defaults.yaml"].as_str().unwrap(),
+    )
+    .unwrap();
+    let path = env
+        .iter_mut()
+        .find(|(k, _)| k == "SITECACHE_JOB_DEFAULTS")
+        .expect("SITECACHE_JOB_DEFAULTS");
+    path.1 = defaults_file.display().to_string();
     env.push(("POD_NAME".into(), "sitecache-7d9f-abcde".into()));
     env.push(("POD_NAMESPACE".into(), h.ns.clone()));
     let account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
@@ -620,15 +647,35 @@ async fn controller_with_only_the_chart_rbac_completes_a_lifecycle() {
     .await;
     h.wait_promoted("shop", 1).await;
     let job = h.jobs().get("shop-g1").await.unwrap();
+    let pod = job.spec.unwrap().template.spec.unwrap();
     assert_eq!(
-        job.spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
-            .service_account_name
-            .as_deref(),
+        pod.service_account_name.as_deref(),
         Some("sitecache-snapshot")
+    );
+    // The chart's Job defaults, as the controller read them from the chart's document.
+    assert_eq!(
+        pod.node_selector,
+        Some(BTreeMap::from([("node-pool".into(), "snapshots".into())]))
+    );
+    assert_eq!(
+        pod.tolerations.unwrap()[0].key.as_deref(),
+        Some("snapshots")
+    );
+    let snapshot = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "snapshot")
+        .unwrap();
+    assert_eq!(
+        snapshot
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits
+            .as_ref()
+            .unwrap()["memory"]
+            .0,
+        "300Mi"
     );
     let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.ns);
     let lease = leases.get("sitecache-controller").await.unwrap();
@@ -721,6 +768,11 @@ async fn chart_works_as_a_subchart_with_global_values() {
             .iter()
             .any(|e| e["name"] == "SITECACHE_DEFAULT_BUCKET" && e["value"] == "site-caches"),
         "the parent's values reach the subchart: {env}"
+    );
+    // The parent's global pull secrets reach the controller pod.
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["imagePullSecrets"],
+        json!([{"name": "registry-credentials"}])
     );
 }
 
@@ -1640,4 +1692,421 @@ async fn chart_renders_alerts_a_dashboard_and_a_network_policy_that_apply() {
             "{kind} rendered by default"
         );
     }
+}
+
+/// The labels of an object.
+fn labels_of(object: &Value) -> &serde_json::Map<String, Value> {
+    object["metadata"]["labels"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no labels: {object}"))
+}
+
+/// The text of `helm template` or `helm lint` that failed, with what it printed.
+fn failure(out: Output) -> String {
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded:\n{text}");
+    text
+}
+
+/// Values that turn on every convention: global values, commonLabels, a registry, extra
+/// objects, volumes, a PodMonitor and Job defaults.
+fn convention_values(ns: &str) -> Value {
+    json!({
+        "global": {
+            "imagePullSecrets": [{"name": "global-registry"}],
+            "commonLabels": {"example.com/team": "platform", "example.com/env": "global"},
+            "priorityClassName": "global-priority",
+            "imageRegistry": "a parent's own global, ignored"
+        },
+        "image": {"registry": "registry.example.com", "repository": "mirror/sitecache", "tag": "9.9.9"},
+        "imagePullSecrets": [{"name": "registry"}, {"name": "global-registry"}],
+        "commonLabels": {"example.com/env": "prod"},
+        "jobDefaults": {
+            "agentResources": {"requests": {"cpu": 1, "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+            "imagePullSecrets": [{"name": "snapshot-registry"}],
+            "nodeSelector": {"node-pool": "batch"},
+            "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}]
+        },
+        "volumes": [{"name": "ca", "configMap": {"name": "ca-bundle"}}],
+        "volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/custom", "readOnly": true}],
+        "metrics": {
+            "podMonitor": {"enabled": true, "interval": "15s", "labels": {"release": "prometheus"}},
+            "prometheusRule": {"enabled": true},
+            "grafanaDashboard": {"enabled": true}
+        },
+        "networkPolicy": {"enabled": true},
+        "extraObjects": [
+            {
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "{{ include \"sitecache.fullname\" . }}-extra", "namespace": ns},
+                "data": {"release": "{{ .Release.Name }}"}
+            },
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ .Release.Name }}-extra\n  namespace: {{ .Release.Namespace }}\nstringData:\n  bucket: {{ .Values.storage.defaultBucket | quote }}\n"
+        ],
+        "storage": {"defaultBucket": "site-caches"}
+    })
+}
+
+#[tokio::test]
+async fn chart_conventions_global_common_labels_registry_volumes_extra_objects_and_pod_monitor() {
+    let (_, ns) = support::kube().await;
+    let release = format!("{ns}-rel");
+    let values = values_file(&format!("{ns}-conventions"), &convention_values(&ns));
+    let manifest = render(&release, &ns, Some(&values));
+    let objects = parse_objects(&manifest);
+    let fullname = format!("{release}-sitecache");
+
+    // commonLabels over global.commonLabels, on every object the chart renders (the CRD and the
+    // monitoring objects included), never on the user's extraObjects; the chart's own labels stay.
+    let extra: Vec<&Value> = objects
+        .iter()
+        .filter(|o| {
+            o["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-extra"))
+        })
+        .collect();
+    assert_eq!(extra.len(), 2, "the two extraObjects");
+    for object in objects.iter().filter(|o| !extra.contains(o)) {
+        let labels = labels_of(object);
+        let what = format!("{} {}", object["kind"], object["metadata"]["name"]);
+        assert_eq!(
+            labels.get("example.com/env"),
+            Some(&json!("prod")),
+            "{what}"
+        );
+        assert_eq!(
+            labels.get("example.com/team"),
+            Some(&json!("platform")),
+            "{what}"
+        );
+        assert_eq!(
+            labels.get("app.kubernetes.io/part-of"),
+            Some(&json!("sitecache")),
+            "{what}"
+        );
+    }
+    let kinds: BTreeSet<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    for kind in [
+        "CustomResourceDefinition",
+        "PodMonitor",
+        "PrometheusRule",
+        "NetworkPolicy",
+    ] {
+        assert!(kinds.contains(kind), "no {kind}: {kinds:?}");
+    }
+    assert!(!kinds.contains("ServiceMonitor"));
+
+    // extraObjects, templated: a mapping and a string.
+    let configmap = extra.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+    assert_eq!(configmap["metadata"]["name"], format!("{fullname}-extra"));
+    assert_eq!(configmap["data"]["release"], release.as_str());
+    let secret = extra.iter().find(|o| o["kind"] == "Secret").unwrap();
+    assert_eq!(secret["metadata"]["namespace"], ns.as_str());
+    assert_eq!(secret["stringData"]["bucket"], "site-caches");
+
+    // The controller pod: registry/repository:tag, global then own pull secrets (once each),
+    // the global priority class, its own volumes beside the Job defaults'.
+    let deployment = of_kind(&objects, "Deployment")[0];
+    let pod = &deployment["spec"]["template"];
+    let spec = &pod["spec"];
+    let container = &spec["containers"][0];
+    assert_eq!(
+        container["image"],
+        "registry.example.com/mirror/sitecache:9.9.9"
+    );
+    assert_eq!(
+        spec["imagePullSecrets"],
+        json!([{"name": "global-registry"}, {"name": "registry"}])
+    );
+    assert_eq!(spec["priorityClassName"], "global-priority");
+    assert_eq!(pod["metadata"]["labels"]["example.com/env"], "prod");
+    let selector = deployment["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    assert!(
+        selector.keys().all(|k| k.starts_with("app.kubernetes.io/")),
+        "{selector:?}"
+    );
+    let volumes: Vec<&str> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(volumes, ["job-defaults", "ca"]);
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    assert_eq!(mounts[1]["mountPath"], "/etc/ssl/custom");
+
+    // The Job defaults: a ConfigMap whose document the controller's own parser reads as the
+    // values say, mounted where SITECACHE_JOB_DEFAULTS points, its checksum on the pod.
+    let defaults_map = of_kind(&objects, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == format!("{fullname}-job-defaults"))
+        .expect("the job-defaults ConfigMap");
+    let document = defaults_map["data"]["job-defaults.yaml"].as_str().unwrap();
+    let parsed = sitecache::controller::settings::job_defaults::JobDefaults::parse(document)
+        .unwrap_or_else(|e| {
+            panic!("the controller refuses the chart's document: {e:?}\n{document}")
+        });
+    let resources = parsed.agent_resources.as_ref().unwrap();
+    assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "1");
+    assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "1Gi");
+    assert_eq!(parsed.image_pull_secrets[0].name, "snapshot-registry");
+    assert_eq!(parsed.node_selector["node-pool"], "batch");
+    assert_eq!(parsed.tolerations[0].key.as_deref(), Some("batch"));
+    let env_path = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SITECACHE_JOB_DEFAULTS")
+        .and_then(|e| e["value"].as_str())
+        .expect("SITECACHE_JOB_DEFAULTS");
+    let mount = mounts.iter().find(|m| m["name"] == "job-defaults").unwrap();
+    assert_eq!(
+        env_path,
+        format!("{}/job-defaults.yaml", mount["mountPath"].as_str().unwrap())
+    );
+    assert_eq!(
+        spec["volumes"][0]["configMap"]["name"],
+        format!("{fullname}-job-defaults")
+    );
+    let checksum = pod["metadata"]["annotations"]["checksum/job-defaults"].clone();
+    assert!(
+        checksum.as_str().is_some_and(|c| c.len() == 64),
+        "{checksum}"
+    );
+    let mut other = convention_values(&ns);
+    other["jobDefaults"]["nodeSelector"] = json!({"node-pool": "other"});
+    let other = parse_objects(&render(
+        &release,
+        &ns,
+        Some(&values_file(&format!("{ns}-conventions-2"), &other)),
+    ));
+    let other_checksum = &of_kind(&other, "Deployment")[0]["spec"]["template"]["metadata"]["annotations"]
+        ["checksum/job-defaults"];
+    assert_ne!(
+        other_checksum, &checksum,
+        "other defaults must roll the controller"
+    );
+
+    // The PodMonitor scrapes the controller pods and gives their series the ServiceMonitor's
+    // job, the one the PrometheusRule's alerts select.
+    let monitor = of_kind(&objects, "PodMonitor")[0];
+    assert_eq!(labels_of(monitor)["release"], "prometheus");
+    assert_eq!(
+        &monitor["spec"]["selector"]["matchLabels"],
+        &deployment["spec"]["selector"]["matchLabels"]
+    );
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    assert_eq!(endpoint["interval"], "15s");
+    assert_eq!(endpoint["relabelings"][0]["targetLabel"], "job");
+    assert_eq!(
+        endpoint["relabelings"][0]["replacement"],
+        format!("{fullname}-metrics")
+    );
+    let rule = of_kind(&objects, "PrometheusRule")[0].to_string();
+    assert!(
+        rule.contains(&format!("job=\\\"{fullname}-metrics\\\"")),
+        "{rule}"
+    );
+
+    // It all applies (stand-ins for prometheus-operator's CRDs).
+    for kind in ["PodMonitor", "PrometheusRule"] {
+        server_side_apply(&prometheus_operator_crd(kind), false);
+    }
+    let out = server_side_apply(&manifest, true);
+    for applied in ["podmonitor.monitoring.coreos.com/", "configmap/", "secret/"] {
+        assert!(out.contains(applied), "{applied}: {out}");
+    }
+
+    // Without global values: the chart's own; its own priority class wins over the global one.
+    let mut own = convention_values(&ns);
+    own["priorityClassName"] = json!("own-priority");
+    own["image"] = json!({"repository": "ghcr.io/sitecache/sitecache", "digest": format!("sha256:{}", "cd".repeat(32))});
+    let own = parse_objects(&render(
+        &release,
+        &ns,
+        Some(&values_file(&format!("{ns}-conventions-own"), &own)),
+    ));
+    let spec = &of_kind(&own, "Deployment")[0]["spec"]["template"]["spec"];
+    assert_eq!(spec["priorityClassName"], "own-priority");
+    assert_eq!(
+        spec["containers"][0]["image"],
+        format!("ghcr.io/sitecache/sitecache@sha256:{}", "cd".repeat(32))
+    );
+}
+
+#[tokio::test]
+async fn chart_refuses_a_pod_monitor_beside_a_service_monitor_and_bad_conventions_by_name() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    let both = values_file(
+        "both-monitors",
+        &json!({"metrics": {"serviceMonitor": {"enabled": true}, "podMonitor": {"enabled": true}}}),
+    );
+    let text = failure(helm(&[
+        "template",
+        "r",
+        chart,
+        "--values",
+        both.to_str().unwrap(),
+    ]));
+    assert!(text.contains("choose one"), "{text}");
+    for (name, values, named) in [
+        (
+            "own-label",
+            json!({"commonLabels": {"app.kubernetes.io/name": "x"}}),
+            "commonLabels",
+        ),
+        (
+            "global-label",
+            json!({"global": {"commonLabels": {"team": 1}}}),
+            "commonLabels",
+        ),
+        (
+            "bad-toleration",
+            json!({"jobDefaults": {"tolerations": [{"key": "a", "operator": "Sometimes"}]}}),
+            "operator",
+        ),
+        (
+            "bad-quantity",
+            json!({"jobDefaults": {"agentResources": {"limits": {"memory": "lots"}}}}),
+            "memory",
+        ),
+        (
+            "typo",
+            json!({"jobDefaults": {"nodeSelectr": {"a": "b"}}}),
+            "nodeSelectr",
+        ),
+        (
+            "pull-secret",
+            json!({"imagePullSecrets": [{"nam": "x"}]}),
+            "nam",
+        ),
+    ] {
+        let file = values_file(name, &values);
+        let text = failure(helm(&["lint", chart, "--values", file.to_str().unwrap()]));
+        assert!(text.contains(named), "{name}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn artifact_hub_annotations_agree_with_the_chart_and_the_crd_example_is_accepted() {
+    let (_, ns) = support::kube().await;
+    let chart: Value = serde_saphyr::from_str(&read_text(&chart_dir().join("Chart.yaml"))).unwrap();
+    let values: Value =
+        serde_saphyr::from_str(&read_text(&chart_dir().join("values.yaml"))).unwrap();
+    let annotations = &chart["annotations"];
+    let list = |key: &str| -> Vec<Value> {
+        let text = annotations[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key} annotation"));
+        serde_saphyr::from_str(text).unwrap_or_else(|e| panic!("{key}: {e}"))
+    };
+    assert_eq!(annotations["artifacthub.io/license"], "Apache-2.0");
+    assert_eq!(annotations["artifacthub.io/operator"], "true");
+    assert!(
+        [
+            "Basic Install",
+            "Seamless Upgrades",
+            "Full Lifecycle",
+            "Deep Insights",
+            "Auto Pilot"
+        ]
+        .contains(
+            &annotations["artifacthub.io/operatorCapabilities"]
+                .as_str()
+                .unwrap()
+        )
+    );
+    assert!(
+        [
+            "ai-machine-learning",
+            "database",
+            "integration-delivery",
+            "monitoring-logging",
+            "networking",
+            "security",
+            "storage",
+            "streaming-messaging"
+        ]
+        .contains(&annotations["artifacthub.io/category"].as_str().unwrap())
+    );
+    // The image of this appVersion, as the chart's defaults pull it.
+    let images = list("artifacthub.io/images");
+    assert_eq!(
+        images[0]["image"],
+        format!(
+            "{}:{}",
+            values["image"]["repository"].as_str().unwrap(),
+            chart["appVersion"].as_str().unwrap()
+        ),
+        "artifacthub.io/images must name the image of appVersion (stamp both at release)"
+    );
+    for link in list("artifacthub.io/links") {
+        assert!(
+            link["url"].as_str().unwrap().starts_with("https://"),
+            "{link}"
+        );
+    }
+    // The CRD as it is.
+    let crd = &parse_objects(&sitecache::api::crd_yaml())[0];
+    let crds = list("artifacthub.io/crds");
+    assert_eq!(crds.len(), 1);
+    assert_eq!(crds[0]["kind"], crd["spec"]["names"]["kind"]);
+    assert_eq!(crds[0]["name"], crd["metadata"]["name"]);
+    let served: Vec<&Value> = crd["spec"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["storage"] == true)
+        .map(|v| &v["name"])
+        .collect();
+    assert_eq!(served, [&crds[0]["version"]]);
+    // Its example passes the API server's validation.
+    for mut example in list("artifacthub.io/crdsExamples") {
+        example["metadata"]["namespace"] = json!(ns);
+        let out = server_side_apply(&serde_json::to_string(&example).unwrap(), true);
+        assert!(out.contains("sitecache.sitecache.dev/"), "{out}");
+    }
+}
+
+/// The README's values table (generated by helm-docs, `make chart-docs`; `make lint` checks it is
+/// current) describes every value the schema knows, each row with a description.
+#[test]
+fn the_readme_values_table_describes_every_value_of_the_schema() {
+    let readme = read_text(&chart_dir().join("README.md"));
+    let rows: BTreeMap<String, String> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("| Key | Type | Default | Description |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+            (cells[0].to_string(), cells[cells.len() - 1].to_string())
+        })
+        .collect();
+    assert!(rows.len() > 50, "no values table in the README: {rows:?}");
+    for (key, description) in &rows {
+        assert!(
+            !description.is_empty(),
+            "{key} has no `# --` description in values.yaml"
+        );
+    }
+    let schema: Value =
+        serde_json::from_str(&read_text(&chart_dir().join("values.schema.json"))).unwrap();
+    let mut missing = Vec::new();
+    for key in schema["properties"].as_object().unwrap().keys() {
+        let prefix = format!("{key}.");
+        if !rows.keys().any(|k| k == key || k.starts_with(&prefix)) {
+            missing.push(key.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "values not in the README's table: {missing:?}"
+    );
 }

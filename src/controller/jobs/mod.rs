@@ -175,11 +175,35 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
         storage_env.extend(credentials_env(&secret.name));
     }
 
+    // The agent containers' resources: the SiteCache's, else the Job defaults', else built in.
+    let builtin;
+    let resources = match inputs
+        .settings
+        .job_defaults
+        .for_snapshot(&spec.snapshot)
+        .agent_resources
+    {
+        Some(r) => r,
+        None => {
+            builtin = agent_resources();
+            &builtin
+        }
+    };
+    let agent = |name: &str, args, env, mounts| {
+        agent_container(
+            name,
+            &inputs.settings.agent_image,
+            resources,
+            args,
+            env,
+            mounts,
+        )
+    };
+
     let mut init = Vec::new();
     if let Ok(previous) = inputs.base {
-        init.push(agent_container(
+        init.push(agent(
             "restore-previous",
-            inputs.settings,
             vec![
                 "restore".into(),
                 "--url".into(),
@@ -213,9 +237,8 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
         None => (spec.warm.command.clone(), spec.warm.args.clone()),
         // The agent, put in the pod by an init container, runs the site as its child.
         Some(_) => {
-            init.push(agent_container(
+            init.push(agent(
                 INSTALL_AGENT_CONTAINER,
-                inputs.settings,
                 vec!["install-self".into(), AGENT_IN_WARM.into()],
                 Vec::new(),
                 vec![VolumeMount {
@@ -274,13 +297,7 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
         // What the controller promotes (see `report`).
         termination_message_path: Some(REPORT_PATH.into()),
         termination_message_policy: Some("File".into()),
-        ..agent_container(
-            SNAPSHOT_CONTAINER,
-            inputs.settings,
-            args,
-            storage_env,
-            mount,
-        )
+        ..agent(SNAPSHOT_CONTAINER, args, storage_env, mount)
     };
 
     let timeout = inputs.timeout.as_secs().max(1);
@@ -310,6 +327,7 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
     };
     podspec::apply(
         sc,
+        &inputs.settings.job_defaults,
         inputs.run_as,
         inputs.observed_user,
         &mut pod,
@@ -420,7 +438,8 @@ fn credentials_env(name: &str) -> Vec<EnvVar> {
     ]
 }
 
-/// Requests and limits of the agent containers. The snapshot streams with bounded memory (tens
+/// Requests and limits of the agent containers unless the SiteCache or the Job defaults say
+/// otherwise (`spec.snapshot.agentResources`, `--job-defaults`). The snapshot streams with bounded memory (tens
 /// of MiB whatever the tree's size, see bench/README.md) and restore's buffers are bounded too;
 /// the limit leaves room for both, and the requests let the pods into namespaces whose
 /// ResourceQuota requires them.
@@ -440,19 +459,20 @@ fn agent_resources() -> ResourceRequirements {
 /// filesystem, the runtime's default seccomp profile (Pod Security "restricted").
 fn agent_container(
     name: &str,
-    settings: &Settings,
+    image: &str,
+    resources: &ResourceRequirements,
     args: Vec<String>,
     env: Vec<EnvVar>,
     mounts: Vec<VolumeMount>,
 ) -> Container {
     Container {
         name: name.to_owned(),
-        image: Some(settings.agent_image.clone()),
+        image: Some(image.to_owned()),
         command: Some(vec![AGENT_PROGRAM.to_owned()]),
         args: Some(args),
         env: Some(env),
         volume_mounts: Some(mounts),
-        resources: Some(agent_resources()),
+        resources: Some(resources.clone()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -738,6 +758,71 @@ pub(crate) mod tests {
         assert_eq!(annotations[REQUEST_ANNOTATION], "tok");
         assert_eq!(annotations[BASE_ANNOTATION], "4");
         assert_eq!(JobView::of(&job).unwrap().base, Base::Generation(4));
+    }
+
+    #[test]
+    fn agent_resources_come_from_the_sitecache_else_the_job_defaults_else_built_in() {
+        let t = target();
+        let resources_of =
+            |s: &Settings, sc: &SiteCache| -> Vec<(String, Option<ResourceRequirements>)> {
+                let mut sc = sc.clone();
+                sc.spec.warm.serve =
+                    Some(serde_json::from_value(serde_json::json!({"port": 8000})).unwrap());
+                let job = snapshot_job(
+                    &sc,
+                    &JobInputs {
+                        settings: s,
+                        target: &t,
+                        generation: 2,
+                        base: Ok(1),
+                        request: None,
+                        timeout: Duration::from_secs(900),
+                        run_as: None,
+                        observed_user: None,
+                    },
+                );
+                let pod = job.spec.unwrap().template.spec.unwrap();
+                pod.init_containers
+                    .unwrap()
+                    .into_iter()
+                    .chain(pod.containers)
+                    .map(|c| (c.name, c.resources))
+                    .collect()
+            };
+        let memory = |r: &Option<ResourceRequirements>| {
+            r.as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .map(|l| l["memory"].0.clone())
+        };
+        let mut s = settings();
+        let built_in = resources_of(&s, &site());
+        let names: Vec<&str> = built_in.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["restore-previous", "install-agent", "warm", "snapshot"]
+        );
+        for (name, r) in &built_in {
+            let expected = (name != "warm").then(|| "512Mi".to_owned());
+            assert_eq!(memory(r), expected, "{name}");
+        }
+
+        s.job_defaults = crate::controller::settings::job_defaults::JobDefaults::parse(
+            "agentResources: {limits: {memory: 1Gi}}",
+        )
+        .unwrap();
+        for (name, r) in resources_of(&s, &site()) {
+            let expected = (name != "warm").then(|| "1Gi".to_owned());
+            assert_eq!(memory(&r), expected, "{name}");
+        }
+
+        let mut own = site();
+        own.spec.snapshot.agent_resources = Some(Box::new(
+            serde_json::from_value(serde_json::json!({"limits": {"memory": "2Gi"}})).unwrap(),
+        ));
+        for (name, r) in resources_of(&s, &own) {
+            let expected = (name != "warm").then(|| "2Gi".to_owned());
+            assert_eq!(memory(&r), expected, "{name}");
+        }
     }
 
     #[test]

@@ -1,17 +1,21 @@
 //! The controller's configuration: flags, each with an environment variable.
 
 pub mod identity;
+pub mod job_defaults;
 pub mod podspec;
 pub mod schedule;
 pub mod validate;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::agent::parse_duration;
 use crate::api::{BUCKET_PATTERN, SiteCache};
 use crate::storage::{Location, StorageOptions};
+
+use job_defaults::{JobDefaults, JobDefaultsError};
 
 /// The image the snapshot Jobs' agent containers run unless `--agent-image` says otherwise.
 pub const DEFAULT_AGENT_IMAGE: &str =
@@ -67,6 +71,14 @@ pub struct ControllerArgs {
     /// storage role through IRSA or EKS Pod Identity).
     #[arg(long, env = "SITECACHE_JOB_SERVICE_ACCOUNT")]
     pub job_service_account: Option<String>,
+
+    /// A YAML or JSON file of defaults for the snapshot Jobs: `agentResources` (of the agent
+    /// containers), `imagePullSecrets`, `nodeSelector` and `tolerations` (of the pod). A
+    /// SiteCache's own field (`spec.snapshot.agentResources`, `spec.snapshot.pod.*`) wins, per
+    /// field: a default fills only a field the SiteCache leaves unset or empty. Read once at
+    /// start-up; a file that does not parse or holds an invalid field stops the controller.
+    #[arg(long, env = "SITECACHE_JOB_DEFAULTS", value_name = "FILE")]
+    pub job_defaults: Option<PathBuf>,
 
     /// How long finished snapshot Jobs are kept (`ttlSecondsAfterFinished`).
     #[arg(long, env = "SITECACHE_JOB_TTL", default_value = "1h", value_parser = parse_duration)]
@@ -187,6 +199,8 @@ pub enum ConfigError {
         "--job-log-bytes {0} is more than 256KiB: a Job's logs are one document of at most 1 MiB"
     )]
     JobLogTooLarge(u64),
+    #[error(transparent)]
+    JobDefaults(#[from] JobDefaultsError),
 }
 
 /// The most of each container's log `--job-log-bytes` may keep.
@@ -207,6 +221,8 @@ pub struct Settings {
     pub max_concurrent_snapshots: u32,
     pub agent_image: String,
     pub job_service_account: Option<String>,
+    /// `--job-defaults`: what the snapshot Jobs of SiteCaches that set none of their own get.
+    pub job_defaults: JobDefaults,
     pub job_ttl: Duration,
     pub job_log_bytes: u64,
     pub snapshot_pod_stop_timeout: Duration,
@@ -291,6 +307,10 @@ impl TryFrom<&ControllerArgs> for Settings {
         {
             return Err(ConfigError::BadClusterId(id.to_owned()));
         }
+        let job_defaults = match &a.job_defaults {
+            Some(path) => JobDefaults::load(path)?,
+            None => JobDefaults::default(),
+        };
         Ok(Settings {
             default_bucket: a.default_bucket.clone(),
             allowed_buckets: allowed,
@@ -302,6 +322,7 @@ impl TryFrom<&ControllerArgs> for Settings {
             max_concurrent_snapshots: a.max_concurrent_snapshots,
             agent_image: a.agent_image.clone(),
             job_service_account: a.job_service_account.clone(),
+            job_defaults,
             job_ttl: a.job_ttl,
             job_log_bytes: a.job_log_bytes,
             snapshot_pod_stop_timeout: a.snapshot_pod_stop_timeout,

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
 };
 
 use crate::api::SiteCache;
+use crate::controller::settings::job_defaults::JobDefaults;
 
 /// The warm container's declared non-root user and group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +101,7 @@ fn reserved(key: &str) -> Option<&'static str> {
 
 /// A label or annotation key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
 /// characters.
-fn qualified_name(key: &str) -> Result<(), String> {
+pub(crate) fn qualified_name(key: &str) -> Result<(), String> {
     let (prefix, name) = match key.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -128,7 +129,7 @@ fn qualified_name(key: &str) -> Result<(), String> {
 }
 
 /// A label value: empty, or at most 63 characters as a key's name.
-fn label_value(value: &str) -> Result<(), String> {
+pub(crate) fn label_value(value: &str) -> Result<(), String> {
     if value.is_empty() || (value.len() <= 63 && name_chars(value)) {
         Ok(())
     } else {
@@ -147,13 +148,15 @@ fn name_chars(s: &str) -> bool {
         && b.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
-/// Applies the settings to the snapshot pod: `warm` is its warm container, `agents` the
+/// Applies the settings to the snapshot pod (the image pull secrets, node selector and
+/// tolerations the SiteCache leaves unset from `defaults`): `warm` is its warm container, `agents` the
 /// `restore-previous` and `snapshot` containers. The agents run as the declared warm user
 /// (`run_as`), else as `observed` (the owner of the restored generation's files, see
 /// `job::observed_user`, which gives none when a user is declared), else as their image's user;
 /// the warm container's settings are the spec's alone unless it declared its user.
 pub fn apply(
     sc: &SiteCache,
+    defaults: &JobDefaults,
     run_as: Option<RunAs>,
     observed: Option<RunAs>,
     pod: &mut PodSpec,
@@ -168,10 +171,12 @@ pub fn apply(
     let mut security = settings.security_context.clone().unwrap_or_default();
     security.seccomp_profile.get_or_insert_with(runtime_default);
     pod.security_context = Some(security);
-    pod.image_pull_secrets = non_empty(settings.image_pull_secrets.clone());
+    // Each of these is the SiteCache's own if it sets it, else the Job defaults'.
+    let effective = defaults.for_snapshot(&sc.spec.snapshot);
+    pod.image_pull_secrets = non_empty(effective.image_pull_secrets.to_vec());
     pod.node_selector =
-        (!settings.node_selector.is_empty()).then(|| settings.node_selector.clone());
-    pod.tolerations = non_empty(settings.tolerations.clone());
+        (!effective.node_selector.is_empty()).then(|| effective.node_selector.clone());
+    pod.tolerations = non_empty(effective.tolerations.to_vec());
     pod.affinity = settings.affinity.clone();
     pod.priority_class_name = settings.priority_class_name.clone();
 

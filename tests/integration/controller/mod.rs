@@ -10,6 +10,7 @@ mod events;
 mod fleet;
 mod foreign;
 pub(crate) mod harness;
+mod job_defaults;
 mod leader;
 mod lifecycle;
 mod pod_settings;
