@@ -69,9 +69,13 @@ crds: ## Regenerate crds/ and the chart's copy from the Rust types
 # file name of dist/ carry.
 VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 DIST ?= dist
-# The release build has a target directory of its own (its flags differ from every other
-# build's) and maps this checkout's, Cargo's and its own paths to fixed ones, so that two clones of
-# a commit build the same binary, and so the same image digest.
+# The binary a release ships: the release profile's (DIST_PROFILE=release), built in a target
+# directory of its own (its flags differ from every other build's) with this checkout's, Cargo's
+# and that directory's paths mapped to fixed ones, so that two clones of a commit build the same
+# binary, and so the same image digest. DIST_PROFILE=dev packages the tests' debug build instead:
+# what `make test` checks (test-dist), the packaging and the install paths, without a second
+# build of the whole dependency graph.
+DIST_PROFILE ?= release
 DIST_TARGET_DIR = $(TARGET_DIR)/dist-build
 CARGO_HOME ?= $(HOME)/.cargo
 DIST_RUSTFLAGS = --remap-path-prefix=$(CURDIR)=/sitecache --remap-path-prefix=$(CARGO_HOME)=/cargo --remap-path-prefix=$(DIST_TARGET_DIR)=/target
@@ -79,12 +83,16 @@ version: ## Print the version a release of this checkout has (Cargo.toml's)
 	@echo "$(VERSION)"
 
 dist: ## Build the release into dist/ (DIST=dir): binary, image (OCI archive), chart package and OCI layout, install.yaml, kustomize base, krew plugin, SBOM, notes, SHA256SUMS (docs/releasing.md)
-	RUSTFLAGS="$(DIST_RUSTFLAGS)" CARGO_TARGET_DIR="$(DIST_TARGET_DIR)" $(CARGO) build --release --locked -p sitecache --bin sitecache
+	$(if $(filter release,$(DIST_PROFILE)),RUSTFLAGS="$(DIST_RUSTFLAGS)" CARGO_TARGET_DIR="$(DIST_TARGET_DIR)" $(CARGO) build --release,$(CARGO) build) --locked -p sitecache --bin sitecache
 	$(CARGO) build --locked --quiet -p sitecache-devtools --bin sitecache-dev
-	"$(TARGET_DIR)/debug/sitecache-dev" --repo "$(CURDIR)" dist --sitecache-bin "$(DIST_TARGET_DIR)/release/sitecache" --out "$(DIST)" $(DIST_ARGS)
+	"$(TARGET_DIR)/debug/sitecache-dev" --repo "$(CURDIR)" dist --sitecache-bin "$(if $(filter release,$(DIST_PROFILE)),$(DIST_TARGET_DIR)/release,$(TARGET_DIR)/debug)/sitecache" --out "$(DIST)" $(DIST_ARGS)
 
-test-dist: test-assets dist ## Check the release (make dist) with the tools its users use, and install it from dist/ on the real node with Helm, install.yaml and kustomize
-	SITECACHE_DIST="$(abspath $(DIST))" $(CARGO) test --locked --test integration -- --ignored dist::
+# make test checks a release of the tests' debug build (TEST_DIST_PROFILE=release for the real one).
+TEST_DIST_PROFILE ?= dev
+test-dist: DIST = $(TARGET_DIR)/tmp/dist-test
+test-dist: DIST_PROFILE = $(TEST_DIST_PROFILE)
+test-dist: test-assets dist ## Check a release (make dist) with the tools its users use, and install it from its files on the real node with Helm, install.yaml and kustomize
+	SITECACHE_DIST="$(DIST)" $(CARGO) test --locked --test integration -- --ignored dist::
 
 build: ## Debug build of the sitecache binary
 	$(CARGO) build --locked

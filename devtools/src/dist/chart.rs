@@ -20,6 +20,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::Digest;
 
 use super::archives::write_tar_gz;
 use super::{IMAGE_REPOSITORY, INSTALL_NAMESPACE, Options, Release, output};
@@ -183,6 +184,36 @@ struct Maintainer {
     url: String,
 }
 
+/// An OCI image manifest, its fields in the order of Go's `ocispec.Manifest` (what Helm
+/// marshals; the unset ones it leaves out).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    schema_version: u32,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+    annotations: BTreeMap<String, String>,
+}
+
+/// An OCI descriptor, its fields in the order of Go's `ocispec.Descriptor`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    media_type: String,
+    digest: String,
+    size: u64,
+}
+
+impl Descriptor {
+    fn of(media_type: &str, bytes: &[u8]) -> Descriptor {
+        Descriptor {
+            media_type: media_type.to_owned(),
+            digest: format!("sha256:{:x}", sha2::Sha256::digest(bytes)),
+            size: bytes.len() as u64,
+        }
+    }
+}
+
 /// JSON as Go's `encoding/json` writes it: `<`, `>` and `&` escaped (serde_json sorts map keys
 /// as Go does, and writes everything else the same).
 fn go_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -234,12 +265,12 @@ fn layout(package: &Path, out: &Path, release: &Release) -> Result<()> {
             annotations.insert(k.clone(), v.clone());
         }
     }
-    let manifest = go_json(&json!({
-        "schemaVersion": 2,
-        "config": oci::descriptor(CONFIG_MEDIA_TYPE, &config),
-        "layers": [oci::descriptor(CHART_MEDIA_TYPE, &layer)],
-        "annotations": annotations,
-    }))?;
+    let manifest = go_json(&Manifest {
+        schema_version: 2,
+        config: Descriptor::of(CONFIG_MEDIA_TYPE, &config),
+        layers: vec![Descriptor::of(CHART_MEDIA_TYPE, &layer)],
+        annotations,
+    })?;
     oci::write_artifact(out, &release.version, &manifest, &[config, layer])
 }
 

@@ -18,15 +18,20 @@ pub fn sbom_name(version: &str) -> String {
     format!("sitecache-{version}.cdx.json")
 }
 
-/// Writes the SBOM into `opts.out`. cargo-cyclonedx writes it beside the manifest it reads, the
-/// checkout's, from where it is moved at once (and removed if anything failed).
+/// Writes the SBOM into `opts.out`. cargo-cyclonedx writes one beside the manifest of every
+/// package of the workspace: the `sitecache` package's (the checkout's root) is moved into the
+/// release at once, and the others (the test and bench tools') are removed, whatever happened.
 pub fn build(opts: &Options, release: &Release) -> Result<PathBuf> {
     let stem = "sitecache-sbom";
     let written = opts.repo.join(format!("{stem}.json"));
-    if written.exists() {
+    let leftovers: Vec<PathBuf> = workspace_members(&opts.repo)?
+        .iter()
+        .map(|m| opts.repo.join(m).join(format!("{stem}.json")))
+        .collect();
+    if let Some(old) = leftovers.iter().find(|p| p.exists()) {
         bail!(
             "{} exists: remove it (a leftover of a failed make dist)",
-            written.display()
+            old.display()
         );
     }
     let result = output(

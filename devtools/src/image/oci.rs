@@ -425,12 +425,6 @@ fn write_layer(layer: &Layer, path: &Path) -> Result<Blob> {
     Ok(blob)
 }
 
-/// The descriptor of a blob of `media_type` holding `bytes`.
-pub fn descriptor(media_type: &str, bytes: &[u8]) -> serde_json::Value {
-    let blob = blob_of(bytes);
-    json!({ "mediaType": media_type, "digest": blob.digest, "size": blob.size })
-}
-
 /// Writes an OCI image layout archive of one artifact (a Helm chart, say) to `out`: its
 /// `manifest`, tagged `tag` (`org.opencontainers.image.ref.name`), and the `blobs` it names.
 pub fn write_artifact(out: &Path, tag: &str, manifest: &[u8], blobs: &[Vec<u8>]) -> Result<()> {
