@@ -25,6 +25,7 @@ pub use location::{
     Location, LocationError, OWNER_MARKER, claimed_by_marker, is_attempt_token, new_attempt_token,
     parent_prefixes, validate_prefix,
 };
+pub use tls::{CA_BUNDLE_ENV, CA_BUNDLE_FLAG, CaBundle, CaBundleError};
 pub use upload::{Part, UploadError, UploadOptions, multipart_upload};
 
 /// Region used when none is configured: S3-compatible stores accept any, and AWS redirects.
@@ -49,6 +50,8 @@ pub struct StorageOptions {
     pub max_attempts: Option<u32>,
     /// Sees every request (the controller counts them).
     pub interceptor: Option<aws_sdk_s3::config::SharedInterceptor>,
+    /// CA certificates trusted besides the platform's (`--ca-bundle`).
+    pub ca_bundle: Option<CaBundle>,
 }
 
 /// Builds an S3 client from the standard AWS configuration and `options`.
@@ -72,8 +75,9 @@ pub async fn client(options: &StorageOptions) -> aws_sdk_s3::Client {
     if let Some(endpoint) = &options.endpoint {
         loader = loader.endpoint_url(endpoint);
     }
-    if !tls::has_native_roots() {
-        loader = loader.http_client(tls::client_without_native_roots());
+    let native = tls::has_native_roots();
+    if !native || options.ca_bundle.is_some() {
+        loader = loader.http_client(tls::client_with_roots(native, options.ca_bundle.as_ref()));
     }
     let shared = loader.load().await;
     let mut config =
@@ -115,6 +119,18 @@ pub enum StorageError {
         /// No provider had any (as opposed to one that failed).
         missing: bool,
         message: String,
+    },
+    /// The endpoint's TLS certificate was refused: the request never reached the store.
+    #[error("{op} s3://{bucket}/{key}: {}", certificate_message(*.unknown_issuer, .problem))]
+    Certificate {
+        op: &'static str,
+        bucket: String,
+        key: String,
+        /// No trusted CA issued it (a private CA that `--ca-bundle` does not name), as opposed
+        /// to a certificate that is expired, for another name, revoked, …
+        unknown_issuer: bool,
+        /// What rustls said.
+        problem: String,
     },
     #[error("{op} s3://{bucket}/{key}: {code}: {message}")]
     Service {
@@ -168,6 +184,11 @@ impl StorageError {
             StorageError::Timeout { .. } => "timeout",
             StorageError::Unreachable { .. } => "unreachable",
             StorageError::Credentials { .. } => "credentials",
+            StorageError::Certificate {
+                unknown_issuer: true,
+                ..
+            } => "untrusted-certificate",
+            StorageError::Certificate { .. } => "invalid-certificate",
             StorageError::Service { .. } => match self.class() {
                 Some(ServiceClass::Denied) => "access-denied",
                 Some(ServiceClass::NoSuchBucket) => "no-such-bucket",
@@ -218,6 +239,11 @@ impl StorageError {
             StorageError::Unreachable { .. } => "StorageUnreachable".into(),
             StorageError::Credentials { missing: true, .. } => "NoStorageCredentials".into(),
             StorageError::Credentials { .. } => "StorageCredentialsError".into(),
+            StorageError::Certificate {
+                unknown_issuer: true,
+                ..
+            } => "StorageCertificateUntrusted".into(),
+            StorageError::Certificate { .. } => "StorageCertificateInvalid".into(),
             StorageError::Service { code, .. } if is_camel_case_code(code) => code.clone(),
             StorageError::Service { .. } => "StorageError".into(),
             StorageError::WrongSize { .. } => "StorageSizeMismatch".into(),
@@ -242,6 +268,17 @@ impl StorageError {
             SdkError::TimeoutError(_) => StorageError::Timeout { op, bucket, key },
             SdkError::DispatchFailure(f) if f.is_timeout() => {
                 StorageError::Timeout { op, bucket, key }
+            }
+            // A refused certificate: the store is reachable, but not trusted (or not valid).
+            SdkError::DispatchFailure(_) if tls::certificate_error(&err).is_some() => {
+                let problem = tls::certificate_error(&err).expect("just found");
+                StorageError::Certificate {
+                    op,
+                    bucket,
+                    key,
+                    unknown_issuer: matches!(problem, rustls::CertificateError::UnknownIssuer),
+                    problem: certificate_problem(problem),
+                }
             }
             // Resolving the credentials happens before the request is sent, and its failure
             // comes out as a dispatch failure: it is no network problem.
@@ -301,6 +338,30 @@ impl StorageError {
                 message: error_chain(&err),
             },
         }
+    }
+}
+
+/// What [`StorageError::Certificate`] says: plainly that the certificate is not trusted, and
+/// what to do about it.
+fn certificate_message(unknown_issuer: bool, problem: &str) -> String {
+    if unknown_issuer {
+        format!(
+            "the storage endpoint's certificate is not trusted ({problem}): give the CA that \
+             issued it with {CA_BUNDLE_FLAG} or {CA_BUNDLE_ENV} (for snapshot Jobs: \
+             spec.snapshot.caBundle or the controller's --agent-ca-bundle-*; see \
+             docs/private-ca.md)"
+        )
+    } else {
+        format!("the storage endpoint's certificate is not valid: {problem}")
+    }
+}
+
+/// A certificate problem in words: rustls' own (with the names or times it gives), except for
+/// the one this module explains.
+fn certificate_problem(problem: &rustls::CertificateError) -> String {
+    match problem {
+        rustls::CertificateError::UnknownIssuer => "unknown issuer".to_owned(),
+        other => rustls::Error::InvalidCertificate(other.clone()).to_string(),
     }
 }
 
@@ -553,5 +614,48 @@ mod tests {
             std::io::ErrorKind::ConnectionRefused,
         ))));
         assert_eq!(refused.reason(), "StorageUnreachable");
+    }
+
+    /// A handshake that refused the endpoint's certificate, as hyper-rustls reports it: rustls'
+    /// error inside an `io::Error`, inside the connector's error.
+    fn refused_certificate(problem: rustls::CertificateError) -> StorageError {
+        let tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(problem),
+        );
+        dispatch_failure(ConnectorError::io(Box::new(tls)))
+    }
+
+    #[test]
+    fn an_untrusted_certificate_says_so_and_how_to_trust_it() {
+        let untrusted = refused_certificate(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(untrusted.reason(), "StorageCertificateUntrusted");
+        assert_eq!(untrusted.kind(), "untrusted-certificate");
+        let message = untrusted.to_string();
+        assert!(
+            message.starts_with(
+                "GET s3://b/k: the storage endpoint's certificate is not trusted (unknown \
+                 issuer): give the CA that issued it with --ca-bundle or SITECACHE_CA_BUNDLE"
+            ),
+            "{message}"
+        );
+
+        let expired = refused_certificate(rustls::CertificateError::Expired);
+        assert_eq!(expired.reason(), "StorageCertificateInvalid");
+        assert_eq!(expired.kind(), "invalid-certificate");
+        assert!(
+            expired
+                .to_string()
+                .starts_with("GET s3://b/k: the storage endpoint's certificate is not valid:"),
+            "{expired}"
+        );
+        assert!(!expired.to_string().contains("--ca-bundle"), "{expired}");
+
+        // Other TLS failures are no certificate problem.
+        let other = dispatch_failure(ConnectorError::io(Box::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::DecryptError,
+        ))));
+        assert_eq!(other.reason(), "StorageUnreachable");
     }
 }

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    KeyToPath, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::api::{GenerationInfo, SiteCache};
+use crate::api::{CaBundleRef, GenerationInfo, SiteCache};
 use crate::controller::jobs::rebuild::RebuildReason;
 use crate::controller::jobs::report::{REPORT_PATH, SNAPSHOT_CONTAINER, WARM_CONTAINER};
 use crate::controller::settings::podspec::{self, RunAs};
@@ -174,6 +175,18 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
     if let Some(secret) = &spec.snapshot.credentials_secret {
         storage_env.extend(credentials_env(&secret.name));
     }
+    // The agent containers' CA bundle: the SiteCache's, else the controller's default.
+    let ca_bundle = spec
+        .snapshot
+        .ca_bundle
+        .as_ref()
+        .or(inputs.settings.agent_ca_bundle.as_ref())
+        .map(CaBundleMount::of);
+    let mut agent_mounts = mount.clone();
+    if let Some(ca) = &ca_bundle {
+        storage_env.push(ca.env());
+        agent_mounts.push(ca.mount());
+    }
 
     let mut init = Vec::new();
     if let Ok(previous) = inputs.base {
@@ -192,7 +205,7 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
                 RESTORE_TIMEOUT.into(),
             ],
             storage_env.clone(),
-            mount.clone(),
+            agent_mounts.clone(),
         ));
     }
     let mut warm_env = vec![EnvVar {
@@ -279,7 +292,7 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
             inputs.settings,
             args,
             storage_env,
-            mount,
+            agent_mounts,
         )
     };
 
@@ -304,6 +317,7 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
                     empty_dir: Some(EmptyDirVolumeSource::default()),
                     ..Default::default()
                 })
+                .chain(ca_bundle.as_ref().map(CaBundleMount::volume))
                 .collect(),
         ),
         ..Default::default()
@@ -377,6 +391,73 @@ fn serve_args(warm: &crate::api::WarmSpec) -> Vec<String> {
     args.extend(warm.command.iter().flatten().cloned());
     args.extend(warm.args.iter().flatten().cloned());
     args
+}
+
+/// The volume of the agent containers' CA bundle.
+const CA_BUNDLE_VOLUME: &str = "ca-bundle";
+
+/// A CA bundle reference as the agent containers get it: one key of a ConfigMap or Secret,
+/// mounted read-only at a path that names where it came from (the agent's errors quote the
+/// path), and `SITECACHE_CA_BUNDLE` naming the file.
+struct CaBundleMount<'a> {
+    source: &'a CaBundleRef,
+    dir: String,
+}
+
+impl<'a> CaBundleMount<'a> {
+    fn of(source: &'a CaBundleRef) -> Self {
+        let dir = match (&source.config_map, &source.secret) {
+            (Some(name), _) => format!("/etc/sitecache/ca-bundle/configmap-{name}"),
+            (None, Some(name)) => format!("/etc/sitecache/ca-bundle/secret-{name}"),
+            (None, None) => "/etc/sitecache/ca-bundle/none".to_owned(),
+        };
+        CaBundleMount { source, dir }
+    }
+
+    fn env(&self) -> EnvVar {
+        EnvVar {
+            name: crate::storage::CA_BUNDLE_ENV.to_owned(),
+            value: Some(format!("{}/{}", self.dir, self.source.key)),
+            value_from: None,
+        }
+    }
+
+    fn mount(&self) -> VolumeMount {
+        VolumeMount {
+            name: CA_BUNDLE_VOLUME.to_owned(),
+            mount_path: self.dir.clone(),
+            read_only: Some(true),
+            ..Default::default()
+        }
+    }
+
+    /// The volume: only the named key, which must exist (a missing one keeps the pod from
+    /// starting, and the stall check reports kubelet's reason).
+    fn volume(&self) -> Volume {
+        let items = Some(vec![KeyToPath {
+            key: self.source.key.clone(),
+            path: self.source.key.clone(),
+            ..Default::default()
+        }]);
+        Volume {
+            name: CA_BUNDLE_VOLUME.to_owned(),
+            config_map: self
+                .source
+                .config_map
+                .as_ref()
+                .map(|name| ConfigMapVolumeSource {
+                    name: name.clone(),
+                    items: items.clone(),
+                    ..Default::default()
+                }),
+            secret: self.source.secret.as_ref().map(|name| SecretVolumeSource {
+                secret_name: Some(name.clone()),
+                items,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 /// The standard AWS variables that point the agent at the SiteCache's store.

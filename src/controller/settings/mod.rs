@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::agent::parse_duration;
-use crate::api::{BUCKET_PATTERN, SiteCache};
-use crate::storage::{Location, StorageOptions};
+use crate::api::{BUCKET_PATTERN, CaBundleRef, DEFAULT_CA_BUNDLE_KEY, SiteCache};
+use crate::storage::{CaBundle, CaBundleError, Location, StorageOptions};
 
 /// The image the snapshot Jobs' agent containers run unless `--agent-image` says otherwise.
 pub const DEFAULT_AGENT_IMAGE: &str =
@@ -54,6 +54,31 @@ pub struct ControllerArgs {
     /// Path-style addressing for SiteCaches that do not say (MinIO and most self-hosted stores).
     #[arg(long, env = "SITECACHE_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new())]
     pub path_style: bool,
+
+    /// CA certificates (PEM, one or more) the controller trusts besides the platform's in its
+    /// own storage calls, for a store whose certificate a private CA issued. Read at start-up.
+    #[arg(long, env = "SITECACHE_CA_BUNDLE", value_name = "FILE")]
+    pub ca_bundle: Option<std::path::PathBuf>,
+
+    /// A ConfigMap, in each SiteCache's namespace, whose key --agent-ca-bundle-key holds the CA
+    /// certificates the snapshot Jobs' agent containers trust besides the platform's (a
+    /// trust-manager Bundle synced to every namespace under one name); spec.snapshot.caBundle
+    /// overrides it.
+    #[arg(
+        long,
+        env = "SITECACHE_AGENT_CA_BUNDLE_CONFIG_MAP",
+        value_name = "NAME",
+        conflicts_with = "agent_ca_bundle_secret"
+    )]
+    pub agent_ca_bundle_config_map: Option<String>,
+
+    /// As --agent-ca-bundle-config-map, from a Secret of that name.
+    #[arg(long, env = "SITECACHE_AGENT_CA_BUNDLE_SECRET", value_name = "NAME")]
+    pub agent_ca_bundle_secret: Option<String>,
+
+    /// The key of --agent-ca-bundle-config-map or --agent-ca-bundle-secret.
+    #[arg(long, env = "SITECACHE_AGENT_CA_BUNDLE_KEY", value_name = "KEY", default_value = DEFAULT_CA_BUNDLE_KEY)]
+    pub agent_ca_bundle_key: String,
 
     /// Snapshot Jobs running at once across every watched namespace; the rest wait.
     #[arg(long, env = "SITECACHE_MAX_CONCURRENT_SNAPSHOTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
@@ -187,6 +212,14 @@ pub enum ConfigError {
         "--job-log-bytes {0} is more than 256KiB: a Job's logs are one document of at most 1 MiB"
     )]
     JobLogTooLarge(u64),
+    #[error("{0}")]
+    CaBundle(#[from] CaBundleError),
+    #[error("{flag} {value:?} is not a valid {what}")]
+    BadAgentCaBundle {
+        flag: &'static str,
+        value: String,
+        what: &'static str,
+    },
 }
 
 /// The most of each container's log `--job-log-bytes` may keep.
@@ -221,6 +254,10 @@ pub struct Settings {
     pub cluster_id: Option<String>,
     pub standby: bool,
     pub standby_poll: Duration,
+    /// `--ca-bundle`, read and checked.
+    pub ca_bundle: Option<CaBundle>,
+    /// The CA bundle of snapshot Jobs whose SiteCache names none (`--agent-ca-bundle-*`).
+    pub agent_ca_bundle: Option<CaBundleRef>,
 }
 
 impl TryFrom<&ControllerArgs> for Settings {
@@ -291,6 +328,9 @@ impl TryFrom<&ControllerArgs> for Settings {
         {
             return Err(ConfigError::BadClusterId(id.to_owned()));
         }
+        let agent_ca_bundle = agent_ca_bundle(a)?;
+        // Read last: a configuration error says what is wrong without touching the file.
+        let ca_bundle = a.ca_bundle.as_deref().map(CaBundle::load).transpose()?;
         Ok(Settings {
             default_bucket: a.default_bucket.clone(),
             allowed_buckets: allowed,
@@ -315,8 +355,55 @@ impl TryFrom<&ControllerArgs> for Settings {
             cluster_id: cluster_id.map(str::to_owned),
             standby: a.standby,
             standby_poll: a.standby_poll,
+            ca_bundle,
+            agent_ca_bundle,
         })
     }
+}
+
+/// The snapshot Jobs' default CA bundle from `--agent-ca-bundle-*`, checked as the API server
+/// checks `spec.snapshot.caBundle`.
+fn agent_ca_bundle(a: &ControllerArgs) -> Result<Option<CaBundleRef>, ConfigError> {
+    let name_ok = |n: &str| {
+        (1..=253).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && n.as_bytes()[0].is_ascii_alphanumeric()
+            && n.as_bytes()[n.len() - 1].is_ascii_alphanumeric()
+    };
+    let (flag, name) = match (&a.agent_ca_bundle_config_map, &a.agent_ca_bundle_secret) {
+        (Some(n), _) => ("--agent-ca-bundle-config-map", n.trim()),
+        (None, Some(n)) => ("--agent-ca-bundle-secret", n.trim()),
+        (None, None) => return Ok(None),
+    };
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if !name_ok(name) {
+        return Err(ConfigError::BadAgentCaBundle {
+            flag,
+            value: name.to_owned(),
+            what: "ConfigMap or Secret name",
+        });
+    }
+    let key = a.agent_ca_bundle_key.trim();
+    let key_ok = (1..=253).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !key_ok {
+        return Err(ConfigError::BadAgentCaBundle {
+            flag: "--agent-ca-bundle-key",
+            value: key.to_owned(),
+            what: "ConfigMap or Secret key",
+        });
+    }
+    let config_map = a.agent_ca_bundle_config_map.is_some();
+    Ok(Some(CaBundleRef {
+        config_map: config_map.then(|| name.to_owned()),
+        secret: (!config_map).then(|| name.to_owned()),
+        key: key.to_owned(),
+    }))
 }
 
 /// A cluster identity as markers record it: short, printable, no spaces.
@@ -437,6 +524,7 @@ impl Target {
             attempt_timeout: Some(Duration::from_secs(30)),
             max_attempts: Some(3),
             interceptor: None,
+            ca_bundle: None,
         }
     }
 }
