@@ -570,7 +570,7 @@ pub struct SecretRef {
 /// certificates (PEM).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.configMap) != has(self.secret)").message("spec.snapshot.caBundle names either a configMap or a secret, not both"))]
+#[x_kube(validation = Rule::new("has(self.configMap) != has(self.secret)").message("spec.snapshot.caBundle must name exactly one of configMap and secret"))]
 pub struct CaBundleRef {
     /// The ConfigMap's name (trust-manager Bundles target ConfigMaps by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]

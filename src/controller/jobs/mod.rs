@@ -874,6 +874,134 @@ pub(crate) mod tests {
         );
     }
 
+    /// The pod of generation 5 (on top of 4) of `sc` with the controller's `flags`.
+    fn pod_of(sc: &SiteCache, flags: &[&str]) -> PodSpec {
+        let mut all = vec![
+            "--default-bucket",
+            "caches",
+            "--agent-image",
+            "ghcr.io/sitecache/sitecache:test",
+        ];
+        all.extend(flags);
+        let s = crate::controller::settings::settings_from(&all);
+        let t = target();
+        let job = snapshot_job(
+            sc,
+            &JobInputs {
+                settings: &s,
+                target: &t,
+                generation: 5,
+                base: Ok(4),
+                request: None,
+                timeout: Duration::from_secs(900),
+                run_as: None,
+                observed_user: None,
+            },
+        );
+        job.spec.unwrap().template.spec.unwrap()
+    }
+
+    /// Each container's `SITECACHE_CA_BUNDLE` and the read-only mounts of the CA volume, by
+    /// container name.
+    fn ca_bundles(pod: &PodSpec) -> Vec<String> {
+        pod.init_containers
+            .iter()
+            .flatten()
+            .chain(&pod.containers)
+            .map(|c| {
+                let env = c
+                    .env
+                    .iter()
+                    .flatten()
+                    .find(|e| e.name == "SITECACHE_CA_BUNDLE")
+                    .and_then(|e| e.value.clone());
+                let mounts: Vec<String> = c
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .filter(|m| m.name == CA_BUNDLE_VOLUME && m.read_only == Some(true))
+                    .map(|m| m.mount_path.clone())
+                    .collect();
+                format!("{}: {env:?} {mounts:?}", c.name)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_ca_bundle_reaches_the_agent_containers_only() {
+        let mut sc = site();
+        sc.spec.warm.serve = serde_json::from_value(serde_json::json!({"port": 8000})).unwrap();
+        // No default and none in the spec: nothing mounted.
+        let pod = pod_of(&sc, &[]);
+        assert!(
+            ca_bundles(&pod).iter().all(|c| c.ends_with("None []")),
+            "{:?}",
+            ca_bundles(&pod)
+        );
+
+        // The controller's default: a ConfigMap key in the SiteCache's namespace.
+        let pod = pod_of(
+            &sc,
+            &[
+                "--agent-ca-bundle-config-map",
+                "trust-bundle",
+                "--agent-ca-bundle-key",
+                "bundle.pem",
+            ],
+        );
+        let dir = "/etc/sitecache/ca-bundle/configmap-trust-bundle";
+        assert_eq!(
+            ca_bundles(&pod),
+            [
+                format!("restore-previous: Some(\"{dir}/bundle.pem\") [\"{dir}\"]"),
+                "install-agent: None []".to_owned(),
+                "warm: None []".to_owned(),
+                format!("snapshot: Some(\"{dir}/bundle.pem\") [\"{dir}\"]"),
+            ]
+        );
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == CA_BUNDLE_VOLUME)
+            .expect("the CA volume");
+        let cm = volume.config_map.as_ref().expect("from the ConfigMap");
+        assert_eq!(cm.name, "trust-bundle");
+        let items = cm.items.as_ref().unwrap();
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("bundle.pem", "bundle.pem")
+        );
+        assert!(volume.secret.is_none() && cm.optional.is_none());
+
+        // The SiteCache's own replaces the default.
+        sc.spec.snapshot.ca_bundle = Some(crate::api::CaBundleRef {
+            config_map: None,
+            secret: Some("shop-ca".into()),
+            key: "ca.crt".into(),
+        });
+        let pod = pod_of(&sc, &["--agent-ca-bundle-config-map", "trust-bundle"]);
+        let dir = "/etc/sitecache/ca-bundle/secret-shop-ca";
+        assert_eq!(
+            ca_bundles(&pod)[3],
+            format!("snapshot: Some(\"{dir}/ca.crt\") [\"{dir}\"]")
+        );
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == CA_BUNDLE_VOLUME)
+            .unwrap();
+        assert!(volume.config_map.is_none());
+        assert_eq!(
+            volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("shop-ca")
+        );
+    }
+
     #[test]
     fn first_generation_has_nothing_to_restore() {
         let s = settings();

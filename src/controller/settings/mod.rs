@@ -565,6 +565,71 @@ pub fn settings_from(flags: &[&str]) -> Settings {
 mod tests {
     use super::*;
 
+    fn config_error(flags: &[&str]) -> String {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ControllerArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(
+            std::iter::once("controller").chain(flags.iter().copied()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Settings::try_from(&cli.args).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_ca_bundle_that_cannot_be_used_stops_the_controller_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("ca.crt");
+        let e = config_error(&["--ca-bundle", missing.to_str().unwrap()]);
+        assert!(
+            e.starts_with(&format!(
+                "--ca-bundle {}: cannot read it",
+                missing.display()
+            )),
+            "{e}"
+        );
+        std::fs::write(&missing, "not a certificate").unwrap();
+        let e = config_error(&["--ca-bundle", missing.to_str().unwrap()]);
+        assert!(
+            e.ends_with("holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"),
+            "{e}"
+        );
+
+        let ca = sitecache_devtools::TestCa::new("company").unwrap();
+        std::fs::write(&missing, ca.cert_pem()).unwrap();
+        let s = settings_from(&["--ca-bundle", missing.to_str().unwrap()]);
+        assert_eq!(s.ca_bundle.map(|b| b.certificates()), Some(1));
+    }
+
+    #[test]
+    fn the_agents_default_ca_bundle_is_checked_as_the_api_server_checks_a_spec() {
+        let s = settings_from(&["--agent-ca-bundle-secret", "company-ca"]);
+        assert_eq!(
+            s.agent_ca_bundle,
+            Some(CaBundleRef {
+                config_map: None,
+                secret: Some("company-ca".into()),
+                key: "ca.crt".into(),
+            })
+        );
+        assert_eq!(settings_from(&[]).agent_ca_bundle, None);
+        assert_eq!(
+            config_error(&["--agent-ca-bundle-config-map", "Trust_Bundle"]),
+            "--agent-ca-bundle-config-map \"Trust_Bundle\" is not a valid ConfigMap or Secret name"
+        );
+        assert_eq!(
+            config_error(&[
+                "--agent-ca-bundle-config-map",
+                "trust-bundle",
+                "--agent-ca-bundle-key",
+                "a/b"
+            ]),
+            "--agent-ca-bundle-key \"a/b\" is not a valid ConfigMap or Secret key"
+        );
+    }
+
     #[test]
     fn endpoint_normalization() {
         assert_eq!(
