@@ -616,14 +616,16 @@ mod tests {
         assert_eq!(refused.reason(), "StorageUnreachable");
     }
 
-    /// A handshake that refused the endpoint's certificate, as hyper-rustls reports it: rustls'
-    /// error inside an `io::Error`, inside the connector's error.
+    /// A handshake that refused the endpoint's certificate, as the SDK's client reports it:
+    /// rustls' error in tokio-rustls' `io::Error`, in hyper-rustls' `io::Error`, in the
+    /// connector's error.
     fn refused_certificate(problem: rustls::CertificateError) -> StorageError {
-        let tls = std::io::Error::new(
+        let tokio_rustls = std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(problem),
         );
-        dispatch_failure(ConnectorError::io(Box::new(tls)))
+        let hyper_rustls = std::io::Error::other(tokio_rustls);
+        dispatch_failure(ConnectorError::io(Box::new(hyper_rustls)))
     }
 
     #[test]

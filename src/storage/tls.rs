@@ -196,23 +196,30 @@ pub(super) fn client_with_roots(native: bool, extra: Option<&CaBundle>) -> Share
 }
 
 /// The certificate problem among `err`'s sources, if the request failed on the endpoint's
-/// certificate. rustls' error travels inside an `io::Error`, whose `source()` skips it.
+/// certificate. rustls' error travels inside `io::Error`s (tokio-rustls wraps it, hyper-rustls
+/// wraps that again), whose `source()` skips what they wrap: each is unwrapped by hand.
 pub(super) fn certificate_error<'a>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a rustls::CertificateError> {
     let mut next = Some(err);
     while let Some(e) = next {
-        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(rustls::Error::InvalidCertificate(problem)) = tls {
+        if let Some(rustls::Error::InvalidCertificate(problem)) = rustls_error(e) {
             return Some(problem);
         }
         next = e.source();
     }
     None
+}
+
+/// `e` as rustls' error, itself or wrapped in `io::Error`s.
+fn rustls_error<'a>(mut e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    loop {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+        e = inner;
+    }
 }
 
 #[cfg(test)]
