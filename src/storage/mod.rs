@@ -80,8 +80,9 @@ pub async fn client(options: &StorageOptions) -> aws_sdk_s3::Client {
         loader = loader.http_client(tls::client_with_roots(native, options.ca_bundle.as_ref()));
     }
     let shared = loader.load().await;
-    let mut config =
-        aws_sdk_s3::config::Builder::from(&shared).force_path_style(options.path_style);
+    let mut config = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(options.path_style)
+        .retry_classifier(tls::NoRetryOnRefusedCertificate);
     if let Some(interceptor) = &options.interceptor {
         config.push_interceptor(interceptor.clone());
     }

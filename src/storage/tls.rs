@@ -21,6 +21,8 @@ use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
 use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore};
 use aws_smithy_http_client::{Builder, ConnectorBuilder};
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
+use aws_smithy_runtime_api::client::retries::classifiers::{ClassifyRetry, RetryAction};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::{PemObject, SectionKind};
 
@@ -193,6 +195,31 @@ pub(super) fn client_with_roots(native: bool, extra: Option<&CaBundle>) -> Share
         connector.set_proxy_config(Some(ProxyConfig::from_env()));
         connector.build()
     })
+}
+
+/// Forbids retrying a request whose endpoint's certificate was refused: the SDK retries
+/// connection errors, but a certificate that is not trusted now will not be in a second, and
+/// the retries' backoff would eat a restore's deadline and end it as a timeout instead of the
+/// cause.
+#[derive(Debug)]
+pub(super) struct NoRetryOnRefusedCertificate;
+
+impl ClassifyRetry for NoRetryOnRefusedCertificate {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let refused = matches!(
+            ctx.output_or_error(),
+            Some(Err(e)) if e.as_connector_error().is_some_and(|c| certificate_error(c).is_some())
+        );
+        if refused {
+            RetryAction::RetryForbidden
+        } else {
+            RetryAction::NoActionIndicated
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "NoRetryOnRefusedCertificate"
+    }
 }
 
 /// The certificate problem among `err`'s sources, if the request failed on the endpoint's
