@@ -150,6 +150,12 @@ impl SnapshotError {
             | SnapshotError::SourceNotADirectory(_)
             | SnapshotError::SourceEmpty(_)
             | SnapshotError::TooFewFiles { .. } => "source-refused",
+            // A refused certificate says so whatever the call (no retry fixes it).
+            SnapshotError::Upload(e) | SnapshotError::Manifest(e) | SnapshotError::Storage(e)
+                if matches!(e, StorageError::Certificate { .. }) =>
+            {
+                e.kind()
+            }
             SnapshotError::Pack(_) => "pack-failed",
             SnapshotError::GenerationExists { .. } => "generation-exists",
             SnapshotError::Upload(_) | SnapshotError::SizeMismatch { .. } => "upload-failed",

@@ -21,10 +21,11 @@ async fn agents_trust_a_private_ca_only_when_given_its_certificate() {
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains(
-            "the storage endpoint's certificate is not trusted (unknown issuer): give the CA \
+        stderr.contains("snapshot failed (untrusted-certificate): storage: HEAD s3://")
+            && stderr.contains(
+                "the storage endpoint's certificate is not trusted (unknown issuer): give the CA \
              that issued it with --ca-bundle or SITECACHE_CA_BUNDLE"
-        ),
+            ),
         "{stderr}"
     );
 
