@@ -494,7 +494,7 @@ pub struct SnapshotSpec {
     /// containers only. Unset, the controller's default applies (its
     /// `--agent-ca-bundle-config-map` or `--agent-ca-bundle-secret`, typically a trust-manager
     /// Bundle synced to every namespace), if it has one; set, it replaces that default. A
-    /// missing ConfigMap, Secret or key keeps the pod from starting, which the SiteCache reports.
+    /// missing ConfigMap, Secret or key fails the snapshot with a message that names them.
     /// It is here and not in `spec.storage`, which is immutable: a CA bundle changes (a new CA,
     /// a rotation) while the cache stays where it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -431,8 +431,10 @@ impl<'a> CaBundleMount<'a> {
         }
     }
 
-    /// The volume: only the named key, which must exist (a missing one keeps the pod from
-    /// starting, and the stall check reports kubelet's reason).
+    /// The volume: only the named key. Optional: a missing ConfigMap, Secret or key would keep
+    /// the pod from starting (kubelet retries the mount until the Job's deadline, and no
+    /// container reports why); the agent then fails at once instead, naming the file, whose path
+    /// names the ConfigMap or Secret and the key.
     fn volume(&self) -> Volume {
         let items = Some(vec![KeyToPath {
             key: self.source.key.clone(),
@@ -448,11 +450,13 @@ impl<'a> CaBundleMount<'a> {
                 .map(|name| ConfigMapVolumeSource {
                     name: name.clone(),
                     items: items.clone(),
+                    optional: Some(true),
                     ..Default::default()
                 }),
             secret: self.source.secret.as_ref().map(|name| SecretVolumeSource {
                 secret_name: Some(name.clone()),
                 items,
+                optional: Some(true),
                 ..Default::default()
             }),
             ..Default::default()
@@ -972,7 +976,12 @@ pub(crate) mod tests {
             (items[0].key.as_str(), items[0].path.as_str()),
             ("bundle.pem", "bundle.pem")
         );
-        assert!(volume.secret.is_none() && cm.optional.is_none());
+        assert!(volume.secret.is_none());
+        assert_eq!(
+            cm.optional,
+            Some(true),
+            "a missing one fails the agent, not the mount"
+        );
 
         // The SiteCache's own replaces the default.
         sc.spec.snapshot.ca_bundle = Some(crate::api::CaBundleRef {

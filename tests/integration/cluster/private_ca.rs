@@ -1,7 +1,8 @@
 //! A store behind a private CA: MinIO serving TLS with a certificate of a CA made in the test,
 //! for the address pods reach it by. The controller trusts it through the chart's
 //! `caBundle.controller` (a ConfigMap mounted into its pods); a snapshot Job's agents do not until
-//! `spec.snapshot.caBundle` names a ConfigMap with that CA in the SiteCache's namespace.
+//! `spec.snapshot.caBundle` names a ConfigMap with that CA in the SiteCache's namespace (one
+//! that is missing fails the snapshot at once, naming it).
 
 use super::*;
 
@@ -78,6 +79,47 @@ async fn a_store_behind_a_private_ca_is_trusted_with_its_ca_bundle() {
         "Events: {notes:?}"
     );
 
+    // A bundle that names a ConfigMap missing from the namespace: the pod starts all the same
+    // (the volume is optional) and the snapshot fails at once, naming it.
+    s.request_snapshot(
+        name,
+        "missing-config-map",
+        json!({"snapshot": {"caBundle": {"configMap": "nowhere"}}}),
+    )
+    .await;
+    let missing = s
+        .until(
+            "the snapshot with a missing ConfigMap failing",
+            Duration::from_secs(180),
+            async || {
+                let Some(sc) = s.sitecache(name).await else {
+                    return Poll::Wait("no SiteCache".into());
+                };
+                let last = sc.status.as_ref().and_then(|s| s.last_snapshot.clone());
+                match last {
+                    Some(l)
+                        if l.generation > failed.generation
+                            && l.result == Some(SnapshotResult::Failed) =>
+                    {
+                        Poll::Done(l)
+                    }
+                    Some(l) if l.result == Some(SnapshotResult::Succeeded) => {
+                        Poll::Fail(format!("a snapshot without the CA succeeded: {l:?}"))
+                    }
+                    other => Poll::Wait(format!("last snapshot {other:?}")),
+                }
+            },
+        )
+        .await;
+    let message = missing.message.clone().unwrap_or_default();
+    ensure!(
+        s,
+        message.contains(
+            "--ca-bundle /etc/sitecache/ca-bundle/configmap-nowhere/ca.crt: cannot read it"
+        ),
+        "lastSnapshot: {missing:?}"
+    );
+
     // With it: the agents get the CA, mounted read-only, and the generation is promoted.
     s.request_snapshot(
         name,
@@ -100,7 +142,7 @@ async fn a_store_behind_a_private_ca_is_trusted_with_its_ca_bundle() {
                     return Poll::Done(n);
                 }
                 if let Some(last) = &status.last_snapshot
-                    && last.generation > failed.generation
+                    && last.generation > missing.generation
                     && last.result == Some(SnapshotResult::Failed)
                 {
                     return Poll::Fail(format!("the snapshot with the CA failed: {last:?}"));
