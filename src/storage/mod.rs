@@ -272,14 +272,7 @@ impl StorageError {
             }
             // A refused certificate: the store is reachable, but not trusted (or not valid).
             SdkError::DispatchFailure(_) if tls::certificate_error(&err).is_some() => {
-                let problem = tls::certificate_error(&err).expect("just found");
-                StorageError::Certificate {
-                    op,
-                    bucket,
-                    key,
-                    unknown_issuer: matches!(problem, rustls::CertificateError::UnknownIssuer),
-                    problem: certificate_problem(problem),
-                }
+                certificate_refused(op, bucket, key, &err)
             }
             // Resolving the credentials happens before the request is sent, and its failure
             // comes out as a dispatch failure: it is no network problem.
@@ -339,6 +332,24 @@ impl StorageError {
                 message: error_chain(&err),
             },
         }
+    }
+}
+
+/// The [`StorageError::Certificate`] of `err`, a request whose endpoint's certificate was
+/// refused.
+fn certificate_refused(
+    op: &'static str,
+    bucket: String,
+    key: String,
+    err: &(dyn std::error::Error + 'static),
+) -> StorageError {
+    let problem = tls::certificate_error(err);
+    StorageError::Certificate {
+        op,
+        bucket,
+        key,
+        unknown_issuer: matches!(problem, Some(rustls::CertificateError::UnknownIssuer)),
+        problem: problem.map(certificate_problem).unwrap_or_default(),
     }
 }
 
