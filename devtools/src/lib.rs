@@ -28,6 +28,7 @@ pub mod s3;
 pub use control_plane::ControlPlane;
 pub use fault_proxy::FaultProxy;
 pub use job_runner::{JobRunner, JobRunnerConfig};
+pub use pki::{ServerCert, TestCa};
 pub use s3::{S3Server, Store};
 
 /// Picks a free TCP port on loopback (the OS's choice; another process could take it before it is

@@ -66,3 +66,51 @@ impl Pki {
         })
     }
 }
+
+/// A CA made for one test, as a company's private CA: it issues serving certificates that no
+/// platform trusts.
+pub struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A serving certificate and its key, PEM.
+#[derive(Clone)]
+pub struct ServerCert {
+    pub cert: String,
+    pub key: String,
+}
+
+impl TestCa {
+    /// A new CA named `name` (its common name).
+    pub fn new(name: &str) -> Result<Self> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Ok(Self {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)?,
+        })
+    }
+
+    /// The CA's certificate (PEM): what a CA bundle holds.
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A serving certificate for `names` (host names or IP addresses), issued by this CA.
+    pub fn server(&self, names: &[&str]) -> Result<ServerCert> {
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("server"),
+        );
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(ServerCert {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}

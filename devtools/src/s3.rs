@@ -41,6 +41,8 @@ pub struct S3Server {
     /// gateway's gRPC), kept across restarts.
     inner_ports: Vec<u16>,
     process: Option<ManagedProcess>,
+    /// Served over TLS with this certificate, which this CA (PEM) issued.
+    tls: Option<(crate::ServerCert, String)>,
 }
 
 impl S3Server {
@@ -52,6 +54,21 @@ impl S3Server {
     /// Starts `store` with its data and log in `dir` (emptied first) on free ports, with one
     /// user that may do everything (the credentials of [`aws_env`](Self::aws_env)).
     pub async fn start_store(store: Store, dir: &Path) -> Result<Self> {
+        Self::start_with(store, dir, None).await
+    }
+
+    /// Starts MinIO as [`start`](Self::start) does, serving TLS only, with `cert` (issued by the
+    /// CA whose certificate is `ca_pem`, which [`client`](Self::client) trusts): a company's
+    /// store behind its private CA. The certificate must name 127.0.0.1.
+    pub async fn start_tls(dir: &Path, cert: crate::ServerCert, ca_pem: &str) -> Result<Self> {
+        Self::start_with(Store::Minio, dir, Some((cert, ca_pem.to_owned()))).await
+    }
+
+    async fn start_with(
+        store: Store,
+        dir: &Path,
+        tls: Option<(crate::ServerCert, String)>,
+    ) -> Result<Self> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir.join("data"))?;
         let mut last_err = None;
@@ -67,6 +84,7 @@ impl S3Server {
                         .collect::<std::io::Result<_>>()?,
                 },
                 process: None,
+                tls: tls.clone(),
             };
             match server.launch().await {
                 Ok(()) => return Ok(server),
@@ -121,6 +139,14 @@ impl S3Server {
         .env("MINIO_UPDATE", "off")
         .env("MINIO_CALLHOME_ENABLE", "off")
         .env("MINIO_REGION", REGION);
+        if let Some((cert, _)) = &self.tls {
+            // MinIO serves TLS, and only TLS, when its certs directory holds these two files.
+            let certs = self.dir.join("certs");
+            std::fs::create_dir_all(&certs)?;
+            std::fs::write(certs.join("public.crt"), &cert.cert)?;
+            std::fs::write(certs.join("private.key"), &cert.key)?;
+            cmd.arg("--certs-dir").arg(&certs);
+        }
         Ok(cmd)
     }
 
@@ -178,6 +204,7 @@ impl S3Server {
     /// gateway answers before its filer and volume server have met, a write that succeeds.
     async fn ready(&self) -> bool {
         match self.store {
+            Store::Minio if self.tls.is_some() => self.client().list_buckets().send().await.is_ok(),
             Store::Minio => http_ok(self.port, "/minio/health/live").await,
             Store::Seaweedfs => {
                 if !http_ok(self.port, "/healthz").await {
@@ -225,9 +252,15 @@ impl S3Server {
         }
     }
 
-    /// The endpoint URL (`http://127.0.0.1:<port>`).
+    /// The endpoint URL (`http://127.0.0.1:<port>`, `https://` when it serves TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The log file.
@@ -309,9 +342,30 @@ impl S3Server {
         Ok(())
     }
 
-    /// An S3 client for this server (path-style addressing, static credentials).
+    /// An S3 client for this server (path-style addressing, static credentials; trusting the
+    /// test CA when it serves TLS).
     pub fn client(&self) -> aws_sdk_s3::Client {
-        let config = aws_sdk_s3::Config::builder()
+        let mut config = aws_sdk_s3::Config::builder();
+        if let Some((_, ca)) = &self.tls {
+            use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+            let context = TlsContext::builder()
+                .with_trust_store(
+                    TrustStore::empty()
+                        .with_native_roots(false)
+                        .with_pem_certificate(ca.as_bytes()),
+                )
+                .build()
+                .expect("a TLS context");
+            config = config.http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(tls::Provider::Rustls(
+                        tls::rustls_provider::CryptoMode::AwsLc,
+                    ))
+                    .tls_context(context)
+                    .build_https(),
+            );
+        }
+        let config = config
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(REGION))
             .endpoint_url(self.endpoint())

@@ -9,7 +9,7 @@ mod space;
 
 use std::time::Duration;
 
-use crate::storage::StorageOptions;
+use crate::storage::{CaBundle, CaBundleError, StorageOptions};
 
 /// Flags that say how to reach the object store, on top of the standard AWS environment.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -26,11 +26,23 @@ pub struct StorageArgs {
     /// Region (default: AWS_REGION, AWS_DEFAULT_REGION, the AWS profile, else us-east-1).
     #[arg(long, env = "SITECACHE_S3_REGION")]
     pub region: Option<String>,
+
+    /// CA certificates (PEM, one or more) to trust besides the platform's, for a store whose
+    /// certificate a private CA issued.
+    #[arg(long, env = "SITECACHE_CA_BUNDLE", value_name = "FILE")]
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 impl StorageArgs {
-    fn options(&self, attempt_timeout: Option<Duration>, max_attempts: u32) -> StorageOptions {
-        StorageOptions {
+    /// The client options; reads and checks `--ca-bundle` first, so that a bad file fails
+    /// before anything is sent.
+    fn options(
+        &self,
+        attempt_timeout: Option<Duration>,
+        max_attempts: u32,
+    ) -> Result<StorageOptions, CaBundleError> {
+        let ca_bundle = self.ca_bundle.as_deref().map(CaBundle::load).transpose()?;
+        Ok(StorageOptions {
             region: self.region.clone(),
             endpoint: self.endpoint.clone(),
             path_style: self.path_style,
@@ -38,7 +50,8 @@ impl StorageArgs {
             attempt_timeout,
             max_attempts: Some(max_attempts),
             interceptor: None,
-        }
+            ca_bundle,
+        })
     }
 }
 

@@ -24,7 +24,7 @@ use super::space::{self, Free, Need};
 use crate::archive::{
     self, Compression, Current, Declared, Manifest, Piece, UnpackError, UnpackLimits, Unpacker,
 };
-use crate::storage::{self, DownloadOptions, Location, StorageError};
+use crate::storage::{self, CaBundleError, DownloadOptions, Location, StorageError};
 
 /// Fetch, verify and extract a generation into a directory.
 #[derive(clap::Args, Debug, Clone)]
@@ -165,6 +165,8 @@ pub enum RestoreError {
     Unpack(#[from] UnpackError),
     #[error("{0}")]
     Storage(#[from] StorageError),
+    #[error("{0}")]
+    CaBundle(#[from] CaBundleError),
     #[error("--dest {path}: {source}")]
     Dest { path: PathBuf, source: io::Error },
     #[error("internal error: {0}")]
@@ -175,7 +177,7 @@ impl RestoreError {
     /// The `reason` of the result line.
     pub fn reason(&self) -> &'static str {
         match self {
-            RestoreError::BadUrl(_) => "invalid-arguments",
+            RestoreError::BadUrl(_) | RestoreError::CaBundle(_) => "invalid-arguments",
             RestoreError::NoCurrent(_) => "no-current-generation",
             RestoreError::NotFound(_) => "not-found",
             RestoreError::Timeout(_) => "timeout",
@@ -190,6 +192,7 @@ impl RestoreError {
             RestoreError::Storage(StorageError::Timeout { .. }) => "timeout",
             RestoreError::Storage(StorageError::NotFound { .. }) => "not-found",
             RestoreError::Storage(StorageError::WrongSize { .. }) => "size-mismatch",
+            RestoreError::Storage(e @ StorageError::Certificate { .. }) => e.kind(),
             RestoreError::Storage(_) => "storage-error",
             RestoreError::Dest { .. } => "dest-error",
             RestoreError::Internal(_) => "internal-error",
@@ -455,7 +458,8 @@ async fn restore(
         .map_err(|e: storage::LocationError| RestoreError::BadUrl(e.to_string()))?;
     let attempt = args.timeout.min(Duration::from_secs(15));
     // Throttling and failed requests are retried within the deadline (`--timeout` bounds it all).
-    let client = storage::client(&args.storage.options(Some(attempt), 5)).await;
+    // A bad --ca-bundle fails here, before any request (and, advisory, exits 0 as any failure).
+    let client = storage::client(&args.storage.options(Some(attempt), 5)?).await;
     let phase = Instant::now();
     let target = resolve(&client, &loc, &args).await?;
     tracing::debug!(ms = super::elapsed_ms(phase), key = %target.key, "resolved");

@@ -26,7 +26,9 @@ use crate::archive::{
     self, FORMAT_TAR_ZSTD, FORMAT_VERSION, Manifest, PackError, PackStats, Report, Tree,
     UnpackLimits,
 };
-use crate::storage::{self, Location, Part, StorageError, UploadError, UploadOptions};
+use crate::storage::{
+    self, CaBundleError, Location, Part, StorageError, UploadError, UploadOptions,
+};
 
 /// Size of each uploaded part.
 const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -129,6 +131,8 @@ pub enum SnapshotError {
     Manifest(StorageError),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    #[error("{0}")]
+    CaBundle(#[from] CaBundleError),
     #[error("--report-file {path}: {source}")]
     Report {
         path: PathBuf,
@@ -146,12 +150,19 @@ impl SnapshotError {
             | SnapshotError::SourceNotADirectory(_)
             | SnapshotError::SourceEmpty(_)
             | SnapshotError::TooFewFiles { .. } => "source-refused",
+            // A refused certificate says so whatever the call (no retry fixes it).
+            SnapshotError::Upload(e) | SnapshotError::Manifest(e) | SnapshotError::Storage(e)
+                if matches!(e, StorageError::Certificate { .. }) =>
+            {
+                e.kind()
+            }
             SnapshotError::Pack(_) => "pack-failed",
             SnapshotError::GenerationExists { .. } => "generation-exists",
             SnapshotError::Upload(_) | SnapshotError::SizeMismatch { .. } => "upload-failed",
             SnapshotError::TooLarge { .. } => "too-large",
             SnapshotError::Manifest(_) => "commit-failed",
             SnapshotError::Storage(_) => "storage-error",
+            SnapshotError::CaBundle(_) => "invalid-ca-bundle",
             SnapshotError::Report { .. } => "report-failed",
             SnapshotError::Internal(_) => "internal-error",
         }
@@ -199,6 +210,8 @@ pub async fn run(args: SnapshotArgs) -> Result<SnapshotReport, SnapshotError> {
 /// Packs, uploads and commits; returns the result line and the report.
 async fn commit(args: SnapshotArgs) -> Result<(SnapshotReport, Report), SnapshotError> {
     let start = Instant::now();
+    // A bad --ca-bundle fails before the scan, which may take a while.
+    let options = args.storage.options(None, 5)?;
     let limits = UnpackLimits {
         max_bytes: args.max_unpacked_bytes,
         max_entries: args.max_entries,
@@ -227,7 +240,7 @@ async fn commit(args: SnapshotArgs) -> Result<(SnapshotReport, Report), Snapshot
         tracing::warn!("left out {unnamed} more sockets, FIFOs or devices");
     }
 
-    let client = storage::client(&args.storage.options(None, 5)).await;
+    let client = storage::client(&options).await;
     let loc = &args.url;
     let manifest_key = loc.manifest_key(args.generation);
     if storage::head(&client, &loc.bucket, &manifest_key)

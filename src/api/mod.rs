@@ -8,10 +8,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use spec::{
-    BUCKET_PATTERN, CACHE_DIR_RESERVED, CRON_PATTERN, DeletionPolicy, LegacySpec, PinSpec,
-    RebuildSpec, RetentionSpec, SITE_PATTERN, ScheduleSpec, SecretRef, ServeSpec, SiteCache,
-    SiteCacheSpec, SnapshotPodSpec, SnapshotSpec, SourceSpec, StorageSpec, WarmSpec,
-    cache_dir_problem,
+    BUCKET_PATTERN, CACHE_DIR_RESERVED, CRON_PATTERN, CaBundleRef, DEFAULT_CA_BUNDLE_KEY,
+    DeletionPolicy, LegacySpec, PinSpec, RebuildSpec, RetentionSpec, SITE_PATTERN, ScheduleSpec,
+    SecretRef, ServeSpec, SiteCache, SiteCacheSpec, SnapshotPodSpec, SnapshotSpec, SourceSpec,
+    StorageSpec, WarmSpec, cache_dir_problem,
 };
 pub use status::{
     CacheGrowth, CacheOwner, Freshness, GenerationInfo, LastSnapshot, Phase, Runtime,

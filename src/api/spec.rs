@@ -496,6 +496,17 @@ pub struct SnapshotSpec {
     /// the default's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_resources: Option<Box<ResourceRequirements>>,
+    /// CA certificates (PEM) the Job's agent containers (`restore-previous` and `snapshot`)
+    /// trust besides the platform's, for a store whose certificate a private CA issued: a key of
+    /// a ConfigMap or Secret in the SiteCache's namespace, mounted read-only into those
+    /// containers only. Unset, the controller's default applies (its
+    /// `--agent-ca-bundle-config-map` or `--agent-ca-bundle-secret`, typically a trust-manager
+    /// Bundle synced to every namespace), if it has one; set, it replaces that default. A
+    /// missing ConfigMap, Secret or key fails the snapshot with a message that names them.
+    /// It is here and not in `spec.storage`, which is immutable: a CA bundle changes (a new CA,
+    /// a rotation) while the cache stays where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<Box<CaBundleRef>>,
 
     /// Settings of the snapshot Job's pod: where it may run, how it pulls images, its labels and
     /// annotations, its security context.
@@ -569,6 +580,41 @@ pub struct SecretRef {
     pub name: String,
 }
 
+/// A key of a ConfigMap or of a Secret (exactly one) in the SiteCache's namespace, holding CA
+/// certificates (PEM).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.configMap) != has(self.secret)").message("spec.snapshot.caBundle must name exactly one of configMap and secret"))]
+pub struct CaBundleRef {
+    /// The ConfigMap's name (trust-manager Bundles target ConfigMaps by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub config_map: Option<String>,
+
+    /// The Secret's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub secret: Option<String>,
+
+    /// The key whose value is the PEM bundle.
+    #[serde(default = "default_ca_bundle_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// The key a CA bundle reference names unless it says: cert-manager's and trust-manager's.
+pub const DEFAULT_CA_BUNDLE_KEY: &str = "ca.crt";
+
+fn default_ca_bundle_key() -> String {
+    DEFAULT_CA_BUNDLE_KEY.to_owned()
+}
+
 impl Default for SnapshotSpec {
     fn default() -> Self {
         Self {
@@ -579,6 +625,7 @@ impl Default for SnapshotSpec {
             rebuild: RebuildSpec::default(),
             credentials_secret: None,
             agent_resources: None,
+            ca_bundle: None,
             pod: SnapshotPodSpec::default(),
         }
     }

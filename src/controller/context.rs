@@ -119,6 +119,7 @@ impl Context {
         }
         let mut options = target.storage_options();
         options.interceptor = Some(CountRequests::shared(&self.metrics.storage_requests));
+        options.ca_bundle = self.settings.ca_bundle.clone();
         let client = crate::storage::client(&options).await;
         clients.insert(key, client.clone());
         client

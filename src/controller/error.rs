@@ -97,6 +97,7 @@ fn storage_kind(e: &StorageError) -> &'static str {
         StorageError::Timeout { .. } => "storage-timeout",
         StorageError::Unreachable { .. } => "storage-unreachable",
         StorageError::Credentials { .. } => "storage-credentials",
+        StorageError::Certificate { .. } => "storage-certificate",
         StorageError::Service { .. } => match e.class() {
             Some(ServiceClass::Denied) => "storage-access-denied",
             Some(ServiceClass::NoSuchBucket) => "storage-no-such-bucket",

@@ -38,7 +38,7 @@ pub async fn run(kube: &Kube, args: &LogsArgs, out: &mut impl Write) -> anyhow::
             .with_context(|| format!("SiteCache {ns}/{name} has run no snapshot yet"))?,
     };
     let store = Store::of(&sc, &args.store, ns)?;
-    let client = store.client().await;
+    let client = store.client().await?;
     let key = store.url.log_key(n);
     let log: Option<JobLog> = crate::storage::get_json(&client, &store.url.bucket, &key)
         .await

@@ -77,6 +77,9 @@ pub async fn run(kube: &Kube, args: RestoreArgs, out: &mut impl Write) -> anyhow
     if store.path_style {
         argv.push("--path-style".into());
     }
+    if let Some(bundle) = &store.ca_bundle {
+        argv.extend(["--ca-bundle".into(), bundle.to_string_lossy().into_owned()]);
+    }
     let agent_args = Agent::try_parse_from(&argv)
         .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim()))?
         .args;

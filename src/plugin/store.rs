@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::api::SiteCache;
-use crate::storage::{Location, StorageOptions};
+use crate::storage::{CaBundle, Location, StorageOptions};
 
 /// The flags that say where the bucket is, each defaulting from the SiteCache.
 #[derive(Args, Debug, Clone, Default)]
@@ -23,6 +23,10 @@ pub struct StoreArgs {
     /// Path-style addressing (default: the SiteCache's spec.storage.forcePathStyle).
     #[arg(long)]
     pub path_style: bool,
+    /// CA certificates (PEM) to trust besides the platform's, for a store whose certificate a
+    /// private CA issued.
+    #[arg(long, env = "SITECACHE_CA_BUNDLE", value_name = "FILE")]
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 /// A SiteCache's objects, as the plugin reaches them.
@@ -32,6 +36,8 @@ pub struct Store {
     pub endpoint: Endpoint,
     pub region: Option<String>,
     pub path_style: bool,
+    /// `--ca-bundle`.
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -72,18 +78,21 @@ impl Store {
             endpoint,
             region: args.region.clone().or_else(|| storage.region.clone()),
             path_style: args.path_style || storage.force_path_style == Some(true),
+            ca_bundle: args.ca_bundle.clone(),
         })
     }
 
-    /// An S3 client for it.
-    pub async fn client(&self) -> aws_sdk_s3::Client {
-        crate::storage::client(&StorageOptions {
+    /// An S3 client for it (an error for a `--ca-bundle` that cannot be used).
+    pub async fn client(&self) -> anyhow::Result<aws_sdk_s3::Client> {
+        let ca_bundle = self.ca_bundle.as_deref().map(CaBundle::load).transpose()?;
+        Ok(crate::storage::client(&StorageOptions {
             region: self.region.clone(),
             endpoint: self.endpoint.url().map(str::to_owned),
             path_style: self.path_style,
+            ca_bundle,
             ..StorageOptions::default()
         })
-        .await
+        .await)
     }
 }
 

@@ -25,6 +25,7 @@ pub use location::{
     Location, LocationError, OWNER_MARKER, claimed_by_marker, is_attempt_token, new_attempt_token,
     parent_prefixes, validate_prefix,
 };
+pub use tls::{CA_BUNDLE_ENV, CA_BUNDLE_FLAG, CaBundle, CaBundleError};
 pub use upload::{Part, UploadError, UploadOptions, multipart_upload};
 
 /// Region used when none is configured: S3-compatible stores accept any, and AWS redirects.
@@ -49,6 +50,8 @@ pub struct StorageOptions {
     pub max_attempts: Option<u32>,
     /// Sees every request (the controller counts them).
     pub interceptor: Option<aws_sdk_s3::config::SharedInterceptor>,
+    /// CA certificates trusted besides the platform's (`--ca-bundle`).
+    pub ca_bundle: Option<CaBundle>,
 }
 
 /// Builds an S3 client from the standard AWS configuration and `options`.
@@ -72,12 +75,14 @@ pub async fn client(options: &StorageOptions) -> aws_sdk_s3::Client {
     if let Some(endpoint) = &options.endpoint {
         loader = loader.endpoint_url(endpoint);
     }
-    if !tls::has_native_roots() {
-        loader = loader.http_client(tls::client_without_native_roots());
+    let native = tls::has_native_roots();
+    if !native || options.ca_bundle.is_some() {
+        loader = loader.http_client(tls::client_with_roots(native, options.ca_bundle.as_ref()));
     }
     let shared = loader.load().await;
-    let mut config =
-        aws_sdk_s3::config::Builder::from(&shared).force_path_style(options.path_style);
+    let mut config = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(options.path_style)
+        .retry_classifier(tls::NoRetryOnRefusedCertificate);
     if let Some(interceptor) = &options.interceptor {
         config.push_interceptor(interceptor.clone());
     }
@@ -115,6 +120,18 @@ pub enum StorageError {
         /// No provider had any (as opposed to one that failed).
         missing: bool,
         message: String,
+    },
+    /// The endpoint's TLS certificate was refused: the request never reached the store.
+    #[error("{op} s3://{bucket}/{key}: {}", certificate_message(*.unknown_issuer, .problem))]
+    Certificate {
+        op: &'static str,
+        bucket: String,
+        key: String,
+        /// No trusted CA issued it (a private CA that `--ca-bundle` does not name), as opposed
+        /// to a certificate that is expired, for another name, revoked, …
+        unknown_issuer: bool,
+        /// What rustls said.
+        problem: String,
     },
     #[error("{op} s3://{bucket}/{key}: {code}: {message}")]
     Service {
@@ -168,6 +185,11 @@ impl StorageError {
             StorageError::Timeout { .. } => "timeout",
             StorageError::Unreachable { .. } => "unreachable",
             StorageError::Credentials { .. } => "credentials",
+            StorageError::Certificate {
+                unknown_issuer: true,
+                ..
+            } => "untrusted-certificate",
+            StorageError::Certificate { .. } => "invalid-certificate",
             StorageError::Service { .. } => match self.class() {
                 Some(ServiceClass::Denied) => "access-denied",
                 Some(ServiceClass::NoSuchBucket) => "no-such-bucket",
@@ -218,6 +240,11 @@ impl StorageError {
             StorageError::Unreachable { .. } => "StorageUnreachable".into(),
             StorageError::Credentials { missing: true, .. } => "NoStorageCredentials".into(),
             StorageError::Credentials { .. } => "StorageCredentialsError".into(),
+            StorageError::Certificate {
+                unknown_issuer: true,
+                ..
+            } => "StorageCertificateUntrusted".into(),
+            StorageError::Certificate { .. } => "StorageCertificateInvalid".into(),
             StorageError::Service { code, .. } if is_camel_case_code(code) => code.clone(),
             StorageError::Service { .. } => "StorageError".into(),
             StorageError::WrongSize { .. } => "StorageSizeMismatch".into(),
@@ -242,6 +269,10 @@ impl StorageError {
             SdkError::TimeoutError(_) => StorageError::Timeout { op, bucket, key },
             SdkError::DispatchFailure(f) if f.is_timeout() => {
                 StorageError::Timeout { op, bucket, key }
+            }
+            // A refused certificate: the store is reachable, but not trusted (or not valid).
+            SdkError::DispatchFailure(_) if tls::certificate_error(&err).is_some() => {
+                certificate_refused(op, bucket, key, &err)
             }
             // Resolving the credentials happens before the request is sent, and its failure
             // comes out as a dispatch failure: it is no network problem.
@@ -301,6 +332,48 @@ impl StorageError {
                 message: error_chain(&err),
             },
         }
+    }
+}
+
+/// The [`StorageError::Certificate`] of `err`, a request whose endpoint's certificate was
+/// refused.
+fn certificate_refused(
+    op: &'static str,
+    bucket: String,
+    key: String,
+    err: &(dyn std::error::Error + 'static),
+) -> StorageError {
+    let problem = tls::certificate_error(err);
+    StorageError::Certificate {
+        op,
+        bucket,
+        key,
+        unknown_issuer: matches!(problem, Some(rustls::CertificateError::UnknownIssuer)),
+        problem: problem.map(certificate_problem).unwrap_or_default(),
+    }
+}
+
+/// What [`StorageError::Certificate`] says: plainly that the certificate is not trusted, and
+/// what to do about it.
+fn certificate_message(unknown_issuer: bool, problem: &str) -> String {
+    if unknown_issuer {
+        format!(
+            "the storage endpoint's certificate is not trusted ({problem}): give the CA that \
+             issued it with {CA_BUNDLE_FLAG} or {CA_BUNDLE_ENV} (for snapshot Jobs: \
+             spec.snapshot.caBundle or the controller's --agent-ca-bundle-*; see \
+             docs/private-ca.md)"
+        )
+    } else {
+        format!("the storage endpoint's certificate is not valid: {problem}")
+    }
+}
+
+/// A certificate problem in words: rustls' own (with the names or times it gives), except for
+/// the one this module explains.
+fn certificate_problem(problem: &rustls::CertificateError) -> String {
+    match problem {
+        rustls::CertificateError::UnknownIssuer => "unknown issuer".to_owned(),
+        other => rustls::Error::InvalidCertificate(other.clone()).to_string(),
     }
 }
 
@@ -553,5 +626,50 @@ mod tests {
             std::io::ErrorKind::ConnectionRefused,
         ))));
         assert_eq!(refused.reason(), "StorageUnreachable");
+    }
+
+    /// A handshake that refused the endpoint's certificate, as the SDK's client reports it:
+    /// rustls' error in tokio-rustls' `io::Error`, in hyper-rustls' `io::Error`, in the
+    /// connector's error.
+    fn refused_certificate(problem: rustls::CertificateError) -> StorageError {
+        let tokio_rustls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(problem),
+        );
+        let hyper_rustls = std::io::Error::other(tokio_rustls);
+        dispatch_failure(ConnectorError::io(Box::new(hyper_rustls)))
+    }
+
+    #[test]
+    fn an_untrusted_certificate_says_so_and_how_to_trust_it() {
+        let untrusted = refused_certificate(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(untrusted.reason(), "StorageCertificateUntrusted");
+        assert_eq!(untrusted.kind(), "untrusted-certificate");
+        let message = untrusted.to_string();
+        assert!(
+            message.starts_with(
+                "GET s3://b/k: the storage endpoint's certificate is not trusted (unknown \
+                 issuer): give the CA that issued it with --ca-bundle or SITECACHE_CA_BUNDLE"
+            ),
+            "{message}"
+        );
+
+        let expired = refused_certificate(rustls::CertificateError::Expired);
+        assert_eq!(expired.reason(), "StorageCertificateInvalid");
+        assert_eq!(expired.kind(), "invalid-certificate");
+        assert!(
+            expired
+                .to_string()
+                .starts_with("GET s3://b/k: the storage endpoint's certificate is not valid:"),
+            "{expired}"
+        );
+        assert!(!expired.to_string().contains("--ca-bundle"), "{expired}");
+
+        // Other TLS failures are no certificate problem.
+        let other = dispatch_failure(ConnectorError::io(Box::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::DecryptError,
+        ))));
+        assert_eq!(other.reason(), "StorageUnreachable");
     }
 }

@@ -163,6 +163,10 @@ fn non_default_values(watched: &[&str]) -> Value {
             "extraArgs": ["--reconcile-concurrency=4"]
         },
         "agentImage": "registry.example.com/platform/sitecache-agent:1.2.3",
+        "caBundle": {
+            "controller": {"secret": "corporate-ca", "key": "root.pem"},
+            "snapshotJobs": {"configMap": "trust-bundle"}
+        },
         "serviceAccount": {
             "name": "cache-operator",
             "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/sitecache-controller"}
@@ -330,6 +334,25 @@ async fn chart_with_non_default_values_applies_with_a_server_side_dry_run() {
     );
     assert_eq!(env["SITECACHE_LEADER_ELECTION_LEASE"], "sitecache-leader");
     assert_eq!(env["AWS_STS_REGIONAL_ENDPOINTS"], "regional");
+    // The controller's CA bundle, mounted read-only from its Secret; the Jobs' default by name.
+    assert_eq!(
+        env["SITECACHE_CA_BUNDLE"],
+        "/etc/sitecache/ca-bundle/root.pem"
+    );
+    assert_eq!(env["SITECACHE_AGENT_CA_BUNDLE_CONFIG_MAP"], "trust-bundle");
+    assert_eq!(env["SITECACHE_AGENT_CA_BUNDLE_KEY"], "ca.crt");
+    assert!(!env.contains_key("SITECACHE_AGENT_CA_BUNDLE_SECRET"));
+    assert_eq!(
+        container["volumeMounts"],
+        json!([{"name": "ca-bundle", "mountPath": "/etc/sitecache/ca-bundle", "readOnly": true}])
+    );
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "ca-bundle", "secret": {
+            "secretName": "corporate-ca",
+            "items": [{"key": "root.pem", "path": "root.pem"}],
+        }}])
+    );
     // Watching two namespaces with a cluster id of its own: Roles there, nothing cluster-wide
     // but the CRD and the users' aggregated roles.
     assert!(

@@ -34,6 +34,7 @@ mod install;
 mod job_runner;
 mod node;
 mod plugin;
+mod private_ca;
 mod runner_kit;
 mod s3;
 mod soak;

@@ -481,6 +481,51 @@ async fn restore_sends_credentials_only_where_the_controller_or_the_user_chose()
     h.shutdown().await;
 }
 
+/// A store behind a private CA: the plugin refuses its certificate, saying so, until the user
+/// gives the CA (`--ca-bundle`, or `SITECACHE_CA_BUNDLE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_trusts_a_private_ca_given_with_ca_bundle() {
+    let ca = support::private_store().await.ca_file.display().to_string();
+    let h = Harness::start(Options {
+        private_ca: true,
+        extra_args: vec!["--ca-bundle".into(), ca.clone()],
+        ..Options::default()
+    })
+    .await;
+    h.create("shop", json!({"site": "shop", "warm": warm("", 2)}))
+        .await;
+    h.wait_promoted("shop", 1).await;
+    let store = h.s3().endpoint();
+    let dest = h.dir.join("restored");
+
+    let out = restore_as(&h, "shop", &dest, &store, &[]).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("untrusted-certificate")
+            && err.contains("the storage endpoint's certificate is not trusted (unknown issuer)"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+
+    ok(&restore_as(&h, "shop", &dest, &store, &["--ca-bundle", &ca]).await);
+    assert!(dest.join("warmed").is_file());
+    let again = h.dir.join("again");
+    let args = [
+        "sitecache",
+        "restore",
+        "shop",
+        "-n",
+        &h.ns,
+        "--dest",
+        again.to_str().unwrap(),
+        "--path-style",
+    ];
+    ok(&kubectl_with(&h, &args, &[("SITECACHE_CA_BUNDLE", &ca)]).await);
+    assert!(again.join("warmed").is_file());
+    h.shutdown().await;
+}
+
 /// `suspend` and `resume` set `spec.suspend` by name, label selector or all, and say what each
 /// SiteCache was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

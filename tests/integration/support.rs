@@ -103,6 +103,41 @@ pub async fn s3() -> &'static S3Server {
     s3_of(Store::Minio).await
 }
 
+/// MinIO serving TLS only, with a certificate issued by a CA made for this run, as a company's
+/// store behind its private CA: nothing trusts it but a client given that CA.
+pub struct PrivateStore {
+    pub s3: S3Server,
+    /// The CA's certificate (PEM), and a file holding it (a CA bundle).
+    pub ca_pem: String,
+    pub ca_file: PathBuf,
+}
+
+/// The shared [`PrivateStore`]. Its certificate names 127.0.0.1 and the real node's address,
+/// where the node forwards it to (`Node::forward`), so that pods reach it by a name it has.
+pub async fn private_store() -> &'static PrivateStore {
+    static STORE: OnceCell<PrivateStore> = OnceCell::const_new();
+    STORE
+        .get_or_init(|| async {
+            let dir = run_dir().join("minio-private-ca");
+            let ca = sitecache_devtools::TestCa::new("sitecache-test-private-ca").expect("a CA");
+            let node_ip = sitecache_devtools::node::netns::NODE_IP.to_string();
+            let cert = ca
+                .server(&["127.0.0.1", "localhost", &node_ip])
+                .expect("a serving certificate");
+            let s3 = S3Server::start_tls(&dir, cert, &ca.cert_pem())
+                .await
+                .unwrap_or_else(|e| panic!("MinIO serving TLS did not start: {e:#}"));
+            let ca_file = run_dir().join("private-ca.crt");
+            std::fs::write(&ca_file, ca.cert_pem()).expect("write the CA bundle");
+            PrivateStore {
+                s3,
+                ca_pem: ca.cert_pem(),
+                ca_file,
+            }
+        })
+        .await
+}
+
 /// The shared server of `store`: the storage tests that run against both implementations ask
 /// for each.
 pub async fn s3_of(store: Store) -> &'static S3Server {

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    KeyToPath, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::api::{GenerationInfo, SiteCache};
+use crate::api::{CaBundleRef, GenerationInfo, SiteCache};
 use crate::controller::jobs::rebuild::RebuildReason;
 use crate::controller::jobs::report::{REPORT_PATH, SNAPSHOT_CONTAINER, WARM_CONTAINER};
 use crate::controller::settings::podspec::{self, RunAs};
@@ -174,6 +175,18 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
     if let Some(secret) = &spec.snapshot.credentials_secret {
         storage_env.extend(credentials_env(&secret.name));
     }
+    // The agent containers' CA bundle: the SiteCache's, else the controller's default.
+    let ca_bundle = spec
+        .snapshot
+        .ca_bundle
+        .as_deref()
+        .or(inputs.settings.agent_ca_bundle.as_ref())
+        .map(CaBundleMount::of);
+    let mut agent_mounts = mount.clone();
+    if let Some(ca) = &ca_bundle {
+        storage_env.push(ca.env());
+        agent_mounts.push(ca.mount());
+    }
 
     // The agent containers' resources: the SiteCache's, else the Job defaults', else built in.
     let builtin;
@@ -216,7 +229,7 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
                 RESTORE_TIMEOUT.into(),
             ],
             storage_env.clone(),
-            mount.clone(),
+            agent_mounts.clone(),
         ));
     }
     let mut warm_env = vec![EnvVar {
@@ -297,7 +310,7 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
         // What the controller promotes (see `report`).
         termination_message_path: Some(REPORT_PATH.into()),
         termination_message_policy: Some("File".into()),
-        ..agent(SNAPSHOT_CONTAINER, args, storage_env, mount)
+        ..agent(SNAPSHOT_CONTAINER, args, storage_env, agent_mounts)
     };
 
     let timeout = inputs.timeout.as_secs().max(1);
@@ -321,6 +334,7 @@ pub fn snapshot_job(sc: &SiteCache, inputs: &JobInputs) -> Job {
                     empty_dir: Some(EmptyDirVolumeSource::default()),
                     ..Default::default()
                 })
+                .chain(ca_bundle.as_ref().map(CaBundleMount::volume))
                 .collect(),
         ),
         ..Default::default()
@@ -395,6 +409,77 @@ fn serve_args(warm: &crate::api::WarmSpec) -> Vec<String> {
     args.extend(warm.command.iter().flatten().cloned());
     args.extend(warm.args.iter().flatten().cloned());
     args
+}
+
+/// The volume of the agent containers' CA bundle.
+const CA_BUNDLE_VOLUME: &str = "ca-bundle";
+
+/// A CA bundle reference as the agent containers get it: one key of a ConfigMap or Secret,
+/// mounted read-only at a path that names where it came from (the agent's errors quote the
+/// path), and `SITECACHE_CA_BUNDLE` naming the file.
+struct CaBundleMount<'a> {
+    source: &'a CaBundleRef,
+    dir: String,
+}
+
+impl<'a> CaBundleMount<'a> {
+    fn of(source: &'a CaBundleRef) -> Self {
+        let dir = match (&source.config_map, &source.secret) {
+            (Some(name), _) => format!("/etc/sitecache/ca-bundle/configmap-{name}"),
+            (None, Some(name)) => format!("/etc/sitecache/ca-bundle/secret-{name}"),
+            (None, None) => "/etc/sitecache/ca-bundle/none".to_owned(),
+        };
+        CaBundleMount { source, dir }
+    }
+
+    fn env(&self) -> EnvVar {
+        EnvVar {
+            name: crate::storage::CA_BUNDLE_ENV.to_owned(),
+            value: Some(format!("{}/{}", self.dir, self.source.key)),
+            value_from: None,
+        }
+    }
+
+    fn mount(&self) -> VolumeMount {
+        VolumeMount {
+            name: CA_BUNDLE_VOLUME.to_owned(),
+            mount_path: self.dir.clone(),
+            read_only: Some(true),
+            ..Default::default()
+        }
+    }
+
+    /// The volume: only the named key. Optional: a missing ConfigMap, Secret or key would keep
+    /// the pod from starting (kubelet retries the mount until the Job's deadline, and no
+    /// container reports why); the agent then fails at once instead, naming the file, whose path
+    /// names the ConfigMap or Secret and the key.
+    fn volume(&self) -> Volume {
+        let items = Some(vec![KeyToPath {
+            key: self.source.key.clone(),
+            path: self.source.key.clone(),
+            ..Default::default()
+        }]);
+        Volume {
+            name: CA_BUNDLE_VOLUME.to_owned(),
+            config_map: self
+                .source
+                .config_map
+                .as_ref()
+                .map(|name| ConfigMapVolumeSource {
+                    name: name.clone(),
+                    items: items.clone(),
+                    optional: Some(true),
+                    ..Default::default()
+                }),
+            secret: self.source.secret.as_ref().map(|name| SecretVolumeSource {
+                secret_name: Some(name.clone()),
+                items,
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 /// The standard AWS variables that point the agent at the SiteCache's store.
@@ -875,6 +960,139 @@ pub(crate) mod tests {
                 .all(|e| !e.name.starts_with("AWS_") && e.value_from.is_none()),
             "{:?}",
             init[1].env
+        );
+    }
+
+    /// The pod of generation 5 (on top of 4) of `sc` with the controller's `flags`.
+    fn pod_of(sc: &SiteCache, flags: &[&str]) -> PodSpec {
+        let mut all = vec![
+            "--default-bucket",
+            "caches",
+            "--agent-image",
+            "ghcr.io/sitecache/sitecache:test",
+        ];
+        all.extend(flags);
+        let s = crate::controller::settings::settings_from(&all);
+        let t = target();
+        let job = snapshot_job(
+            sc,
+            &JobInputs {
+                settings: &s,
+                target: &t,
+                generation: 5,
+                base: Ok(4),
+                request: None,
+                timeout: Duration::from_secs(900),
+                run_as: None,
+                observed_user: None,
+            },
+        );
+        job.spec.unwrap().template.spec.unwrap()
+    }
+
+    /// Each container's `SITECACHE_CA_BUNDLE` and the read-only mounts of the CA volume, by
+    /// container name.
+    fn ca_bundles(pod: &PodSpec) -> Vec<String> {
+        pod.init_containers
+            .iter()
+            .flatten()
+            .chain(&pod.containers)
+            .map(|c| {
+                let env = c
+                    .env
+                    .iter()
+                    .flatten()
+                    .find(|e| e.name == "SITECACHE_CA_BUNDLE")
+                    .and_then(|e| e.value.clone());
+                let mounts: Vec<String> = c
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .filter(|m| m.name == CA_BUNDLE_VOLUME && m.read_only == Some(true))
+                    .map(|m| m.mount_path.clone())
+                    .collect();
+                format!("{}: {env:?} {mounts:?}", c.name)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_ca_bundle_reaches_the_agent_containers_only() {
+        let mut sc = site();
+        sc.spec.warm.serve = serde_json::from_value(serde_json::json!({"port": 8000})).unwrap();
+        // No default and none in the spec: nothing mounted.
+        let pod = pod_of(&sc, &[]);
+        assert!(
+            ca_bundles(&pod).iter().all(|c| c.ends_with("None []")),
+            "{:?}",
+            ca_bundles(&pod)
+        );
+
+        // The controller's default: a ConfigMap key in the SiteCache's namespace.
+        let pod = pod_of(
+            &sc,
+            &[
+                "--agent-ca-bundle-config-map",
+                "trust-bundle",
+                "--agent-ca-bundle-key",
+                "bundle.pem",
+            ],
+        );
+        let dir = "/etc/sitecache/ca-bundle/configmap-trust-bundle";
+        assert_eq!(
+            ca_bundles(&pod),
+            [
+                format!("restore-previous: Some(\"{dir}/bundle.pem\") [\"{dir}\"]"),
+                "install-agent: None []".to_owned(),
+                "warm: None []".to_owned(),
+                format!("snapshot: Some(\"{dir}/bundle.pem\") [\"{dir}\"]"),
+            ]
+        );
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == CA_BUNDLE_VOLUME)
+            .expect("the CA volume");
+        let cm = volume.config_map.as_ref().expect("from the ConfigMap");
+        assert_eq!(cm.name, "trust-bundle");
+        let items = cm.items.as_ref().unwrap();
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("bundle.pem", "bundle.pem")
+        );
+        assert!(volume.secret.is_none());
+        assert_eq!(
+            cm.optional,
+            Some(true),
+            "a missing one fails the agent, not the mount"
+        );
+
+        // The SiteCache's own replaces the default.
+        sc.spec.snapshot.ca_bundle = Some(Box::new(crate::api::CaBundleRef {
+            config_map: None,
+            secret: Some("shop-ca".into()),
+            key: "ca.crt".into(),
+        }));
+        let pod = pod_of(&sc, &["--agent-ca-bundle-config-map", "trust-bundle"]);
+        let dir = "/etc/sitecache/ca-bundle/secret-shop-ca";
+        assert_eq!(
+            ca_bundles(&pod)[3],
+            format!("snapshot: Some(\"{dir}/ca.crt\") [\"{dir}\"]")
+        );
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == CA_BUNDLE_VOLUME)
+            .unwrap();
+        assert!(volume.config_map.is_none());
+        assert_eq!(
+            volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("shop-ca")
         );
     }
 

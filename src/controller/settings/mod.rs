@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::agent::parse_duration;
-use crate::api::{BUCKET_PATTERN, SiteCache};
-use crate::storage::{Location, StorageOptions};
+use crate::api::{BUCKET_PATTERN, CaBundleRef, DEFAULT_CA_BUNDLE_KEY, SiteCache};
+use crate::storage::{CaBundle, CaBundleError, Location, StorageOptions};
 
 use job_defaults::{JobDefaults, JobDefaultsError};
 
@@ -58,6 +58,31 @@ pub struct ControllerArgs {
     /// Path-style addressing for SiteCaches that do not say (MinIO and most self-hosted stores).
     #[arg(long, env = "SITECACHE_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new())]
     pub path_style: bool,
+
+    /// CA certificates (PEM, one or more) the controller trusts besides the platform's in its
+    /// own storage calls, for a store whose certificate a private CA issued. Read at start-up.
+    #[arg(long, env = "SITECACHE_CA_BUNDLE", value_name = "FILE")]
+    pub ca_bundle: Option<std::path::PathBuf>,
+
+    /// A ConfigMap, in each SiteCache's namespace, whose key --agent-ca-bundle-key holds the CA
+    /// certificates the snapshot Jobs' agent containers trust besides the platform's (a
+    /// trust-manager Bundle synced to every namespace under one name); spec.snapshot.caBundle
+    /// overrides it.
+    #[arg(
+        long,
+        env = "SITECACHE_AGENT_CA_BUNDLE_CONFIG_MAP",
+        value_name = "NAME",
+        conflicts_with = "agent_ca_bundle_secret"
+    )]
+    pub agent_ca_bundle_config_map: Option<String>,
+
+    /// As --agent-ca-bundle-config-map, from a Secret of that name.
+    #[arg(long, env = "SITECACHE_AGENT_CA_BUNDLE_SECRET", value_name = "NAME")]
+    pub agent_ca_bundle_secret: Option<String>,
+
+    /// The key of --agent-ca-bundle-config-map or --agent-ca-bundle-secret.
+    #[arg(long, env = "SITECACHE_AGENT_CA_BUNDLE_KEY", value_name = "KEY", default_value = DEFAULT_CA_BUNDLE_KEY)]
+    pub agent_ca_bundle_key: String,
 
     /// Snapshot Jobs running at once across every watched namespace; the rest wait.
     #[arg(long, env = "SITECACHE_MAX_CONCURRENT_SNAPSHOTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
@@ -201,6 +226,14 @@ pub enum ConfigError {
     JobLogTooLarge(u64),
     #[error(transparent)]
     JobDefaults(#[from] JobDefaultsError),
+    #[error("{0}")]
+    CaBundle(#[from] CaBundleError),
+    #[error("{flag} {value:?} is not a valid {what}")]
+    BadAgentCaBundle {
+        flag: &'static str,
+        value: String,
+        what: &'static str,
+    },
 }
 
 /// The most of each container's log `--job-log-bytes` may keep.
@@ -237,6 +270,10 @@ pub struct Settings {
     pub cluster_id: Option<String>,
     pub standby: bool,
     pub standby_poll: Duration,
+    /// `--ca-bundle`, read and checked.
+    pub ca_bundle: Option<CaBundle>,
+    /// The CA bundle of snapshot Jobs whose SiteCache names none (`--agent-ca-bundle-*`).
+    pub agent_ca_bundle: Option<CaBundleRef>,
 }
 
 impl TryFrom<&ControllerArgs> for Settings {
@@ -311,6 +348,9 @@ impl TryFrom<&ControllerArgs> for Settings {
             Some(path) => JobDefaults::load(path)?,
             None => JobDefaults::default(),
         };
+        let agent_ca_bundle = agent_ca_bundle(a)?;
+        // Read last: a configuration error says what is wrong without touching the file.
+        let ca_bundle = a.ca_bundle.as_deref().map(CaBundle::load).transpose()?;
         Ok(Settings {
             default_bucket: a.default_bucket.clone(),
             allowed_buckets: allowed,
@@ -336,8 +376,55 @@ impl TryFrom<&ControllerArgs> for Settings {
             cluster_id: cluster_id.map(str::to_owned),
             standby: a.standby,
             standby_poll: a.standby_poll,
+            ca_bundle,
+            agent_ca_bundle,
         })
     }
+}
+
+/// The snapshot Jobs' default CA bundle from `--agent-ca-bundle-*`, checked as the API server
+/// checks `spec.snapshot.caBundle`.
+fn agent_ca_bundle(a: &ControllerArgs) -> Result<Option<CaBundleRef>, ConfigError> {
+    let name_ok = |n: &str| {
+        (1..=253).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && n.as_bytes()[0].is_ascii_alphanumeric()
+            && n.as_bytes()[n.len() - 1].is_ascii_alphanumeric()
+    };
+    let (flag, name) = match (&a.agent_ca_bundle_config_map, &a.agent_ca_bundle_secret) {
+        (Some(n), _) => ("--agent-ca-bundle-config-map", n.trim()),
+        (None, Some(n)) => ("--agent-ca-bundle-secret", n.trim()),
+        (None, None) => return Ok(None),
+    };
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if !name_ok(name) {
+        return Err(ConfigError::BadAgentCaBundle {
+            flag,
+            value: name.to_owned(),
+            what: "ConfigMap or Secret name",
+        });
+    }
+    let key = a.agent_ca_bundle_key.trim();
+    let key_ok = (1..=253).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !key_ok {
+        return Err(ConfigError::BadAgentCaBundle {
+            flag: "--agent-ca-bundle-key",
+            value: key.to_owned(),
+            what: "ConfigMap or Secret key",
+        });
+    }
+    let config_map = a.agent_ca_bundle_config_map.is_some();
+    Ok(Some(CaBundleRef {
+        config_map: config_map.then(|| name.to_owned()),
+        secret: (!config_map).then(|| name.to_owned()),
+        key: key.to_owned(),
+    }))
 }
 
 /// A cluster identity as markers record it: short, printable, no spaces.
@@ -458,6 +545,7 @@ impl Target {
             attempt_timeout: Some(Duration::from_secs(30)),
             max_attempts: Some(3),
             interceptor: None,
+            ca_bundle: None,
         }
     }
 }
@@ -497,6 +585,71 @@ pub fn settings_from(flags: &[&str]) -> Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config_error(flags: &[&str]) -> String {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ControllerArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(
+            std::iter::once("controller").chain(flags.iter().copied()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Settings::try_from(&cli.args).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_ca_bundle_that_cannot_be_used_stops_the_controller_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("ca.crt");
+        let e = config_error(&["--ca-bundle", missing.to_str().unwrap()]);
+        assert!(
+            e.starts_with(&format!(
+                "--ca-bundle {}: cannot read it",
+                missing.display()
+            )),
+            "{e}"
+        );
+        std::fs::write(&missing, "not a certificate").unwrap();
+        let e = config_error(&["--ca-bundle", missing.to_str().unwrap()]);
+        assert!(
+            e.ends_with("holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"),
+            "{e}"
+        );
+
+        let ca = sitecache_devtools::TestCa::new("company").unwrap();
+        std::fs::write(&missing, ca.cert_pem()).unwrap();
+        let s = settings_from(&["--ca-bundle", missing.to_str().unwrap()]);
+        assert_eq!(s.ca_bundle.map(|b| b.certificates()), Some(1));
+    }
+
+    #[test]
+    fn the_agents_default_ca_bundle_is_checked_as_the_api_server_checks_a_spec() {
+        let s = settings_from(&["--agent-ca-bundle-secret", "company-ca"]);
+        assert_eq!(
+            s.agent_ca_bundle,
+            Some(CaBundleRef {
+                config_map: None,
+                secret: Some("company-ca".into()),
+                key: "ca.crt".into(),
+            })
+        );
+        assert_eq!(settings_from(&[]).agent_ca_bundle, None);
+        assert_eq!(
+            config_error(&["--agent-ca-bundle-config-map", "Trust_Bundle"]),
+            "--agent-ca-bundle-config-map \"Trust_Bundle\" is not a valid ConfigMap or Secret name"
+        );
+        assert_eq!(
+            config_error(&[
+                "--agent-ca-bundle-config-map",
+                "trust-bundle",
+                "--agent-ca-bundle-key",
+                "a/b"
+            ]),
+            "--agent-ca-bundle-key \"a/b\" is not a valid ConfigMap or Secret key"
+        );
+    }
 
     #[test]
     fn endpoint_normalization() {

@@ -79,6 +79,7 @@ async fn every_install_path_from_the_release_files() {
         release_ns: release::INSTALL_NAMESPACE.to_owned(),
         s3_endpoint,
         places: vec![("dist", String::new(), bucket.clone())],
+        private_endpoint: None,
         values: Value::Null,
     };
     let kubectl = |args: &[&str]| -> Output {

@@ -30,6 +30,10 @@
 //!   generation restores as the user that owned the cache, so that the warm step can write;
 //! - [`outage`]: a result outlives its Job's TTL while the controller cannot record it (the
 //!   result finalizer against the real TTL controller and garbage collector);
+//! - [`private_ca`]: a store behind a private CA (MinIO serving TLS with a certificate of a CA
+//!   made in the test), which the controller trusts through the chart's `caBundle.controller`:
+//!   the snapshot Job's agents refuse it, saying so in the status, until
+//!   `spec.snapshot.caBundle` mounts the CA into them;
 //! - [`stalled`]: Jobs that make no progress (a pod Pod Security refuses, a container whose
 //!   Secret is missing) are reported with what the Job controller and kubelet say, long before
 //!   their deadline;
@@ -68,7 +72,14 @@ const RELEASE: &str = "sitecache";
 const JOB_TTL: Duration = Duration::from_secs(30);
 /// The namespaces (and buckets) of the scenarios, created before the install so that the
 /// release watches them.
-const SCENARIOS: [&str; 6] = ["deno", "hang", "creds", "stall", "owner", "outage"];
+const SCENARIOS: [&str; 7] = [
+    "deno", "hang", "creds", "stall", "owner", "outage", PRIVATE_CA,
+];
+/// The scenario whose bucket is in the MinIO behind a private CA ([`private_ca`]).
+const PRIVATE_CA: &str = "ca";
+/// The ConfigMap with that CA's certificate (key `ca.crt`), in the release's namespace (the
+/// chart's `caBundle.controller`) and in the [`PRIVATE_CA`] scenario's.
+const CA_CONFIG_MAP: &str = "storage-ca";
 /// `controller.snapshotStallAfter`: how long a Job may make no progress before it is reported.
 const STALL_AFTER: Duration = Duration::from_secs(1);
 /// Where the scenarios' pods mount the Deno cache.
@@ -82,6 +93,9 @@ struct Cluster {
     release_ns: String,
     /// MinIO as pods reach it (`http://<node address>:<port>`).
     s3_endpoint: String,
+    /// With [`ClusterConfig::private_ca`]: the MinIO behind a private CA as pods reach it
+    /// (`https://<node address>:<port>`, an address its certificate names).
+    private_endpoint: Option<String>,
     /// Each scenario's (name, namespace, bucket).
     places: Vec<(&'static str, String, String)>,
     /// The release's values but the image, which [`Cluster::helm`] adds.
@@ -102,6 +116,10 @@ struct ClusterConfig {
     chart: PathBuf,
     /// The image of the controller and its agents; `None`: the working tree's.
     image: Option<String>,
+    /// Serve the [`PRIVATE_CA`] scenario's bucket from MinIO behind a private CA
+    /// (`support::private_store`), an allowed endpoint, whose CA the controller trusts through
+    /// the chart's `caBundle.controller`.
+    private_ca: bool,
 }
 
 /// The shared node and release, started by the first scenario that asks. A start that failed
@@ -118,6 +136,7 @@ async fn cluster() -> &'static Cluster {
                 default_bucket: "creds",
                 chart: support::repo_path("charts/sitecache"),
                 image: None,
+                private_ca: true,
             };
             start(&config).await.map_err(|e| format!("{e:#}"))
         })
@@ -146,12 +165,33 @@ async fn start(config: &ClusterConfig) -> Result<Cluster> {
     let minio: SocketAddr = s3.endpoint().trim_start_matches("http://").parse()?;
     let s3_endpoint = format!("http://{}", node.forward(minio)?);
 
+    let private = match config.private_ca {
+        true => Some(support::private_store().await),
+        false => None,
+    };
+    let private_endpoint = match private {
+        Some(p) => Some(format!(
+            "https://{}",
+            node.forward(SocketAddr::from(([127, 0, 0, 1], p.s3.port())))?
+        )),
+        None => None,
+    };
+
     let release_ns = node.create_namespace("sitecache").await?;
     let mut places = Vec::new();
     for &name in config.scenarios {
         let ns = node.create_namespace(name).await?;
-        let bucket = s3.create_bucket(name).await?;
+        let bucket = match private {
+            Some(p) if name == PRIVATE_CA => {
+                create_config_map(&client, &ns, CA_CONFIG_MAP, "ca.crt", &p.ca_pem).await?;
+                p.s3.create_bucket(name).await?
+            }
+            _ => s3.create_bucket(name).await?,
+        };
         places.push((name, ns, bucket));
+    }
+    if let Some(p) = private {
+        create_config_map(&client, &release_ns, CA_CONFIG_MAP, "ca.crt", &p.ca_pem).await?;
     }
     // The controller's keys (MinIO's root user: every scenario's bucket), from a Secret.
     let keys: std::collections::BTreeMap<String, String> = s3
@@ -170,7 +210,7 @@ async fn start(config: &ClusterConfig) -> Result<Cluster> {
             .map(|p| p.2.clone())
             .unwrap_or_default()
     };
-    let values = json!({
+    let mut values = json!({
         "storage": {
             "defaultBucket": bucket_of(config.default_bucket),
             "allowedBuckets": places
@@ -195,10 +235,16 @@ async fn start(config: &ClusterConfig) -> Result<Cluster> {
             ],
         },
     });
+    if let Some(endpoint) = &private_endpoint {
+        // The same root keys as the shared MinIO's: the controller's Secret serves both.
+        values["storage"]["allowedEndpoints"] = json!([endpoint]);
+        values["caBundle"] = json!({"controller": {"configMap": CA_CONFIG_MAP}});
+    }
     let cluster = Cluster {
         node,
         release_ns,
         s3_endpoint,
+        private_endpoint,
         places,
         values,
     };
@@ -295,6 +341,24 @@ async fn create_secret(
         .create(&PostParams::default(), &secret)
         .await
         .with_context(|| format!("create Secret {ns}/{name}"))?;
+    Ok(())
+}
+
+async fn create_config_map(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    let map: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "data": {key: value},
+    }))?;
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &map)
+        .await
+        .with_context(|| format!("create ConfigMap {ns}/{name}"))?;
     Ok(())
 }
 
@@ -902,6 +966,7 @@ mod deno_site;
 mod dist;
 mod hanging;
 mod outage;
+mod private_ca;
 mod stalled;
 mod undeclared_user;
 mod upgrade;

@@ -187,6 +187,8 @@ async fn upgrading_from_the_earlier_release_and_back_handles_every_job_once() {
         default_bucket: NAMESPACES[0],
         chart: base.join("charts/sitecache"),
         image: Some(old_image.clone()),
+        // The earlier chart has no caBundle value.
+        private_ca: false,
     })
     .await
     .unwrap_or_else(|e| panic!("the node with the release of {commit} installed: {e:#}"));

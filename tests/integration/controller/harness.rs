@@ -55,6 +55,10 @@ pub struct Options {
     pub place: Option<Place>,
     /// Which S3 implementation stores the caches (MinIO by default).
     pub store: Store,
+    /// Store in MinIO serving TLS with a private CA's certificate ([`support::private_store`])
+    /// instead. The snapshot Jobs' agents get that CA (`SITECACHE_CA_BUNDLE`, as the Job's
+    /// mount of `spec.snapshot.caBundle` would give it); the controller only what its flags say.
+    pub private_ca: bool,
 }
 
 /// Where a harness's controller works, for tests with more than one cluster.
@@ -83,6 +87,7 @@ impl Default for Options {
             controller_endpoint: None,
             place: None,
             store: Store::Minio,
+            private_ca: false,
         }
     }
 }
@@ -90,6 +95,7 @@ impl Default for Options {
 enum S3 {
     Shared(&'static S3Server),
     Own(Box<S3Server>),
+    Private(&'static support::PrivateStore),
 }
 
 pub struct Harness {
@@ -118,7 +124,9 @@ impl Harness {
         };
         let dir = support::run_dir().join("controller").join(&label);
         std::fs::create_dir_all(&dir).unwrap();
-        let s3 = if opts.own_s3 {
+        let s3 = if opts.private_ca {
+            S3::Private(support::private_store().await)
+        } else if opts.own_s3 {
             S3::Own(Box::new(
                 S3Server::start_store(opts.store, &dir.join("s3"))
                     .await
@@ -154,12 +162,15 @@ impl Harness {
         match &self.s3 {
             S3::Shared(s) => s,
             S3::Own(s) => s,
+            S3::Private(p) => &p.s3,
         }
     }
 
     pub fn s3_mut(&mut self) -> &mut S3Server {
         match &mut self.s3 {
-            S3::Shared(_) => panic!("the shared S3 server is not this test's to stop"),
+            S3::Shared(_) | S3::Private(_) => {
+                panic!("the shared S3 server is not this test's to stop")
+            }
             S3::Own(s) => s,
         }
     }
@@ -168,6 +179,12 @@ impl Harness {
         let mut env = self.s3().job_env();
         if !self.opts.pod_credentials {
             env.retain(|(k, _)| k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY");
+        }
+        if let S3::Private(p) = &self.s3 {
+            env.push((
+                "SITECACHE_CA_BUNDLE".to_owned(),
+                p.ca_file.display().to_string(),
+            ));
         }
         self.runner = Some(JobRunner::start(
             self.client.clone(),

@@ -15,6 +15,7 @@ mod leader;
 mod lifecycle;
 mod pod_settings;
 mod prefixes;
+mod private_ca;
 mod retries;
 mod status_write;
 mod trust;
