@@ -380,6 +380,8 @@ fn controller_permissions() -> BTreeMap<(String, String), BTreeSet<String>> {
         ("", "pods", &["list", "get", "patch"]),
         ("", "pods/log", &["get"]),
         ("events.k8s.io", "events", &["create", "patch", "list"]),
+        // The snapshot Jobs' account, made where it is missing (get and patch on its name).
+        ("", "serviceaccounts", &["create", "get", "patch"]),
     ];
     table
         .iter()
@@ -555,6 +557,40 @@ async fn chart_rbac_grants_only_what_the_controller_uses() {
         &ns
     ));
     assert!(!can("create", "serviceaccounts/token", &watched));
+    // The snapshot account: made where it is missing; read and updated by its name only.
+    assert!(can("create", "serviceaccounts", &watched));
+    assert!(can("get", "serviceaccounts/sitecache-snapshot", &watched));
+    assert!(can("patch", "serviceaccounts/sitecache-snapshot", &watched));
+    assert!(!can("get", "serviceaccounts/default", &watched));
+    assert!(!can("patch", "serviceaccounts/default", &watched));
+    assert!(!can(
+        "delete",
+        "serviceaccounts/sitecache-snapshot",
+        &watched
+    ));
+    assert!(!can("create", "serviceaccounts", &other));
+    for rule in roles[0]["rules"].as_array().unwrap() {
+        if rule["resources"] == json!(["serviceaccounts"]) && rule["verbs"] != json!(["create"]) {
+            assert_eq!(
+                rule["resourceNames"],
+                json!(["sitecache-snapshot"]),
+                "{rule}"
+            );
+        }
+    }
+    // Without autoCreate, nothing on serviceaccounts.
+    let values = values_file(
+        &format!("{ns}-no-auto-create"),
+        &json!({"crds": {"install": false}, "snapshotServiceAccount": {"autoCreate": false}}),
+    );
+    let objects = parse_objects(&render(&format!("{ns}-nac"), &ns, Some(&values)));
+    let role = of_kind(&objects, "ClusterRole")
+        .into_iter()
+        .find(|r| !is_aggregated(r) && !is_cluster_identity(r))
+        .unwrap();
+    let mut without = expected.clone();
+    without.remove(&(String::new(), "serviceaccounts".to_owned()));
+    assert_eq!(granted(&role["rules"]), without);
 }
 
 #[tokio::test]

@@ -33,6 +33,9 @@
 //! - [`stalled`]: Jobs that make no progress (a pod Pod Security refuses, a container whose
 //!   Secret is missing) are reported with what the Job controller and kubelet say, long before
 //!   their deadline;
+//! - [`onboarding`]: namespaces in which the chart made no snapshot ServiceAccount: the
+//!   controller makes it where it is missing (and again when it is deleted), and leaves a user's
+//!   own alone;
 //! - [`upgrade`], on a node and release of its own: `helm upgrade` from the earlier release
 //!   (`UPGRADE_FROM_COMMIT`) to the working tree with snapshot Jobs in flight, each handled once.
 //!
@@ -68,7 +71,12 @@ const RELEASE: &str = "sitecache";
 const JOB_TTL: Duration = Duration::from_secs(30);
 /// The namespaces (and buckets) of the scenarios, created before the install so that the
 /// release watches them.
-const SCENARIOS: [&str; 6] = ["deno", "hang", "creds", "stall", "owner", "outage"];
+const SCENARIOS: [&str; 8] = [
+    "deno", "hang", "creds", "stall", "owner", "outage", "onboard", "byo",
+];
+/// The scenarios whose namespace the chart makes no snapshot ServiceAccount in: onboarded after
+/// the install, as far as the account is concerned ([`onboarding`]).
+const WITHOUT_CHART_ACCOUNT: [&str; 2] = ["onboard", "byo"];
 /// `controller.snapshotStallAfter`: how long a Job may make no progress before it is reported.
 const STALL_AFTER: Duration = Duration::from_secs(1);
 /// Where the scenarios' pods mount the Deno cache.
@@ -195,6 +203,14 @@ async fn start(config: &ClusterConfig) -> Result<Cluster> {
             ],
         },
     });
+    let mut values = values;
+    if places.iter().any(|p| WITHOUT_CHART_ACCOUNT.contains(&p.0)) {
+        values["snapshotServiceAccount"] = json!({"namespaces": places
+            .iter()
+            .filter(|p| !WITHOUT_CHART_ACCOUNT.contains(&p.0))
+            .map(|p| p.1.clone())
+            .collect::<Vec<_>>()});
+    }
     let cluster = Cluster {
         node,
         release_ns,
@@ -900,6 +916,7 @@ mod chart;
 mod credentials;
 mod deno_site;
 mod hanging;
+mod onboarding;
 mod outage;
 mod stalled;
 mod undeclared_user;

@@ -16,4 +16,5 @@ mod pod_settings;
 mod prefixes;
 mod retries;
 mod status_write;
+mod tenancy;
 mod trust;
