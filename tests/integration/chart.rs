@@ -556,7 +556,22 @@ async fn chart_rbac_grants_only_what_the_controller_uses() {
         "leases.coordination.k8s.io/another-lease",
         &ns
     ));
-    assert!(!can("create", "serviceaccounts/token", &watched));
+    // No token minted for any account (the TokenRequest subresource; `serviceaccounts/token`
+    // would name an account called `token`, which create on serviceaccounts allows).
+    let out = support::kubectl(
+        &[
+            "auth",
+            "can-i",
+            &sa,
+            "create",
+            "serviceaccounts",
+            "--subresource=token",
+            "-n",
+            &watched,
+        ],
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
     // The snapshot account: made where it is missing; read and updated by its name only.
     assert!(can("create", "serviceaccounts", &watched));
     assert!(can("get", "serviceaccounts/sitecache-snapshot", &watched));
