@@ -12,6 +12,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::ResourceExt;
 use kube::api::Api;
 use serde_json::{Value, json};
 use sitecache_devtools::assets::Asset;
@@ -615,6 +616,7 @@ async fn controller_with_only_the_chart_rbac_completes_a_lifecycle() {
         ..Default::default()
     })
     .await;
+    let (_, elsewhere) = support::kube().await;
     let values = values_file(
         &h.ns,
         &json!({
@@ -631,6 +633,9 @@ async fn controller_with_only_the_chart_rbac_completes_a_lifecycle() {
                 "logFormat": "text"
             },
             "agentImage": AGENT_IMAGE,
+            // The chart makes the snapshot account elsewhere: here the controller makes it, with
+            // the chart's RBAC.
+            "snapshotServiceAccount": {"namespaces": [elsewhere]},
         }),
     );
     // Named after the test's namespace: the chart's cluster-scoped objects (the cluster-identity
@@ -680,6 +685,18 @@ async fn controller_with_only_the_chart_rbac_completes_a_lifecycle() {
             .service_account_name
             .as_deref(),
         Some("sitecache-snapshot")
+    );
+    let account =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(h.client.clone(), &h.ns)
+            .get("sitecache-snapshot")
+            .await
+            .expect("the snapshot account, made by the controller");
+    assert_eq!(
+        account
+            .labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("sitecache")
     );
     let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.ns);
     let lease = leases.get("sitecache-controller").await.unwrap();
