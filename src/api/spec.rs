@@ -100,8 +100,8 @@ pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnig
 #[serde(rename_all = "camelCase")]
 pub struct SiteCacheSpec {
     /// The site's identifier: lower-case letters, digits and '-', starting and ending with a letter
-    /// or digit, at most 63 characters. It names the default storage prefix (`<site>/`) and
-    /// cannot change once set.
+    /// or digit, at most 63 characters. It names the default storage prefix (`<site>/`, or as the
+    /// controller's `--default-prefix-template` says) and cannot change once set.
     #[schemars(regex(pattern = SITE_PATTERN), length(min = 1, max = 63))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.site is immutable"))]
     pub site: String,
@@ -179,8 +179,9 @@ pub struct StorageSpec {
     #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https']").message("spec.storage.endpoint must be an http or https URL"))]
     pub endpoint: Option<String>,
 
-    /// Key prefix under which every object of this site is stored. Defaults to `<site>/`. It is
-    /// never empty, never starts with '/', never contains '..' or '//', and ends with '/'.
+    /// Key prefix under which every object of this site is stored. Defaults to the controller's
+    /// `--default-prefix-template` (`<site>/` unless configured, for example
+    /// `<namespace>/<site>/`), recorded in `status.url`. It is never empty, never starts with '/', never contains '..' or '//', and ends with '/'.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     #[x_kube(

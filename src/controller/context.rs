@@ -12,6 +12,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc;
 
 use crate::api::SiteCache;
+use crate::controller::jobs::account::{self, Ensured};
 use crate::controller::jobs::queue::{Ask, JobKey, Place, RESERVATION_TTL, SlotQueue};
 use crate::controller::jobs::{JobView, UID_LABEL};
 use crate::controller::objects::clients::{Clients, CountRequests, StorageKey};
@@ -56,6 +57,9 @@ pub struct Context {
     claim_locks: Vec<tokio::sync::Mutex<()>>,
     /// SiteCaches (by uid) whose ownership marker this process has confirmed.
     claimed: Mutex<HashSet<String>>,
+    /// Namespaces where this process found or made the snapshot Jobs' ServiceAccount
+    /// ([`account`]): one entry per namespace, not per SiteCache.
+    accounts: Mutex<HashSet<String>>,
     /// SiteCaches (by uid) whose cache is not Fresh, for the stale gauge.
     stale: Mutex<HashSet<String>>,
     /// SiteCaches (by uid) whose running snapshot Job is stalled, for the stalled gauge.
@@ -96,6 +100,7 @@ impl Context {
             storage: Default::default(),
             claim_locks: (0..CLAIM_LOCKS).map(|_| Default::default()).collect(),
             claimed: Default::default(),
+            accounts: Default::default(),
             stale: Default::default(),
             stalled: Default::default(),
             abandoned: Recent::new(ABANDON_MEMORY),
@@ -107,6 +112,28 @@ impl Context {
             released: Recent::new(RELEASE_MEMORY),
         };
         (ctx, expiries)
+    }
+
+    /// Makes sure the controller's Job ServiceAccount exists in namespace `ns` (see
+    /// [`account`]), at most once per namespace and process; `None` when there was nothing to
+    /// look at (no account configured, creation turned off, a standby, or looked at already).
+    pub async fn ensure_job_account(&self, ns: &str) -> Option<Result<Ensured, kube::Error>> {
+        let s = &self.settings;
+        let name = s.job_service_account.as_deref()?;
+        if !s.create_job_service_account || s.standby || lock(&self.accounts).contains(ns) {
+            return None;
+        }
+        let ensured =
+            account::ensure(&self.client, ns, name, &s.job_service_account_annotations).await;
+        if ensured.is_ok() {
+            lock(&self.accounts).insert(ns.to_owned());
+        }
+        Some(ensured)
+    }
+
+    /// Forgets that the Job ServiceAccount was found in `ns`: a pod was refused for want of it.
+    pub fn forget_job_account(&self, ns: &str) {
+        lock(&self.accounts).remove(ns);
     }
 
     /// An S3 client for the SiteCache's store, shared by every SiteCache on the same store; its

@@ -12,6 +12,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::ResourceExt;
 use kube::api::Api;
 use serde_json::{Value, json};
 use sitecache_devtools::assets::Asset;
@@ -403,6 +404,8 @@ fn controller_permissions() -> BTreeMap<(String, String), BTreeSet<String>> {
         ("", "pods", &["list", "get", "patch"]),
         ("", "pods/log", &["get"]),
         ("events.k8s.io", "events", &["create", "patch", "list"]),
+        // The snapshot Jobs' account, made where it is missing (get and patch on its name).
+        ("", "serviceaccounts", &["create", "get", "patch"]),
     ];
     table
         .iter()
@@ -577,7 +580,56 @@ async fn chart_rbac_grants_only_what_the_controller_uses() {
         "leases.coordination.k8s.io/another-lease",
         &ns
     ));
-    assert!(!can("create", "serviceaccounts/token", &watched));
+    // No token minted for any account (the TokenRequest subresource; `serviceaccounts/token`
+    // would name an account called `token`, which create on serviceaccounts allows).
+    let out = support::kubectl(
+        &[
+            "auth",
+            "can-i",
+            &sa,
+            "create",
+            "serviceaccounts",
+            "--subresource=token",
+            "-n",
+            &watched,
+        ],
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+    // The snapshot account: made where it is missing; read and updated by its name only.
+    assert!(can("create", "serviceaccounts", &watched));
+    assert!(can("get", "serviceaccounts/sitecache-snapshot", &watched));
+    assert!(can("patch", "serviceaccounts/sitecache-snapshot", &watched));
+    assert!(!can("get", "serviceaccounts/default", &watched));
+    assert!(!can("patch", "serviceaccounts/default", &watched));
+    assert!(!can(
+        "delete",
+        "serviceaccounts/sitecache-snapshot",
+        &watched
+    ));
+    assert!(!can("create", "serviceaccounts", &other));
+    for rule in roles[0]["rules"].as_array().unwrap() {
+        if rule["resources"] == json!(["serviceaccounts"]) && rule["verbs"] != json!(["create"]) {
+            assert_eq!(
+                rule["resourceNames"],
+                json!(["sitecache-snapshot"]),
+                "{rule}"
+            );
+        }
+    }
+    // Without autoCreate, nothing on serviceaccounts.
+    let values = values_file(
+        &format!("{ns}-no-auto-create"),
+        &json!({"crds": {"install": false}, "snapshotServiceAccount": {"autoCreate": false}}),
+    );
+    let objects = parse_objects(&render(&format!("{ns}-nac"), &ns, Some(&values)));
+    let role = of_kind(&objects, "ClusterRole")
+        .into_iter()
+        .find(|r| !is_aggregated(r) && !is_cluster_identity(r))
+        .unwrap();
+    let mut without = expected.clone();
+    without.remove(&(String::new(), "serviceaccounts".to_owned()));
+    assert_eq!(granted(&role["rules"]), without);
 }
 
 #[tokio::test]
@@ -587,6 +639,7 @@ async fn controller_with_only_the_chart_rbac_completes_a_lifecycle() {
         ..Default::default()
     })
     .await;
+    let (_, elsewhere) = support::kube().await;
     let values = values_file(
         &h.ns,
         &json!({
@@ -608,6 +661,9 @@ async fn controller_with_only_the_chart_rbac_completes_a_lifecycle() {
                 "nodeSelector": {"node-pool": "snapshots"},
                 "tolerations": [{"key": "snapshots", "operator": "Exists", "effect": "NoSchedule"}]
             },
+            // The chart makes the snapshot account elsewhere: here the controller makes it, with
+            // the chart's RBAC.
+            "snapshotServiceAccount": {"namespaces": [elsewhere]},
         }),
     );
     // Named after the test's namespace: the chart's cluster-scoped objects (the cluster-identity
@@ -699,6 +755,18 @@ async fn controller_with_only_the_chart_rbac_completes_a_lifecycle() {
             .unwrap()["memory"]
             .0,
         "300Mi"
+    );
+    let account =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(h.client.clone(), &h.ns)
+            .get("sitecache-snapshot")
+            .await
+            .expect("the snapshot account, made by the controller");
+    assert_eq!(
+        account
+            .labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("sitecache")
     );
     let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.ns);
     let lease = leases.get("sitecache-controller").await.unwrap();

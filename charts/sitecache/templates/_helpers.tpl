@@ -109,3 +109,18 @@ image.registry set, image.repository is the path within that registry.
 {{- end }}
 {{- toJson (uniq $ns) }}
 {{- end }}
+
+{{/*
+A map as comma-separated KEY=VALUE, sorted by key (the controller's list flags). A value with a
+comma cannot be passed: the chart refuses it.
+*/}}
+{{- define "sitecache.keyValues" -}}
+{{- $items := list }}
+{{- range $k, $v := . }}
+{{- if contains "," (toString $v) }}
+{{- fail (printf "snapshotServiceAccount.annotations.%s: a value with ',' cannot be passed to the controller" $k) }}
+{{- end }}
+{{- $items = append $items (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- join "," $items }}
+{{- end }}

@@ -1,5 +1,6 @@
 //! The snapshot Job: built from the SiteCache by pure functions, and read back as a [`JobState`].
 
+pub mod account;
 pub mod logs;
 pub mod queue;
 pub mod quote;

@@ -43,16 +43,16 @@ impl Run<'_> {
                     self.ctx.cluster,
                     location.owner_key()
                 );
-                Ok(Some(self.blocked(OWNED_BY_ANOTHER_CLUSTER, message)))
+                Ok(Some(self.refused(OWNED_BY_ANOTHER_CLUSTER, message)))
             }
             Claim::OwnedByAnother(owner) => {
                 let message = format!(
                     "{location} is owned by {owner}; this SiteCache writes and deletes nothing \
-                     there. Use another spec.storage.prefix, or delete the marker {} if that \
-                     SiteCache is gone for good",
+                     there. {}, or delete the marker {} if that SiteCache is gone for good",
+                    self.how_to_avoid(&owner),
                     location.owner_key()
                 );
-                Ok(Some(self.blocked("PrefixOwnedByAnother", message)))
+                Ok(Some(self.refused("PrefixOwnedByAnother", message)))
             }
             Claim::Overlaps {
                 owner,
@@ -66,11 +66,44 @@ impl Run<'_> {
                 };
                 let message = format!(
                     "{location} {relation} {other}, which {owner} owns: the prefixes of two \
-                     SiteCaches must not overlap, so this one writes and deletes nothing. Use \
-                     another spec.storage.prefix"
+                     SiteCaches must not overlap, so this one writes and deletes nothing. {}",
+                    self.how_to_avoid(&owner)
                 );
-                Ok(Some(self.blocked("PrefixOverlaps", message)))
+                Ok(Some(self.refused("PrefixOverlaps", message)))
             }
+        }
+    }
+
+    /// A refused claim. A SiteCache that never had a Job records no location: `status.url` is
+    /// the location a SiteCache has written to, which a changed `--default-prefix-template` does
+    /// not move; one refused from the start is not held to the prefix that was refused, so that
+    /// the template (or a new SiteCache with a prefix of its own) gives it another.
+    fn refused(&mut self, reason: &str, message: String) -> Outcome {
+        if self.status.latest_generation.is_none() && self.status.current.is_none() {
+            self.status.url = None;
+        }
+        self.blocked(reason, message)
+    }
+
+    /// How this SiteCache gets a prefix of its own. One whose prefix is the controller's default
+    /// and collides with a SiteCache of another namespace shows the default that does not tell
+    /// namespaces apart: the template is the fix for every namespace at once.
+    fn how_to_avoid(&self, owner: &OwnerRecord) -> String {
+        let template = &self.ctx.settings.default_prefix;
+        let mine = self.sc.metadata.namespace.as_deref().unwrap_or_default();
+        if self.sc.spec.storage.prefix.is_none()
+            && !template.per_namespace()
+            && owner.namespace != mine
+        {
+            format!(
+                "SiteCaches of different namespaces get the same default prefix from the \
+                 controller's --default-prefix-template \"{template}\": name the namespace in it \
+                 (for example '{{namespace}}/{{site}}/'; SiteCaches that have a location in \
+                 status.url keep it), or create this SiteCache again with a spec.storage.prefix of \
+                 its own (spec.storage is immutable)"
+            )
+        } else {
+            "Use another spec.storage.prefix".to_owned()
         }
     }
 

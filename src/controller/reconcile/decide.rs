@@ -17,6 +17,7 @@ use super::finish::handled_through;
 use super::{Announcement, Outcome, Run};
 use crate::api::{Freshness, LastSnapshot, SnapshotResult};
 use crate::controller::error::Error;
+use crate::controller::jobs::account::{self, Ensured};
 use crate::controller::jobs::queue::Place;
 use crate::controller::jobs::rebuild::{RebuildReason, rebuild_reason};
 use crate::controller::jobs::report::JOB_UID_LABEL;
@@ -118,7 +119,7 @@ impl Run<'_> {
     /// look again: a Job is looked at once it has run for `--snapshot-stall-after`, then every
     /// `--snapshot-stall-after` while it runs (its pods' changes wake no reconcile). Reading the
     /// pods or Events is advice: when it fails, the Job is taken as not stalled.
-    async fn look_for_stall(&self, job: &JobView) -> (Option<Stall>, Option<Duration>) {
+    async fn look_for_stall(&mut self, job: &JobView) -> (Option<Stall>, Option<Duration>) {
         let after = self.ctx.settings.snapshot_stall_after;
         let age = job
             .created
@@ -141,7 +142,66 @@ impl Run<'_> {
         if let Some(Stall::NoPod { cause, .. }) = &mut stall {
             *cause = self.failed_create(&ns, job).await;
         }
+        // Refused for want of the controller's account, which this process found or made
+        // before (deleted since, or its namespace made again): made again, the Job controller's
+        // next attempt creates the pod.
+        if let (Some(Stall::NoPod { cause: Some(c), .. }), Some(name)) =
+            (&stall, self.ctx.settings.job_service_account.as_deref())
+            && account::refused_for_missing(c, &ns, name)
+        {
+            self.ctx.forget_job_account(&ns);
+            self.ensure_job_account(&ns).await;
+        }
         (stall, Some(after))
+    }
+
+    /// [`Context::ensure_job_account`](crate::controller::context::Context::ensure_job_account),
+    /// told in an Event. A failure does not stop the snapshot: the account may exist all the
+    /// same (the controller may not be allowed to read it), and if it does not, the Job's pod is
+    /// refused and the status says why (`SnapshotPodNotCreated`).
+    async fn ensure_job_account(&mut self, ns: &str) {
+        let Some(ensured) = self.ctx.ensure_job_account(ns).await else {
+            return;
+        };
+        let name = self
+            .ctx
+            .settings
+            .job_service_account
+            .clone()
+            .unwrap_or_default();
+        match ensured {
+            Ok(Ensured::Created) => {
+                let note = format!(
+                    "ServiceAccount {name} created in namespace {ns} for the snapshot Jobs \
+                     (labelled app.kubernetes.io/managed-by=sitecache; it mounts no token)"
+                );
+                tracing::info!(namespace = ns, account = %name, "{note}");
+                self.event(EventType::Normal, "ServiceAccountCreated", "Snapshot", note);
+            }
+            Ok(Ensured::Updated) => {
+                let note = format!(
+                    "ServiceAccount {name} in namespace {ns} updated to the controller's \
+                     configuration (--job-service-account-annotations)"
+                );
+                tracing::info!(namespace = ns, account = %name, "{note}");
+                self.event(EventType::Normal, "ServiceAccountUpdated", "Snapshot", note);
+            }
+            Ok(Ensured::UpToDate | Ensured::Foreign) => {}
+            Err(e) => {
+                let note = format!(
+                    "cannot make sure ServiceAccount {name} exists in namespace {ns} for the \
+                     snapshot Jobs: {e}. Create it, grant the controller get, create and patch \
+                     on serviceaccounts, or run it with --create-job-service-account=false"
+                );
+                tracing::warn!(namespace = ns, account = %name, "{note}");
+                self.event(
+                    EventType::Warning,
+                    "ServiceAccountNotCreated",
+                    "Snapshot",
+                    note,
+                );
+            }
+        }
     }
 
     /// The Job controller's latest `FailedCreate` message for `job`: why it cannot create the
@@ -242,6 +302,15 @@ impl Run<'_> {
                 observed_user,
             },
         );
+        // The account it runs as, in a namespace onboarded after the install.
+        let runs_as = job
+            .spec
+            .as_ref()
+            .and_then(|j| j.template.spec.as_ref())
+            .and_then(|p| p.service_account_name.as_deref());
+        if runs_as.is_some() && runs_as == ctx.settings.job_service_account.as_deref() {
+            self.ensure_job_account(&ns).await;
+        }
         let created = async {
             // A Job's pod template is immutable: create it once, never re-apply over it. A Job
             // of that name that is not this SiteCache's is never taken for its own: the

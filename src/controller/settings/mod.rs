@@ -3,19 +3,23 @@
 pub mod identity;
 pub mod job_defaults;
 pub mod podspec;
+pub mod prefix;
 pub mod schedule;
 pub mod validate;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use kube::ResourceExt;
 
 use crate::agent::parse_duration;
 use crate::api::{BUCKET_PATTERN, CaBundleRef, DEFAULT_CA_BUNDLE_KEY, SiteCache};
 use crate::storage::{CaBundle, CaBundleError, Location, StorageOptions};
 
 use job_defaults::{JobDefaults, JobDefaultsError};
+use prefix::{DEFAULT_PREFIX_TEMPLATE, PrefixTemplate};
 
 /// The image the snapshot Jobs' agent containers run unless `--agent-image` says otherwise.
 pub const DEFAULT_AGENT_IMAGE: &str =
@@ -46,6 +50,13 @@ pub struct ControllerArgs {
     /// another SiteCache's prefix).
     #[arg(long, env = "SITECACHE_ALLOW_LEGACY_KEYS_OUTSIDE_PREFIX", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_legacy_keys_outside_prefix: bool,
+
+    /// Storage prefix of SiteCaches that name none in spec.storage.prefix, from `{namespace}`,
+    /// `{name}` (the SiteCache's) and `{site}` (spec.site). `{namespace}/{site}/` keeps the sites
+    /// of different namespaces apart. Only a SiteCache without a recorded location
+    /// (status.url) takes it: changing it moves no existing cache.
+    #[arg(long, env = "SITECACHE_DEFAULT_PREFIX_TEMPLATE", default_value = DEFAULT_PREFIX_TEMPLATE, value_name = "TEMPLATE")]
+    pub default_prefix_template: String,
 
     /// Region of SiteCaches that name none (default: the AWS default chain, else us-east-1).
     #[arg(long, env = "SITECACHE_S3_REGION")]
@@ -104,6 +115,29 @@ pub struct ControllerArgs {
     /// start-up; a file that does not parse or holds an invalid field stops the controller.
     #[arg(long, env = "SITECACHE_JOB_DEFAULTS", value_name = "FILE")]
     pub job_defaults: Option<PathBuf>,
+    /// Create --job-service-account in a SiteCache's namespace when a snapshot Job needs it and
+    /// it is missing (labelled app.kubernetes.io/managed-by=sitecache, no token mounted). An
+    /// account someone else made is left as it is.
+    #[arg(
+        long,
+        env = "SITECACHE_CREATE_JOB_SERVICE_ACCOUNT",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub create_job_service_account: bool,
+
+    /// Annotations of the Job service accounts the controller creates (comma-separated
+    /// KEY=VALUE; for example eks.amazonaws.com/role-arn=... for IRSA).
+    #[arg(
+        long,
+        env = "SITECACHE_JOB_SERVICE_ACCOUNT_ANNOTATIONS",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE"
+    )]
+    pub job_service_account_annotations: Vec<String>,
 
     /// How long finished snapshot Jobs are kept (`ttlSecondsAfterFinished`).
     #[arg(long, env = "SITECACHE_JOB_TTL", default_value = "1h", value_parser = parse_duration)]
@@ -220,6 +254,17 @@ pub enum ConfigError {
     BadEndpoint(String),
     #[error("--cluster-id {0:?} must be 1 to 128 printable characters without spaces")]
     BadClusterId(String),
+    #[error("--default-prefix-template {0:?} {1}")]
+    BadPrefixTemplate(String, String),
+    #[error("--job-service-account {0:?} is not a valid ServiceAccount name (a DNS subdomain)")]
+    BadJobServiceAccount(String),
+    #[error("--job-service-account-annotations: {0}")]
+    BadJobServiceAccountAnnotation(String),
+    #[error(
+        "--job-service-account-annotations needs --job-service-account: they annotate the \
+         account the controller creates"
+    )]
+    AnnotationsWithoutAccount,
     #[error(
         "--job-log-bytes {0} is more than 256KiB: a Job's logs are one document of at most 1 MiB"
     )]
@@ -256,6 +301,11 @@ pub struct Settings {
     pub job_service_account: Option<String>,
     /// `--job-defaults`: what the snapshot Jobs of SiteCaches that set none of their own get.
     pub job_defaults: JobDefaults,
+    /// `--create-job-service-account` (meaningful with `job_service_account` only).
+    pub create_job_service_account: bool,
+    pub job_service_account_annotations: BTreeMap<String, String>,
+    /// `--default-prefix-template`.
+    pub default_prefix: PrefixTemplate,
     pub job_ttl: Duration,
     pub job_log_bytes: u64,
     pub snapshot_pod_stop_timeout: Duration,
@@ -344,6 +394,24 @@ impl TryFrom<&ControllerArgs> for Settings {
         {
             return Err(ConfigError::BadClusterId(id.to_owned()));
         }
+        let default_prefix = PrefixTemplate::parse(&a.default_prefix_template).map_err(|why| {
+            ConfigError::BadPrefixTemplate(a.default_prefix_template.clone(), why)
+        })?;
+        let job_service_account = a
+            .job_service_account
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty());
+        if let Some(n) = job_service_account
+            && !is_dns_subdomain(n)
+        {
+            return Err(ConfigError::BadJobServiceAccount(n.to_owned()));
+        }
+        let job_service_account_annotations = parse_annotations(&a.job_service_account_annotations)
+            .map_err(ConfigError::BadJobServiceAccountAnnotation)?;
+        if job_service_account.is_none() && !job_service_account_annotations.is_empty() {
+            return Err(ConfigError::AnnotationsWithoutAccount);
+        }
         let job_defaults = match &a.job_defaults {
             Some(path) => JobDefaults::load(path)?,
             None => JobDefaults::default(),
@@ -361,7 +429,10 @@ impl TryFrom<&ControllerArgs> for Settings {
             path_style: a.path_style,
             max_concurrent_snapshots: a.max_concurrent_snapshots,
             agent_image: a.agent_image.clone(),
-            job_service_account: a.job_service_account.clone(),
+            job_service_account: job_service_account.map(str::to_owned),
+            create_job_service_account: a.create_job_service_account,
+            job_service_account_annotations,
+            default_prefix,
             job_defaults,
             job_ttl: a.job_ttl,
             job_log_bytes: a.job_log_bytes,
@@ -385,13 +456,6 @@ impl TryFrom<&ControllerArgs> for Settings {
 /// The snapshot Jobs' default CA bundle from `--agent-ca-bundle-*`, checked as the API server
 /// checks `spec.snapshot.caBundle`.
 fn agent_ca_bundle(a: &ControllerArgs) -> Result<Option<CaBundleRef>, ConfigError> {
-    let name_ok = |n: &str| {
-        (1..=253).contains(&n.len())
-            && n.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-            && n.as_bytes()[0].is_ascii_alphanumeric()
-            && n.as_bytes()[n.len() - 1].is_ascii_alphanumeric()
-    };
     let (flag, name) = match (&a.agent_ca_bundle_config_map, &a.agent_ca_bundle_secret) {
         (Some(n), _) => ("--agent-ca-bundle-config-map", n.trim()),
         (None, Some(n)) => ("--agent-ca-bundle-secret", n.trim()),
@@ -400,7 +464,7 @@ fn agent_ca_bundle(a: &ControllerArgs) -> Result<Option<CaBundleRef>, ConfigErro
     if name.is_empty() {
         return Ok(None);
     }
-    if !name_ok(name) {
+    if !is_dns_subdomain(name) {
         return Err(ConfigError::BadAgentCaBundle {
             flag,
             value: name.to_owned(),
@@ -425,6 +489,60 @@ fn agent_ca_bundle(a: &ControllerArgs) -> Result<Option<CaBundleRef>, ConfigErro
         secret: (!config_map).then(|| name.to_owned()),
         key: key.to_owned(),
     }))
+}
+
+/// `KEY=VALUE` items as annotations; an error names the item and what is wrong with it.
+fn parse_annotations(items: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for item in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(format!("{item:?} is not KEY=VALUE"));
+        };
+        let key = key.trim();
+        if let Some(why) = annotation_key_problem(key) {
+            return Err(format!("{key:?} is not a valid annotation key: {why}"));
+        }
+        out.insert(key.to_owned(), value.trim().to_owned());
+    }
+    Ok(out)
+}
+
+/// What is wrong with an annotation key (`[prefix/]name`: a DNS subdomain, and at most 63
+/// letters, digits, '-', '_' or '.' that start and end with a letter or digit).
+fn annotation_key_problem(key: &str) -> Option<&'static str> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if prefix.is_some_and(|p| !is_dns_subdomain(p)) {
+        return Some("its prefix is not a DNS subdomain");
+    }
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok = (1..=63).contains(&name.len())
+        && edge(name.chars().next())
+        && edge(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    (!ok).then_some(
+        "its name must be 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a \
+         letter or digit",
+    )
+}
+
+/// A DNS subdomain (RFC 1123), as Kubernetes names most objects: at most 253 characters, dot-
+/// separated labels of lower-case letters, digits and '-' that start and end with a letter or
+/// digit.
+fn is_dns_subdomain(s: &str) -> bool {
+    (1..=253).contains(&s.len())
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
 }
 
 /// A cluster identity as markers record it: short, printable, no spaces.
@@ -481,10 +599,13 @@ impl Settings {
                     .clone()
                     .or_else(|| self.default_bucket.clone())
                     .ok_or(TargetError::NoBucket)?;
-                let prefix = storage
-                    .prefix
-                    .clone()
-                    .unwrap_or_else(|| format!("{}/", sc.spec.site));
+                let prefix = storage.prefix.clone().unwrap_or_else(|| {
+                    self.default_prefix.render(
+                        &sc.namespace().unwrap_or_default(),
+                        &sc.name_any(),
+                        &sc.spec.site,
+                    )
+                });
                 Location::new(&bucket, &prefix).map_err(|e| TargetError::Invalid(e.to_string()))?
             }
         };
@@ -570,6 +691,12 @@ pub fn normalize_endpoint(url: &str) -> String {
 /// Settings from command-line flags, for tests.
 #[cfg(test)]
 pub fn settings_from(flags: &[&str]) -> Settings {
+    try_settings_from(flags).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Settings from command-line flags, or the error a start with them reports, for tests.
+#[cfg(test)]
+pub fn try_settings_from(flags: &[&str]) -> Result<Settings, String> {
     #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
@@ -578,8 +705,8 @@ pub fn settings_from(flags: &[&str]) -> Settings {
     let cli = <Cli as clap::Parser>::try_parse_from(
         std::iter::once("controller").chain(flags.iter().copied()),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    Settings::try_from(&cli.args).unwrap_or_else(|e| panic!("{e}"))
+    .map_err(|e| e.to_string())?;
+    Settings::try_from(&cli.args).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -649,6 +776,125 @@ mod tests {
             ]),
             "--agent-ca-bundle-key \"a/b\" is not a valid ConfigMap or Secret key"
         );
+    }
+
+    fn sitecache(ns: &str, name: &str, site: &str, status_url: Option<&str>) -> SiteCache {
+        let spec = serde_json::from_value(serde_json::json!({
+            "site": site, "warm": {"image": "i", "command": ["deno", "cache", "main.ts"]},
+        }))
+        .unwrap();
+        let mut sc = SiteCache::new(name, spec);
+        sc.metadata.namespace = Some(ns.into());
+        sc.status = status_url.map(|u| crate::api::SiteCacheStatus {
+            url: Some(u.into()),
+            ..Default::default()
+        });
+        sc
+    }
+
+    #[test]
+    fn the_default_prefix_is_the_site_unless_the_template_says_otherwise() {
+        let s = settings_from(&["--default-bucket", "caches"]);
+        let a = sitecache("team-a", "shop-cache", "shop", None);
+        assert_eq!(
+            s.target(&a).unwrap().location.to_string(),
+            "s3://caches/shop/"
+        );
+        let s = settings_from(&[
+            "--default-bucket",
+            "caches",
+            "--default-prefix-template",
+            "{namespace}/{site}/",
+        ]);
+        let b = sitecache("team-b", "shop-cache", "shop", None);
+        assert_eq!(
+            s.target(&a).unwrap().location.to_string(),
+            "s3://caches/team-a/shop/"
+        );
+        assert_eq!(
+            s.target(&b).unwrap().location.to_string(),
+            "s3://caches/team-b/shop/"
+        );
+        // A recorded location wins over the template: a changed template moves no cache.
+        let recorded = sitecache("team-a", "shop-cache", "shop", Some("s3://caches/shop/"));
+        assert_eq!(
+            s.target(&recorded).unwrap().location.to_string(),
+            "s3://caches/shop/"
+        );
+        // So does spec.storage.prefix.
+        let mut own = sitecache("team-a", "shop-cache", "shop", None);
+        own.spec.storage.prefix = Some("mine/".into());
+        assert_eq!(s.target(&own).unwrap().location.prefix, "mine/");
+    }
+
+    #[test]
+    fn a_bad_template_names_the_flag() {
+        let e = try_settings_from(&["--default-prefix-template", "{ns}/{site}/"]).unwrap_err();
+        assert_eq!(
+            e,
+            "--default-prefix-template \"{ns}/{site}/\" has an unknown placeholder {ns} \
+             (known: {namespace}, {name}, {site})"
+        );
+        let e = try_settings_from(&["--default-prefix-template", "{namespace}/"]).unwrap_err();
+        assert!(
+            e.starts_with("--default-prefix-template \"{namespace}/\" names neither"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn job_service_account_settings() {
+        let s = settings_from(&["--job-service-account", "snap"]);
+        assert_eq!(s.job_service_account.as_deref(), Some("snap"));
+        assert!(s.create_job_service_account, "created by default");
+        assert!(s.job_service_account_annotations.is_empty());
+        let s = settings_from(&[
+            "--job-service-account",
+            "snap",
+            "--create-job-service-account=false",
+            "--job-service-account-annotations",
+            "eks.amazonaws.com/role-arn=arn:aws:iam::1:role/x=y, azure.workload.identity/client-id=abc",
+        ]);
+        assert!(!s.create_job_service_account);
+        assert_eq!(
+            s.job_service_account_annotations,
+            BTreeMap::from([
+                (
+                    "azure.workload.identity/client-id".to_owned(),
+                    "abc".to_owned()
+                ),
+                (
+                    "eks.amazonaws.com/role-arn".to_owned(),
+                    "arn:aws:iam::1:role/x=y".to_owned()
+                ),
+            ])
+        );
+        let e = try_settings_from(&[
+            "--job-service-account",
+            "snap",
+            "--job-service-account-annotations",
+            "role",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "--job-service-account-annotations: \"role\" is not KEY=VALUE"
+        );
+        let e = try_settings_from(&[
+            "--job-service-account",
+            "snap",
+            "--job-service-account-annotations",
+            "Bad_Prefix/x=1",
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains("\"Bad_Prefix/x\" is not a valid annotation key"),
+            "{e}"
+        );
+        let e = try_settings_from(&["--job-service-account-annotations", "a=b"]).unwrap_err();
+        assert!(e.contains("needs --job-service-account"), "{e}");
+        let e = try_settings_from(&["--job-service-account", "Snap_1"]).unwrap_err();
+        assert!(e.starts_with("--job-service-account \"Snap_1\""), "{e}");
     }
 
     #[test]

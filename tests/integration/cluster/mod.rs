@@ -37,6 +37,9 @@
 //! - [`stalled`]: Jobs that make no progress (a pod Pod Security refuses, a container whose
 //!   Secret is missing) are reported with what the Job controller and kubelet say, long before
 //!   their deadline;
+//! - [`onboarding`]: namespaces in which the chart made no snapshot ServiceAccount: the
+//!   controller makes it where it is missing (and again when it is deleted), and leaves a user's
+//!   own alone;
 //! - [`upgrade`], on a node and release of its own: `helm upgrade` from the earlier release
 //!   (`UPGRADE_FROM_COMMIT`) to the working tree with snapshot Jobs in flight, each handled once.
 //!
@@ -72,14 +75,17 @@ const RELEASE: &str = "sitecache";
 const JOB_TTL: Duration = Duration::from_secs(30);
 /// The namespaces (and buckets) of the scenarios, created before the install so that the
 /// release watches them.
-const SCENARIOS: [&str; 7] = [
-    "deno", "hang", "creds", "stall", "owner", "outage", PRIVATE_CA,
+const SCENARIOS: [&str; 9] = [
+    "deno", "hang", "creds", "stall", "owner", "outage", PRIVATE_CA, "onboard", "byo",
 ];
 /// The scenario whose bucket is in the MinIO behind a private CA ([`private_ca`]).
 const PRIVATE_CA: &str = "ca";
 /// The ConfigMap with that CA's certificate (key `ca.crt`), in the release's namespace (the
 /// chart's `caBundle.controller`) and in the [`PRIVATE_CA`] scenario's.
 const CA_CONFIG_MAP: &str = "storage-ca";
+/// The scenarios whose namespace the chart makes no snapshot ServiceAccount in: onboarded after
+/// the install, as far as the account is concerned ([`onboarding`]).
+const WITHOUT_CHART_ACCOUNT: [&str; 2] = ["onboard", "byo"];
 /// `controller.snapshotStallAfter`: how long a Job may make no progress before it is reported.
 const STALL_AFTER: Duration = Duration::from_secs(1);
 /// Where the scenarios' pods mount the Deno cache.
@@ -239,6 +245,13 @@ async fn start(config: &ClusterConfig) -> Result<Cluster> {
         // The same root keys as the shared MinIO's: the controller's Secret serves both.
         values["storage"]["allowedEndpoints"] = json!([endpoint]);
         values["caBundle"] = json!({"controller": {"configMap": CA_CONFIG_MAP}});
+    }
+    if places.iter().any(|p| WITHOUT_CHART_ACCOUNT.contains(&p.0)) {
+        values["snapshotServiceAccount"] = json!({"namespaces": places
+            .iter()
+            .filter(|p| !WITHOUT_CHART_ACCOUNT.contains(&p.0))
+            .map(|p| p.1.clone())
+            .collect::<Vec<_>>()});
     }
     let cluster = Cluster {
         node,
@@ -965,6 +978,7 @@ mod credentials;
 mod deno_site;
 mod dist;
 mod hanging;
+mod onboarding;
 mod outage;
 mod private_ca;
 mod stalled;

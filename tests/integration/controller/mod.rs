@@ -18,4 +18,5 @@ mod prefixes;
 mod private_ca;
 mod retries;
 mod status_write;
+mod tenancy;
 mod trust;
