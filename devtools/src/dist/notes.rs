@@ -41,9 +41,14 @@ pub fn section(changelog: &str, name: &str) -> Option<String> {
     let mut lines = changelog.lines().skip_while(|l| !l.starts_with(&heading));
     lines.next()?;
     let body: Vec<&str> = lines
-        .take_while(|l| !l.starts_with("## ") && !(l.starts_with('[') && l.contains("]: ")))
+        .take_while(|l| !(l.starts_with("## ") || is_link_reference(l)))
         .collect();
     Some(body.join("\n").trim().to_owned() + "\n")
+}
+
+/// A link reference definition (`[0.1.0]: https://…`), as the end of a changelog has them.
+fn is_link_reference(line: &str) -> bool {
+    line.starts_with('[') && line.contains("]: ")
 }
 
 #[cfg(test)]
