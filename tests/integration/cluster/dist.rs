@@ -158,6 +158,8 @@ async fn every_install_path_from_the_release_files() {
         "kubectl delete -f install.yaml was not refused for the CRD: {out:?}"
     );
     left_standing(&cluster, &sites).await;
+    // kubectl stops waiting at the refusal; the namespace install.yaml made is still going.
+    namespace_gone(&namespaces, release::INSTALL_NAMESPACE).await;
 
     // 3. An overlay of the kustomize base.
     let dir = cluster.node.dir().join("kustomize");
@@ -219,6 +221,18 @@ async fn create_namespace(namespaces: &Api<Namespace>, name: &str) {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => panic!("create namespace {name}: {e}"),
+    }
+}
+
+/// Waits until the namespace `name` is gone (deleted with what it held).
+async fn namespace_gone(namespaces: &Api<Namespace>, name: &str) {
+    let begun = Instant::now();
+    while namespaces.get_opt(name).await.unwrap().is_some() {
+        assert!(
+            begun.elapsed() < 3 * MINUTE,
+            "namespace {name} not deleted after 3 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
