@@ -69,21 +69,30 @@ crds: ## Regenerate crds/ and the chart's copy from the Rust types
 # file name of dist/ carry.
 VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 DIST ?= dist
-# The binary a release ships: the release profile's (DIST_PROFILE=release), built in a target
-# directory of its own (its flags differ from every other build's) with this checkout's, Cargo's
-# and that directory's paths mapped to fixed ones, so that two clones of a commit build the same
-# binary, and so the same image digest. DIST_PROFILE=dev packages the tests' debug build instead:
-# what `make test` checks (test-dist), the packaging and the install paths, without a second
-# build of the whole dependency graph.
+# The binary a release ships: the release profile's (DIST_PROFILE=release), built from a copy of
+# the checkout's tracked files at a fixed place ($(DIST_SRC)) into a target directory of its own,
+# with that place's, Cargo's and the target directory's paths mapped to fixed ones: two clones of
+# a commit build the same binary, and so the same image digest, and share the build of the
+# dependencies (flags that named each clone's path would rebuild them all). DIST_PROFILE=dev
+# packages the tests' debug build instead: what `make test` checks (test-dist), the packaging and
+# the install paths, without a second build of the whole dependency graph.
 DIST_PROFILE ?= release
+DIST_SRC = $(TARGET_DIR)/dist-src
 DIST_TARGET_DIR = $(TARGET_DIR)/dist-build
 CARGO_HOME ?= $(HOME)/.cargo
-DIST_RUSTFLAGS = --remap-path-prefix=$(CURDIR)=/sitecache --remap-path-prefix=$(CARGO_HOME)=/cargo --remap-path-prefix=$(DIST_TARGET_DIR)=/target
+DIST_RUSTFLAGS = --remap-path-prefix=$(DIST_SRC)=/sitecache --remap-path-prefix=$(CARGO_HOME)=/cargo --remap-path-prefix=$(DIST_TARGET_DIR)=/target
 version: ## Print the version a release of this checkout has (Cargo.toml's)
 	@echo "$(VERSION)"
 
 dist: ## Build the release into dist/ (DIST=dir): binary, image (OCI archive), chart package and OCI layout, install.yaml, kustomize base, krew plugin, SBOM, notes, SHA256SUMS (docs/releasing.md)
-	$(if $(filter release,$(DIST_PROFILE)),RUSTFLAGS="$(DIST_RUSTFLAGS)" CARGO_TARGET_DIR="$(DIST_TARGET_DIR)" $(CARGO) build --release,$(CARGO) build) --locked -p sitecache --bin sitecache
+	@set -x; if [ "$(DIST_PROFILE)" = release ]; then \
+	  rm -rf "$(DIST_SRC)" && mkdir -p "$(DIST_SRC)" \
+	  && git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$(DIST_SRC)" \
+	  && cd "$(DIST_SRC)" \
+	  && RUSTFLAGS="$(DIST_RUSTFLAGS)" CARGO_TARGET_DIR="$(DIST_TARGET_DIR)" $(CARGO) build --release --locked -p sitecache --bin sitecache; \
+	else \
+	  $(CARGO) build --locked -p sitecache --bin sitecache; \
+	fi
 	$(CARGO) build --locked --quiet -p sitecache-devtools --bin sitecache-dev
 	"$(TARGET_DIR)/debug/sitecache-dev" --repo "$(CURDIR)" dist --sitecache-bin "$(if $(filter release,$(DIST_PROFILE)),$(DIST_TARGET_DIR)/release,$(TARGET_DIR)/debug)/sitecache" --out "$(DIST)" $(DIST_ARGS)
 

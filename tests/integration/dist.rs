@@ -452,6 +452,18 @@ fn install_yaml_is_the_chart_package_rendered_and_the_kustomize_base_builds() {
     let dist = Dist::get();
     let v = &dist.version;
     let install = std::fs::read_to_string(dist.path("install.yaml")).unwrap();
+    // What the release's chart package renders, to the byte: the two cannot drift.
+    let work = tempfile::tempdir().unwrap();
+    let rendered = chart::install_yaml(
+        &Asset::Helm.path().unwrap(),
+        &dist.path(&chart::package_name(v)),
+        work.path(),
+    )
+    .unwrap();
+    assert!(
+        rendered == install,
+        "install.yaml is not the chart package rendered"
+    );
     let objects: Vec<Value> = serde_saphyr::from_multiple(&install).unwrap();
     let objects: Vec<&Value> = objects.iter().filter(|o| !o.is_null()).collect();
     let kinds: Vec<&str> = objects

@@ -59,7 +59,7 @@ pub fn build(opts: &Options, release: &Release, work: &Path) -> Result<()> {
         release,
     )?;
     let install = opts.out.join("install.yaml");
-    std::fs::write(&install, install_yaml(opts, &package, work)?)?;
+    std::fs::write(&install, install_yaml(&opts.helm, &package, work)?)?;
     let kustomization = work.join("kustomization.yaml");
     std::fs::write(&kustomization, KUSTOMIZATION)?;
     write_tar_gz(
@@ -303,12 +303,13 @@ fn install_values() -> serde_json::Value {
     })
 }
 
-/// `install.yaml`: the Namespace, then `helm template` of the package in it.
-fn install_yaml(opts: &Options, package: &Path, work: &Path) -> Result<String> {
+/// `install.yaml`: the Namespace, then `helm template` of the chart package `package` (with
+/// `helm`) in it; `work` holds the values file.
+pub fn install_yaml(helm: &Path, package: &Path, work: &Path) -> Result<String> {
     let values = work.join("install-values.json");
     std::fs::write(&values, serde_json::to_vec_pretty(&install_values())?)?;
     let rendered = output(
-        Command::new(&opts.helm)
+        Command::new(helm)
             .args(["template", CHART])
             .arg(package)
             .args(["--namespace", INSTALL_NAMESPACE])

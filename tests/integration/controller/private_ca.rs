@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::harness::{Harness, Options, cond, condition, warm};
+use super::harness::{Harness, Options, cond, condition, eventually, warm};
 use crate::support;
 
 const MINUTE: Duration = Duration::from_secs(60);
+const SECOND: Duration = Duration::from_secs(1);
 
 #[tokio::test]
 async fn a_store_behind_a_private_ca_is_untrusted_until_the_controller_gets_the_ca() {
@@ -44,11 +45,17 @@ async fn a_store_behind_a_private_ca_is_untrusted_until_the_controller_gets_the_
         ),
         "{degraded:?}"
     );
-    assert!(
-        h.event_reasons("shop")
-            .await
-            .contains(&"StorageCertificateUntrusted".to_owned())
-    );
+    // The Event follows the status write; it is not in the same request.
+    eventually(
+        "a StorageCertificateUntrusted Event",
+        30 * SECOND,
+        || async {
+            h.event_reasons("shop")
+                .await
+                .contains(&"StorageCertificateUntrusted".to_owned())
+        },
+    )
+    .await;
     assert!(h.jobs().get_opt("shop-g1").await.unwrap().is_none());
 
     let ca = support::private_store().await.ca_file.display().to_string();
