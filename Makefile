@@ -70,7 +70,8 @@ crds: ## Regenerate crds/ and the chart's copy from the Rust types
 VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 DIST ?= dist
 # The binary a release ships: the release profile's (DIST_PROFILE=release), built from a copy of
-# the checkout's tracked files at a fixed place ($(DIST_SRC)) into a target directory of its own,
+# the checkout's tracked files at a fixed place ($(DIST_SRC); dated now, so that a copy from
+# another clone is never taken for the one already built) into a target directory of its own,
 # with that place's, Cargo's and the target directory's paths mapped to fixed ones: two clones of
 # a commit build the same binary, and so the same image digest, and share the build of the
 # dependencies (flags that named each clone's path would rebuild them all). DIST_PROFILE=dev
@@ -87,7 +88,7 @@ version: ## Print the version a release of this checkout has (Cargo.toml's)
 dist: ## Build the release into dist/ (DIST=dir): binary, image (OCI archive), chart package and OCI layout, install.yaml, kustomize base, krew plugin, SBOM, notes, SHA256SUMS (docs/releasing.md)
 	@set -x; if [ "$(DIST_PROFILE)" = release ]; then \
 	  rm -rf "$(DIST_SRC)" && mkdir -p "$(DIST_SRC)" \
-	  && git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$(DIST_SRC)" \
+	  && git ls-files -z | tar --null -T - -cf - | tar -xmf - -C "$(DIST_SRC)" \
 	  && cd "$(DIST_SRC)" \
 	  && RUSTFLAGS="$(DIST_RUSTFLAGS)" CARGO_TARGET_DIR="$(DIST_TARGET_DIR)" $(CARGO) build --release --locked -p sitecache --bin sitecache; \
 	else \

@@ -1,7 +1,8 @@
 //! `sitecache-<version>.cdx.json`: the CycloneDX SBOM (JSON, spec 1.5) of the `sitecache`
 //! package's Rust dependency graph for the release's target, written by cargo-cyclonedx
 //! (`hack/versions.env`) from Cargo.lock. `SOURCE_DATE_EPOCH` (the commit's time) makes it
-//! reproducible: its timestamp is the commit's and it has no random serial number.
+//! reproducible: its timestamp is the commit's, it has no random serial number, and the checkout's
+//! path in its references is replaced by `/sitecache`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -52,8 +53,10 @@ pub fn build(opts: &Options, release: &Release) -> Result<PathBuf> {
     );
     let out = opts.out.join(sbom_name(&release.version));
     let moved = result.and_then(|_| {
-        std::fs::rename(&written, &out)
-            .with_context(|| format!("cargo-cyclonedx did not write {}", written.display()))
+        let text = std::fs::read_to_string(&written)
+            .with_context(|| format!("cargo-cyclonedx did not write {}", written.display()))?;
+        std::fs::write(&out, without_checkout_path(&text, &opts.repo))?;
+        Ok(())
     });
     // Nothing of it stays in the checkout, whatever happened.
     for path in &leftovers {
@@ -61,6 +64,16 @@ pub fn build(opts: &Options, release: &Release) -> Result<PathBuf> {
     }
     moved?;
     Ok(out)
+}
+
+/// The SBOM with the checkout's path in its references (`path+file:///home/…/sitecache#sitecache@…`)
+/// replaced by `/sitecache`, as the release binary has it (`--remap-path-prefix`): two clones
+/// give the same SBOM.
+pub fn without_checkout_path(sbom: &str, repo: &std::path::Path) -> String {
+    sbom.replace(
+        &format!("path+file://{}#", repo.display()),
+        "path+file:///sitecache#",
+    )
 }
 
 /// The directories of the workspace's packages (`[workspace] members` of the root Cargo.toml,
@@ -78,4 +91,18 @@ fn workspace_members(repo: &std::path::Path) -> Result<Vec<String>> {
         .map(|m| m.trim().trim_matches('"').to_owned())
         .filter(|m| !m.is_empty())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checkout_path_leaves_the_references() {
+        let sbom = r#"{"bom-ref":"path+file:///tmp/clone-a#sitecache@0.1.0 bin-target-0","ref":"path+file:///tmp/clone-a#sitecache@0.1.0","other":"path+file:///tmp/clone-ab#x@1"}"#;
+        assert_eq!(
+            without_checkout_path(sbom, std::path::Path::new("/tmp/clone-a")),
+            r#"{"bom-ref":"path+file:///sitecache#sitecache@0.1.0 bin-target-0","ref":"path+file:///sitecache#sitecache@0.1.0","other":"path+file:///tmp/clone-ab#x@1"}"#
+        );
+    }
 }
