@@ -243,20 +243,24 @@ install_hadolint() {
   log "hadolint cached in $final"
 }
 
-install_cargo_deny() {
-  local final="$cache_root/cargo-deny-$CARGO_DENY_VERSION"
-  [ -x "$final/cargo-deny" ] && return 0
-  command -v cargo >/dev/null 2>&1 || die "cargo is required to install cargo-deny (or set TEST_ASSET_CARGO_DENY)"
-  local tmp; tmp=$(new_tmp cargo-deny); tmpdirs+=("$tmp"); trap cleanup EXIT
-  log "building cargo-deny $CARGO_DENY_VERSION from crates.io (first run only: a few minutes)"
+# install_cargo_tool NAME VERSION CHECK...: a tool from crates.io (`cargo install --locked`),
+# cached as $cache_root/NAME-VERSION/NAME; `NAME CHECK...` must run (cargo-deny for make lint's
+# licence and duplicate checks, cargo-cyclonedx for the release's SBOM).
+install_cargo_tool() {
+  local name=$1 version=$2; shift 2
+  local final="$cache_root/$name-$version"
+  [ -x "$final/$name" ] && return 0
+  command -v cargo >/dev/null 2>&1 || die "cargo is required to install $name (or set its TEST_ASSET_ variable)"
+  local tmp; tmp=$(new_tmp "$name"); tmpdirs+=("$tmp"); trap cleanup EXIT
+  log "building $name $version from crates.io (first run only: a few minutes)"
   # Its own target directory, removed with $tmp: nothing of the workspace's build is touched.
-  with_heartbeat cargo-deny env CARGO_TARGET_DIR="$tmp/target" \
-    cargo install --quiet --locked --version "$CARGO_DENY_VERSION" --root "$tmp/root" cargo-deny >&2
+  with_heartbeat "$name" env CARGO_TARGET_DIR="$tmp/target" \
+    cargo install --quiet --locked --version "$version" --root "$tmp/root" "$name" >&2
   mkdir -p "$tmp/out"
-  mv "$tmp/root/bin/cargo-deny" "$tmp/out/cargo-deny"
-  "$tmp/out/cargo-deny" --version >/dev/null || die "the installed cargo-deny does not run"
+  mv "$tmp/root/bin/$name" "$tmp/out/$name"
+  "$tmp/out/$name" "$@" >/dev/null || die "the installed $name does not run"
   publish "$tmp/out" "$final"
-  log "cargo-deny cached in $final"
+  log "$name cached in $final"
 }
 
 # build_go_tool NAME VERSION PACKAGE: a Go command (`go install PACKAGE@VERSION`, static,
@@ -278,20 +282,6 @@ build_go_tool() {
   log "$name cached in $final"
 }
 
-# cargo-cyclonedx: the release's SBOM of the Rust dependency graph, from crates.io.
-install_cargo_cyclonedx() {
-  local final="$cache_root/cargo-cyclonedx-$CARGO_CYCLONEDX_VERSION"
-  [ -x "$final/cargo-cyclonedx" ] && return 0
-  local tmp; tmp=$(new_tmp cargo-cyclonedx); tmpdirs+=("$tmp"); trap cleanup EXIT
-  log "building cargo-cyclonedx $CARGO_CYCLONEDX_VERSION from crates.io (first run only: a few minutes)"
-  with_heartbeat cargo-cyclonedx env CARGO_TARGET_DIR="$tmp/target" \
-    cargo install --quiet --locked --version "$CARGO_CYCLONEDX_VERSION" --root "$tmp/root" cargo-cyclonedx >&2
-  mkdir -p "$tmp/out"
-  mv "$tmp/root/bin/cargo-cyclonedx" "$tmp/out/cargo-cyclonedx"
-  "$tmp/out/cargo-cyclonedx" cyclonedx --version >/dev/null || die "the installed cargo-cyclonedx does not run"
-  publish "$tmp/out" "$final"
-  log "cargo-cyclonedx cached in $final"
-}
 
 # The node tier's Kubernetes components (kubelet, kube-scheduler, kube-controller-manager) as one
 # multi-call binary, hack/node/kube-node, in its own cache directory so that kube-apiserver's and
@@ -426,7 +416,7 @@ resolve() {
     seaweedfs) build_wrapped seaweedfs github.com/seaweedfs/seaweedfs "$SEAWEEDFS_VERSION" github.com/seaweedfs/seaweedfs/weed; echo "$cache_root/seaweedfs-$SEAWEEDFS_VERSION/seaweedfs" ;;
     deno) install_deno; echo "$cache_root/deno-$DENO_VERSION/deno" ;;
     hadolint) install_hadolint; echo "$cache_root/hadolint-$HADOLINT_VERSION/hadolint" ;;
-    cargo-deny) install_cargo_deny; echo "$cache_root/cargo-deny-$CARGO_DENY_VERSION/cargo-deny" ;;
+    cargo-deny) install_cargo_tool cargo-deny "$CARGO_DENY_VERSION" --version; echo "$cache_root/cargo-deny-$CARGO_DENY_VERSION/cargo-deny" ;;
     helm) build_helm; echo "$cache_root/helm-$HELM_VERSION/helm" ;;
     promtool) build_promtool; echo "$cache_root/promtool-$PROMETHEUS_VERSION/promtool" ;;
     helm-docs) build_helm_docs; echo "$cache_root/helm-docs-$HELM_DOCS_VERSION/helm-docs" ;;
@@ -435,7 +425,7 @@ resolve() {
     containerd|ctr) ensure_node_packages; echo "/usr/bin/$name" ;;
     runc) ensure_node_packages; echo "/usr/sbin/runc" ;;
     cni-plugins) ensure_node_packages; echo "/usr/lib/cni" ;;
-    cargo-cyclonedx) install_cargo_cyclonedx; echo "$cache_root/cargo-cyclonedx-$CARGO_CYCLONEDX_VERSION/cargo-cyclonedx" ;;
+    cargo-cyclonedx) install_cargo_tool cargo-cyclonedx "$CARGO_CYCLONEDX_VERSION" cyclonedx --version; echo "$cache_root/cargo-cyclonedx-$CARGO_CYCLONEDX_VERSION/cargo-cyclonedx" ;;
     crane) build_go_tool crane "$CRANE_VERSION" github.com/google/go-containerregistry/cmd/crane; echo "$cache_root/crane-$CRANE_VERSION/crane" ;;
     krew) build_go_tool krew "$KREW_VERSION" sigs.k8s.io/krew/cmd/krew; echo "$cache_root/krew-$KREW_VERSION/krew" ;;
     actionlint) build_go_tool actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint; echo "$cache_root/actionlint-$ACTIONLINT_VERSION/actionlint" ;;

@@ -18,23 +18,12 @@ use serde_json::{Value, json};
 use sitecache_devtools::assets::Asset;
 
 use crate::controller::harness::{AGENT_IMAGE, Harness, Options, condition, counter_sum, current};
-use crate::support;
+use crate::support::{self, ok};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn chart_dir() -> PathBuf {
     support::repo_path("charts/sitecache")
-}
-
-fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn helm(args: &[&str]) -> Output {

@@ -12,7 +12,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use sitecache_devtools::assets::Asset;
 use sitecache_devtools::dist::{self, chart, image};
 
-use crate::support;
+use crate::support::{self, ok};
 
 /// The release under test: its directory and version.
 pub struct Dist {
@@ -96,17 +96,6 @@ fn sitecache_dev() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn sha256(bytes: &[u8]) -> String {

@@ -171,3 +171,16 @@ pub fn impersonating_kubeconfig(dir: &Path, ns: &str, name: &str) -> PathBuf {
     std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     path
 }
+
+/// The standard output of a command that must have succeeded; otherwise panics naming `what`
+/// with its status and both outputs.
+pub fn ok(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
